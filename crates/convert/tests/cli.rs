@@ -1,0 +1,117 @@
+//! `convert` end to end: the three checkpoint shapes in, a loadable model out; bad input
+//! out with a message that names what is wrong, and no file left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use unet_core::{DeviceChoice, Precision, Predictor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn convert(args: &[&Path], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_convert"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn each_checkpoint_shape_converts_to_a_loadable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, width, out_channels, wrapper) in [
+        ("unet_w8_state_dict", 8, 3, "plain state_dict"),
+        ("unet_w8_checkpoint", 8, 3, "`model_state_dict.`"),
+        ("unet_w4_out1_dataparallel", 4, 1, "`state_dict.module.`"),
+    ] {
+        let checkpoint = fixtures().join(format!("pytorch/{name}.pth"));
+        let model = dir.path().join(format!("{name}.bpk"));
+        let output = convert(&[&checkpoint, Path::new("--out"), &model], dir.path());
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        let printed = stdout(&output);
+        assert!(printed.contains(wrapper), "{printed}");
+        assert!(
+            printed.contains(&format!(
+                "in_channels 3, out_channels {out_channels}, base width {width}"
+            )),
+            "{printed}"
+        );
+        assert!(printed.contains("18 x num_batches_tracked"), "{printed}");
+        let predictor = Predictor::load(&model, DeviceChoice::Cpu, Precision::F32).unwrap();
+        assert_eq!(predictor.config().base_width, width);
+    }
+}
+
+#[test]
+fn default_output_is_models_slash_stem() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = fixtures().join("pytorch/unet_w8_state_dict.pth");
+    let output = convert(&[&checkpoint], dir.path());
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(dir.path().join("models/unet_w8_state_dict.bpk").is_file());
+}
+
+/// Every bad checkpoint: non-zero exit, the message, and nothing left in the output directory.
+#[test]
+fn bad_checkpoints_fail_clearly_and_leave_no_file() {
+    let cases: [(&str, &[&str]); 6] = [
+        (
+            "bad/truncated.pth",
+            &["truncated.pth", "truncated or damaged"],
+        ),
+        (
+            "bad/not_a_checkpoint.pth",
+            &["not_a_checkpoint.pth", "not a PyTorch checkpoint"],
+        ),
+        (
+            "bad/other_network.pth",
+            &["not a Camelyon UNet checkpoint", "conv1.conv.0.weight"],
+        ),
+        (
+            "bad/missing_key.pth",
+            &[
+                "state_dict.module.conv5.conv.4.running_var",
+                "missing",
+                "[64]",
+            ],
+        ),
+        (
+            "bad/wrong_shape.pth",
+            &[
+                "state_dict.module.conv2.conv.0.weight",
+                "[16, 8, 3, 3]",
+                "[8, 4, 3, 3]",
+            ],
+        ),
+        (
+            "bad/no_such_file.pth",
+            &["no_such_file.pth", "No such file"],
+        ),
+    ];
+    for (file, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("model.bpk");
+        let output = convert(
+            &[&fixtures().join(file), Path::new("--out"), &out],
+            dir.path(),
+        );
+        let message = stderr(&output);
+        assert!(!output.status.success(), "{file} converted");
+        for part in expected {
+            assert!(message.contains(part), "{file}: `{part}` not in: {message}");
+        }
+        assert!(!message.contains("panicked"), "{message}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{file} left {left:?}");
+    }
+}

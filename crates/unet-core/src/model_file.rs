@@ -1,0 +1,98 @@
+//! The converted model on disk: Burn's own burnpack format, with the architecture in its
+//! metadata so a loader needs nothing but the file.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device};
+use burn_store::burn_pack::Reader;
+use burn_store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
+
+use crate::model::{Unet, UnetConfig};
+
+/// Extension of converted model files.
+pub const MODEL_EXTENSION: &str = "bpk";
+/// Metadata key holding the [`UnetConfig`] as JSON.
+const CONFIG_KEY: &str = "camelyon_unet_config";
+/// Metadata key naming the checkpoint the model was converted from.
+const SOURCE_KEY: &str = "source_checkpoint";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error("{file}: cannot read the model file: {reason}")]
+    Unreadable { file: PathBuf, reason: String },
+    #[error(
+        "{file}: not a Camelyon UNet model file (no `{CONFIG_KEY}` metadata); convert a checkpoint with `cargo run -p convert -- CHECKPOINT.pth`"
+    )]
+    NotUnet { file: PathBuf },
+    #[error("{file}: cannot write the model file: {reason}")]
+    Unwritable { file: PathBuf, reason: String },
+}
+
+/// Writes `model` to `path` atomically: to a temporary name beside it, renamed when complete.
+pub fn save(
+    model: &Unet,
+    config: &UnetConfig,
+    source: &str,
+    path: &Path,
+) -> Result<(), ModelFileError> {
+    let unwritable = |reason: String| ModelFileError::Unwritable {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let temporary = temporary_path(path);
+    let config_json = serde_json::to_string(config).map_err(|e| unwritable(e.to_string()))?;
+    let mut store = BurnpackStore::from_file(&temporary)
+        .auto_extension(false)
+        .overwrite(true)
+        .metadata(CONFIG_KEY, config_json)
+        .metadata(SOURCE_KEY, source);
+    let written = model
+        .save_into(&mut store)
+        .map_err(|e| unwritable(e.to_string()))
+        .and_then(|()| std::fs::rename(&temporary, path).map_err(|e| unwritable(e.to_string())));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+/// Reads a model file onto `device`, its weights cast to `dtype`.
+pub fn load(
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Unet, UnetConfig), ModelFileError> {
+    let unreadable = |reason: String| ModelFileError::Unreadable {
+        file: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(unreadable("no such file".to_string()));
+    }
+    let reader = Reader::from_file(path).map_err(|e| unreadable(e.to_string()))?;
+    let config: UnetConfig = reader
+        .metadata()
+        .get(CONFIG_KEY)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .ok_or_else(|| ModelFileError::NotUnet {
+            file: path.to_path_buf(),
+        })?;
+    drop(reader);
+    let mut model = config.init(device);
+    let mut store = BurnpackStore::from_file(path)
+        .auto_extension(false)
+        .with_from_adapter(FloatCastAdapter::to(dtype));
+    model
+        .load_from(&mut store)
+        .map_err(|e| unreadable(e.to_string()))?;
+    Ok((model, config))
+}
+
+/// `dir/name.ext` -> `dir/.name.ext.tmp`: same directory, so the final rename is atomic.
+pub fn temporary_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}

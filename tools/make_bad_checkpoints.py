@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Damaged and wrong checkpoints for convert's error tests (tests/fixtures/bad/).
+
+Made from a good fixture without PyTorch: keys are renamed in the pickle with same-length byte
+replacements (pickle strings are length-prefixed), and the zip is rewritten so its checksums
+hold. Run from the repo root: python3 tools/make_bad_checkpoints.py
+"""
+import pathlib
+import zipfile
+
+SOURCE = pathlib.Path("tests/fixtures/pytorch/unet_w4_out1_dataparallel.pth")
+OUT = pathlib.Path("tests/fixtures/bad")
+
+
+def rewrite(name, replacements):
+    """Copy SOURCE with the pickle's bytes replaced, in order."""
+    with zipfile.ZipFile(SOURCE) as src, zipfile.ZipFile(OUT / name, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                for old, new in replacements:
+                    assert len(old) == len(new) and old in data, (old, new)
+                    data = data.replace(old, new)
+            dst.writestr(info.filename, data)
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    good = SOURCE.read_bytes()
+    (OUT / "truncated.pth").write_bytes(good[: len(good) * 2 // 5])
+    (OUT / "not_a_checkpoint.pth").write_bytes(b"epoch,loss\n1,0.52\n2,0.41\n")
+    # Another network: no `conv1.conv.0.weight`, every layer renamed.
+    rewrite("other_network.pth", [(b"conv", b"fc__")])
+    # BatchNorm statistics of one layer under a misspelt key: that tensor is missing.
+    rewrite("missing_key.pth", [(b"conv5.conv.4.running_var", b"conv5.conv.4.running_vaX")])
+    # conv2 and conv3's first weights swapped: conv2.conv.0.weight is [16, 8, 3, 3].
+    rewrite(
+        "wrong_shape.pth",
+        [
+            (b"conv2.conv.0.weight", b"convX.conv.0.weight"),
+            (b"conv3.conv.0.weight", b"conv2.conv.0.weight"),
+            (b"convX.conv.0.weight", b"conv3.conv.0.weight"),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
