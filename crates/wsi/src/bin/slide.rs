@@ -1,0 +1,92 @@
+//! `slide info FILE` and `slide region FILE LEVEL X Y W H OUT.png`, like openslide-tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use wsi::Slide;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Inspect whole-slide TIFFs and read regions from them"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the slide's levels, mpp, compression and layout as JSON.
+    Info { file: PathBuf },
+    /// Write a region of a level (in that level's pixels) as PNG; outside the image is white.
+    Region {
+        file: PathBuf,
+        level: usize,
+        x: i64,
+        y: i64,
+        width: u32,
+        height: u32,
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    match args.command {
+        Command::Info { file } => {
+            let slide = Slide::open(&file)?;
+            let levels: Vec<_> = slide
+                .levels()
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "dimensions": [l.width, l.height],
+                        "downsample": l.downsample,
+                        "tile": [l.tile_width, l.tile_height],
+                    })
+                })
+                .collect();
+            let info = serde_json::json!({
+                "levels": levels,
+                "mpp": slide.mpp(),
+                "compression": slide.compression(),
+                "layout": slide.layout(),
+                "tiled": slide.is_tiled(),
+            });
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        Command::Region {
+            file,
+            level,
+            x,
+            y,
+            width,
+            height,
+            out,
+        } => {
+            let slide = Slide::open(&file)?;
+            let region = slide.read_region(level, x, y, width, height)?;
+            let temporary = wsi::writer::temporary_path(&out);
+            region
+                .save_with_format(&temporary, image::ImageFormat::Png)
+                .and_then(|()| std::fs::rename(&temporary, &out).map_err(Into::into))
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&temporary);
+                })
+                .with_context(|| format!("{}: cannot write", out.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The image directories of a slide, parsed once at open with the `tiff` crate, and checked so
+//! that reading a tile later can neither run off the file nor allocate without bound.
+//!
+//! A pyramid is either the main IFD chain (Camelyon/libvips, tifffile pages) or the SubIFDs of
+//! the first image (libvips `--subifd`, OME-TIFF). Strips are treated as tiles as wide as the
+//! image, so every layout is one grid of chunks.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use tiff::decoder::ifd::Value;
+use tiff::decoder::{Decoder, IfdDecoder, Limits};
+use tiff::tags::Tag;
+
+use crate::error::{Result, WsiError};
+
+/// A decoded chunk is at most this many bytes: a guard against absurd declared dimensions.
+pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
+/// Largest side a slide may declare (OpenSlide's largest vendor slides are ~200k pixels).
+const MAX_SIDE: u64 = 1 << 24;
+
+/// How a chunk's bytes are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Lzw,
+    Deflate,
+    Jpeg,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lzw => "lzw",
+            Compression::Deflate => "deflate",
+            Compression::Jpeg => "jpeg",
+        }
+    }
+
+    fn from_code(code: u16) -> std::result::Result<Compression, String> {
+        Ok(match code {
+            1 => Compression::None,
+            5 => Compression::Lzw,
+            8 | 32946 => Compression::Deflate,
+            7 => Compression::Jpeg,
+            6 => return Err("old-style JPEG compression (6)".into()),
+            33003 | 33005 | 34712 | 34713 => {
+                return Err(format!(
+                    "JPEG 2000 compression ({code}); convert the slide to JPEG or deflate tiles, or build with the `openslide` feature"
+                ));
+            }
+            other => return Err(format!("compression {other}")),
+        })
+    }
+}
+
+/// One resolution level: its size, chunk grid and where each chunk lies in the file.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    pub width: u64,
+    pub height: u64,
+    /// Chunk (tile or strip) size; a strip is as wide as the image.
+    pub chunk_width: u64,
+    pub chunk_height: u64,
+    pub tiled: bool,
+    pub compression: Compression,
+    pub samples_per_pixel: u16,
+    /// TIFF predictor 2 (horizontal differencing) is applied.
+    pub horizontal_predictor: bool,
+    /// The shared JPEG tables (`JPEGTables`), spliced before each tile's stream.
+    pub jpeg_tables: Option<Vec<u8>>,
+    /// JPEG streams hold YCbCr with subsampled chroma (4:2:0 unless `YCbCrSubSampling` says otherwise).
+    pub chroma_subsampled: bool,
+    pub offsets: Vec<u64>,
+    pub byte_counts: Vec<u64>,
+    /// Microns per pixel from the resolution tags, when they say so in cm or inches.
+    pub mpp: Option<f64>,
+}
+
+impl Directory {
+    pub fn chunks_across(&self) -> u64 {
+        self.width.div_ceil(self.chunk_width)
+    }
+
+    pub fn chunks_down(&self) -> u64 {
+        self.height.div_ceil(self.chunk_height)
+    }
+}
+
+/// Where the levels were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PyramidLayout {
+    /// Levels are images of the main IFD chain (reduced-resolution ones kept, others skipped).
+    IfdChain,
+    /// Levels are SubIFDs of the first image.
+    SubIfds,
+    /// One level only.
+    Single,
+}
+
+impl PyramidLayout {
+    pub fn name(self) -> &'static str {
+        match self {
+            PyramidLayout::IfdChain => "ifd-chain",
+            PyramidLayout::SubIfds => "subifds",
+            PyramidLayout::Single => "single",
+        }
+    }
+}
+
+/// Reads every level's directory, largest first.
+pub fn read_pyramid(
+    path: &Path,
+    file: File,
+    file_len: u64,
+) -> Result<(Vec<Directory>, PyramidLayout)> {
+    let not_tiff = |err: tiff::TiffError| WsiError::NotTiff {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    };
+    if file_len == 0 {
+        return Err(WsiError::NotTiff {
+            path: path.to_path_buf(),
+            reason: "the file is empty".into(),
+        });
+    }
+    let mut limits = Limits::default();
+    // A 200k x 100k slide in 256 tiles has 300k tile offsets of 8 bytes.
+    limits.ifd_value_size = 64 << 20;
+    let mut decoder = Decoder::new(BufReader::new(file))
+        .map_err(not_tiff)?
+        .with_limits(limits);
+    let context = Context { path, file_len };
+
+    let first = context.directory(&mut decoder.image_ifd())?;
+    let sub_ifds = match decoder.find_tag(Tag::SubIfd).map_err(not_tiff)? {
+        Some(value) => value.into_ifd_vec().map_err(not_tiff)?,
+        None => Vec::new(),
+    };
+    let mut levels = vec![first];
+    let layout = if !sub_ifds.is_empty() {
+        for pointer in sub_ifds {
+            let dir = decoder.read_directory(pointer).map_err(not_tiff)?;
+            let level = context.directory(&mut decoder.read_directory_tags(&dir))?;
+            levels.push(level);
+        }
+        PyramidLayout::SubIfds
+    } else {
+        while decoder.more_images() {
+            decoder.next_image().map_err(not_tiff)?;
+            let mut tags = decoder.image_ifd();
+            // Keep full images and reduced-resolution levels; skip masks, labels, macros.
+            let subfile = tags
+                .find_tag_unsigned::<u32>(Tag::NewSubfileType)
+                .map_err(not_tiff)?
+                .unwrap_or(0);
+            if subfile & !1 != 0 {
+                continue;
+            }
+            let level = context.directory(&mut tags)?;
+            // A pyramid level is smaller than the one before (associated images are not).
+            if level.width < levels.last().map_or(u64::MAX, |l| l.width) {
+                levels.push(level);
+            }
+        }
+        if levels.len() > 1 {
+            PyramidLayout::IfdChain
+        } else {
+            PyramidLayout::Single
+        }
+    };
+    levels.sort_by_key(|level| std::cmp::Reverse(level.width));
+    Ok((levels, layout))
+}
+
+struct Context<'a> {
+    path: &'a Path,
+    file_len: u64,
+}
+
+impl Context<'_> {
+    fn damaged(&self, reason: String) -> WsiError {
+        WsiError::Damaged {
+            path: self.path.to_path_buf(),
+            reason,
+        }
+    }
+
+    fn unsupported(&self, what: String) -> WsiError {
+        WsiError::Unsupported {
+            path: self.path.to_path_buf(),
+            what,
+        }
+    }
+
+    fn tag_error(&self, err: tiff::TiffError) -> WsiError {
+        self.damaged(err.to_string())
+    }
+
+    fn directory(&self, tags: &mut IfdDecoder) -> Result<Directory> {
+        let unsigned = |tags: &mut IfdDecoder, tag: Tag| -> Result<Option<u64>> {
+            tags.find_tag_unsigned::<u64>(tag)
+                .map_err(|e| self.tag_error(e))
+        };
+        let required = |tags: &mut IfdDecoder, tag: Tag| -> Result<u64> {
+            unsigned(tags, tag)?.ok_or_else(|| self.damaged(format!("no {tag:?} tag")))
+        };
+        let width = required(tags, Tag::ImageWidth)?;
+        let height = required(tags, Tag::ImageLength)?;
+        if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+            return Err(self.damaged(format!(
+                "declared size {width}x{height} is outside 1..={MAX_SIDE} pixels a side"
+            )));
+        }
+        let compression =
+            Compression::from_code(unsigned(tags, Tag::Compression)?.unwrap_or(1) as u16)
+                .map_err(|what| self.unsupported(what))?;
+        let samples_per_pixel = unsigned(tags, Tag::SamplesPerPixel)?.unwrap_or(1) as u16;
+        let bits = tags
+            .find_tag_unsigned_vec::<u16>(Tag::BitsPerSample)
+            .map_err(|e| self.tag_error(e))?
+            .unwrap_or_else(|| vec![1]);
+        if bits.iter().any(|&b| b != 8) {
+            return Err(self.unsupported(format!("{bits:?} bits per sample (8 is supported)")));
+        }
+        if !matches!(samples_per_pixel, 1 | 3 | 4) {
+            return Err(self.unsupported(format!("{samples_per_pixel} samples per pixel")));
+        }
+        if unsigned(tags, Tag::PlanarConfiguration)?.unwrap_or(1) != 1 {
+            return Err(self.unsupported("separate colour planes (PlanarConfiguration 2)".into()));
+        }
+        let photometric = unsigned(tags, Tag::PhotometricInterpretation)?.unwrap_or(2);
+        // YCbCr is read only inside JPEG streams, whose decoder converts it to RGB.
+        if photometric == 6 && compression != Compression::Jpeg {
+            return Err(self.unsupported("YCbCr without JPEG compression".into()));
+        }
+        let subsampling = tags
+            .find_tag_unsigned_vec::<u16>(Tag::ChromaSubsampling)
+            .map_err(|e| self.tag_error(e))?
+            .unwrap_or_else(|| vec![2, 2]);
+        let chroma_subsampled = photometric == 6 && subsampling != [1, 1];
+        let horizontal_predictor = match unsigned(tags, Tag::Predictor)?.unwrap_or(1) {
+            1 => false,
+            2 => true,
+            other => return Err(self.unsupported(format!("predictor {other}"))),
+        };
+        let jpeg_tables = match tags
+            .find_tag(Tag::JPEGTables)
+            .map_err(|e| self.tag_error(e))?
+        {
+            Some(value) => Some(value.into_u8_vec().map_err(|e| self.tag_error(e))?),
+            None => None,
+        };
+
+        let tile_width = unsigned(tags, Tag::TileWidth)?;
+        let (tiled, chunk_width, chunk_height, offsets, byte_counts) = match tile_width {
+            Some(tile_width) => {
+                let tile_height = required(tags, Tag::TileLength)?;
+                let offsets = self.u64_vec(tags, Tag::TileOffsets)?;
+                let counts = self.u64_vec(tags, Tag::TileByteCounts)?;
+                (true, tile_width, tile_height, offsets, counts)
+            }
+            None => {
+                let rows = unsigned(tags, Tag::RowsPerStrip)?
+                    .unwrap_or(height)
+                    .min(height);
+                let offsets = self.u64_vec(tags, Tag::StripOffsets)?;
+                let counts = self.u64_vec(tags, Tag::StripByteCounts)?;
+                (false, width, rows, offsets, counts)
+            }
+        };
+        let chunk_bytes = chunk_width
+            .checked_mul(chunk_height)
+            .and_then(|n| n.checked_mul(samples_per_pixel as u64));
+        if chunk_width == 0 || chunk_height == 0 || chunk_bytes.is_none_or(|n| n > MAX_CHUNK_BYTES)
+        {
+            return Err(self.damaged(format!(
+                "chunk size {chunk_width}x{chunk_height} is zero or over {MAX_CHUNK_BYTES} bytes decoded"
+            )));
+        }
+        let mpp = self.mpp(tags)?;
+        let directory = Directory {
+            width,
+            height,
+            chunk_width,
+            chunk_height,
+            tiled,
+            compression,
+            samples_per_pixel,
+            horizontal_predictor,
+            jpeg_tables,
+            chroma_subsampled,
+            offsets,
+            byte_counts,
+            mpp,
+        };
+        let chunks = directory.chunks_across() * directory.chunks_down();
+        if directory.offsets.len() as u64 != chunks || directory.byte_counts.len() as u64 != chunks
+        {
+            return Err(self.damaged(format!(
+                "{width}x{height} in {chunk_width}x{chunk_height} chunks needs {chunks} offsets and byte counts, found {} and {}",
+                directory.offsets.len(),
+                directory.byte_counts.len()
+            )));
+        }
+        for (index, (&offset, &count)) in directory
+            .offsets
+            .iter()
+            .zip(&directory.byte_counts)
+            .enumerate()
+        {
+            if offset
+                .checked_add(count)
+                .is_none_or(|end| end > self.file_len)
+            {
+                return Err(self.damaged(format!(
+                    "chunk {index} ({count} bytes at offset {offset}) lies past the end of the file ({} bytes): is it truncated?",
+                    self.file_len
+                )));
+            }
+        }
+        Ok(directory)
+    }
+
+    fn u64_vec(&self, tags: &mut IfdDecoder, tag: Tag) -> Result<Vec<u64>> {
+        tags.find_tag_unsigned_vec::<u64>(tag)
+            .map_err(|e| self.tag_error(e))?
+            .ok_or_else(|| self.damaged(format!("no {tag:?} tag")))
+    }
+
+    /// Microns per pixel: 10^4 / pixels-per-cm, or 25400 / pixels-per-inch.
+    fn mpp(&self, tags: &mut IfdDecoder) -> Result<Option<f64>> {
+        let resolution = match tags
+            .find_tag(Tag::XResolution)
+            .map_err(|e| self.tag_error(e))?
+        {
+            Some(value) => rational(value),
+            None => return Ok(None),
+        };
+        let unit = tags
+            .find_tag_unsigned::<u16>(Tag::ResolutionUnit)
+            .map_err(|e| self.tag_error(e))?
+            .unwrap_or(2);
+        let microns_per_unit = match unit {
+            3 => 1e4,
+            2 => 25400.0,
+            _ => return Ok(None),
+        };
+        Ok(resolution
+            .filter(|r| *r > 0.0 && r.is_finite())
+            .map(|r| microns_per_unit / r))
+    }
+}
+
+fn rational(value: Value) -> Option<f64> {
+    match value {
+        Value::Rational(n, d) if d != 0 => Some(n as f64 / d as f64),
+        other => other.into_f64().ok(),
+    }
+}

@@ -1,0 +1,77 @@
+//! The `slide` tool: `info` prints the levels as JSON, `region` writes a PNG.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/slides")
+        .join(name)
+}
+
+fn slide(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_slide"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn info_prints_levels_mpp_compression_and_layout() {
+    let file = fixture("tiny_vips_subifd.tif");
+    let output = slide(&["info", file.to_str().unwrap()]);
+    assert!(output.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        info["levels"][0]["dimensions"],
+        serde_json::json!([2048, 1536])
+    );
+    assert_eq!(
+        info["levels"][2]["dimensions"],
+        serde_json::json!([512, 384])
+    );
+    assert_eq!(info["levels"][1]["downsample"], serde_json::json!(2.0));
+    assert_eq!(info["levels"][0]["tile"], serde_json::json!([512, 512]));
+    assert!((info["mpp"].as_f64().unwrap() - 0.243).abs() < 1e-6);
+    assert_eq!(info["compression"], "jpeg");
+    assert_eq!(info["layout"], "subifds");
+}
+
+#[test]
+fn region_writes_the_png_the_reader_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("region.png");
+    let file = fixture("odd_vips_lzw.tif");
+    let output = slide(&[
+        "region",
+        file.to_str().unwrap(),
+        "1",
+        "100",
+        "50",
+        "64",
+        "48",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written = image::open(&out).unwrap().to_rgb8();
+    let read = wsi::Slide::open(&file)
+        .unwrap()
+        .read_region(1, 100, 50, 64, 48)
+        .unwrap();
+    assert!(written == read);
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let output = slide(&["info", "/no/such/slide.tif"]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("/no/such/slide.tif") && message.contains("No such file"),
+        "{message}"
+    );
+}
