@@ -20,6 +20,9 @@ mod decode;
 mod directory;
 mod error;
 mod slide;
+mod tiff_slide;
+#[cfg(feature = "openslide")]
+mod vendor;
 pub mod writer;
 
 pub use error::{Result, WsiError};

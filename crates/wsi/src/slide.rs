@@ -1,23 +1,20 @@
-//! `Slide`: open a pyramidal TIFF, list its levels, read regions — OpenSlide's verbs.
+//! `Slide`: open a slide, list its levels, read regions — OpenSlide's verbs over our backends.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use image::RgbImage;
 
-use crate::cache::ChunkCache;
-use crate::decode::decode_chunk;
-use crate::directory::{Directory, MAX_CHUNK_BYTES, PyramidLayout, read_pyramid};
 use crate::error::{Result, WsiError};
+use crate::tiff_slide::TiffSlide;
 
-/// Decoded chunks kept per open slide by default (about 340 tiles of 512x512 RGB).
+/// Decoded tiles kept per open slide by default (about 340 tiles of 512x512 RGB).
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 /// The largest region one `read_region` call returns.
 pub const MAX_REGION_BYTES: u64 = 1 << 30;
 /// What `read_region` puts where the image has no pixels.
 pub const BACKGROUND: u8 = 255;
+/// Vendor formats, read through OpenSlide when built with the `openslide` feature.
+const VENDOR_EXTENSIONS: [&str; 7] = ["svs", "ndpi", "mrxs", "scn", "vms", "vmu", "bif"];
 
 /// One resolution level, as OpenSlide reports it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -31,16 +28,17 @@ pub struct Level {
     pub tile_height: u64,
 }
 
-/// An open slide. `Send + Sync`: threads read regions of one `Slide` at once; the file is
-/// read with positioned reads (no shared cursor) and decoded chunks are shared through a
-/// byte-limited cache.
+enum Backend {
+    Tiff(TiffSlide),
+    #[cfg(feature = "openslide")]
+    Vendor(Box<crate::vendor::VendorSlide>),
+}
+
+/// An open slide. `Send + Sync`: threads read regions of one `Slide` at once.
 pub struct Slide {
     path: PathBuf,
-    file: File,
-    directories: Vec<Directory>,
     levels: Vec<Level>,
-    layout: PyramidLayout,
-    cache: ChunkCache,
+    backend: Backend,
 }
 
 impl Slide {
@@ -50,33 +48,32 @@ impl Slide {
     }
 
     /// Opens a slide whose decoded-tile cache holds at most `cache_bytes`.
+    ///
+    /// TIFFs (`.tif`, `.tiff`, and anything else) are read in pure Rust. Vendor formats
+    /// (`.svs`, `.ndpi`, `.mrxs`, ...) go through OpenSlide when this crate is built with the
+    /// `openslide` feature; without it, an `.svs` (a TIFF) is still tried in pure Rust and the
+    /// others are refused with a message saying how to read them.
     pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Slide> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| WsiError::Io {
-            path: path.clone(),
-            source,
+        let extension = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let vendor = VENDOR_EXTENSIONS.contains(&extension.as_str());
+        let backend = if vendor {
+            open_vendor(&path, &extension, cache_bytes)?
+        } else {
+            Backend::Tiff(TiffSlide::open(&path, cache_bytes)?)
         };
-        let file = File::open(&path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        let (directories, layout) = read_pyramid(&path, file.try_clone().map_err(io)?, file_len)?;
-        let base_width = directories[0].width as f64;
-        let levels = directories
-            .iter()
-            .map(|d| Level {
-                width: d.width,
-                height: d.height,
-                downsample: base_width / d.width as f64,
-                tile_width: d.chunk_width,
-                tile_height: d.chunk_height,
-            })
-            .collect();
+        let levels = match &backend {
+            Backend::Tiff(slide) => slide.levels(),
+            #[cfg(feature = "openslide")]
+            Backend::Vendor(slide) => slide.levels(),
+        };
         Ok(Slide {
             path,
-            file,
-            directories,
             levels,
-            layout,
-            cache: ChunkCache::new(cache_bytes),
+            backend,
         })
     }
 
@@ -91,22 +88,29 @@ impl Slide {
 
     /// Level-0 microns per pixel, from the resolution tags; `None` when they do not say.
     pub fn mpp(&self) -> Option<f64> {
-        self.directories[0].mpp
+        match &self.backend {
+            Backend::Tiff(slide) => slide.mpp(),
+            #[cfg(feature = "openslide")]
+            Backend::Vendor(slide) => slide.mpp(),
+        }
     }
 
-    /// Level 0's compression: `jpeg`, `deflate`, `lzw` or `none`.
+    /// Level 0's compression: `jpeg`, `deflate`, `lzw`, `none`, or `vendor`.
     pub fn compression(&self) -> &'static str {
-        self.directories[0].compression.name()
+        match &self.backend {
+            Backend::Tiff(slide) => slide.compression(),
+            #[cfg(feature = "openslide")]
+            Backend::Vendor(_) => "vendor",
+        }
     }
 
-    /// Where the pyramid lives: `ifd-chain`, `subifds` or `single`.
+    /// Where the pyramid lives: `ifd-chain`, `subifds`, `single`, or `openslide`.
     pub fn layout(&self) -> &'static str {
-        self.layout.name()
-    }
-
-    /// Whether level 0 is tiled (rather than in strips).
-    pub fn is_tiled(&self) -> bool {
-        self.directories[0].tiled
+        match &self.backend {
+            Backend::Tiff(slide) => slide.layout(),
+            #[cfg(feature = "openslide")]
+            Backend::Vendor(_) => "openslide",
+        }
     }
 
     /// The level whose downsample is the largest not above `downsample` (OpenSlide's rule).
@@ -128,41 +132,23 @@ impl Slide {
         width: u32,
         height: u32,
     ) -> Result<RgbImage> {
-        let dir = self.directories.get(level).ok_or_else(|| {
-            self.bad_request(format!(
+        if level >= self.levels.len() {
+            return Err(self.bad_request(format!(
                 "level {level} does not exist (the slide has {})",
                 self.levels.len()
-            ))
-        })?;
+            )));
+        }
         if width as u64 * height as u64 * 3 > MAX_REGION_BYTES {
             return Err(self.bad_request(format!(
                 "a {width}x{height} region is over {MAX_REGION_BYTES} bytes: read it in parts"
             )));
         }
         let mut out = RgbImage::from_pixel(width, height, image::Rgb([BACKGROUND; 3]));
-        // The part of the region inside the image, in level pixels.
-        let left = x.max(0) as u64;
-        let top = y.max(0) as u64;
-        let right = (x + width as i64).clamp(0, dir.width as i64) as u64;
-        let bottom = (y + height as i64).clamp(0, dir.height as i64) as u64;
-        if left >= right || top >= bottom {
-            return Ok(out);
-        }
-        let out_stride = width as usize * 3;
-        for chunk_row in top / dir.chunk_height..bottom.div_ceil(dir.chunk_height) {
-            for chunk_col in left / dir.chunk_width..right.div_ceil(dir.chunk_width) {
-                let index = chunk_row * dir.chunks_across() + chunk_col;
-                let chunk = self.chunk(level, index)?;
-                let (cx, cy) = (chunk_col * dir.chunk_width, chunk_row * dir.chunk_height);
-                let (x0, x1) = (left.max(cx), right.min(cx + dir.chunk_width));
-                let (y0, y1) = (top.max(cy), bottom.min(cy + dir.chunk_height));
-                let chunk_stride = dir.chunk_width as usize * 3;
-                let run = (x1 - x0) as usize * 3;
-                for row in y0..y1 {
-                    let src = (row - cy) as usize * chunk_stride + (x0 - cx) as usize * 3;
-                    let dst = (row as i64 - y) as usize * out_stride + (x0 as i64 - x) as usize * 3;
-                    out.as_mut()[dst..dst + run].copy_from_slice(&chunk[src..src + run]);
-                }
+        match &self.backend {
+            Backend::Tiff(slide) => slide.read_into(level, x, y, &mut out)?,
+            #[cfg(feature = "openslide")]
+            Backend::Vendor(slide) => {
+                slide.read_into(level, self.levels[level].downsample, x, y, &mut out)?
             }
         }
         Ok(out)
@@ -191,51 +177,33 @@ impl Slide {
         ))
     }
 
-    /// A decoded chunk as RGB8 (`chunk_width` x rows), from the cache or the file.
-    fn chunk(&self, level: usize, index: u64) -> Result<Arc<Vec<u8>>> {
-        if let Some(chunk) = self.cache.get((level, index)) {
-            return Ok(chunk);
-        }
-        let dir = &self.directories[level];
-        let rows = if dir.tiled {
-            dir.chunk_height
-        } else {
-            dir.chunk_height
-                .min(dir.height - (index * dir.chunk_height))
-        };
-        let (offset, count) = (dir.offsets[index as usize], dir.byte_counts[index as usize]);
-        let pixels = if count == 0 {
-            // A sparse chunk (never written): background.
-            vec![BACKGROUND; (dir.chunk_width * rows * 3) as usize]
-        } else {
-            if count > MAX_CHUNK_BYTES {
-                return Err(self.damaged(level, index, format!("{count} compressed bytes")));
-            }
-            let mut data = vec![0; count as usize];
-            self.file
-                .read_exact_at(&mut data, offset)
-                .map_err(|source| WsiError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            decode_chunk(dir, &data, rows).map_err(|reason| self.damaged(level, index, reason))?
-        };
-        let chunk = Arc::new(pixels);
-        self.cache.insert((level, index), chunk.clone());
-        Ok(chunk)
-    }
-
-    fn damaged(&self, level: usize, index: u64, reason: String) -> WsiError {
-        WsiError::Damaged {
-            path: self.path.clone(),
-            reason: format!("level {level}, chunk {index}: {reason}"),
-        }
-    }
-
     fn bad_request(&self, reason: String) -> WsiError {
         WsiError::BadRequest {
             path: self.path.clone(),
             reason,
         }
+    }
+}
+
+#[cfg(feature = "openslide")]
+fn open_vendor(path: &Path, _extension: &str, _cache_bytes: usize) -> Result<Backend> {
+    crate::vendor::VendorSlide::open(path).map(|slide| Backend::Vendor(Box::new(slide)))
+}
+
+#[cfg(not(feature = "openslide"))]
+fn open_vendor(path: &Path, extension: &str, cache_bytes: usize) -> Result<Backend> {
+    // An Aperio .svs is a TIFF: try it, and say how to read it if that fails (JPEG 2000...).
+    let hint = |reason: String| WsiError::Unsupported {
+        path: path.to_path_buf(),
+        what: format!(
+            ".{extension} slides need OpenSlide: build with `--features wsi/openslide` (Debian: apt-get install libopenslide-dev libclang-dev){reason}"
+        ),
+    };
+    if extension == "svs" {
+        TiffSlide::open(path, cache_bytes)
+            .map(Backend::Tiff)
+            .map_err(|err| hint(format!("; the pure-Rust reader said: {err}")))
+    } else {
+        Err(hint(String::new()))
     }
 }

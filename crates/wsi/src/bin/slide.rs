@@ -63,7 +63,6 @@ fn run(args: Args) -> Result<()> {
                 "mpp": slide.mpp(),
                 "compression": slide.compression(),
                 "layout": slide.layout(),
-                "tiled": slide.is_tiled(),
             });
             println!("{}", serde_json::to_string_pretty(&info)?);
         }
