@@ -7,7 +7,7 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
-use crate::directory::{Compression, Directory, MAX_CHUNK_BYTES};
+use crate::directory::{Compression, Directory};
 
 /// Decodes chunk `data` of `dir`, `rows` rows high, into RGB8 of `dir.chunk_width` x `rows`.
 pub fn decode_chunk(dir: &Directory, data: &[u8], rows: u64) -> Result<Vec<u8>, String> {
@@ -78,14 +78,10 @@ fn to_rgb(raw: Vec<u8>, samples: usize) -> Vec<u8> {
 }
 
 /// A TIFF JPEG tile: the shared tables (without their end marker) spliced before the tile's
-/// stream (without its start marker), then decoded to RGB.
-///
-/// Two decoders, each where it sees OpenSlide's (libjpeg-turbo's) pixels: zune-jpeg's IDCT
-/// matches libjpeg's closely (mean 0.003 on RGB tiles, jpeg-decoder 0.014), but zune rounds
-/// subsampled chroma twice while upsampling (once per direction), biasing it up by about a
-/// level (blue off by a mean of 0.26 on 4:2:0 tiles); jpeg-decoder's fancy upsampling rounds
-/// once, as libjpeg's does (0.09). So 4:2:0 streams go to jpeg-decoder, the rest to zune.
-/// Both convert YCbCr to RGB in SIMD fixed point; an RGB stream (Adobe transform 0) is kept.
+/// stream (without its start marker), then decoded as libjpeg-turbo (and so OpenSlide) decodes
+/// it: zune-jpeg's IDCT matches libjpeg's, its chroma upsampling is patched to libjpeg's
+/// rounding (vendor/zune-jpeg/PATCHED.md), and YCbCr is converted to RGB here with libjpeg's
+/// fixed-point tables. An RGB stream (Adobe transform 0) is taken as it is.
 fn decode_jpeg(dir: &Directory, data: &[u8], width: usize, rows: usize) -> Result<Vec<u8>, String> {
     let stream;
     let bytes = match &dir.jpeg_tables {
@@ -98,17 +94,32 @@ fn decode_jpeg(dir: &Directory, data: &[u8], width: usize, rows: usize) -> Resul
         }
         _ => data,
     };
+    let options = DecoderOptions::default()
+        .set_max_width(width)
+        .set_max_height(dir.chunk_height as usize);
     // A decoder bug must not take the process down with it: a damaged tile is an error.
-    let decoded = std::panic::catch_unwind(|| {
-        if dir.chroma_subsampled {
-            decode_with_jpeg_decoder(bytes)
+    let decoded = std::panic::catch_unwind(|| -> Result<_, String> {
+        let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+        decoder
+            .decode_headers()
+            .map_err(|e| format!("jpeg: {e:?}"))?;
+        let ycbcr = decoder.input_colorspace() == Some(ColorSpace::YCbCr);
+        let out = if ycbcr {
+            ColorSpace::YCbCr
         } else {
-            decode_with_zune(bytes, width, dir.chunk_height as usize)
+            ColorSpace::RGB
+        };
+        decoder.set_options(options.jpeg_set_out_colorspace(out));
+        let mut pixels = decoder.decode().map_err(|e| format!("jpeg: {e:?}"))?;
+        if ycbcr {
+            ycbcr_to_rgb(&mut pixels);
         }
+        let info = decoder.info().ok_or("jpeg: no header")?;
+        Ok((pixels, info.width as usize, info.height as usize))
     })
     .map_err(|_| "jpeg: the decoder failed on this tile".to_string())?;
     let (mut pixels, got_width, got_height) = decoded?;
-    if got_width != width || got_height < rows {
+    if got_width != width || got_height < rows || pixels.len() < width * rows * 3 {
         return Err(format!(
             "jpeg tile is {got_width}x{got_height}, the directory says {width}x{rows}"
         ));
@@ -117,29 +128,45 @@ fn decode_jpeg(dir: &Directory, data: &[u8], width: usize, rows: usize) -> Resul
     Ok(pixels)
 }
 
-type Decoded = Result<(Vec<u8>, usize, usize), String>;
-
-fn decode_with_jpeg_decoder(bytes: &[u8]) -> Decoded {
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    decoder.set_max_decoding_buffer_size(MAX_CHUNK_BYTES as usize);
-    let pixels = decoder.decode().map_err(|e| format!("jpeg: {e}"))?;
-    let info = decoder.info().ok_or("jpeg: no header")?;
-    if info.pixel_format != jpeg_decoder::PixelFormat::RGB24 {
-        return Err(format!(
-            "jpeg: {:?} pixels, 3-component colour expected",
-            info.pixel_format
-        ));
+/// libjpeg's YCbCr -> RGB (jdcolor.c): 16-bit fixed point, one table lookup per term.
+fn ycbcr_to_rgb(pixels: &mut [u8]) {
+    const T: ColourTables = ColourTables::new();
+    for p in pixels.chunks_exact_mut(3) {
+        let (y, cb, cr) = (p[0] as i32, p[1] as usize, p[2] as usize);
+        p[0] = (y + T.cr_r[cr]).clamp(0, 255) as u8;
+        p[1] = (y + ((T.cb_g[cb] + T.cr_g[cr]) >> 16)).clamp(0, 255) as u8;
+        p[2] = (y + T.cb_b[cb]).clamp(0, 255) as u8;
     }
-    Ok((pixels, info.width as usize, info.height as usize))
 }
 
-fn decode_with_zune(bytes: &[u8], max_width: usize, max_height: usize) -> Decoded {
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_max_width(max_width)
-        .set_max_height(max_height);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let pixels = decoder.decode().map_err(|e| format!("jpeg: {e:?}"))?;
-    let info = decoder.info().ok_or("jpeg: no header")?;
-    Ok((pixels, info.width as usize, info.height as usize))
+struct ColourTables {
+    cr_r: [i32; 256],
+    cb_b: [i32; 256],
+    cr_g: [i32; 256],
+    cb_g: [i32; 256],
+}
+
+impl ColourTables {
+    const fn new() -> Self {
+        const fn fix(x: f64) -> i32 {
+            (x * 65536.0 + 0.5) as i32
+        }
+        const HALF: i32 = 1 << 15;
+        let mut t = ColourTables {
+            cr_r: [0; 256],
+            cb_b: [0; 256],
+            cr_g: [0; 256],
+            cb_g: [0; 256],
+        };
+        let mut i = 0;
+        while i < 256 {
+            let x = i as i32 - 128;
+            t.cr_r[i] = (fix(1.40200) * x + HALF) >> 16;
+            t.cb_b[i] = (fix(1.77200) * x + HALF) >> 16;
+            t.cr_g[i] = -fix(0.71414) * x;
+            t.cb_g[i] = -fix(0.34414) * x + HALF;
+            i += 1;
+        }
+        t
+    }
 }

@@ -71,8 +71,6 @@ pub struct Directory {
     pub horizontal_predictor: bool,
     /// The shared JPEG tables (`JPEGTables`), spliced before each tile's stream.
     pub jpeg_tables: Option<Vec<u8>>,
-    /// JPEG streams hold YCbCr with subsampled chroma (4:2:0 unless `YCbCrSubSampling` says otherwise).
-    pub chroma_subsampled: bool,
     pub offsets: Vec<u64>,
     pub byte_counts: Vec<u64>,
     /// Microns per pixel from the resolution tags, when they say so in cm or inches.
@@ -236,11 +234,6 @@ impl Context<'_> {
         if photometric == 6 && compression != Compression::Jpeg {
             return Err(self.unsupported("YCbCr without JPEG compression".into()));
         }
-        let subsampling = tags
-            .find_tag_unsigned_vec::<u16>(Tag::ChromaSubsampling)
-            .map_err(|e| self.tag_error(e))?
-            .unwrap_or_else(|| vec![2, 2]);
-        let chroma_subsampled = photometric == 6 && subsampling != [1, 1];
         let horizontal_predictor = match unsigned(tags, Tag::Predictor)?.unwrap_or(1) {
             1 => false,
             2 => true,
@@ -291,7 +284,6 @@ impl Context<'_> {
             samples_per_pixel,
             horizontal_predictor,
             jpeg_tables,
-            chroma_subsampled,
             offsets,
             byte_counts,
             mpp,

@@ -1,0 +1,182 @@
+//! Ground truth for Dice and IoU: a mask image (non-zero = tumour, any size, scaled to the
+//! slide) or ASAP XML polygons (level-0 coordinates), sampled one level-0 row at a time.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use image::GrayImage;
+
+pub enum Truth {
+    Mask {
+        mask: GrayImage,
+        scale: (f64, f64),
+    },
+    /// Polygons in level-0 pixels, filled by the even-odd rule.
+    Polygons(Vec<Vec<(f64, f64)>>),
+}
+
+impl Truth {
+    /// Reads `path`: `.xml` as ASAP annotations, anything else as a mask image.
+    pub fn load(path: &Path, slide_width: u64, slide_height: u64) -> Result<Truth> {
+        let is_xml = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("xml"));
+        if is_xml {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read the annotations", path.display()))?;
+            let polygons = asap_polygons(&text)
+                .with_context(|| format!("{}: not ASAP annotations", path.display()))?;
+            return Ok(Truth::Polygons(polygons));
+        }
+        let mask = image::open(path)
+            .with_context(|| format!("{}: cannot read the mask image", path.display()))?
+            .to_luma8();
+        let scale = (
+            mask.width() as f64 / slide_width as f64,
+            mask.height() as f64 / slide_height as f64,
+        );
+        Ok(Truth::Mask { mask, scale })
+    }
+
+    /// Tumour or not for `width` level-0 pixels of row `y`, from column `x`.
+    pub fn row(&self, x: u64, y: u64, width: usize, out: &mut Vec<bool>) {
+        out.clear();
+        match self {
+            Truth::Mask { mask, scale } => {
+                let my = ((y as f64 + 0.5) * scale.1) as u32;
+                if my >= mask.height() {
+                    out.resize(width, false);
+                    return;
+                }
+                out.extend((0..width as u64).map(|i| {
+                    let mx = (((x + i) as f64 + 0.5) * scale.0) as u32;
+                    mx < mask.width() && mask.get_pixel(mx, my).0[0] != 0
+                }));
+            }
+            Truth::Polygons(polygons) => {
+                out.resize(width, false);
+                let centre = y as f64 + 0.5;
+                let mut crossings = Vec::new();
+                for polygon in polygons {
+                    crossings.clear();
+                    for (i, &(x1, y1)) in polygon.iter().enumerate() {
+                        let (x2, y2) = polygon[(i + 1) % polygon.len()];
+                        if (y1 <= centre) != (y2 <= centre) {
+                            crossings.push(x1 + (centre - y1) / (y2 - y1) * (x2 - x1));
+                        }
+                    }
+                    crossings.sort_by(f64::total_cmp);
+                    for span in crossings.chunks_exact(2) {
+                        // Pixel i is inside when its centre is.
+                        let from = (span[0] - 0.5 - x as f64).ceil().max(0.0) as usize;
+                        let to = ((span[1] - 0.5 - x as f64).floor() + 1.0).clamp(0.0, width as f64)
+                            as usize;
+                        for inside in out.iter_mut().take(to).skip(from) {
+                            *inside = !*inside;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every `<Annotation>`'s `<Coordinate X= Y=>` points, in `Order`.
+fn asap_polygons(text: &str) -> Result<Vec<Vec<(f64, f64)>>> {
+    let document = roxmltree::Document::parse(text)?;
+    let mut polygons = Vec::new();
+    for annotation in document
+        .descendants()
+        .filter(|n| n.has_tag_name("Annotation"))
+    {
+        let mut points: Vec<(u64, f64, f64)> = Vec::new();
+        for coordinate in annotation
+            .descendants()
+            .filter(|n| n.has_tag_name("Coordinate"))
+        {
+            let number = |name: &str| -> Result<f64> {
+                let value = coordinate
+                    .attribute(name)
+                    .with_context(|| format!("a Coordinate without {name}"))?;
+                Ok(value.parse()?)
+            };
+            let order = coordinate
+                .attribute("Order")
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(points.len() as u64);
+            points.push((order, number("X")?, number("Y")?));
+        }
+        points.sort_by_key(|p| p.0);
+        if points.len() >= 3 {
+            polygons.push(points.into_iter().map(|(_, x, y)| (x, y)).collect());
+        }
+    }
+    if polygons.is_empty() {
+        bail!("no Annotation with at least three Coordinates");
+    }
+    Ok(polygons)
+}
+
+/// Overlap counts between the predicted map (`p >= 128`) and the truth.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Overlap {
+    pub true_positive: u64,
+    pub false_positive: u64,
+    pub false_negative: u64,
+}
+
+impl Overlap {
+    pub fn add_row(&mut self, predicted: &[u8], truth: &[bool]) {
+        for (&p, &t) in predicted.iter().zip(truth) {
+            let p = p >= 128;
+            self.true_positive += (p && t) as u64;
+            self.false_positive += (p && !t) as u64;
+            self.false_negative += (!p && t) as u64;
+        }
+    }
+
+    pub fn dice(&self) -> f64 {
+        let denominator = 2 * self.true_positive + self.false_positive + self.false_negative;
+        if denominator == 0 {
+            1.0
+        } else {
+            2.0 * self.true_positive as f64 / denominator as f64
+        }
+    }
+
+    pub fn iou(&self) -> f64 {
+        let denominator = self.true_positive + self.false_positive + self.false_negative;
+        if denominator == 0 {
+            1.0
+        } else {
+            self.true_positive as f64 / denominator as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polygons_fill_by_pixel_centres() {
+        let xml = r#"<ASAP_Annotations><Annotations>
+            <Annotation Name="t" PartOfGroup="Tumor"><Coordinates>
+              <Coordinate Order="0" X="2" Y="1"/><Coordinate Order="1" X="6" Y="1"/>
+              <Coordinate Order="2" X="6" Y="4"/><Coordinate Order="3" X="2" Y="4"/>
+            </Coordinates></Annotation></Annotations></ASAP_Annotations>"#;
+        let truth = Truth::Polygons(asap_polygons(xml).unwrap());
+        let mut row = Vec::new();
+        truth.row(0, 2, 8, &mut row);
+        assert_eq!(row, [false, false, true, true, true, true, false, false]);
+        truth.row(0, 0, 8, &mut row);
+        assert!(row.iter().all(|&t| !t));
+    }
+
+    #[test]
+    fn dice_and_iou() {
+        let mut overlap = Overlap::default();
+        overlap.add_row(&[200, 200, 0, 0], &[true, false, true, false]);
+        assert_eq!((overlap.dice(), overlap.iou()), (0.5, 1.0 / 3.0));
+    }
+}

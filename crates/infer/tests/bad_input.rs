@@ -1,0 +1,123 @@
+//! Bad input: a clear message, a non-zero exit, and no output file left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs infer on `slide` with `extra` args into a fresh directory; returns stderr and what
+/// the directory holds afterwards.
+fn fails(slide: &Path, extra: &[&str]) -> (String, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut args: Vec<&str> = vec![
+        slide.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(&args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "succeeded: {args:?}");
+    assert!(!message.contains("panicked"), "{message}");
+    let left = std::fs::read_dir(&out)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (message, left)
+}
+
+fn demo() -> PathBuf {
+    root().join("tests/fixtures/pipeline/demo_vips_jpeg.tif")
+}
+
+#[test]
+fn a_missing_slide() {
+    let (message, left) = fails(Path::new("/no/such/slide.tif"), &[]);
+    assert!(
+        message.contains("/no/such/slide.tif") && message.contains("no such slide"),
+        "{message}"
+    );
+    assert!(left.is_empty());
+}
+
+#[test]
+fn an_unreadable_slide() {
+    let dir = tempfile::tempdir().unwrap();
+    let slide = dir.path().join("notes.tif");
+    std::fs::write(&slide, b"this is not a slide").unwrap();
+    let (message, left) = fails(&slide, &[]);
+    assert!(
+        message.contains("notes.tif") && message.contains("not a readable TIFF"),
+        "{message}"
+    );
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_missing_or_damaged_model() {
+    let (message, left) = fails(&demo(), &["--model", "/no/such/model.bpk"]);
+    assert!(message.contains("/no/such/model.bpk"), "{message}");
+    assert!(left.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = dir.path().join("damaged.bpk");
+    let good = std::fs::read(root().join("models/unet_demo_w8.bpk")).unwrap();
+    std::fs::write(&damaged, &good[..good.len() / 3]).unwrap();
+    let (message, left) = fails(&demo(), &["--model", damaged.to_str().unwrap()]);
+    assert!(message.contains("damaged.bpk"), "{message}");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn an_output_directory_that_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a_file");
+    std::fs::write(&file, b"").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args([
+            demo().to_str().unwrap(),
+            "--out",
+            file.join("sub").to_str().unwrap(),
+            "--quiet",
+            "--device",
+            "cpu",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        message.contains("cannot create the output directory"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_patch_size_not_a_multiple_of_16() {
+    let (message, left) = fails(&demo(), &["--patch", "500"]);
+    assert!(
+        message.contains("--patch 500") && message.contains("multiple of 16"),
+        "{message}"
+    );
+    assert!(left.is_empty());
+}
+
+#[test]
+fn a_region_outside_the_slide() {
+    let (message, left) = fails(&demo(), &["--region", "4000,0,512,512"]);
+    assert!(message.contains("outside the slide"), "{message}");
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -1,0 +1,254 @@
+//! `infer` on the demo slide against PyTorch's whole-slide result for the users' pipeline
+//! (`tests/fixtures/pipeline`, made by `ref_pipeline.py` with OpenSlide and PyTorch).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use image::GrayImage;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn infer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .output()
+        .unwrap()
+}
+
+/// One run of the demo slide, kept for every test that looks at it.
+struct Run {
+    dir: tempfile::TempDir,
+    summary: serde_json::Value,
+}
+
+impl Run {
+    fn new(extra: &[&str]) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let slide = fixtures().join("pipeline/demo_vips_jpeg.tif");
+        let mask = fixtures().join("pipeline/demo_mask.png");
+        let mut args = vec![
+            slide.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--blend",
+            "mean",
+            "--precision",
+            "f32",
+            "--device",
+            "cpu",
+            "--truth",
+            mask.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let output = infer(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary = std::fs::read(dir.path().join("demo_vips_jpeg.summary.json")).unwrap();
+        Run {
+            summary: serde_json::from_slice(&summary).unwrap(),
+            dir,
+        }
+    }
+
+    /// Level 0 of `demo_vips_jpeg.prob.tif`, read back with our reader.
+    fn map(&self) -> GrayImage {
+        let slide = wsi::Slide::open(self.dir.path().join("demo_vips_jpeg.prob.tif")).unwrap();
+        let level = slide.levels()[0];
+        let rgb = slide
+            .read_region(0, 0, 0, level.width as u32, level.height as u32)
+            .unwrap();
+        GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+            image::Luma([rgb.get_pixel(x, y).0[0]])
+        })
+    }
+}
+
+fn overlap_0() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| Run::new(&["--overlap", "0", "--tissue", "off"]))
+}
+
+fn overlap_64() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| Run::new(&["--overlap", "64", "--tissue", "off"]))
+}
+
+fn grey(name: &str) -> GrayImage {
+    image::open(fixtures().join("pipeline").join(name))
+        .unwrap()
+        .to_luma8()
+}
+
+/// Dice of `map >= 128` against `mask >= 128`, counting only `map` inside `extent` (PyTorch's
+/// map is 0 beyond its grid, so ours is taken as 0 there too).
+fn dice(map: &GrayImage, mask: &GrayImage, extent: (u32, u32)) -> f64 {
+    let (mut tp, mut fp, mut fn_) = (0u64, 0u64, 0u64);
+    for (x, y, m) in mask.enumerate_pixels() {
+        let inside = x < extent.0 && y < extent.1;
+        let predicted = inside && map.get_pixel(x, y).0[0] >= 128;
+        let truth = m.0[0] >= 128;
+        tp += (predicted && truth) as u64;
+        fp += (predicted && !truth) as u64;
+        fn_ += (!predicted && truth) as u64;
+    }
+    2.0 * tp as f64 / (2 * tp + fp + fn_) as f64
+}
+
+fn check_against_pytorch(run: &Run, name: &str, extent: (u32, u32), pytorch_dice: f64) {
+    let map = run.map();
+    let reference = grey(name);
+    assert_eq!(map.dimensions(), reference.dimensions());
+    let (mut close, mut total) = (0u64, 0u64);
+    for (x, y, r) in reference.enumerate_pixels() {
+        if x < extent.0 && y < extent.1 {
+            total += 1;
+            close += (map.get_pixel(x, y).0[0].abs_diff(r.0[0]) <= 2) as u64;
+        }
+    }
+    let fraction = close as f64 / total as f64;
+    assert!(
+        fraction >= 0.99,
+        "{reference:?}: only {:.4} of pixels within 2 levels",
+        fraction
+    );
+    let ours = dice(&map, &grey("demo_mask.png"), extent);
+    assert!(
+        (ours - pytorch_dice).abs() <= 0.005,
+        "Dice {ours:.4}, PyTorch {pytorch_dice}"
+    );
+}
+
+#[test]
+fn overlap_0_reproduces_pytorch() {
+    check_against_pytorch(
+        overlap_0(),
+        "demo_ref_prob_overlap0.png",
+        (4096, 3072),
+        0.7322,
+    );
+    assert_eq!(overlap_0().summary["patches_in_grid"], 48);
+}
+
+#[test]
+fn overlap_64_reproduces_pytorch_where_its_grid_reaches() {
+    // PyTorch's 9 x 6 grid at stride 448 covers 4096 x 2752; ours adds a seventh row.
+    check_against_pytorch(
+        overlap_64(),
+        "demo_ref_prob_overlap64.png",
+        (4096, 2752),
+        0.6198,
+    );
+    assert_eq!(overlap_64().summary["patches_in_grid"], 63);
+}
+
+#[test]
+fn written_map_is_what_was_computed() {
+    // The summary's Dice was counted on the rows as they were stitched; the same count on the
+    // map read back from the pyramid must agree exactly.
+    let run = overlap_0();
+    let read_back = dice(&run.map(), &grey("demo_mask.png"), (4096, 3072));
+    let streamed = run.summary["dice"].as_f64().unwrap();
+    assert!(
+        (read_back - streamed).abs() < 1e-12,
+        "{read_back} vs {streamed}"
+    );
+    let slide = wsi::Slide::open(run.dir.path().join("demo_vips_jpeg.prob.tif")).unwrap();
+    let sizes: Vec<(u64, u64)> = slide.levels().iter().map(|l| (l.width, l.height)).collect();
+    assert_eq!(sizes, [(4096, 3072), (2048, 1536), (1024, 768), (512, 384)]);
+    assert!((slide.mpp().unwrap() - 0.243).abs() < 1e-6);
+}
+
+#[test]
+fn tissue_detection_runs_fewer_patches_for_the_same_dice() {
+    let auto = Run::new(&["--overlap", "0", "--tissue", "auto"]);
+    let run = auto.summary["patches_run"].as_u64().unwrap();
+    assert!(run < 48, "{run} of 48 patches ran");
+    let (with, without) = (
+        auto.summary["dice"].as_f64().unwrap(),
+        overlap_0().summary["dice"].as_f64().unwrap(),
+    );
+    assert!(
+        (with - without).abs() <= 0.005,
+        "Dice {with:.4} with tissue detection, {without:.4} without"
+    );
+}
+
+#[test]
+fn heatmap_geojson_and_summary_are_written() {
+    let run = overlap_0();
+    let heatmap = image::open(run.dir.path().join("demo_vips_jpeg.heatmap.png")).unwrap();
+    // From level 1 (not level 0): 2048 x 1536.
+    assert_eq!((heatmap.width(), heatmap.height()), (2048, 1536));
+    let geojson: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run.dir.path().join("demo_vips_jpeg.tumour.geojson")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(geojson["type"], "FeatureCollection");
+    let features = geojson["features"].as_array().unwrap();
+    assert!(!features.is_empty());
+    // Every vertex in level-0 pixels, inside the slide.
+    for feature in features {
+        assert_eq!(feature["geometry"]["type"], "Polygon");
+        for point in feature["geometry"]["coordinates"][0].as_array().unwrap() {
+            let (x, y) = (point[0].as_f64().unwrap(), point[1].as_f64().unwrap());
+            assert!((0.0..=4096.0).contains(&x) && (0.0..=3072.0).contains(&y));
+        }
+    }
+    for key in [
+        "seconds",
+        "patches_per_second",
+        "ms_per_patch",
+        "device",
+        "precision",
+        "batch",
+        "model",
+    ] {
+        assert!(!run.summary[key].is_null(), "summary lacks {key}");
+    }
+    // Nothing else is left in the output directory (no temporary files).
+    let mut names: Vec<String> = std::fs::read_dir(run.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "demo_vips_jpeg.heatmap.png",
+            "demo_vips_jpeg.prob.tif",
+            "demo_vips_jpeg.summary.json",
+            "demo_vips_jpeg.tumour.geojson"
+        ]
+    );
+}
+
+/// OpenSlide opens the probability map with its levels and mpp (Python's openslide; `.ci/run`
+/// installs it; skipped outside CI when missing).
+#[test]
+fn openslide_opens_the_probability_map() {
+    let path = overlap_0().dir.path().join("demo_vips_jpeg.prob.tif");
+    let script = "import sys, openslide; s = openslide.OpenSlide(sys.argv[1]); print(s.level_count, s.dimensions, round(float(s.properties['openslide.mpp-x']), 4))";
+    match Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .output()
+    {
+        Ok(output) if output.status.success() => {
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout).trim(),
+                "4 (4096, 3072) 0.243"
+            );
+        }
+        other if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: no Python openslide: {other:?}")
+        }
+        other => panic!("OpenSlide could not open the map: {other:?}"),
+    }
+}

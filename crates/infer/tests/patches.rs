@@ -1,0 +1,64 @@
+//! `infer patches DIR --out OUT`: each patch's probability PNG is PyTorch's u8 map.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn patch_directory_gives_pytorchs_maps_and_overlays() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fixtures = root.join("tests/fixtures/pytorch");
+    let work = tempfile::tempdir().unwrap();
+    // The w8 state-dict fixture's model, converted as `convert` does.
+    let checkpoint = unet_core_checkpoint(
+        &fixtures.join("unet_w8_state_dict.pth"),
+        &work.path().join("w8.bpk"),
+    );
+    let input = work.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::copy(
+        fixtures.join("unet_w8_state_dict_input.png"),
+        input.join("a.png"),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args([
+            "patches",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--model",
+        ])
+        .arg(&checkpoint)
+        .args(["--device", "cpu", "--precision", "f32"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ours = image::open(out.join("a.prob.png")).unwrap().to_luma8();
+    let pytorch = image::open(fixtures.join("unet_w8_state_dict_expected_prob.png"))
+        .unwrap()
+        .to_luma8();
+    let worst = ours
+        .as_raw()
+        .iter()
+        .zip(pytorch.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "differs by {worst} levels");
+    let overlay = image::open(out.join("a.overlay.png")).unwrap();
+    assert_eq!((overlay.width(), overlay.height()), (64, 64));
+}
+
+/// The checkpoint converted to a model file, as `convert` does.
+fn unet_core_checkpoint(pth: &Path, out: &Path) -> std::path::PathBuf {
+    use burn::tensor::{DType, Device};
+    let checkpoint = unet_core::Checkpoint::read(pth).unwrap();
+    let model = unet_core::Unet::from_weights(&checkpoint.weights, &Device::flex(), DType::F32);
+    unet_core::model_file::save(&model, &checkpoint.weights.config, "test", out).unwrap();
+    out.to_path_buf()
+}

@@ -1,0 +1,253 @@
+//! Overlapping patch predictions blended into one map, emitted row by row.
+//!
+//! Patches may arrive in any order; they are applied in grid order. Only the band of rows the
+//! open patch row covers (`patch` rows of the region's width) is held: once patch row `r` is
+//! complete, no later patch touches the rows above `(r + 1) * stride`, so those are emitted
+//! and the band moves down.
+
+use std::collections::BTreeMap;
+
+use crate::grid::Grid;
+
+/// How overlapping predictions combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blend {
+    /// The users' semantics: each patch's map quantised to `floor(255 p)`, overlaps averaged
+    /// and truncated (`uint8(sum / count)`).
+    Mean,
+    /// Probabilities weighted by a Gaussian falling off toward the patch border (sigma = patch / 8,
+    /// as MONAI's sliding-window inference), then quantised.
+    Gaussian,
+}
+
+pub struct Stitcher {
+    grid: Grid,
+    blend: Blend,
+    width: usize,
+    height: usize,
+    /// Per-patch weights (all 1 for `Mean`), `patch` x `patch`.
+    kernel: Vec<f32>,
+    /// Accumulators for region rows `band_top .. band_top + patch`.
+    sum: Vec<f32>,
+    weight: Vec<f32>,
+    band_top: usize,
+    next_index: usize,
+    pending: BTreeMap<usize, Option<Vec<f32>>>,
+}
+
+impl Stitcher {
+    pub fn new(grid: Grid, blend: Blend) -> Stitcher {
+        let patch = grid.patch as usize;
+        let width = grid.region.width as usize;
+        let kernel = match blend {
+            Blend::Mean => vec![1.0; patch * patch],
+            Blend::Gaussian => gaussian_kernel(patch),
+        };
+        Stitcher {
+            grid,
+            blend,
+            width,
+            height: grid.region.height as usize,
+            kernel,
+            sum: vec![0.0; patch * width],
+            weight: vec![0.0; patch * width],
+            band_top: 0,
+            next_index: 0,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Adds patch `index`'s probabilities (`patch` x `patch`, row-major), or `None` for a
+    /// patch that was not run (no tissue). Calls `emit` with every run of finished region rows
+    /// (u8, `width` per row), top to bottom.
+    pub fn add(
+        &mut self,
+        index: usize,
+        probabilities: Option<Vec<f32>>,
+        emit: &mut dyn FnMut(&[u8]),
+    ) {
+        self.pending.insert(index, probabilities);
+        while let Some(probabilities) = self.pending.remove(&self.next_index) {
+            if let Some(probabilities) = probabilities {
+                self.accumulate(self.next_index, &probabilities);
+            }
+            let position = self.grid.position(self.next_index);
+            self.next_index += 1;
+            if position.col + 1 == self.grid.cols {
+                self.finish_patch_row(position.row, emit);
+            }
+        }
+    }
+
+    /// Whether every patch has been added and every row emitted.
+    pub fn is_complete(&self) -> bool {
+        self.next_index == self.grid.len()
+    }
+
+    /// Patches received but waiting for an earlier one.
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn accumulate(&mut self, index: usize, probabilities: &[f32]) {
+        let patch = self.grid.patch as usize;
+        let position = self.grid.position(index);
+        let x0 = (position.x - self.grid.region.x) as usize;
+        let y0 = (position.y - self.grid.region.y) as usize;
+        let cols = patch.min(self.width - x0);
+        let rows = patch.min(self.height - y0);
+        for row in 0..rows {
+            let band_row = y0 + row - self.band_top;
+            let dst = band_row * self.width + x0;
+            let src = row * patch;
+            let values = &probabilities[src..src + cols];
+            let weights = &self.kernel[src..src + cols];
+            let sums = &mut self.sum[dst..dst + cols];
+            let totals = &mut self.weight[dst..dst + cols];
+            for i in 0..cols {
+                let value = match self.blend {
+                    Blend::Mean => (255.0 * values[i]).clamp(0.0, 255.0).floor(),
+                    Blend::Gaussian => values[i],
+                };
+                sums[i] += weights[i] * value;
+                totals[i] += weights[i];
+            }
+        }
+    }
+
+    fn finish_patch_row(&mut self, row: usize, emit: &mut dyn FnMut(&[u8])) {
+        let stride = self.grid.stride as usize;
+        let last = row + 1 == self.grid.rows;
+        let done_until = if last {
+            self.height
+        } else {
+            ((row + 1) * stride).min(self.height)
+        };
+        let count = done_until - self.band_top;
+        if count == 0 {
+            return;
+        }
+        let pixels = count * self.width;
+        let out: Vec<u8> = self.sum[..pixels]
+            .iter()
+            .zip(&self.weight[..pixels])
+            .map(|(&sum, &weight)| {
+                if weight == 0.0 {
+                    return 0;
+                }
+                let blended = sum / weight;
+                match self.blend {
+                    Blend::Mean => blended.floor() as u8,
+                    // The weighted mean of equal values comes back a few ulps low: nudge before
+                    // flooring, so that a constant stays that constant.
+                    Blend::Gaussian => (255.0 * blended + 1e-3).clamp(0.0, 255.0) as u8,
+                }
+            })
+            .collect();
+        emit(&out);
+        // Move the band down: the rows not yet finished go to the top, the rest is cleared.
+        self.sum.copy_within(pixels.., 0);
+        self.weight.copy_within(pixels.., 0);
+        let keep = self.sum.len() - pixels;
+        self.sum[keep..].fill(0.0);
+        self.weight[keep..].fill(0.0);
+        self.band_top = done_until;
+    }
+}
+
+/// MONAI's Gaussian importance map: sigma = patch / 8, centred, normalised to a maximum of 1,
+/// floored so border pixels keep a little weight.
+fn gaussian_kernel(patch: usize) -> Vec<f32> {
+    let sigma = patch as f32 / 8.0;
+    let centre = (patch as f32 - 1.0) / 2.0;
+    let profile: Vec<f32> = (0..patch)
+        .map(|i| (-((i as f32 - centre).powi(2)) / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let mut kernel = Vec::with_capacity(patch * patch);
+    for y in &profile {
+        for x in &profile {
+            kernel.push((y * x).max(1e-3));
+        }
+    }
+    kernel
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grid::Rect;
+
+    fn grid(width: u64, height: u64, patch: u64, overlap: u64) -> Grid {
+        let region = Rect {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        };
+        Grid::new(region, patch, overlap).unwrap()
+    }
+
+    /// The whole map, stitched with patches given in `order`.
+    fn stitch(
+        grid: Grid,
+        blend: Blend,
+        order: &[usize],
+        value: impl Fn(usize) -> Option<f32>,
+    ) -> Vec<u8> {
+        let mut stitcher = Stitcher::new(grid, blend);
+        let mut map = Vec::new();
+        let area = (grid.patch * grid.patch) as usize;
+        for &i in order {
+            let patch = value(i).map(|v| vec![v; area]);
+            stitcher.add(i, patch, &mut |rows| map.extend_from_slice(rows));
+        }
+        assert!(stitcher.is_complete() && stitcher.waiting() == 0);
+        map
+    }
+
+    #[test]
+    fn mean_of_overlaps_is_the_users_uint8_of_sum_over_count() {
+        // 2 x 2 patches of 4 with overlap 2 over 6 x 6: the centre 2 x 2 is covered 4 times.
+        let grid = grid(6, 6, 4, 2);
+        let order: Vec<usize> = (0..grid.len()).collect();
+        let map = stitch(grid, Blend::Mean, &order, |i| Some([0.1, 0.2, 0.3, 0.5][i]));
+        let u8_of = |p: f32| (255.0 * p).floor();
+        let centre = ((u8_of(0.1) + u8_of(0.2) + u8_of(0.3) + u8_of(0.5)) / 4.0).floor() as u8;
+        assert_eq!(map.len(), 36);
+        assert_eq!(map[0], u8_of(0.1) as u8);
+        assert_eq!(map[2 * 6 + 2], centre);
+        assert_eq!(map[5 * 6 + 5], u8_of(0.5) as u8);
+        // The top-right pixel: patches 0 and 1 overlap columns 2 and 3 only.
+        assert_eq!(map[3], ((u8_of(0.1) + u8_of(0.2)) / 2.0).floor() as u8);
+    }
+
+    #[test]
+    fn arrival_order_does_not_matter_and_skipped_patches_leave_zero() {
+        let grid = grid(10, 7, 4, 1);
+        let in_order: Vec<usize> = (0..grid.len()).collect();
+        let reversed: Vec<usize> = in_order.iter().rev().copied().collect();
+        let value = |i: usize| {
+            if i.is_multiple_of(3) {
+                None
+            } else {
+                Some(i as f32 / 20.0)
+            }
+        };
+        for blend in [Blend::Mean, Blend::Gaussian] {
+            let a = stitch(grid, blend, &in_order, value);
+            let b = stitch(grid, blend, &reversed, value);
+            assert_eq!(a, b);
+            assert_eq!(a.len(), 70);
+        }
+        // Patch 0 was skipped and nothing else covers (0, 0).
+        assert_eq!(stitch(grid, Blend::Mean, &in_order, value)[0], 0);
+    }
+
+    #[test]
+    fn gaussian_of_a_constant_is_that_constant() {
+        let grid = grid(20, 20, 8, 4);
+        let order: Vec<usize> = (0..grid.len()).collect();
+        let map = stitch(grid, Blend::Gaussian, &order, |_| Some(0.6));
+        assert!(map.iter().all(|&v| v == 153), "{map:?}");
+    }
+}
