@@ -121,3 +121,40 @@ fn a_region_outside_the_slide() {
     assert!(message.contains("outside the slide"), "{message}");
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Ctrl-C (SIGINT) mid-run: exit 130, and nothing left in the output directory.
+#[test]
+fn ctrl_c_stops_cleanly_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args([
+            demo().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--tissue",
+            "off",
+            "--device",
+            "cpu",
+            "--quiet",
+        ])
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough to be reading and running patches (the whole run takes tens of seconds).
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let signal = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    let output = child.wait_with_output().unwrap();
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{message}");
+    assert!(message.contains("interrupted"), "{message}");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
