@@ -55,10 +55,8 @@ pub fn run(dir: &Path, out: &Path, predictor: &Predictor, batch: usize) -> Resul
                 let stem = crate::pipeline::output_stem(path);
                 let grey = image::GrayImage::from_raw(image.width(), image.height(), map.to_u8())
                     .expect("sized");
-                let prob = staged.add(format!("{stem}.prob.png"));
-                grey.save_with_format(&prob, image::ImageFormat::Png)?;
-                let overlay = staged.add(format!("{stem}.overlay.png"));
-                heatmap(image, &grey).save_with_format(&overlay, image::ImageFormat::Png)?;
+                staged.write_png(&format!("{stem}.prob.png"), &grey)?;
+                staged.write_png(&format!("{stem}.overlay.png"), &heatmap(image, &grey))?;
             }
             start = end;
         }

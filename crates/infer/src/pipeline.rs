@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use tempfile::NamedTempFile;
 use tiling::{Blend, Grid, Rect, Stitcher, TissueMask};
 use unet_core::{PredictError, Predictor, RgbPatch};
 use wsi::{Channels, PyramidWriter, Slide, WriterOptions};
@@ -164,9 +165,9 @@ pub fn run(job: SlideJob) -> Result<Summary> {
         .max(level1_downsample)
         .max(1.0);
 
-    let prob_path = staged.add(format!("{stem}.prob.tif"));
+    let prob_name = format!("{stem}.prob.tif");
     let writer = PyramidWriter::create(
-        &prob_path,
+        staged.final_path(&prob_name),
         region.width,
         region.height,
         Channels::Grey,
@@ -186,58 +187,59 @@ pub fn run(job: SlideJob) -> Result<Summary> {
         .map_or(2, |n| n.get())
         .clamp(1, 8);
 
-    let outcome = std::thread::scope(|scope| -> Result<(Overlap, LowResolutionMap)> {
-        for _ in 0..readers {
-            let patch_tx = patch_tx.clone();
-            let (slide, grid, to_run, next, read_error, stop) =
-                (&slide, &grid, &to_run, &next, &read_error, &job.stop);
-            scope
-                .spawn(move || read_patches(slide, grid, to_run, next, patch_tx, read_error, stop));
-        }
-        drop(patch_tx);
-        let skipped: Vec<usize> = {
-            let mut run = vec![false; grid.len()];
-            to_run.iter().for_each(|&i| run[i] = true);
-            (0..grid.len()).filter(|&i| !run[i]).collect()
-        };
-        let truth = truth.as_ref();
-        let stitcher = scope.spawn(move || {
-            stitch_and_write(
-                grid, job.blend, skipped, stitch_rx, writer, truth, downsample,
-            )
-        });
-        let inference = infer_batches(
-            &job.predictor,
-            job.batch,
-            patch_rx,
-            stitch_tx,
-            &progress,
-            &job.stop,
-        );
-        let stitched = stitcher.join().expect("the stitcher does not panic");
-        inference?;
-        if let Some(err) = read_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Err(err);
-        }
-        if job.stop.load(Ordering::Relaxed) {
-            bail!("interrupted");
-        }
-        stitched
-    });
+    let outcome = std::thread::scope(
+        |scope| -> Result<(Overlap, LowResolutionMap, NamedTempFile)> {
+            for _ in 0..readers {
+                let patch_tx = patch_tx.clone();
+                let (slide, grid, to_run, next, read_error, stop) =
+                    (&slide, &grid, &to_run, &next, &read_error, &job.stop);
+                scope.spawn(move || {
+                    read_patches(slide, grid, to_run, next, patch_tx, read_error, stop)
+                });
+            }
+            drop(patch_tx);
+            let skipped: Vec<usize> = {
+                let mut run = vec![false; grid.len()];
+                to_run.iter().for_each(|&i| run[i] = true);
+                (0..grid.len()).filter(|&i| !run[i]).collect()
+            };
+            let truth = truth.as_ref();
+            let stitcher = scope.spawn(move || {
+                stitch_and_write(
+                    grid, job.blend, skipped, stitch_rx, writer, truth, downsample,
+                )
+            });
+            let inference = infer_batches(
+                &job.predictor,
+                job.batch,
+                patch_rx,
+                stitch_tx,
+                &progress,
+                &job.stop,
+            );
+            let stitched = stitcher.join().expect("the stitcher does not panic");
+            inference?;
+            if let Some(err) = read_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Err(err);
+            }
+            if job.stop.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            stitched
+        },
+    );
     progress.finish_and_clear();
-    let (overlap, low_resolution) = outcome?;
+    let (overlap, low_resolution, prob_file) = outcome?;
+    staged.keep(prob_file, &prob_name);
 
     let map = low_resolution.to_image();
     let (view, _) = low_level_view_of_region(&slide, region, map.width(), map.height())?;
     let picture = heatmap(&view, &map);
-    let heatmap_path = staged.add(format!("{stem}.heatmap.png"));
-    picture
-        .save_with_format(&heatmap_path, image::ImageFormat::Png)
-        .with_context(|| format!("{}: cannot write", heatmap_path.display()))?;
+    staged.write_png(&format!("{stem}.heatmap.png"), &picture)?;
     let geojson = tumour_geojson(&map, downsample, (region.x, region.y))?;
-    let geojson_path = staged.add(format!("{stem}.tumour.geojson"));
-    std::fs::write(&geojson_path, serde_json::to_vec_pretty(&geojson)?)
-        .with_context(|| format!("{}: cannot write", geojson_path.display()))?;
+    staged.write(&format!("{stem}.tumour.geojson"), |out| {
+        Ok(serde_json::to_writer_pretty(out, &geojson)?)
+    })?;
 
     let seconds = started.elapsed().as_secs_f64();
     let run = to_run.len();
@@ -275,9 +277,9 @@ pub fn run(job: SlideJob) -> Result<Summary> {
         dice: truth.as_ref().map(|_| overlap.dice()),
         iou: truth.as_ref().map(|_| overlap.iou()),
     };
-    let summary_path = staged.add(format!("{stem}.summary.json"));
-    std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary)?)
-        .with_context(|| format!("{}: cannot write", summary_path.display()))?;
+    staged.write(&format!("{stem}.summary.json"), |out| {
+        Ok(serde_json::to_writer_pretty(out, &summary)?)
+    })?;
     staged.commit()?;
     Ok(summary)
 }
@@ -414,7 +416,7 @@ fn stitch_and_write(
     mut writer: PyramidWriter,
     truth: Option<&Truth>,
     downsample: f64,
-) -> Result<(Overlap, LowResolutionMap)> {
+) -> Result<(Overlap, LowResolutionMap, NamedTempFile)> {
     let region = grid.region;
     let mut stitcher = Stitcher::new(grid, blend);
     let mut low = LowResolutionMap::new(region.width, region.height, downsample);
@@ -450,11 +452,10 @@ fn stitch_and_write(
         return Err(err);
     }
     if !stitcher.is_complete() {
-        // The input ended early (an error or Ctrl-C upstream): the writer's drop removes its file.
+        // The input ended early (an error or Ctrl-C upstream): dropping the writer removes its file.
         bail!("stopped before every patch was stitched");
     }
-    writer.finish()?;
-    Ok((overlap, low))
+    Ok((overlap, low, writer.finish_temporary()?))
 }
 
 fn progress_bar(visible: bool, total: usize) -> ProgressBar {

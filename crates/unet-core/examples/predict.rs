@@ -35,25 +35,22 @@ fn main() -> Result<()> {
     let output = predictor.predict_raw(&[patch])?;
     let channels = predictor.config().out_channels;
 
-    let temporary = args.output.with_extension("npy.tmp");
+    // Written beside OUT.npy and renamed when complete; removed on failure.
     let write = || -> Result<()> {
-        let file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+        let dir = args.output.parent().filter(|d| !d.as_os_str().is_empty());
+        let mut file = tempfile::NamedTempFile::new_in(dir.unwrap_or(".".as_ref()))?;
         let shape = [channels as u64, height as u64, width as u64];
         let mut writer = npyz::WriteOptions::<f32>::new()
             .default_dtype()
             .shape(&shape)
-            .writer(file)
+            .writer(std::io::BufWriter::new(&mut file))
             .begin_nd()?;
         writer.extend(output.iter().copied())?;
         writer.finish()?;
-        std::fs::rename(&temporary, &args.output)?;
+        file.persist(&args.output)?;
         Ok(())
     };
-    write()
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&temporary);
-        })
-        .with_context(|| format!("{}: cannot write", args.output.display()))?;
+    write().with_context(|| format!("{}: cannot write", args.output.display()))?;
     println!(
         "{}: [{channels}, {height}, {width}] sigmoid output on {} ({})",
         args.output.display(),

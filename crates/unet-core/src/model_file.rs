@@ -28,7 +28,8 @@ pub enum ModelFileError {
     Unwritable { file: PathBuf, reason: String },
 }
 
-/// Writes `model` to `path` atomically: to a temporary name beside it, renamed when complete.
+/// Writes `model` to `path` atomically: to a temporary file beside it, renamed when complete
+/// (and removed if anything fails).
 pub fn save(
     model: &Unet,
     config: &UnetConfig,
@@ -39,21 +40,28 @@ pub fn save(
         file: path.to_path_buf(),
         reason,
     };
-    let temporary = temporary_path(path);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temporary = tempfile::Builder::new()
+        .prefix(".model")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| unwritable(e.to_string()))?;
     let config_json = serde_json::to_string(config).map_err(|e| unwritable(e.to_string()))?;
-    let mut store = BurnpackStore::from_file(&temporary)
+    let mut store = BurnpackStore::from_file(temporary.path())
         .auto_extension(false)
         .overwrite(true)
         .metadata(CONFIG_KEY, config_json)
         .metadata(SOURCE_KEY, source);
-    let written = model
+    model
         .save_into(&mut store)
-        .map_err(|e| unwritable(e.to_string()))
-        .and_then(|()| std::fs::rename(&temporary, path).map_err(|e| unwritable(e.to_string())));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written
+        .map_err(|e| unwritable(e.to_string()))?;
+    temporary
+        .persist(path)
+        .map_err(|e| unwritable(e.error.to_string()))?;
+    Ok(())
 }
 
 /// Reads a model file onto `device`, its weights cast to `dtype`.
@@ -86,13 +94,4 @@ pub fn load(
         .load_from(&mut store)
         .map_err(|e| unreadable(e.to_string()))?;
     Ok((model, config))
-}
-
-/// `dir/name.ext` -> `dir/.name.ext.tmp`: same directory, so the final rename is atomic.
-pub fn temporary_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
 }

@@ -76,9 +76,38 @@ pub enum PredictError {
 pub struct Predictor {
     model: Unet,
     config: UnetConfig,
+    target: Target,
+}
+
+/// Where and at what precision the model runs, resolved from the user's choices.
+struct Target {
     device: Device,
     on_cuda: bool,
+    /// Never `Auto`.
     precision: Precision,
+}
+
+impl Target {
+    fn resolve(device: DeviceChoice, precision: Precision) -> Result<Target, PredictError> {
+        let (device, on_cuda) = resolve_device(device)?;
+        let precision = match precision {
+            Precision::Auto if on_cuda => Precision::F16,
+            Precision::Auto => Precision::F32,
+            chosen => chosen,
+        };
+        Ok(Target {
+            device,
+            on_cuda,
+            precision,
+        })
+    }
+
+    fn dtype(&self) -> DType {
+        match self.precision {
+            Precision::F16 => DType::F16,
+            Precision::F32 | Precision::Auto => DType::F32,
+        }
+    }
 }
 
 impl Predictor {
@@ -88,15 +117,12 @@ impl Predictor {
         device: DeviceChoice,
         precision: Precision,
     ) -> Result<Predictor, PredictError> {
-        let (device, on_cuda) = resolve_device(device)?;
-        let precision = resolve_precision(precision, on_cuda);
-        let (model, config) = model_file::load(path, &device, dtype_of(precision))?;
+        let target = Target::resolve(device, precision)?;
+        let (model, config) = model_file::load(path, &target.device, target.dtype())?;
         Ok(Predictor {
             model,
             config,
-            device,
-            on_cuda,
-            precision,
+            target,
         })
     }
 
@@ -107,14 +133,10 @@ impl Predictor {
         device: DeviceChoice,
         precision: Precision,
     ) -> Result<Predictor, PredictError> {
-        let (device, on_cuda) = resolve_device(device)?;
-        let precision = resolve_precision(precision, on_cuda);
         Ok(Predictor {
             model,
             config,
-            device,
-            on_cuda,
-            precision,
+            target: Target::resolve(device, precision)?,
         })
     }
 
@@ -129,12 +151,12 @@ impl Predictor {
 
     /// `"cuda"` or `"cpu"`.
     pub fn device_name(&self) -> &'static str {
-        if self.on_cuda { "cuda" } else { "cpu" }
+        if self.target.on_cuda { "cuda" } else { "cpu" }
     }
 
     /// The precision in use (never `Auto`).
     pub fn precision(&self) -> Precision {
-        self.precision
+        self.target.precision
     }
 
     /// The tumour probability of every pixel of every patch (max over output channels).
@@ -171,7 +193,7 @@ impl Predictor {
         }
         let shape = [patches.len(), self.config.in_channels, height, width];
         let options =
-            TensorCreationOptions::new(self.device.clone()).with_dtype(dtype_of(self.precision));
+            TensorCreationOptions::new(self.target.device.clone()).with_dtype(self.target.dtype());
         let x = Tensor::<4>::from_data(TensorData::new(input, shape), options);
         Ok(self.model.forward(x))
     }
@@ -223,21 +245,6 @@ fn check_batch(patches: &[RgbPatch], config: &UnetConfig) -> Result<(usize, usiz
         }
     }
     Ok((width, height))
-}
-
-fn dtype_of(precision: Precision) -> DType {
-    match precision {
-        Precision::F16 => DType::F16,
-        Precision::F32 | Precision::Auto => DType::F32,
-    }
-}
-
-fn resolve_precision(precision: Precision, on_cuda: bool) -> Precision {
-    match precision {
-        Precision::Auto if on_cuda => Precision::F16,
-        Precision::Auto => Precision::F32,
-        chosen => chosen,
-    }
 }
 
 /// The Burn device for a choice, and whether it is CUDA.

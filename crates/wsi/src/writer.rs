@@ -4,14 +4,14 @@
 //! deflated (in parallel) and appended to the file, and the band is halved (2x2 mean) into level
 //! k+1's band. Directories are written at the end, all levels in the main IFD chain, reduced
 //! ones marked `NewSubfileType = 1`, each with its own resolution tags. The file is written
-//! under a temporary name and renamed by [`PyramidWriter::finish`]; dropped unfinished, it
-//! removes the temporary file.
+//! as a temporary file beside its destination and renamed by [`PyramidWriter::finish`];
+//! dropped unfinished, the temporary file is removed.
 
-use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use tempfile::NamedTempFile;
 
 use crate::error::{Result, WsiError};
 
@@ -55,8 +55,7 @@ struct LevelState {
 
 pub struct PyramidWriter {
     final_path: PathBuf,
-    temporary: PathBuf,
-    file: Option<BufWriter<File>>,
+    file: BufWriter<NamedTempFile>,
     position: u64,
     channels: Channels,
     options: WriterOptions,
@@ -106,15 +105,21 @@ impl PyramidWriter {
             // Floor, as libvips does (1001 -> 500).
             (w, h) = (w / 2, h / 2);
         }
-        let temporary = temporary_path(&final_path);
-        let file = File::create(&temporary).map_err(|source| WsiError::Io {
-            path: temporary.clone(),
-            source,
-        })?;
+        let dir = final_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let file = tempfile::Builder::new()
+            .prefix(".pyramid")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|source| WsiError::Io {
+                path: final_path.clone(),
+                source,
+            })?;
         let mut writer = PyramidWriter {
             final_path,
-            temporary,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            file: BufWriter::with_capacity(1 << 20, file),
             position: 0,
             channels,
             options,
@@ -151,7 +156,20 @@ impl PyramidWriter {
     }
 
     /// Writes the remaining bands and the directories, then renames the file into place.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        let path = self.final_path.clone();
+        self.finish_temporary()?
+            .persist(&path)
+            .map_err(|err| WsiError::Io {
+                path,
+                source: err.error,
+            })?;
+        Ok(())
+    }
+
+    /// Writes the remaining bands and the directories, and hands back the complete file still
+    /// under its temporary name, for a caller that renames several outputs together.
+    pub fn finish_temporary(mut self) -> Result<NamedTempFile> {
         let base = &self.levels[0];
         if base.rows_done + base.band_rows != base.height {
             return Err(self.bad(format!(
@@ -166,18 +184,15 @@ impl PyramidWriter {
             }
         }
         let first_ifd = self.write_directories()?;
-        let mut file = self.file.take().expect("file open until finish");
         let io = |source| WsiError::Io {
-            path: self.temporary.clone(),
+            path: self.final_path.clone(),
             source,
         };
-        file.seek(SeekFrom::Start(8)).map_err(io)?;
-        file.write_all(&first_ifd.to_le_bytes()).map_err(io)?;
-        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&self.temporary, &self.final_path).map_err(io)?;
-        Ok(())
+        self.file.seek(SeekFrom::Start(8)).map_err(io)?;
+        self.file.write_all(&first_ifd.to_le_bytes()).map_err(io)?;
+        let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
+        file.as_file().sync_all().map_err(io)?;
+        Ok(file)
     }
 
     fn push_rows(&mut self, level: usize, mut rows: &[u8]) -> Result<()> {
@@ -304,25 +319,16 @@ impl PyramidWriter {
             self.write(&ifd)?;
         }
         // Chain the directories: each one's last 8 bytes point to the next.
-        let file = self.file.as_mut().expect("file open until finish");
+        let io = |source| WsiError::Io {
+            path: self.final_path.clone(),
+            source,
+        };
         for (i, window) in ifd_offsets.windows(2).enumerate() {
             let next_field = window[0] + 8 + entries_per_level[i].len() as u64 * 20;
-            let io = |source| WsiError::Io {
-                path: self.temporary.clone(),
-                source,
-            };
-            file.seek(SeekFrom::Start(next_field)).map_err(io)?;
-            file.write_all(&window[1].to_le_bytes()).map_err(io)?;
+            self.file.seek(SeekFrom::Start(next_field)).map_err(io)?;
+            self.file.write_all(&window[1].to_le_bytes()).map_err(io)?;
         }
-        let end = self.position;
-        self.file
-            .as_mut()
-            .expect("file open until finish")
-            .seek(SeekFrom::Start(end))
-            .map_err(|source| WsiError::Io {
-                path: self.temporary.clone(),
-                source,
-            })?;
+        self.file.seek(SeekFrom::Start(self.position)).map_err(io)?;
         Ok(ifd_offsets[0])
     }
 
@@ -334,14 +340,10 @@ impl PyramidWriter {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .as_mut()
-            .expect("file open until finish")
-            .write_all(bytes)
-            .map_err(|source| WsiError::Io {
-                path: self.temporary.clone(),
-                source,
-            })?;
+        self.file.write_all(bytes).map_err(|source| WsiError::Io {
+            path: self.final_path.clone(),
+            source,
+        })?;
         self.position += bytes.len() as u64;
         Ok(())
     }
@@ -352,24 +354,6 @@ impl PyramidWriter {
             reason,
         }
     }
-}
-
-impl Drop for PyramidWriter {
-    fn drop(&mut self) {
-        // Still open: not finished (an error, or the caller gave up). Leave nothing behind.
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.temporary);
-        }
-    }
-}
-
-/// `dir/name` -> `dir/.name.tmp`: same directory, so the final rename is atomic.
-pub fn temporary_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
 }
 
 fn deflate(pixels: &[u8], level: u32) -> Vec<u8> {

@@ -77,13 +77,17 @@ fn run(args: Args) -> Result<()> {
         } => {
             let slide = Slide::open(&file)?;
             let region = slide.read_region(level, x, y, width, height)?;
-            let temporary = wsi::writer::temporary_path(&out);
+            // Written beside OUT and renamed when complete; removed on failure.
+            let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
+            let mut file = tempfile::NamedTempFile::new_in(dir.unwrap_or(".".as_ref()))
+                .with_context(|| format!("{}: cannot write", out.display()))?;
             region
-                .save_with_format(&temporary, image::ImageFormat::Png)
-                .and_then(|()| std::fs::rename(&temporary, &out).map_err(Into::into))
-                .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&temporary);
-                })
+                .write_to(
+                    &mut std::io::BufWriter::new(&mut file),
+                    image::ImageFormat::Png,
+                )
+                .with_context(|| format!("{}: cannot write", out.display()))?;
+            file.persist(&out)
                 .with_context(|| format!("{}: cannot write", out.display()))?;
         }
     }
