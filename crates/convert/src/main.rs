@@ -1,22 +1,32 @@
 //! `convert UNet_17.pth [--out PATH]`: a PyTorch Camelyon UNet checkpoint in, a Burn model
 //! file out (`models/UNet_17.bpk` by default).
+//! `convert UNet_17.pth --onnx model.onnx [--onnx-fp16]`: the same model as ONNX instead; the
+//! input may also be a converted `.bpk`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::{DType, Device};
 use clap::Parser;
+use unet_core::checkpoint::FoldedWeights;
 use unet_core::{Checkpoint, MODEL_EXTENSION, Unet, model_file};
 
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// The PyTorch checkpoint: a state_dict, a training dict holding one, or DataParallel's.
-    checkpoint: PathBuf,
-    /// Where to write the Burn model [default: models/<checkpoint stem>.bpk].
-    #[arg(long)]
+    /// A PyTorch checkpoint (a state_dict, a training dict holding one, or DataParallel's),
+    /// or, with --onnx, a converted model file (.bpk).
+    input: PathBuf,
+    /// Where to write the Burn model [default: models/<input stem>.bpk].
+    #[arg(long, conflicts_with = "onnx")]
     out: Option<PathBuf>,
+    /// Write the model as ONNX (opset 17) to this path instead of a Burn model.
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+    /// With --onnx: float16 weights and activations (the interface stays float32).
+    #[arg(long, requires = "onnx")]
+    onnx_fp16: bool,
 }
 
 fn main() -> ExitCode {
@@ -30,21 +40,67 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    let checkpoint = Checkpoint::read(&args.checkpoint)?;
-    let config = checkpoint.weights.config;
-    let prefix = match checkpoint.prefix.as_str() {
-        "" => "plain state_dict".to_string(),
-        prefix => format!("state_dict under `{prefix}`"),
+    let is_model_file = args.input.extension().is_some_and(|e| e == MODEL_EXTENSION);
+    let weights = if is_model_file {
+        if args.onnx.is_none() {
+            bail!(
+                "{}: already a converted model; give --onnx PATH to export it",
+                args.input.display()
+            );
+        }
+        let weights = model_file::read_weights(&args.input)?;
+        println!("read {} (converted model)", args.input.display());
+        weights
+    } else {
+        read_checkpoint(&args.input)?
     };
-    println!("read {} ({prefix})", args.checkpoint.display());
+    let config = weights.config;
     println!(
         "  Camelyon UNet: in_channels {}, out_channels {}, base width {}",
         config.in_channels, config.out_channels, config.base_width
     );
+
+    if let Some(onnx) = &args.onnx {
+        let precision = if args.onnx_fp16 {
+            onnx_export::Precision::F16
+        } else {
+            onnx_export::Precision::F32
+        };
+        onnx_export::write(&weights, precision, onnx)?;
+        println!(
+            "wrote {} (ONNX opset {}, {precision:?})",
+            onnx.display(),
+            onnx_export::OPSET
+        );
+        return Ok(());
+    }
+    let out = match args.out {
+        Some(out) => out,
+        None => default_output(&args.input)?,
+    };
+    let model = Unet::from_weights(&weights, &Device::flex(), DType::F32);
+    let source = args
+        .input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    model_file::save(&model, &config, &source, &out)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Reads a PyTorch checkpoint and says what it found.
+fn read_checkpoint(path: &Path) -> Result<FoldedWeights> {
+    let checkpoint = Checkpoint::read(path)?;
+    let prefix = match checkpoint.prefix.as_str() {
+        "" => "plain state_dict".to_string(),
+        prefix => format!("state_dict under `{prefix}`"),
+    };
+    println!("read {} ({prefix})", path.display());
     println!(
         "  {} parameters ({} after folding BatchNorm into the convolutions)",
         checkpoint.torch_parameters,
-        config.num_params()
+        checkpoint.weights.config.num_params()
     );
     if !checkpoint.ignored.is_empty() {
         println!(
@@ -53,20 +109,7 @@ fn run(args: Args) -> Result<()> {
             summarise(&checkpoint.ignored)
         );
     }
-
-    let out = match args.out {
-        Some(out) => out,
-        None => default_output(&args.checkpoint)?,
-    };
-    let model = Unet::from_weights(&checkpoint.weights, &Device::flex(), DType::F32);
-    let source = args
-        .checkpoint
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    model_file::save(&model, &config, &source, &out)?;
-    println!("wrote {}", out.display());
-    Ok(())
+    Ok(checkpoint.weights)
 }
 
 /// `models/<stem>.bpk`, creating `models/` if needed.

@@ -115,3 +115,46 @@ fn bad_checkpoints_fail_clearly_and_leave_no_file() {
         assert!(left.is_empty(), "{file} left {left:?}");
     }
 }
+
+/// `--onnx`: from the checkpoint or from the converted model, the same bytes; a bad checkpoint
+/// fails as without `--onnx` and leaves no `.onnx`.
+#[test]
+fn onnx_export_from_checkpoint_or_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = fixtures().join("pytorch/unet_w8_checkpoint.pth");
+    let model = dir.path().join("w8.bpk");
+    let from_checkpoint = dir.path().join("a.onnx");
+    let from_model = dir.path().join("b.onnx");
+    for args in [
+        vec![checkpoint.as_path(), Path::new("--out"), &model],
+        vec![checkpoint.as_path(), Path::new("--onnx"), &from_checkpoint],
+        vec![model.as_path(), Path::new("--onnx"), &from_model],
+    ] {
+        let output = convert(&args, dir.path());
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+    }
+    assert_eq!(
+        std::fs::read(&from_checkpoint).unwrap(),
+        std::fs::read(&from_model).unwrap()
+    );
+
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let onnx = bad.join("model.onnx");
+    let output = convert(
+        &[
+            &fixtures().join("bad/wrong_shape.pth"),
+            Path::new("--onnx"),
+            &onnx,
+            Path::new("--onnx-fp16"),
+        ],
+        &bad,
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("[16, 8, 3, 3]"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read_dir(&bad).unwrap().count(), 0);
+}

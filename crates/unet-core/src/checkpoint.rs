@@ -73,6 +73,30 @@ pub struct FoldedWeights {
 }
 
 impl FoldedWeights {
+    /// Weights read back from a model file: every tensor the architecture needs must be there
+    /// with its shape; the error names the first that is not.
+    pub(crate) fn from_tensors(
+        config: UnetConfig,
+        mut tensors: BTreeMap<String, (Vec<f32>, Vec<usize>)>,
+    ) -> Result<FoldedWeights, String> {
+        let mut folded = BTreeMap::new();
+        for (name, shape) in inference_tensors(&config) {
+            let (values, found) = tensors
+                .remove(&name)
+                .ok_or_else(|| format!("tensor `{name}` is missing (expected shape {shape:?})"))?;
+            if found != shape || values.len() != shape.iter().product::<usize>() {
+                return Err(format!(
+                    "tensor `{name}` has shape {found:?}, expected {shape:?}"
+                ));
+            }
+            folded.insert(name, Folded { values, shape });
+        }
+        Ok(FoldedWeights {
+            config,
+            tensors: folded,
+        })
+    }
+
     /// Values and shape of the tensor at a Burn module path. Panics on a name this crate
     /// did not create: that is a bug here, not bad input.
     pub fn get(&self, name: &str) -> (&[f32], &[usize]) {
@@ -349,6 +373,32 @@ fn expected_tensors(config: &UnetConfig) -> BTreeMap<String, Vec<usize>> {
         }
     }
     keys
+}
+
+/// Every tensor of the inference model by Burn module path, with its shape.
+fn inference_tensors(config: &UnetConfig) -> Vec<(String, Vec<usize>)> {
+    let mut tensors = Vec::new();
+    for layer in layers(config) {
+        match layer {
+            Layer::ConvBn {
+                burn,
+                channels: [i, o],
+                ..
+            } => {
+                tensors.push((format!("{burn}.weight"), vec![o, i, 3, 3]));
+                tensors.push((format!("{burn}.bias"), vec![o]));
+            }
+            Layer::Plain {
+                name,
+                shape,
+                bias_len,
+            } => {
+                tensors.push((format!("{name}.weight"), shape.to_vec()));
+                tensors.push((format!("{name}.bias"), vec![bias_len]));
+            }
+        }
+    }
+    tensors
 }
 
 /// `conv1.conv.0` -> `conv1.conv.1`: the BatchNorm right after a convolution.

@@ -3,10 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Device};
+use std::collections::BTreeMap;
+
+use burn::tensor::{DType, Device, TensorData};
 use burn_store::burn_pack::Reader;
 use burn_store::{BurnpackStore, FloatCastAdapter, ModuleSnapshot};
 
+use crate::checkpoint::FoldedWeights;
 use crate::model::{Unet, UnetConfig};
 
 /// Extension of converted model files.
@@ -78,13 +81,7 @@ pub fn load(
         return Err(unreadable("no such file".to_string()));
     }
     let reader = Reader::from_file(path).map_err(|e| unreadable(e.to_string()))?;
-    let config: UnetConfig = reader
-        .metadata()
-        .get(CONFIG_KEY)
-        .and_then(|json| serde_json::from_str(json).ok())
-        .ok_or_else(|| ModelFileError::NotUnet {
-            file: path.to_path_buf(),
-        })?;
+    let config = config_of(path, &reader)?;
     drop(reader);
     let mut model = config.init(device);
     let mut store = BurnpackStore::from_file(path)
@@ -94,4 +91,40 @@ pub fn load(
         .load_from(&mut store)
         .map_err(|e| unreadable(e.to_string()))?;
     Ok((model, config))
+}
+
+/// The folded weights a model file holds, as `convert` computed them (for exporting it).
+pub fn read_weights(path: &Path) -> Result<FoldedWeights, ModelFileError> {
+    let unreadable = |reason: String| ModelFileError::Unreadable {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let reader = Reader::from_file(path).map_err(|e| unreadable(e.to_string()))?;
+    let config = config_of(path, &reader)?;
+    let mut tensors = BTreeMap::new();
+    for tensor in reader
+        .into_tensors()
+        .map_err(|e| unreadable(e.to_string()))?
+    {
+        let (name, dtype, shape, _, bytes) =
+            tensor.into_parts().map_err(|e| unreadable(e.to_string()))?;
+        let data = TensorData::from_bytes_vec(bytes.to_vec(), shape.clone(), dtype);
+        let values = data
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| unreadable(format!("tensor `{name}`: {e:?}")))?;
+        tensors.insert(name, (values, shape.to_vec()));
+    }
+    FoldedWeights::from_tensors(config, tensors).map_err(unreadable)
+}
+
+/// The architecture recorded in a model file's metadata.
+fn config_of(path: &Path, reader: &Reader) -> Result<UnetConfig, ModelFileError> {
+    reader
+        .metadata()
+        .get(CONFIG_KEY)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .ok_or_else(|| ModelFileError::NotUnet {
+            file: path.to_path_buf(),
+        })
 }
