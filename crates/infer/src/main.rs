@@ -1,6 +1,7 @@
 //! `infer SLIDE`: a whole slide in, a tumour probability map, heatmap, contours and summary out.
 //! `infer patches DIR --out OUT`: every patch image in DIR to its probability map and overlay.
 
+mod bench;
 mod output;
 mod patches;
 mod pictures;
@@ -22,6 +23,8 @@ use crate::pipeline::{SlideJob, TissueChoice};
 
 /// The demo model shipped in `models/`, converted from `unet_demo_w8.pth`.
 const DEMO_MODEL: &str = "models/unet_demo_w8.bpk";
+/// The demo slide shipped with the tests.
+const DEMO_SLIDE: &str = "tests/fixtures/pipeline/demo_vips_jpeg.tif";
 
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -34,6 +37,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The users' original path (tiles one by one, batch 1, f32) against the optimised one
+    /// (reader threads, batches, f16 on CUDA), on the same patches: a table and a bar chart.
+    Bench {
+        /// The slide to take patches from [default: the demo slide].
+        slide: Option<PathBuf>,
+        /// How many patches (with tissue) each path runs.
+        #[arg(long, default_value_t = 24)]
+        patches: usize,
+        /// Where to write bench.png and bench.json.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Run one path in this process (the compare runs each in a child process).
+        #[arg(long, hide = true)]
+        path: Option<bench::BenchPath>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
     /// Every PNG/JPEG patch in DIR to its probability PNG and an overlay.
     Patches {
         dir: PathBuf,
@@ -117,6 +137,7 @@ fn parse_region(text: &str) -> Result<Rect, String> {
 }
 
 fn main() -> ExitCode {
+    let process_start = std::time::Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     // Ctrl-C: stop reading, let the pipeline unwind, remove partial outputs.
@@ -127,7 +148,18 @@ fn main() -> ExitCode {
             ..
         } => load(&model)
             .and_then(|(predictor, _)| patches::run(&dir, &out, &predictor, model.batch)),
-        Cli { slide, .. } => run_slide(slide, stop.clone()),
+        Cli {
+            command:
+                Some(Command::Bench {
+                    slide,
+                    patches,
+                    out,
+                    path,
+                    model,
+                }),
+            ..
+        } => run_bench(slide, patches, &out, path, &model),
+        Cli { slide, .. } => run_slide(slide, stop.clone(), process_start),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,27 +179,65 @@ fn load(args: &ModelArgs) -> Result<(Predictor, PathBuf)> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let path = match &args.model {
-        Some(path) => path.clone(),
-        None => demo_model().context("no --model given and the demo model is not found")?,
-    };
+    let path = model_path(args)?;
     let predictor = Predictor::load(&path, args.device, args.precision)?;
     Ok((predictor, path))
 }
 
-/// `models/unet_demo_w8.bpk` here, or in the repository this binary was built from.
-fn demo_model() -> Option<PathBuf> {
+fn model_path(args: &ModelArgs) -> Result<PathBuf> {
+    match &args.model {
+        Some(path) => Ok(path.clone()),
+        None => repo_file(DEMO_MODEL).context("no --model given and the demo model is not found"),
+    }
+}
+
+/// A file of the repository (the demo model or slide): here, or in the repository this binary
+/// was built from.
+fn repo_file(relative: &str) -> Option<PathBuf> {
     [
-        PathBuf::from(DEMO_MODEL),
+        PathBuf::from(relative),
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../..")
-            .join(DEMO_MODEL),
+            .join(relative),
     ]
     .into_iter()
     .find(|p| p.is_file())
 }
 
-fn run_slide(args: SlideArgs, stop: Arc<AtomicBool>) -> Result<()> {
+fn run_bench(
+    slide: Option<PathBuf>,
+    patches: usize,
+    out: &Path,
+    path: Option<bench::BenchPath>,
+    model: &ModelArgs,
+) -> Result<()> {
+    let slide = match slide {
+        Some(slide) => slide,
+        None => repo_file(DEMO_SLIDE).context("no slide given and the demo slide is not found")?,
+    };
+    if patches == 0 || model.batch == 0 {
+        bail!("--patches and --batch must be at least 1");
+    }
+    let model_file = model_path(model)?;
+    let args = bench::BenchArgs {
+        slide: &slide,
+        model: &model_file,
+        device: model.device,
+        patches,
+        batch: model.batch,
+        out,
+    };
+    match path {
+        Some(path) => bench::run_path(path, &args),
+        None => bench::compare(&args),
+    }
+}
+
+fn run_slide(
+    args: SlideArgs,
+    stop: Arc<AtomicBool>,
+    process_start: std::time::Instant,
+) -> Result<()> {
     let Some(slide) = args.slide else {
         bail!("no slide given: infer SLIDE [OPTIONS] (see --help)");
     };
@@ -210,6 +280,7 @@ fn run_slide(args: SlideArgs, stop: Arc<AtomicBool>) -> Result<()> {
         heatmap_side: args.heatmap_size,
         progress: !args.quiet && std::io::stderr().is_terminal(),
         stop,
+        process_start,
     };
     let summary = pipeline::run(job)?;
     println!(

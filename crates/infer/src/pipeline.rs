@@ -48,6 +48,9 @@ pub struct SlideJob {
     pub heatmap_side: u32,
     pub progress: bool,
     pub stop: Arc<AtomicBool>,
+    /// When the process started: the summary says how long the first batch took from there
+    /// (start-up, model loading, and on a GPU kernel compilation and autotuning).
+    pub process_start: Instant,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +69,8 @@ pub struct Summary {
     pub patches_run: usize,
     pub tissue: String,
     pub seconds: f64,
+    /// From the process's start to the first batch's result.
+    pub seconds_to_first_batch: Option<f64>,
     pub patches_per_second: f64,
     pub ms_per_patch: f64,
     pub mpp: Option<f64>,
@@ -83,7 +88,7 @@ struct ReadPatch {
 }
 
 /// What the stitcher receives: a patch's grid index and probabilities.
-type Stitch = (usize, Vec<f32>);
+pub type Stitch = (usize, Vec<f32>);
 
 pub fn run(job: SlideJob) -> Result<Summary> {
     let started = Instant::now();
@@ -121,38 +126,7 @@ pub fn run(job: SlideJob) -> Result<Summary> {
     })?;
     let mut staged = Staged::new(&job.out_dir);
 
-    let (tissue_name, tissue) = match &job.tissue {
-        TissueChoice::Off => ("off".to_string(), None),
-        TissueChoice::Auto => {
-            let (view, _) = low_level_view(&slide, 32.0)?;
-            let mask = TissueMask::detect(&view, base.width, base.height);
-            (
-                format!("auto ({:.1} % of the slide)", 100.0 * mask.fraction()),
-                Some(mask),
-            )
-        }
-        TissueChoice::Mask(path) => {
-            let image = image::open(path)
-                .with_context(|| format!("{}: cannot read the tissue mask", path.display()))?
-                .to_luma8();
-            let mask = TissueMask::from_mask(image, base.width, base.height);
-            (format!("mask {}", path.display()), Some(mask))
-        }
-    };
-    let to_run: Vec<usize> = grid
-        .positions()
-        .filter(|p| {
-            tissue.as_ref().is_none_or(|mask| {
-                mask.holds_tissue(Rect {
-                    x: p.x,
-                    y: p.y,
-                    width: job.patch,
-                    height: job.patch,
-                })
-            })
-        })
-        .map(|p| p.index)
-        .collect();
+    let (to_run, tissue_name) = patches_to_run(&slide, &grid, &job.tissue)?;
     let truth = job
         .truth
         .as_ref()
@@ -179,25 +153,9 @@ pub fn run(job: SlideJob) -> Result<Summary> {
     )?;
 
     let progress = progress_bar(job.progress, to_run.len());
-    let (patch_tx, patch_rx) = sync_channel::<ReadPatch>(2 * job.batch);
     let (stitch_tx, stitch_rx) = sync_channel::<Stitch>(2 * job.batch);
-    let next = AtomicUsize::new(0);
-    let read_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let readers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, 8);
-
     let outcome = std::thread::scope(
-        |scope| -> Result<(Overlap, LowResolutionMap, NamedTempFile)> {
-            for _ in 0..readers {
-                let patch_tx = patch_tx.clone();
-                let (slide, grid, to_run, next, read_error, stop) =
-                    (&slide, &grid, &to_run, &next, &read_error, &job.stop);
-                scope.spawn(move || {
-                    read_patches(slide, grid, to_run, next, patch_tx, read_error, stop)
-                });
-            }
-            drop(patch_tx);
+        |scope| -> Result<(Overlap, LowResolutionMap, NamedTempFile, Option<Instant>)> {
             let skipped: Vec<usize> = {
                 let mut run = vec![false; grid.len()];
                 to_run.iter().for_each(|&i| run[i] = true);
@@ -209,27 +167,26 @@ pub fn run(job: SlideJob) -> Result<Summary> {
                     grid, job.blend, skipped, stitch_rx, writer, truth, downsample,
                 )
             });
-            let inference = infer_batches(
+            let streamed = stream_patches(
+                &slide,
+                &grid,
+                &to_run,
                 &job.predictor,
                 job.batch,
-                patch_rx,
-                stitch_tx,
                 &progress,
                 &job.stop,
+                stitch_tx,
             );
             let stitched = stitcher.join().expect("the stitcher does not panic");
-            inference?;
-            if let Some(err) = read_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return Err(err);
-            }
+            let first_batch = streamed?;
             if job.stop.load(Ordering::Relaxed) {
                 bail!("interrupted");
             }
-            stitched
+            stitched.map(|(overlap, low, file)| (overlap, low, file, first_batch))
         },
     );
     progress.finish_and_clear();
-    let (overlap, low_resolution, prob_file) = outcome?;
+    let (overlap, low_resolution, prob_file, first_batch) = outcome?;
     staged.keep(prob_file, &prob_name);
 
     let map = low_resolution.to_image();
@@ -258,6 +215,8 @@ pub fn run(job: SlideJob) -> Result<Summary> {
         patches_run: run,
         tissue: tissue_name,
         seconds,
+        seconds_to_first_batch: first_batch
+            .map(|t| t.duration_since(job.process_start).as_secs_f64()),
         patches_per_second: run as f64 / seconds,
         ms_per_patch: if run == 0 {
             0.0
@@ -282,6 +241,84 @@ pub fn run(job: SlideJob) -> Result<Summary> {
     })?;
     staged.commit()?;
     Ok(summary)
+}
+
+/// The grid patches that hold tissue (all of them with tissue detection off), and how tissue
+/// was decided.
+pub fn patches_to_run(
+    slide: &Slide,
+    grid: &Grid,
+    tissue: &TissueChoice,
+) -> Result<(Vec<usize>, String)> {
+    let base = slide.levels()[0];
+    let (name, mask) = match tissue {
+        TissueChoice::Off => ("off".to_string(), None),
+        TissueChoice::Auto => {
+            let (view, _) = low_level_view(slide, 32.0)?;
+            let mask = TissueMask::detect(&view, base.width, base.height);
+            let name = format!("auto ({:.1} % of the slide)", 100.0 * mask.fraction());
+            (name, Some(mask))
+        }
+        TissueChoice::Mask(path) => {
+            let image = image::open(path)
+                .with_context(|| format!("{}: cannot read the tissue mask", path.display()))?
+                .to_luma8();
+            let mask = TissueMask::from_mask(image, base.width, base.height);
+            (format!("mask {}", path.display()), Some(mask))
+        }
+    };
+    let to_run = grid
+        .positions()
+        .filter(|p| {
+            mask.as_ref().is_none_or(|mask| {
+                mask.holds_tissue(Rect {
+                    x: p.x,
+                    y: p.y,
+                    width: grid.patch,
+                    height: grid.patch,
+                })
+            })
+        })
+        .map(|p| p.index)
+        .collect();
+    Ok((to_run, name))
+}
+
+/// Reads the patches `to_run` of `grid` on worker threads and runs them through the model in
+/// batches, sending each patch's probabilities to `results` (in no particular order).
+/// Returns when the first batch's results were out.
+#[allow(clippy::too_many_arguments)]
+pub fn stream_patches(
+    slide: &Slide,
+    grid: &Grid,
+    to_run: &[usize],
+    predictor: &Predictor,
+    batch: usize,
+    progress: &ProgressBar,
+    stop: &AtomicBool,
+    results: SyncSender<Stitch>,
+) -> Result<Option<Instant>> {
+    let (patch_tx, patch_rx) = sync_channel::<ReadPatch>(2 * batch);
+    let next = AtomicUsize::new(0);
+    let read_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let readers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
+    let inferred = std::thread::scope(|scope| {
+        for _ in 0..readers {
+            let patch_tx = patch_tx.clone();
+            let (next, read_error) = (&next, &read_error);
+            scope
+                .spawn(move || read_patches(slide, grid, to_run, next, patch_tx, read_error, stop));
+        }
+        drop(patch_tx);
+        infer_batches(predictor, batch, patch_rx, results, progress, stop)
+    });
+    // A reader's error is the cause when inference stopped for want of patches.
+    match read_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(err) => Err(err),
+        None => inferred,
+    }
 }
 
 /// Reader thread: takes the next patch to run, reads it at level 0, sends it on.
@@ -326,7 +363,7 @@ fn read_patches(
 
 /// A level-0 patch; where it reaches past the slide's edge, the edge pixels are repeated
 /// (as the model's replicate padding would see a larger image).
-fn read_patch(slide: &Slide, x: u64, y: u64, side: u32) -> wsi::Result<RgbImage> {
+pub fn read_patch(slide: &Slide, x: u64, y: u64, side: u32) -> wsi::Result<RgbImage> {
     let mut pixels = slide.read_region(0, x as i64, y as i64, side, side)?;
     let level = slide.levels()[0];
     let inside_w = (level.width.saturating_sub(x)).min(side as u64) as u32;
@@ -352,9 +389,9 @@ fn infer_batches(
     stitch: SyncSender<Stitch>,
     progress: &ProgressBar,
     stop: &AtomicBool,
-) -> Result<()> {
-    let mut batch: Vec<ReadPatch> = Vec::with_capacity(batch_size);
-    let run_batch = |batch: &mut Vec<ReadPatch>| -> Result<()> {
+) -> Result<Option<Instant>> {
+    let mut first_batch = None;
+    let mut run_batch = |batch: &mut Vec<ReadPatch>| -> Result<()> {
         let inputs: Vec<RgbPatch> = batch
             .iter()
             .map(|p| {
@@ -368,6 +405,7 @@ fn infer_batches(
         let maps = predictor
             .predict_batch(&inputs)
             .map_err(|err| explain(err, batch_size))?;
+        first_batch.get_or_insert_with(Instant::now);
         drop(inputs);
         let count = batch.len() as u64;
         for (patch, map) in batch.drain(..).zip(maps) {
@@ -378,9 +416,10 @@ fn infer_batches(
         progress.inc(count);
         Ok(())
     };
+    let mut batch: Vec<ReadPatch> = Vec::with_capacity(batch_size);
     for patch in patches.iter() {
         if stop.load(Ordering::Relaxed) {
-            return Ok(());
+            break;
         }
         batch.push(patch);
         if batch.len() == batch_size {
@@ -390,7 +429,7 @@ fn infer_batches(
     if !batch.is_empty() && !stop.load(Ordering::Relaxed) {
         run_batch(&mut batch)?;
     }
-    Ok(())
+    Ok(first_batch)
 }
 
 /// A model error, with what to try when the GPU ran out of memory.
@@ -458,7 +497,7 @@ fn stitch_and_write(
     Ok((overlap, low, writer.finish_temporary()?))
 }
 
-fn progress_bar(visible: bool, total: usize) -> ProgressBar {
+pub fn progress_bar(visible: bool, total: usize) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }

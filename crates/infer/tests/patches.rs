@@ -62,3 +62,42 @@ fn unet_core_checkpoint(pth: &Path, out: &Path) -> std::path::PathBuf {
     unet_core::model_file::save(&model, &checkpoint.weights.config, "test", out).unwrap();
     out.to_path_buf()
 }
+
+/// `infer bench` on a few patches of the demo slide: both paths in the table, and a PNG chart.
+#[test]
+fn bench_compares_both_paths_and_draws_the_chart() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args([
+            "bench",
+            "--device",
+            "cpu",
+            "--patches",
+            "3",
+            "--batch",
+            "2",
+            "--out",
+        ])
+        .arg(out.path())
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for row in [
+        "| Original | cpu | f32 | 1 | 3 |",
+        "| Optimised | cpu | f32 | 2 | 3 |",
+    ] {
+        assert!(table.contains(row), "no `{row}` in:\n{table}");
+    }
+    let chart = image::open(out.path().join("bench.png")).unwrap();
+    assert_eq!((chart.width(), chart.height()), (800, 480));
+    let figures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("bench.json")).unwrap()).unwrap();
+    assert!(figures[1]["ms_per_patch"].as_f64().unwrap() > 0.0);
+}

@@ -1,27 +1,28 @@
-//! Criterion benchmarks of the full-width UNet (w = 64, random weights) on the CPU.
+//! Criterion benchmarks of the full-width UNet (w = 64, random weights), and of pre- and
+//! post-processing. Times are per batch: divide by the batch size for ms per patch.
 //!
-//! `UNET_BENCH_SIDE` sets the patch side (default 512; 256 for a quick run), and
-//! `UNET_BENCH_BATCHES` the batch sizes (default `1`; e.g. `1,4`).
-//! Times are per batch; divide by the batch size for ms per patch.
+//! Environment (all optional):
+//! - `UNET_BENCH_DEVICE`: `cpu` (default) or `cuda` (a build with `--features cuda`);
+//! - `UNET_BENCH_SIDE`: patch side, default 512 (256 for a quick CPU run);
+//! - `UNET_BENCH_BATCHES`: batch sizes, default `1` (e.g. `1,12,32,64` on a GPU);
+//! - `UNET_BENCH_PRECISIONS`: default `f32` (e.g. `f32,f16`);
+//! - `UNET_BENCH_SECONDS`: measuring time per configuration, default 20.
 
 use std::time::Duration;
 
-use burn::tensor::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch, UnetConfig, patch};
 
-fn side() -> usize {
-    std::env::var("UNET_BENCH_SIDE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(512)
+fn setting<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
 }
 
-fn batches() -> Vec<usize> {
-    let list = std::env::var("UNET_BENCH_BATCHES").unwrap_or_else(|_| "1".to_string());
-    list.split(',')
-        .filter_map(|b| b.trim().parse().ok())
-        .collect()
+fn side() -> usize {
+    setting("UNET_BENCH_SIDE", "512")[0]
 }
 
 /// A deterministic tissue-like patch (no RNG dependency needed for a benchmark input).
@@ -33,23 +34,30 @@ fn pixels(side: usize) -> Vec<u8> {
 
 fn forward(c: &mut Criterion) {
     let side = side();
+    let device: DeviceChoice = setting("UNET_BENCH_DEVICE", "cpu")[0];
     let config = UnetConfig::new(3, 3, 64);
-    let model = config.init(&Device::flex());
-    let predictor =
-        Predictor::from_model(model, config, DeviceChoice::Cpu, Precision::F32).unwrap();
     let pixels = pixels(side);
-    let mut group = c.benchmark_group("forward_w64_cpu_f32");
+    let mut group = c.benchmark_group("forward_w64");
     group
         .sample_size(10)
-        .measurement_time(Duration::from_secs(30));
-    for batch in batches() {
-        let patches = vec![RgbPatch::new(side, side, &pixels); batch];
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(
-            BenchmarkId::new(format!("{side}x{side}"), format!("batch{batch}")),
-            &patches,
-            |b, patches| b.iter(|| predictor.predict_batch(patches).unwrap()),
-        );
+        .measurement_time(Duration::from_secs(20));
+    for precision in setting::<Precision>("UNET_BENCH_PRECISIONS", "f32") {
+        let model = config.init(&Predictor::device_for(device).unwrap());
+        let predictor = Predictor::from_model(model, config, device, precision).unwrap();
+        for batch in setting::<usize>("UNET_BENCH_BATCHES", "1") {
+            let patches = vec![RgbPatch::new(side, side, &pixels); batch];
+            group.throughput(Throughput::Elements(batch as u64));
+            let id = format!(
+                "{}_{}_{side}x{side}",
+                predictor.device_name(),
+                predictor.precision()
+            );
+            group.bench_with_input(
+                BenchmarkId::new(id, format!("batch{batch}")),
+                &patches,
+                |b, patches| b.iter(|| predictor.predict_batch(patches).unwrap()),
+            );
+        }
     }
     group.finish();
 }

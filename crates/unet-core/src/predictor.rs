@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 
 use crate::model::{SIDE_MULTIPLE, Unet, UnetConfig};
@@ -126,17 +127,19 @@ impl Predictor {
         })
     }
 
-    /// Wraps a model already on the device `DeviceChoice` resolves to (benchmarks, tests).
+    /// Wraps a model already on the device `DeviceChoice` resolves to (benchmarks, tests), its
+    /// parameters cast to the precision.
     pub fn from_model(
         model: Unet,
         config: UnetConfig,
         device: DeviceChoice,
         precision: Precision,
     ) -> Result<Predictor, PredictError> {
+        let target = Target::resolve(device, precision)?;
         Ok(Predictor {
-            model,
+            model: model.map(&mut CastParameters(target.dtype())),
             config,
-            target: Target::resolve(device, precision)?,
+            target,
         })
     }
 
@@ -209,6 +212,16 @@ impl Predictor {
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| failed(format!("{e:?}")))
+    }
+}
+
+/// Casts every float parameter of a module to one dtype.
+struct CastParameters(DType);
+
+impl ModuleMapper for CastParameters {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|tensor| tensor.cast(dtype))
     }
 }
 

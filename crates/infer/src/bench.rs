@@ -1,0 +1,288 @@
+//! `infer bench`: the users' original path against ours, on the same patches of a slide.
+//!
+//! - original: tiles read one by one, batch 1, f32 (the users' `compare_inference_speed.py`
+//!   baseline: their first script);
+//! - optimised: reader threads, batches, f16 on CUDA (and Burn's fusion there), the pipeline
+//!   `infer` runs.
+//!
+//! Each path runs in a child process of its own, so that its peak memory is its own.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::ProgressBar;
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+use tiling::{Grid, Rect};
+use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch};
+use wsi::Slide;
+
+use crate::output::Staged;
+use crate::pipeline::{TissueChoice, patches_to_run, read_patch, stream_patches};
+
+const PATCH: u64 = 512;
+/// The chart's font (DejaVu Sans Mono, its licence beside it).
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[clap(rename_all = "lower")]
+pub enum BenchPath {
+    Original,
+    Optimised,
+}
+
+/// One path's figures, as its child process reports them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Measured {
+    pub path: BenchPath,
+    pub device: String,
+    pub precision: String,
+    pub batch: usize,
+    pub patches: usize,
+    pub seconds: f64,
+    pub ms_per_patch: f64,
+    pub patches_per_second: f64,
+    /// Peak resident memory of the process (VmHWM), MiB.
+    pub peak_memory_mib: f64,
+}
+
+pub struct BenchArgs<'a> {
+    pub slide: &'a Path,
+    pub model: &'a Path,
+    pub device: DeviceChoice,
+    pub patches: usize,
+    pub batch: usize,
+    pub out: &'a Path,
+}
+
+/// Runs both paths in child processes, prints the table, writes `bench.png` and `bench.json`.
+pub fn compare(args: &BenchArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find this program to run the paths")?;
+    let mut results = Vec::new();
+    for path in [BenchPath::Original, BenchPath::Optimised] {
+        let name = format!("{path:?}").to_lowercase();
+        let output = Command::new(&exe)
+            .arg("bench")
+            .arg(args.slide)
+            .args(["--model"])
+            .arg(args.model)
+            .args([
+                "--device",
+                device_name(args.device),
+                "--patches",
+                &args.patches.to_string(),
+            ])
+            .args(["--batch", &args.batch.to_string(), "--path", &name])
+            .output()
+            .with_context(|| format!("cannot run the {name} path"))?;
+        if !output.status.success() {
+            bail!(
+                "the {name} path failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let measured: Measured = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("the {name} path printed no figures"))?;
+        results.push(measured);
+    }
+    let table = table(&results);
+    println!("{table}");
+    std::fs::create_dir_all(args.out)
+        .with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let mut staged = Staged::new(args.out);
+    staged.write_png("bench.png", &chart(&results)?)?;
+    staged.write("bench.json", |out| {
+        Ok(serde_json::to_writer_pretty(out, &results)?)
+    })?;
+    staged.commit()?;
+    println!(
+        "wrote {} and {}",
+        args.out.join("bench.png").display(),
+        args.out.join("bench.json").display()
+    );
+    Ok(())
+}
+
+/// One path, in this process: prints its figures as JSON.
+pub fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
+    let precision = match path {
+        BenchPath::Original => Precision::F32,
+        BenchPath::Optimised => Precision::Auto,
+    };
+    let predictor = Predictor::load(args.model, args.device, precision)?;
+    let slide = Slide::open(args.slide)?;
+    let base = slide.levels()[0];
+    let region = Rect {
+        x: 0,
+        y: 0,
+        width: base.width,
+        height: base.height,
+    };
+    let grid = Grid::new(region, PATCH, 0).context("the slide is empty")?;
+    let (mut to_run, _) = patches_to_run(&slide, &grid, &TissueChoice::Auto)?;
+    if to_run.is_empty() {
+        bail!("{}: no tissue to run", args.slide.display());
+    }
+    // The same patches for both paths: the first N with tissue, repeated if the slide has fewer.
+    to_run = to_run.iter().cycle().take(args.patches).copied().collect();
+
+    // Warm-up: one patch, so both paths time inference rather than set-up.
+    let first = grid.position(to_run[0]);
+    let warm = read_patch(&slide, first.x, first.y, PATCH as u32)?;
+    predictor.predict_batch(&[RgbPatch::new(PATCH as usize, PATCH as usize, warm.as_raw())])?;
+
+    let started = Instant::now();
+    let batch = match path {
+        BenchPath::Original => {
+            for &index in &to_run {
+                let p = grid.position(index);
+                let pixels = read_patch(&slide, p.x, p.y, PATCH as u32)?;
+                predictor.predict_batch(&[RgbPatch::new(
+                    PATCH as usize,
+                    PATCH as usize,
+                    pixels.as_raw(),
+                )])?;
+            }
+            1
+        }
+        BenchPath::Optimised => {
+            let (results, received) = sync_channel(2 * args.batch);
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                scope.spawn(move || received.iter().count());
+                stream_patches(
+                    &slide,
+                    &grid,
+                    &to_run,
+                    &predictor,
+                    args.batch,
+                    &ProgressBar::hidden(),
+                    &stop,
+                    results,
+                )
+            })?;
+            args.batch
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let measured = Measured {
+        path,
+        device: predictor.device_name().to_string(),
+        precision: predictor.precision().to_string(),
+        batch,
+        patches: to_run.len(),
+        seconds,
+        ms_per_patch: 1000.0 * seconds / to_run.len() as f64,
+        patches_per_second: to_run.len() as f64 / seconds,
+        peak_memory_mib: peak_memory_mib(),
+    };
+    println!("{}", serde_json::to_string(&measured)?);
+    Ok(())
+}
+
+fn device_name(device: DeviceChoice) -> &'static str {
+    match device {
+        DeviceChoice::Auto => "auto",
+        DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Cuda => "cuda",
+    }
+}
+
+/// The process's peak resident set (VmHWM in /proc/self/status), MiB; 0 where unavailable.
+fn peak_memory_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn table(results: &[Measured]) -> String {
+    let base = results[0].ms_per_patch;
+    let mut out = String::from(
+        "| path | device | precision | batch | patches | ms/patch | patches/s | speed-up | peak memory |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        out += &format!(
+            "| {:?} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2}x | {:.0} MiB |\n",
+            r.path,
+            r.device,
+            r.precision,
+            r.batch,
+            r.patches,
+            r.ms_per_patch,
+            r.patches_per_second,
+            base / r.ms_per_patch,
+            r.peak_memory_mib
+        );
+    }
+    out
+}
+
+/// Bars of ms/patch for each path, labelled with the speed-up.
+fn chart(results: &[Measured]) -> Result<image::RgbImage> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow::anyhow!("the chart font does not load"))?;
+    let (width, height) = (800u32, 480u32);
+    let mut pixels = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
+        let top = results.iter().map(|r| r.ms_per_patch).fold(0.0, f64::max) * 1.2;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("ms per 512x512 patch (lower is better)", ("sans-serif", 22))
+            .margin(20)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0..results.len() - 1).into_segmented(), 0.0..top)
+            .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) if *i < results.len() => {
+                    let r = &results[*i];
+                    format!(
+                        "{:?} ({}, {}, batch {})",
+                        r.path, r.device, r.precision, r.batch
+                    )
+                }
+                _ => String::new(),
+            })
+            .y_desc("ms/patch")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+        let colours = [RGBColor(150, 150, 150), RGBColor(200, 40, 40)];
+        chart
+            .draw_series(results.iter().enumerate().map(|(i, r)| {
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), r.ms_per_patch),
+                    ],
+                    colours[i % 2].filled(),
+                )
+            }))
+            .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+        let base = results[0].ms_per_patch;
+        chart
+            .draw_series(results.iter().enumerate().map(|(i, r)| {
+                Text::new(
+                    format!("{:.1} ms ({:.2}x)", r.ms_per_patch, base / r.ms_per_patch),
+                    (SegmentValue::CenterOf(i), r.ms_per_patch + top * 0.03),
+                    ("sans-serif", 16),
+                )
+            }))
+            .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+    }
+    image::RgbImage::from_raw(width, height, pixels).context("chart size")
+}

@@ -1,0 +1,65 @@
+//! `synthetic_slide OUT.tif [--width 20000] [--height 20000]`: an H&E-like pyramidal TIFF
+//! (deflate tiles, 0.243 um/px) made in bounded memory, for end-to-end runs on machines where
+//! nothing can be generated with Python (`tools/gpu-check.sh`). Tissue is a few textured pink
+//! and purple blobs on near-white glass, so tissue detection has something to find.
+
+use std::path::PathBuf;
+
+use wsi::{Channels, PyramidWriter, WriterOptions};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let out = PathBuf::from(args.next().ok_or_else(|| {
+        anyhow::anyhow!("usage: synthetic_slide OUT.tif [--width W] [--height H]")
+    })?);
+    let (mut width, mut height) = (20_000u64, 20_000u64);
+    while let Some(flag) = args.next() {
+        let value: u64 = args.next().unwrap_or_default().parse()?;
+        match flag.as_str() {
+            "--width" => width = value,
+            "--height" => height = value,
+            other => anyhow::bail!("unknown option {other}"),
+        }
+    }
+    let options = WriterOptions {
+        tile: 512,
+        mpp: Some(0.243),
+        deflate_level: 1,
+    };
+    let mut writer = PyramidWriter::create(&out, width, height, Channels::Rgb, options)?;
+    // Blobs: centre and radii as fractions of the slide.
+    let blobs = [
+        (0.3, 0.35, 0.22, 0.18),
+        (0.65, 0.6, 0.2, 0.25),
+        (0.45, 0.8, 0.12, 0.1),
+    ];
+    let rows_per_band = 256;
+    let mut band = Vec::with_capacity((width * rows_per_band * 3) as usize);
+    for y0 in (0..height).step_by(rows_per_band as usize) {
+        band.clear();
+        for y in y0..(y0 + rows_per_band).min(height) {
+            for x in 0..width {
+                let (fx, fy) = (x as f64 / width as f64, y as f64 / height as f64);
+                let inside = blobs.iter().any(|&(cx, cy, rx, ry)| {
+                    ((fx - cx) / rx).powi(2) + ((fy - cy) / ry).powi(2) < 1.0
+                });
+                let pixel = if inside {
+                    let t = ((x as f64 * 0.05).sin() * (y as f64 * 0.07).cos() + 1.0) * 0.5;
+                    let nuclei = ((x / 9 + y / 7) % 11 == 0) as u8 * 60;
+                    [
+                        (200.0 - 40.0 * t) as u8 - nuclei,
+                        (120.0 - 30.0 * t) as u8 - nuclei / 2,
+                        (180.0 - 10.0 * t) as u8,
+                    ]
+                } else {
+                    [238, 236, 240]
+                };
+                band.extend_from_slice(&pixel);
+            }
+        }
+        writer.write_rows(&band)?;
+    }
+    writer.finish()?;
+    println!("wrote {} ({width}x{height})", out.display());
+    Ok(())
+}

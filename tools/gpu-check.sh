@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One prepared run on a machine with an NVIDIA GPU where nothing can be built and nothing
+# outside can be reached. From the repo root, with the binaries of tools/build-gpu-bundle.sh in
+# .gpu/ (carried gzipped):
+#
+#   bash tools/gpu-check.sh            # logs and the table under $OUT (default /tmp/gpu-check)
+#
+# 1. CUDA f32 and f16 outputs against the PyTorch fixtures (f32 <= 1e-4, f16 <= 5e-3);
+# 2. the full-width model (w = 64) at batch 1, 12, 32 and 64, f32 and f16 (criterion);
+# 3. PyTorch on the same card in the same call (tools/torch_anchor.py), when torch is there;
+# 4. infer end to end on a generated 20000x20000 slide, twice (the second start uses the
+#    autotune results the first one kept);
+# then one table. Made to finish within 6 minutes; each step has its own time limit.
+# DEVICE=cpu runs the same script on a machine without a GPU (a smoke test of the script).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu-check}"
+DEVICE="${DEVICE:-cuda}"
+SIDE="${SIDE:-512}"
+BATCHES="${BATCHES:-1,12,32,64}"
+SLIDE_SIDE="${SLIDE_SIDE:-20000}"
+mkdir -p "$OUT"
+BIN=/tmp/gpu-bin
+mkdir -p "$BIN" /tmp/gpu-work
+for f in .gpu/*.gz; do gunzip -c "$f" > "$BIN/$(basename "$f" .gz)" && chmod +x "$BIN/$(basename "$f" .gz)"; done
+export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
+export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
+card=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "no NVIDIA GPU")
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+echo "card: $card; device: $DEVICE; commit: $commit; $(date -u +%FT%TZ)" | tee "$OUT/summary.txt"
+step() { echo "== $1 ($(( SECONDS ))s)" | tee -a "$OUT/summary.txt"; }
+
+step "1. outputs against PyTorch"
+for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
+  fx=tests/fixtures/pytorch
+  "$BIN/convert" "$fx/$case.pth" --out "/tmp/gpu-work/$case.bpk" > /dev/null
+  for precision in f32 f16; do
+    timeout 120 "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "/tmp/gpu-work/$case.$precision.npy" \
+      --device "$DEVICE" --precision "$precision" >> "$OUT/outputs.log" 2>&1
+    python3 - "$case" "$precision" "/tmp/gpu-work/$case.$precision.npy" "$fx/${case}_expected_f64.npy" <<'PY' | tee -a "$OUT/summary.txt"
+import sys, numpy as np
+case, precision, ours, expected = sys.argv[1:]
+try:
+    d = float(np.abs(np.load(ours) - np.load(expected)).max())
+    limit = 1e-4 if precision == "f32" else 5e-3
+    print(f"| {case} | {precision} | max abs {d:.2e} | {'ok' if d <= limit else 'OVER ' + str(limit)} |")
+except Exception as e:
+    print(f"| {case} | {precision} | failed: {e} | |")
+PY
+  done
+done
+
+step "2. full-width model, criterion"
+UNET_BENCH_DEVICE="$DEVICE" UNET_BENCH_PRECISIONS=f32,f16 UNET_BENCH_BATCHES="$BATCHES" UNET_BENCH_SIDE="$SIDE" \
+  UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout 240 "$BIN/model-bench" --bench forward > "$OUT/bench.log" 2>&1
+python3 - "$OUT/bench.log" <<'PY' | tee -a "$OUT/summary.txt"
+import re, sys
+units = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
+name = None
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    m = re.match(r"^(forward_w64/\S+)", line)
+    if m:
+        name = m.group(1)
+    t = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
+    if name and t:
+        batch = int(re.search(r"batch(\d+)", name).group(1))
+        ms = float(t.group(1)) * units[t.group(2)]
+        print(f"| {name} | {ms / batch:.2f} ms/patch |")
+        name = None
+PY
+
+step "3. PyTorch on the same card"
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  timeout 150 python3 tools/torch_anchor.py > "$OUT/torch.log" 2>&1 && tail -n 20 "$OUT/torch.log" | tee -a "$OUT/summary.txt"
+else
+  echo "no CUDA PyTorch here" | tee -a "$OUT/summary.txt"
+fi
+
+step "4. infer on a generated ${SLIDE_SIDE}x${SLIDE_SIDE} slide"
+timeout 120 "$BIN/synthetic_slide" /tmp/gpu-work/synthetic.tif --width "$SLIDE_SIDE" --height "$SLIDE_SIDE" >> "$OUT/infer.log" 2>&1
+for run in first second; do
+  mkdir -p "/tmp/gpu-work/$run"
+  timeout 240 "$BIN/infer" /tmp/gpu-work/synthetic.tif --model models/unet_demo_w8.bpk --out "/tmp/gpu-work/$run" \
+    --device "$DEVICE" --batch 32 --quiet >> "$OUT/infer.log" 2>&1
+  python3 - "$run" /tmp/gpu-work/$run/synthetic.summary.json <<'PY' | tee -a "$OUT/summary.txt"
+import json, sys
+try:
+    s = json.load(open(sys.argv[2]))
+    print(f"| infer {sys.argv[1]} run | {s['device']} {s['precision']} batch {s['batch']} | {s['patches_run']}/{s['patches_in_grid']} patches | "
+          f"{s['seconds']:.1f} s | {s['ms_per_patch']:.2f} ms/patch | first batch after {s['seconds_to_first_batch']:.1f} s |")
+except Exception as e:
+    print(f"| infer {sys.argv[1]} run | failed: {e} |")
+PY
+done
+step "done"
