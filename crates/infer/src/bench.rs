@@ -22,7 +22,7 @@ use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch};
 use wsi::Slide;
 
 use crate::output::Staged;
-use crate::pipeline::{TissueChoice, patches_to_run, read_patch, stream_patches};
+use crate::pipeline::{TILE_CACHE_BYTES, TissueChoice, patches_to_run, read_patch, stream_patches};
 
 const PATCH: u64 = 512;
 /// The chart's font (DejaVu Sans Mono, its licence beside it).
@@ -114,7 +114,7 @@ pub fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
         BenchPath::Optimised => Precision::Auto,
     };
     let predictor = Predictor::load(args.model, args.device, precision)?;
-    let slide = Slide::open(args.slide)?;
+    let slide = Slide::open_with_cache(args.slide, TILE_CACHE_BYTES)?;
     let base = slide.levels()[0];
     let region = Rect {
         x: 0,

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use tempfile::NamedTempFile;
+use output_file::NamedTempFile;
 
 pub struct Staged {
     dir: PathBuf,
@@ -38,7 +38,7 @@ impl Staged {
         write: impl FnOnce(&mut dyn Write) -> Result<()>,
     ) -> Result<()> {
         let path = self.dir.join(name);
-        let mut file = NamedTempFile::new_in(&self.dir)
+        let mut file = output_file::beside(&path)
             .with_context(|| format!("{}: cannot write", path.display()))?;
         let mut buffered = std::io::BufWriter::new(&mut file);
         write(&mut buffered).with_context(|| format!("{}: cannot write", path.display()))?;

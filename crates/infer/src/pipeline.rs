@@ -11,8 +11,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use output_file::NamedTempFile;
 use serde::Serialize;
-use tempfile::NamedTempFile;
 use tiling::{Blend, Grid, Rect, Stitcher, TissueMask};
 use unet_core::{PredictError, Predictor, RgbPatch};
 use wsi::{Channels, PyramidWriter, Slide, WriterOptions};
@@ -90,9 +90,13 @@ struct ReadPatch {
 /// What the stitcher receives: a patch's grid index and probabilities.
 pub type Stitch = (usize, Vec<f32>);
 
+/// Decoded tiles kept while reading patches. Each patch is read once, and overlapping
+/// neighbours share a few tiles, so a small cache serves whatever the slide's size.
+pub const TILE_CACHE_BYTES: usize = 64 << 20;
+
 pub fn run(job: SlideJob) -> Result<Summary> {
     let started = Instant::now();
-    let slide = Slide::open(&job.slide)?;
+    let slide = Slide::open_with_cache(&job.slide, TILE_CACHE_BYTES)?;
     let base = slide.levels()[0];
     let region = job.region.unwrap_or(Rect {
         x: 0,

@@ -50,15 +50,7 @@ pub fn write(
         reason,
     };
     let bytes = to_bytes(weights, precision).map_err(|e| failed(e.to_string()))?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut file = tempfile::Builder::new()
-        .prefix(".onnx")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| failed(e.to_string()))?;
+    let mut file = output_file::beside(path).map_err(|e| failed(e.to_string()))?;
     file.write_all(&bytes).map_err(|e| failed(e.to_string()))?;
     file.persist(path)
         .map_err(|e| failed(e.error.to_string()))?;

@@ -37,8 +37,7 @@ fn main() -> Result<()> {
 
     // Written beside OUT.npy and renamed when complete; removed on failure.
     let write = || -> Result<()> {
-        let dir = args.output.parent().filter(|d| !d.as_os_str().is_empty());
-        let mut file = tempfile::NamedTempFile::new_in(dir.unwrap_or(".".as_ref()))?;
+        let mut file = output_file::beside(&args.output)?;
         let shape = [channels as u64, height as u64, width as u64];
         let mut writer = npyz::WriteOptions::<f32>::new()
             .default_dtype()

@@ -43,15 +43,7 @@ pub fn save(
         file: path.to_path_buf(),
         reason,
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let temporary = tempfile::Builder::new()
-        .prefix(".model")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| unwritable(e.to_string()))?;
+    let temporary = output_file::beside(path).map_err(|e| unwritable(e.to_string()))?;
     let config_json = serde_json::to_string(config).map_err(|e| unwritable(e.to_string()))?;
     let mut store = BurnpackStore::from_file(temporary.path())
         .auto_extension(false)

@@ -10,8 +10,8 @@
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use output_file::NamedTempFile;
 use rayon::prelude::*;
-use tempfile::NamedTempFile;
 
 use crate::error::{Result, WsiError};
 
@@ -105,18 +105,10 @@ impl PyramidWriter {
             // Floor, as libvips does (1001 -> 500).
             (w, h) = (w / 2, h / 2);
         }
-        let dir = final_path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let file = tempfile::Builder::new()
-            .prefix(".pyramid")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|source| WsiError::Io {
-                path: final_path.clone(),
-                source,
-            })?;
+        let file = output_file::beside(&final_path).map_err(|source| WsiError::Io {
+            path: final_path.clone(),
+            source,
+        })?;
         let mut writer = PyramidWriter {
             final_path,
             file: BufWriter::with_capacity(1 << 20, file),

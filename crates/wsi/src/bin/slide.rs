@@ -78,8 +78,7 @@ fn run(args: Args) -> Result<()> {
             let slide = Slide::open(&file)?;
             let region = slide.read_region(level, x, y, width, height)?;
             // Written beside OUT and renamed when complete; removed on failure.
-            let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
-            let mut file = tempfile::NamedTempFile::new_in(dir.unwrap_or(".".as_ref()))
+            let mut file = output_file::beside(&out)
                 .with_context(|| format!("{}: cannot write", out.display()))?;
             region
                 .write_to(
