@@ -41,22 +41,36 @@ fn forward(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
+    // The random model once as a file: `Predictor::load` picks the engine a user gets (the
+    // NHWC GEMM path for f32 on the CPU), `from_model` runs Burn's own.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w64.bpk");
+    let model = config.init(&burn::tensor::Device::flex());
+    unet_core::model_file::save(&model, &config, "random", &file).unwrap();
     for precision in setting::<Precision>("UNET_BENCH_PRECISIONS", "f32") {
-        let model = config.init(&Predictor::device_for(device).unwrap());
-        let predictor = Predictor::from_model(model, config, device, precision).unwrap();
-        for batch in setting::<usize>("UNET_BENCH_BATCHES", "1") {
-            let patches = vec![RgbPatch::new(side, side, &pixels); batch];
-            group.throughput(Throughput::Elements(batch as u64));
-            let id = format!(
-                "{}_{}_{side}x{side}",
-                predictor.device_name(),
-                predictor.precision()
-            );
-            group.bench_with_input(
-                BenchmarkId::new(id, format!("batch{batch}")),
-                &patches,
-                |b, patches| b.iter(|| predictor.predict_batch(patches).unwrap()),
-            );
+        let burn = config.init(&Predictor::device_for(device).unwrap());
+        let engines = [
+            ("", Predictor::load(&file, device, precision).unwrap()),
+            (
+                "_burn",
+                Predictor::from_model(burn, config, device, precision).unwrap(),
+            ),
+        ];
+        for (engine, predictor) in &engines {
+            for batch in setting::<usize>("UNET_BENCH_BATCHES", "1") {
+                let patches = vec![RgbPatch::new(side, side, &pixels); batch];
+                group.throughput(Throughput::Elements(batch as u64));
+                let id = format!(
+                    "{}_{}{engine}_{side}x{side}",
+                    predictor.device_name(),
+                    predictor.precision()
+                );
+                group.bench_with_input(
+                    BenchmarkId::new(id, format!("batch{batch}")),
+                    &patches,
+                    |b, patches| b.iter(|| predictor.predict_batch(patches).unwrap()),
+                );
+            }
         }
     }
     group.finish();

@@ -16,6 +16,7 @@
 //! - [`Predictor`]: a model on a device at a precision; `predict_batch` on RGB patches.
 
 pub mod checkpoint;
+mod cpu;
 pub mod model;
 pub mod model_file;
 pub mod patch;

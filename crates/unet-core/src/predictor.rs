@@ -7,6 +7,7 @@ use std::str::FromStr;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 
+use crate::cpu::CpuUnet;
 use crate::model::{SIDE_MULTIPLE, Unet, UnetConfig};
 use crate::model_file::{self, ModelFileError};
 use crate::patch::{ProbabilityMap, RgbPatch, normalise_into};
@@ -75,9 +76,15 @@ pub enum PredictError {
 
 /// A loaded model bound to a device and precision, ready for batches of patches.
 pub struct Predictor {
-    model: Unet,
+    engine: Engine,
     config: UnetConfig,
     target: Target,
+}
+
+/// What runs the model: Burn (CUDA, or f16 on the CPU), or the f32 CPU path of [`crate::cpu`].
+enum Engine {
+    Burn(Box<Unet>),
+    Cpu(CpuUnet),
 }
 
 /// Where and at what precision the model runs, resolved from the user's choices.
@@ -119,16 +126,25 @@ impl Predictor {
         precision: Precision,
     ) -> Result<Predictor, PredictError> {
         let target = Target::resolve(device, precision)?;
+        if !target.on_cuda && target.precision == Precision::F32 {
+            let weights = model_file::read_weights(path)?;
+            return Ok(Predictor {
+                config: weights.config,
+                engine: Engine::Cpu(CpuUnet::new(&weights)),
+                target,
+            });
+        }
         let (model, config) = model_file::load(path, &target.device, target.dtype())?;
         Ok(Predictor {
-            model,
+            engine: Engine::Burn(Box::new(model)),
             config,
             target,
         })
     }
 
-    /// Wraps a model already on the device `DeviceChoice` resolves to (benchmarks, tests), its
-    /// parameters cast to the precision.
+    /// Wraps a Burn model already on the device `DeviceChoice` resolves to (benchmarks, tests),
+    /// its parameters cast to the precision. It runs on Burn whatever the device (the reference
+    /// for the CPU path).
     pub fn from_model(
         model: Unet,
         config: UnetConfig,
@@ -137,7 +153,7 @@ impl Predictor {
     ) -> Result<Predictor, PredictError> {
         let target = Target::resolve(device, precision)?;
         Ok(Predictor {
-            model: model.map(&mut CastParameters(target.dtype())),
+            engine: Engine::Burn(Box::new(model.map(&mut CastParameters(target.dtype())))),
             config,
             target,
         })
@@ -165,10 +181,28 @@ impl Predictor {
     /// The tumour probability of every pixel of every patch (max over output channels).
     pub fn predict_batch(&self, patches: &[RgbPatch]) -> Result<Vec<ProbabilityMap>, PredictError> {
         let (width, height) = check_batch(patches, &self.config)?;
-        let output = self.forward(patches, width, height)?.max_dim(1);
-        let values = self.read(output)?;
+        let plane = width * height;
+        let values = match &self.engine {
+            Engine::Burn(model) => {
+                self.read(model.forward(self.input(patches, width, height)).max_dim(1))?
+            }
+            Engine::Cpu(_) => {
+                let outputs = self.predict_raw(patches)?;
+                let channels = self.config.out_channels;
+                outputs
+                    .chunks_exact(channels * plane)
+                    .flat_map(|image| {
+                        (0..plane).map(move |p| {
+                            (0..channels)
+                                .map(|c| image[c * plane + p])
+                                .fold(f32::MIN, f32::max)
+                        })
+                    })
+                    .collect()
+            }
+        };
         Ok(values
-            .chunks_exact(width * height)
+            .chunks_exact(plane)
             .map(|chunk| ProbabilityMap {
                 width,
                 height,
@@ -180,16 +214,24 @@ impl Predictor {
     /// The raw sigmoid output, `[N, out_channels, H, W]` flattened row-major.
     pub fn predict_raw(&self, patches: &[RgbPatch]) -> Result<Vec<f32>, PredictError> {
         let (width, height) = check_batch(patches, &self.config)?;
-        let output = self.forward(patches, width, height)?;
-        self.read(output)
+        match &self.engine {
+            Engine::Burn(model) => self.read(model.forward(self.input(patches, width, height))),
+            Engine::Cpu(model) => {
+                let mut out =
+                    Vec::with_capacity(patches.len() * self.config.out_channels * width * height);
+                let mut input = Vec::with_capacity(3 * width * height);
+                for patch in patches {
+                    input.clear();
+                    normalise_into(patch, &mut input);
+                    out.extend(model.forward(&input, height, width));
+                }
+                Ok(out)
+            }
+        }
     }
 
-    fn forward(
-        &self,
-        patches: &[RgbPatch],
-        width: usize,
-        height: usize,
-    ) -> Result<Tensor<4>, PredictError> {
+    /// The batch as the normalised NCHW tensor Burn's model takes.
+    fn input(&self, patches: &[RgbPatch], width: usize, height: usize) -> Tensor<4> {
         let mut input = Vec::with_capacity(patches.len() * 3 * width * height);
         for patch in patches {
             normalise_into(patch, &mut input);
@@ -197,8 +239,7 @@ impl Predictor {
         let shape = [patches.len(), self.config.in_channels, height, width];
         let options =
             TensorCreationOptions::new(self.target.device.clone()).with_dtype(self.target.dtype());
-        let x = Tensor::<4>::from_data(TensorData::new(input, shape), options);
-        Ok(self.model.forward(x))
+        Tensor::<4>::from_data(TensorData::new(input, shape), options)
     }
 
     fn read(&self, output: Tensor<4>) -> Result<Vec<f32>, PredictError> {

@@ -188,3 +188,25 @@ fn full_width_config_has_the_users_parameter_count() {
     let folded = config.num_params();
     assert!((31_000_000..31_100_000).contains(&folded), "{folded}");
 }
+
+/// The Burn model (what runs on CUDA, and f16 on the CPU) in f32 on the CPU: the same parity,
+/// so the GPU path's reference is checked in CI too.
+#[test]
+fn burn_engine_f32_matches_pytorch_within_1e_4() {
+    for case in cases() {
+        let checkpoint = Checkpoint::read(&fixtures().join(&case.checkpoint)).unwrap();
+        let config = checkpoint.weights.config;
+        let model = Unet::from_weights(
+            &checkpoint.weights,
+            &burn::tensor::Device::flex(),
+            burn::tensor::DType::F32,
+        );
+        let predictor =
+            Predictor::from_model(model, config, DeviceChoice::Cpu, Precision::F32).unwrap();
+        let image = input_image(&case);
+        let patch = RgbPatch::new(case.width, case.height, image.as_raw());
+        let output = predictor.predict_raw(&[patch]).unwrap();
+        let difference = max_abs_difference(&output, &expected_sigmoid(&case).1);
+        assert!(difference <= 1e-4, "{}: {difference}", case.name);
+    }
+}
