@@ -86,27 +86,14 @@ fn model(weights: &FoldedWeights, precision: Precision) -> ModelProto {
     let probabilities = graph.node("Sigmoid", &[&logits], vec![]);
     graph.cast_out(&probabilities, OUTPUT);
 
-    let float = DataType::FLOAT;
-    graph.proto.input.push(value_info(
-        INPUT,
-        float,
-        [
-            "batch".into(),
-            config.in_channels.into(),
-            "height".into(),
-            "width".into(),
-        ],
-    ));
-    graph.proto.output.push(value_info(
-        OUTPUT,
-        float,
-        [
-            "batch".into(),
-            config.out_channels.into(),
-            "height".into(),
-            "width".into(),
-        ],
-    ));
+    graph
+        .proto
+        .input
+        .push(nchw_float(INPUT, config.in_channels));
+    graph
+        .proto
+        .output
+        .push(nchw_float(OUTPUT, config.out_channels));
     graph.proto.name = "camelyon_unet".to_string();
 
     let mut model = ModelProto::new();
@@ -286,36 +273,22 @@ fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
     tensor
 }
 
-/// A dimension: fixed, or named (dynamic).
-enum Dim {
-    Fixed(i64),
-    Named(&'static str),
-}
-
-impl From<usize> for Dim {
-    fn from(value: usize) -> Self {
-        Dim::Fixed(value as i64)
-    }
-}
-
-impl From<&'static str> for Dim {
-    fn from(value: &'static str) -> Self {
-        Dim::Named(value)
-    }
-}
-
-fn value_info(name: &str, element: DataType, dims: [Dim; 4]) -> ValueInfoProto {
+/// A float32 NCHW tensor with `channels` channels and dynamic batch, height and width.
+fn nchw_float(name: &str, channels: usize) -> ValueInfoProto {
     let mut shape = TensorShapeProto::new();
-    for dim in dims {
+    let dims = [
+        dimension::Value::DimParam("batch".to_string()),
+        dimension::Value::DimValue(channels as i64),
+        dimension::Value::DimParam("height".to_string()),
+        dimension::Value::DimParam("width".to_string()),
+    ];
+    for value in dims {
         let mut d = Dimension::new();
-        d.value = Some(match dim {
-            Dim::Fixed(v) => dimension::Value::DimValue(v),
-            Dim::Named(n) => dimension::Value::DimParam(n.to_string()),
-        });
+        d.value = Some(value);
         shape.dim.push(d);
     }
     let mut tensor = TensorType::new();
-    tensor.elem_type = element as i32;
+    tensor.elem_type = DataType::FLOAT as i32;
     tensor.shape = Some(shape).into();
     let mut kind = TypeProto::new();
     kind.value = Some(TypeValue::TensorType(tensor));
