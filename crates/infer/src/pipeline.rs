@@ -194,7 +194,7 @@ pub fn run(job: SlideJob) -> Result<Summary> {
     staged.keep(prob_file, &prob_name);
 
     let map = low_resolution.to_image();
-    let (view, _) = low_level_view_of_region(&slide, region, map.width(), map.height())?;
+    let view = low_level_view_of_region(&slide, region, map.width(), map.height())?;
     let picture = heatmap(&view, &map);
     staged.write_png(&format!("{stem}.heatmap.png"), &picture)?;
     let geojson = tumour_geojson(&map, downsample, (region.x, region.y))?;
@@ -258,7 +258,7 @@ pub fn patches_to_run(
     let (name, mask) = match tissue {
         TissueChoice::Off => ("off".to_string(), None),
         TissueChoice::Auto => {
-            let (view, _) = low_level_view(slide, 32.0)?;
+            let view = low_level_view(slide, 32.0)?;
             let mask = TissueMask::detect(&view, base.width, base.height);
             let name = format!("auto ({:.1} % of the slide)", 100.0 * mask.fraction());
             (name, Some(mask))
@@ -514,13 +514,10 @@ pub fn progress_bar(visible: bool, total: usize) -> ProgressBar {
 }
 
 /// The whole slide at about `downsample`, from the pyramid level closest below it.
-fn low_level_view(slide: &Slide, downsample: f64) -> Result<(RgbImage, usize)> {
+fn low_level_view(slide: &Slide, downsample: f64) -> Result<RgbImage> {
     let level = slide.best_level_for_downsample(downsample);
     let l = slide.levels()[level];
-    Ok((
-        slide.read_region(level, 0, 0, l.width as u32, l.height as u32)?,
-        level,
-    ))
+    Ok(slide.read_region(level, 0, 0, l.width as u32, l.height as u32)?)
 }
 
 /// The region from a pyramid level (level 1 or lower when there is one), resized to exactly
@@ -530,7 +527,7 @@ fn low_level_view_of_region(
     region: Rect,
     width: u32,
     height: u32,
-) -> Result<(RgbImage, usize)> {
+) -> Result<RgbImage> {
     let wanted = region.width as f64 / width as f64;
     let level = slide
         .best_level_for_downsample(wanted)
@@ -545,9 +542,12 @@ fn low_level_view_of_region(
         (scale(region.width) as u32).max(1),
         (scale(region.height) as u32).max(1),
     )?;
-    let resized =
-        image::imageops::resize(&view, width, height, image::imageops::FilterType::Triangle);
-    Ok((resized, level))
+    Ok(image::imageops::resize(
+        &view,
+        width,
+        height,
+        image::imageops::FilterType::Triangle,
+    ))
 }
 
 /// `STEM` for the outputs of `slide`.

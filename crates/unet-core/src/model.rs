@@ -148,11 +148,11 @@ impl Unet {
 
     /// Builds the model from folded checkpoint weights, its tensors in `dtype` on `device`.
     pub fn from_weights(weights: &FoldedWeights, device: &Device, dtype: DType) -> Unet {
+        // Every tensor flat first; `tensor4` gives the convolutions their shape.
         let param = |name: &str| -> Tensor<1> {
-            let (values, shape) = weights.get(name);
+            let (values, _) = weights.get(name);
             let options = TensorCreationOptions::new(device.clone()).with_dtype(dtype);
             Tensor::<1>::from_data(TensorData::new(values.to_vec(), [values.len()]), options)
-                .reshape::<1, _>([shape.iter().product::<usize>()])
         };
         let tensor4 = |name: &str| -> Param<Tensor<4>> {
             let (_, shape) = weights.get(name);

@@ -91,3 +91,17 @@ fn every_region_within_tolerance_of_the_reference_reader() {
     }
     assert!(checked >= 30, "{checked} regions");
 }
+
+/// The thumbnail fits the asked size, keeps the aspect ratio, and shows what the smallest
+/// level shows.
+#[test]
+fn thumbnail_is_the_whole_slide_scaled_down() {
+    let slide = Slide::open(fixtures().join("tiny_vips_jpeg.tif")).unwrap();
+    let thumbnail = slide.thumbnail(256).unwrap();
+    assert_eq!(thumbnail.dimensions(), (256, 192));
+    let level2 = slide.read_region(2, 0, 0, 512, 384).unwrap();
+    let mean = |image: &image::RgbImage| {
+        image.pixels().map(|p| p.0[0] as f64).sum::<f64>() / (image.width() * image.height()) as f64
+    };
+    assert!((mean(&thumbnail) - mean(&level2)).abs() < 2.0);
+}
