@@ -122,11 +122,6 @@ impl PyramidWriter {
         Ok(writer)
     }
 
-    /// Level sizes, largest first.
-    pub fn level_sizes(&self) -> Vec<(u64, u64)> {
-        self.levels.iter().map(|l| (l.width, l.height)).collect()
-    }
-
     /// Appends rows of level 0: whole rows, `width * channels` bytes each, any number at a time.
     pub fn write_rows(&mut self, rows: &[u8]) -> Result<()> {
         let row_bytes = (self.levels[0].width * self.channels as u64) as usize;
