@@ -134,6 +134,9 @@ fn ctrl_c_stops_cleanly_and_leaves_nothing() {
             out.to_str().unwrap(),
             "--tissue",
             "off",
+            // A stride of 64: some 2 400 patches, a run of minutes, so the signal lands mid-run.
+            "--overlap",
+            "448",
             "--device",
             "cpu",
             "--quiet",
@@ -142,7 +145,7 @@ fn ctrl_c_stops_cleanly_and_leaves_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Long enough to be reading and running patches (the whole run takes tens of seconds).
+    // Long enough to be reading and running patches.
     std::thread::sleep(std::time::Duration::from_secs(4));
     let signal = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

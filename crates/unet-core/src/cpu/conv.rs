@@ -1,0 +1,260 @@
+//! The one convolution kernel every layer of the CPU path runs on: a direct convolution over
+//! NHWC activations, `taps` shifted 1x1 products summed (9 for a 3x3 convolution, 1 for a
+//! transposed convolution's tap or the head), bias first, ReLU last.
+//!
+//! Each call of [`tile`] keeps `PIXELS x VECTORS` output vectors in registers and, for every
+//! input channel of every tap, broadcasts one input value per pixel against the packed weight
+//! vectors: no im2col copy, no separate bias or ReLU pass. Input and output are addressed by
+//! row and pixel strides, which is how the transposed convolution stores every second pixel
+//! and how a layer writes into a channel range of a wider (concatenated) buffer.
+
+use rayon::prelude::*;
+
+use super::simd::Simd;
+
+/// Input channels per pass over the output: the pass's weights (`9 x 256 x 64` floats with
+/// AVX-512, 590 KB) stay in the per-core L2 cache while all the pass's pixels use them.
+const CHANNEL_BLOCK: usize = 256;
+
+/// A convolution's weights packed for the kernel: for each block of `block` output channels,
+/// `[tap][input channel][block]`, zeros past the last output channel; the bias likewise.
+pub struct Packed {
+    pub inputs: usize,
+    pub outputs: usize,
+    taps: usize,
+    block: usize,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Packed {
+    /// `weight(tap, input, output)` gives each weight; `block` is the kernel's output channels
+    /// per call (`VECTORS * LANES` of the instruction set in use).
+    pub fn new(
+        taps: usize,
+        inputs: usize,
+        outputs: usize,
+        block: usize,
+        weight: impl Fn(usize, usize, usize) -> f32,
+        bias: &[f32],
+    ) -> Packed {
+        let blocks = outputs.div_ceil(block);
+        let mut weights = vec![0.0; blocks * taps * inputs * block];
+        for (b, packed) in weights.chunks_exact_mut(taps * inputs * block).enumerate() {
+            for tap in 0..taps {
+                for input in 0..inputs {
+                    let row = &mut packed[(tap * inputs + input) * block..][..block];
+                    for (j, value) in row.iter_mut().enumerate() {
+                        let output = b * block + j;
+                        if output < outputs {
+                            *value = weight(tap, input, output);
+                        }
+                    }
+                }
+            }
+        }
+        let mut padded_bias = bias.to_vec();
+        padded_bias.resize(blocks * block, 0.0);
+        Packed {
+            inputs,
+            outputs,
+            taps,
+            block,
+            weights,
+            bias: padded_bias,
+        }
+    }
+}
+
+/// Where a layer reads and writes: pixel `(y, x)` of the output grid reads its taps at
+/// `input + y * input_row + x * input_pixel + tap offset` and writes `outputs` values at
+/// `output + y * output_row + x * output_pixel`. Channels are contiguous on both sides.
+pub struct Job<'a> {
+    pub layer: &'a Packed,
+    pub rows: usize,
+    pub columns: usize,
+    pub input: *const f32,
+    pub input_row: usize,
+    pub input_pixel: usize,
+    /// One offset (in floats, from a pixel's input address) per tap.
+    pub taps: &'a [usize],
+    pub output: *mut f32,
+    pub output_row: usize,
+    pub output_pixel: usize,
+    pub relu: bool,
+}
+
+/// The raw pointers of a job, shared by the tasks that write its disjoint parts.
+struct Shared<'a>(&'a Job<'a>);
+// SAFETY: tasks read the input and write disjoint output pixels/channels (see `run`).
+unsafe impl Send for Shared<'_> {}
+unsafe impl Sync for Shared<'_> {}
+
+impl<'a> Shared<'a> {
+    // A method, so that closures capture the `Shared` and not its non-`Sync` field.
+    fn job(&self) -> &'a Job<'a> {
+        self.0
+    }
+}
+
+/// Runs the job on all cores.
+///
+/// # Safety
+/// Every address the job describes is valid: reads of `layer.inputs` channels at each tap,
+/// writes of `layer.outputs` channels at each output pixel, and no two output pixels overlap.
+pub unsafe fn run<S: Simd>(simd: S, job: &Job) {
+    assert_eq!(job.taps.len(), job.layer.taps);
+    assert_eq!(job.layer.block, S::VECTORS * S::LANES);
+    let blocks = job.layer.outputs.div_ceil(job.layer.block);
+    // Enough tasks to balance the cores; rows grouped so each task reuses its weights.
+    let groups = (16 * rayon::current_num_threads())
+        .div_ceil(blocks)
+        .clamp(1, job.rows);
+    let rows_per_group = job.rows.div_ceil(groups);
+    let shared = Shared(job);
+    (0..blocks * groups).into_par_iter().for_each(|task| {
+        let job = shared.job();
+        let (block, group) = (task % blocks, task / blocks);
+        let rows = group * rows_per_group..((group + 1) * rows_per_group).min(job.rows);
+        // SAFETY: this task writes only its block's channels of its rows.
+        unsafe { simd.run_rows(job, block, rows) };
+    });
+}
+
+/// One task: output channel block `block` of output rows `rows`.
+///
+/// # Safety
+/// As [`run`]; called through [`Simd::run_rows`].
+#[inline(always)]
+pub unsafe fn run_rows<S: Simd>(simd: S, job: &Job, block: usize, rows: std::ops::Range<usize>) {
+    let layer = job.layer;
+    let first_output = block * layer.block;
+    let outputs = layer.block.min(layer.outputs - first_output);
+    let vectors = outputs.div_ceil(S::LANES);
+    let weights = unsafe {
+        layer
+            .weights
+            .as_ptr()
+            .add(block * layer.taps * layer.inputs * layer.block)
+    };
+    for first_input in (0..layer.inputs).step_by(CHANNEL_BLOCK) {
+        let last_input = (first_input + CHANNEL_BLOCK).min(layer.inputs);
+        for y in rows.clone() {
+            for x in (0..job.columns).step_by(S::PIXELS) {
+                let tile = Tile {
+                    input: unsafe { job.input.add(y * job.input_row + x * job.input_pixel) },
+                    input_pixel: job.input_pixel,
+                    taps: job.taps,
+                    channels: first_input..last_input,
+                    tap_stride: layer.inputs * layer.block,
+                    block: layer.block,
+                    weights,
+                    bias: unsafe { layer.bias.as_ptr().add(first_output) },
+                    output: unsafe {
+                        job.output
+                            .add(y * job.output_row + x * job.output_pixel + first_output)
+                    },
+                    output_pixel: job.output_pixel,
+                    from_bias: first_input == 0,
+                    relu: job.relu && last_input == layer.inputs,
+                    last_vector: outputs - (vectors - 1) * S::LANES,
+                };
+                let pixels = S::PIXELS.min(job.columns - x);
+                unsafe { tile_of_size(simd, pixels, vectors, &tile) };
+            }
+        }
+    }
+}
+
+/// One kernel call's operands.
+struct Tile<'a> {
+    input: *const f32,
+    input_pixel: usize,
+    taps: &'a [usize],
+    channels: std::ops::Range<usize>,
+    /// Floats between one tap's weights and the next's.
+    tap_stride: usize,
+    block: usize,
+    weights: *const f32,
+    bias: *const f32,
+    output: *mut f32,
+    output_pixel: usize,
+    /// Start from the bias (the first channel block) rather than the output so far.
+    from_bias: bool,
+    relu: bool,
+    /// Channels in the last vector (`LANES` but at a layer's last, narrower block).
+    last_vector: usize,
+}
+
+/// [`tile`] for run-time sizes: the register tile is a compile-time shape.
+#[inline(always)]
+unsafe fn tile_of_size<S: Simd>(simd: S, pixels: usize, vectors: usize, t: &Tile) {
+    macro_rules! by_vectors {
+        ($pixels:literal) => {
+            match vectors {
+                1 => unsafe { tile::<S, $pixels, 1>(simd, t) },
+                2 => unsafe { tile::<S, $pixels, 2>(simd, t) },
+                3 => unsafe { tile::<S, $pixels, 3>(simd, t) },
+                _ => unsafe { tile::<S, $pixels, 4>(simd, t) },
+            }
+        };
+    }
+    const { assert!(S::PIXELS <= 6 && S::VECTORS <= 4) };
+    match pixels {
+        1 => by_vectors!(1),
+        2 => by_vectors!(2),
+        3 => by_vectors!(3),
+        4 => by_vectors!(4),
+        5 => by_vectors!(5),
+        _ => by_vectors!(6),
+    }
+}
+
+/// `P` output pixels by `V` vectors of output channels, over one block of input channels.
+#[inline(always)]
+unsafe fn tile<S: Simd, const P: usize, const V: usize>(simd: S, t: &Tile) {
+    let width = |j: usize| if j + 1 == V { t.last_vector } else { S::LANES };
+    let mut acc = [[simd.zero(); V]; P];
+    for (p, row) in acc.iter_mut().enumerate() {
+        for (j, value) in row.iter_mut().enumerate() {
+            *value = unsafe {
+                if t.from_bias {
+                    simd.load(t.bias.add(j * S::LANES))
+                } else {
+                    simd.load_first(t.output.add(p * t.output_pixel + j * S::LANES), width(j))
+                }
+            };
+        }
+    }
+    for (tap, &offset) in t.taps.iter().enumerate() {
+        let input = unsafe { t.input.add(offset) };
+        let weights = unsafe { t.weights.add(tap * t.tap_stride) };
+        for c in t.channels.clone() {
+            let w: [S::V; V] = std::array::from_fn(|j| unsafe {
+                simd.load(weights.add(c * t.block + j * S::LANES))
+            });
+            for (p, row) in acc.iter_mut().enumerate() {
+                let x = simd.splat(unsafe { *input.add(p * t.input_pixel + c) });
+                for (value, &w) in row.iter_mut().zip(&w) {
+                    *value = simd.mul_add(x, w, *value);
+                }
+            }
+        }
+    }
+    for (p, row) in acc.iter().enumerate() {
+        for (j, &value) in row.iter().enumerate() {
+            let value = if t.relu {
+                simd.max(value, simd.zero())
+            } else {
+                value
+            };
+            unsafe {
+                simd.store_first(
+                    t.output.add(p * t.output_pixel + j * S::LANES),
+                    value,
+                    width(j),
+                )
+            };
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The f32 CPU path: the same UNet on NHWC activations, every convolution a direct
+//! convolution on one register-blocked SIMD kernel ([`conv`]), all cores through rayon.
+//!
+//! Burn's flex backend runs NCHW and materialises each replicate pad, ReLU and concatenation
+//! as a pass of its own. Here every activation carries a one-pixel border that repeats its
+//! edge (refreshed after each layer writes it: the perimeter only), so a 3x3 convolution
+//! reads its nine taps straight from it; bias and ReLU happen in the kernel's registers; and
+//! the skip concatenation is never copied: the encoder writes each level's output into the
+//! channels of the buffer its decoder level reads, after the transposed convolution's.
+
+mod conv;
+mod simd;
+
+use rayon::prelude::*;
+
+use crate::checkpoint::FoldedWeights;
+use crate::model::UnetConfig;
+use conv::{Job, Packed};
+use simd::{Portable, Simd};
+
+/// An NHWC activation of one image with a replicated one-pixel border:
+/// `(height + 2) x (width + 2)` pixels of `channels` values.
+struct Padded {
+    height: usize,
+    width: usize,
+    channels: usize,
+    data: Vec<f32>,
+}
+
+impl Padded {
+    fn new(height: usize, width: usize, channels: usize) -> Padded {
+        Padded {
+            height,
+            width,
+            channels,
+            data: vec![0.0; (height + 2) * (width + 2) * channels],
+        }
+    }
+
+    /// Floats between one padded row and the next.
+    fn row(&self) -> usize {
+        (self.width + 2) * self.channels
+    }
+
+    /// Index of channel 0 of interior pixel `(y, x)`.
+    fn at(&self, y: usize, x: usize) -> usize {
+        (y + 1) * self.row() + (x + 1) * self.channels
+    }
+
+    /// Copies the edge pixels of channels `channels` into the border (replicate padding).
+    fn fill_border(&mut self, channels: std::ops::Range<usize>) {
+        let (row, c, w) = (self.row(), self.channels, self.width);
+        for y in 1..=self.height {
+            let line = &mut self.data[y * row..(y + 1) * row];
+            line.copy_within(c + channels.start..c + channels.end, channels.start);
+            line.copy_within(
+                w * c + channels.start..w * c + channels.end,
+                (w + 1) * c + channels.start,
+            );
+        }
+        for (from, to) in [(1, 0), (self.height, self.height + 1)] {
+            for x in 0..w + 2 {
+                let pixel = x * c;
+                self.data.copy_within(
+                    from * row + pixel + channels.start..from * row + pixel + channels.end,
+                    to * row + pixel + channels.start,
+                );
+            }
+        }
+    }
+}
+
+/// The instruction set the kernel runs with, chosen once from what the CPU has.
+#[derive(Clone, Copy)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512(simd::Avx512),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(simd::Avx2),
+    Portable(Portable),
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx512) = simd::Avx512::detect() {
+            return Isa::Avx512(avx512);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx2) = simd::Avx2::detect() {
+            return Isa::Avx2(avx2);
+        }
+        Isa::Portable(Portable)
+    }
+
+    /// Every instruction set this CPU can run the kernel with, best first.
+    #[cfg(test)]
+    fn available() -> Vec<Isa> {
+        let mut all = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            all.extend(simd::Avx512::detect().map(Isa::Avx512));
+            all.extend(simd::Avx2::detect().map(Isa::Avx2));
+        }
+        all.push(Isa::Portable(Portable));
+        all
+    }
+
+    #[cfg(test)]
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => "avx512",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => "avx2",
+            Isa::Portable(_) => "portable",
+        }
+    }
+
+    /// Output channels per kernel call.
+    fn block(self) -> usize {
+        fn of<S: Simd>(_: S) -> usize {
+            S::VECTORS * S::LANES
+        }
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(s) => of(s),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(s) => of(s),
+            Isa::Portable(s) => of(s),
+        }
+    }
+
+    /// # Safety
+    /// As [`conv::run`].
+    unsafe fn run(self, job: &Job) {
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512(s) => conv::run(s, job),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2(s) => conv::run(s, job),
+                Isa::Portable(s) => conv::run(s, job),
+            }
+        }
+    }
+}
+
+pub struct CpuUnet {
+    config: UnetConfig,
+    isa: Isa,
+    /// `conv1`..`conv9`, two 3x3 convolutions each.
+    double: Vec<[Packed; 2]>,
+    /// `up6`..`up9`, one 1-tap layer per output position `dy * 2 + dx`.
+    up: Vec<[Packed; 4]>,
+    head: Packed,
+}
+
+impl CpuUnet {
+    pub fn new(weights: &FoldedWeights) -> CpuUnet {
+        CpuUnet::with_isa(weights, Isa::detect())
+    }
+
+    fn with_isa(weights: &FoldedWeights, isa: Isa) -> CpuUnet {
+        let block = isa.block();
+        let conv3x3 = |name: &str| {
+            // PyTorch [o, i, 3, 3]; tap = ky * 3 + kx.
+            let (values, shape) = weights.get(&format!("{name}.weight"));
+            let (o, i) = (shape[0], shape[1]);
+            let bias = weights.get(&format!("{name}.bias")).0;
+            Packed::new(
+                9,
+                i,
+                o,
+                block,
+                |tap, c, out| values[(out * i + c) * 9 + tap],
+                bias,
+            )
+        };
+        let double = (1..=9)
+            .map(|l| {
+                [
+                    conv3x3(&format!("conv{l}.first")),
+                    conv3x3(&format!("conv{l}.second")),
+                ]
+            })
+            .collect();
+        let up = (6..=9)
+            .map(|l| {
+                // PyTorch [i, o, 2, 2]; the same bias at each of the four positions.
+                let (values, shape) = weights.get(&format!("up{l}.weight"));
+                let (i, o) = (shape[0], shape[1]);
+                let bias = weights.get(&format!("up{l}.bias")).0;
+                std::array::from_fn(|position| {
+                    Packed::new(
+                        1,
+                        i,
+                        o,
+                        block,
+                        |_, c, out| values[(c * o + out) * 4 + position],
+                        bias,
+                    )
+                })
+            })
+            .collect();
+        let (values, shape) = weights.get("conv10.weight");
+        let (o, i) = (shape[0], shape[1]);
+        let head = Packed::new(
+            1,
+            i,
+            o,
+            block,
+            |_, c, out| values[out * i + c],
+            weights.get("conv10.bias").0,
+        );
+        CpuUnet {
+            config: weights.config,
+            isa,
+            double,
+            up,
+            head,
+        }
+    }
+
+    /// One normalised image, CHW, to its sigmoid outputs, CHW.
+    pub fn forward(&self, chw: &[f32], height: usize, width: usize) -> Vec<f32> {
+        let plane = height * width;
+        let mut x = Padded::new(height, width, self.config.in_channels);
+        for y in 0..height {
+            for px in 0..width {
+                let at = x.at(y, px);
+                for c in 0..x.channels {
+                    x.data[at + c] = chw[c * plane + y * width + px];
+                }
+            }
+        }
+        x.fill_border(0..x.channels);
+        // Each encoder level's output goes straight into its decoder level's input, after
+        // the channels the transposed convolution will fill.
+        let mut joined: Vec<(Padded, usize)> = (0..4)
+            .map(|level| {
+                let skip = self.double[level][1].outputs;
+                let up = self.up[3 - level][0].outputs;
+                (Padded::new(height >> level, width >> level, up + skip), up)
+            })
+            .collect();
+        for (level, [first, second]) in self.double[..5].iter().enumerate() {
+            let middle = self.conv3x3(first, &x);
+            x = match joined.get_mut(level) {
+                Some((skip, offset)) => {
+                    self.conv3x3_into(second, &middle, skip, *offset);
+                    max_pool(skip, *offset..skip.channels)
+                }
+                None => self.conv3x3(second, &middle),
+            };
+        }
+        for (up, [first, second]) in self.up.iter().zip(&self.double[5..]) {
+            let (mut input, _) = joined.pop().expect("one skip buffer per decoder level");
+            self.up_into(up, &x, &mut input);
+            let middle = self.conv3x3(first, &input);
+            x = self.conv3x3(second, &middle);
+        }
+        self.head(&x)
+    }
+
+    fn conv3x3(&self, layer: &Packed, x: &Padded) -> Padded {
+        let mut y = Padded::new(x.height, x.width, layer.outputs);
+        self.conv3x3_into(layer, x, &mut y, 0);
+        y
+    }
+
+    /// Writes channels `offset..offset + outputs` of `out` (same size as `x`).
+    fn conv3x3_into(&self, layer: &Packed, x: &Padded, out: &mut Padded, offset: usize) {
+        assert_eq!(x.channels, layer.inputs);
+        assert!(
+            offset + layer.outputs <= out.channels
+                && (out.height, out.width) == (x.height, x.width)
+        );
+        // Output (y, x) reads padded rows y..y + 3 and columns x..x + 3.
+        let taps: Vec<usize> = (0..9)
+            .map(|tap| (tap / 3) * x.row() + (tap % 3) * x.channels)
+            .collect();
+        let first_output = out.at(0, 0) + offset;
+        let job = Job {
+            layer,
+            rows: x.height,
+            columns: x.width,
+            input: x.data.as_ptr(),
+            input_row: x.row(),
+            input_pixel: x.channels,
+            taps: &taps,
+            output: out.data[first_output..].as_mut_ptr(),
+            output_row: out.row(),
+            output_pixel: out.channels,
+            relu: true,
+        };
+        // SAFETY: the taps stay inside x's padded rows; the output pixels are out's interior,
+        // its channels offset..offset + outputs (asserted to fit).
+        unsafe { self.isa.run(&job) };
+        out.fill_border(offset..offset + layer.outputs);
+    }
+
+    /// The 2x2 stride-2 transposed convolution of `x` into channels `0..outputs` of `out`.
+    fn up_into(&self, layers: &[Packed; 4], x: &Padded, out: &mut Padded) {
+        assert_eq!((out.height, out.width), (2 * x.height, 2 * x.width));
+        for (position, layer) in layers.iter().enumerate() {
+            assert!(x.channels == layer.inputs && layer.outputs <= out.channels);
+            let (dy, dx) = (position / 2, position % 2);
+            let first_output = out.at(dy, dx);
+            let job = Job {
+                layer,
+                rows: x.height,
+                columns: x.width,
+                input: x.data[x.at(0, 0)..].as_ptr(),
+                input_row: x.row(),
+                input_pixel: x.channels,
+                taps: &[0],
+                output: out.data[first_output..].as_mut_ptr(),
+                output_row: 2 * out.row(),
+                output_pixel: 2 * out.channels,
+                relu: false,
+            };
+            // SAFETY: input pixel (y, x) writes output pixel (2y + dy, 2x + dx), inside out.
+            unsafe { self.isa.run(&job) };
+        }
+        out.fill_border(0..layers[0].outputs);
+    }
+
+    /// The 1x1 head and sigmoid, CHW.
+    fn head(&self, x: &Padded) -> Vec<f32> {
+        assert_eq!(x.channels, self.head.inputs);
+        let (plane, outputs) = (x.height * x.width, self.head.outputs);
+        let mut logits = vec![0.0; plane * outputs];
+        let job = Job {
+            layer: &self.head,
+            rows: x.height,
+            columns: x.width,
+            input: x.data[x.at(0, 0)..].as_ptr(),
+            input_row: x.row(),
+            input_pixel: x.channels,
+            taps: &[0],
+            output: logits.as_mut_ptr(),
+            output_row: x.width * outputs,
+            output_pixel: outputs,
+            relu: false,
+        };
+        // SAFETY: logits holds every output pixel's channels.
+        unsafe { self.isa.run(&job) };
+        let mut chw = vec![0.0; outputs * plane];
+        for (p, pixel) in logits.chunks_exact(outputs).enumerate() {
+            for (c, &logit) in pixel.iter().enumerate() {
+                chw[c * plane + p] = 1.0 / (1.0 + (-logit).exp());
+            }
+        }
+        chw
+    }
+}
+
+/// 2x2 max pooling of channels `channels` of `x`, into a buffer of its own.
+fn max_pool(x: &Padded, channels: std::ops::Range<usize>) -> Padded {
+    let mut out = Padded::new(x.height / 2, x.width / 2, channels.len());
+    let (row, c) = (out.row(), out.channels);
+    out.data[row..(out.height + 1) * row]
+        .par_chunks_exact_mut(row)
+        .enumerate()
+        .for_each(|(y, line)| {
+            for px in 0..x.width / 2 {
+                let at = |dy: usize, dx: usize| {
+                    &x.data[x.at(2 * y + dy, 2 * px + dx) + channels.start..][..c]
+                };
+                let (a, b, d, e) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                for (ch, value) in line[(px + 1) * c..(px + 2) * c].iter_mut().enumerate() {
+                    *value = a[ch].max(b[ch]).max(d[ch]).max(e[ch]);
+                }
+            }
+        });
+    out.fill_border(0..c);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::{CpuUnet, Isa};
+    use crate::patch::{RgbPatch, normalise_into};
+    use crate::{Checkpoint, DeviceChoice, Precision, Predictor, UnetConfig, model_file};
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pytorch")
+    }
+
+    fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// Every kernel this CPU has, not only the one `Predictor` picks, against PyTorch's
+    /// outputs (the fixtures' cases: narrow models, odd channel counts and widths).
+    #[test]
+    fn every_kernel_matches_pytorch_within_1e_4() {
+        for name in [
+            "unet_w8_state_dict",
+            "unet_w8_checkpoint",
+            "unet_w4_out1_dataparallel",
+        ] {
+            let checkpoint = Checkpoint::read(&fixtures().join(format!("{name}.pth"))).unwrap();
+            let image = image::open(fixtures().join(format!("{name}_input.png")))
+                .unwrap()
+                .to_rgb8();
+            let (width, height) = (image.width() as usize, image.height() as usize);
+            let mut input = Vec::new();
+            normalise_into(&RgbPatch::new(width, height, image.as_raw()), &mut input);
+            let bytes = std::fs::read(fixtures().join(format!("{name}_expected_f64.npy"))).unwrap();
+            let expected: Vec<f32> = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap();
+            for isa in Isa::available() {
+                let output =
+                    CpuUnet::with_isa(&checkpoint.weights, isa).forward(&input, height, width);
+                let difference = max_abs_difference(&output, &expected);
+                println!("{name} {}: {difference:.2e}", isa.name());
+                assert!(difference <= 1e-4, "{name} {}: {difference}", isa.name());
+            }
+        }
+    }
+
+    /// A wider model (w = 32, layers of up to 512 input channels: more than one channel block
+    /// per pass, full output blocks) against Burn's f32 path, itself checked against PyTorch.
+    #[test]
+    fn every_kernel_matches_burn_on_a_wider_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w32.bpk");
+        let config = UnetConfig::new(3, 2, 32);
+        let device = burn::tensor::Device::flex();
+        device.seed(3);
+        let model = config.init(&device);
+        model_file::save(&model, &config, "random", &file).unwrap();
+        let (width, height) = (48, 32);
+        let pixels: Vec<u8> = (0..width * height * 3)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect();
+        let patch = RgbPatch::new(width, height, &pixels);
+        let burn = Predictor::from_model(model, config, DeviceChoice::Cpu, Precision::F32).unwrap();
+        let expected = burn.predict_raw(&[patch]).unwrap();
+        let mut input = Vec::new();
+        normalise_into(&patch, &mut input);
+        let weights = model_file::read_weights(&file).unwrap();
+        for isa in Isa::available() {
+            let output = CpuUnet::with_isa(&weights, isa).forward(&input, height, width);
+            let difference = max_abs_difference(&output, &expected);
+            println!("w32 {}: {difference:.2e}", isa.name());
+            assert!(difference <= 1e-4, "w32 {}: {difference}", isa.name());
+        }
+    }
+}
