@@ -11,6 +11,8 @@
 mod conv;
 mod simd;
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use crate::checkpoint::FoldedWeights;
@@ -19,21 +21,59 @@ use conv::{Job, Packed};
 use simd::{Portable, Simd};
 
 /// An NHWC activation of one image with a replicated one-pixel border:
-/// `(height + 2) x (width + 2)` pixels of `channels` values.
-struct Padded {
+/// `(height + 2) x (width + 2)` pixels of `channels` values. Its memory comes from, and goes
+/// back to, the model's [`BufferPool`].
+struct Padded<'pool> {
     height: usize,
     width: usize,
     channels: usize,
     data: Vec<f32>,
+    pool: &'pool BufferPool,
 }
 
-impl Padded {
-    fn new(height: usize, width: usize, channels: usize) -> Padded {
+impl Drop for Padded<'_> {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
+    }
+}
+
+/// Activation memory kept from one forward to the next: a 512x512 forward of the w = 64
+/// model writes ~600 MB of activations, and freshly mapped memory page-faults on every first
+/// write (about a tenth of the forward's time, measured).
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Vec<f32>>>);
+
+impl BufferPool {
+    /// A buffer of `len` floats; stale values are left in it (every layer writes all of its
+    /// output before anything reads it).
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..free.len())
+            .filter(|&i| free[i].capacity() >= len)
+            .min_by_key(|&i| free[i].capacity());
+        match best {
+            Some(i) => {
+                let mut data = free.swap_remove(i);
+                data.resize(len, 0.0);
+                data
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    fn give(&self, data: Vec<f32>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(data);
+    }
+}
+
+impl<'pool> Padded<'pool> {
+    fn new(pool: &'pool BufferPool, height: usize, width: usize, channels: usize) -> Padded<'pool> {
         Padded {
             height,
             width,
             channels,
-            data: vec![0.0; (height + 2) * (width + 2) * channels],
+            data: pool.take((height + 2) * (width + 2) * channels),
+            pool,
         }
     }
 
@@ -154,6 +194,7 @@ pub struct CpuUnet {
     /// `up6`..`up9`, one 1-tap layer per output position `dy * 2 + dx`.
     up: Vec<[Packed; 4]>,
     head: Packed,
+    buffers: BufferPool,
 }
 
 impl CpuUnet {
@@ -219,13 +260,14 @@ impl CpuUnet {
             double,
             up,
             head,
+            buffers: BufferPool::default(),
         }
     }
 
     /// One normalised image, CHW, to its sigmoid outputs, CHW.
     pub fn forward(&self, chw: &[f32], height: usize, width: usize) -> Vec<f32> {
         let plane = height * width;
-        let mut x = Padded::new(height, width, self.config.in_channels);
+        let mut x = Padded::new(&self.buffers, height, width, self.config.in_channels);
         for y in 0..height {
             for px in 0..width {
                 let at = x.at(y, px);
@@ -241,7 +283,10 @@ impl CpuUnet {
             .map(|level| {
                 let skip = self.double[level][1].outputs;
                 let up = self.up[3 - level][0].outputs;
-                (Padded::new(height >> level, width >> level, up + skip), up)
+                (
+                    Padded::new(&self.buffers, height >> level, width >> level, up + skip),
+                    up,
+                )
             })
             .collect();
         for (level, [first, second]) in self.double[..5].iter().enumerate() {
@@ -263,8 +308,8 @@ impl CpuUnet {
         self.head(&x)
     }
 
-    fn conv3x3(&self, layer: &Packed, x: &Padded) -> Padded {
-        let mut y = Padded::new(x.height, x.width, layer.outputs);
+    fn conv3x3(&self, layer: &Packed, x: &Padded) -> Padded<'_> {
+        let mut y = Padded::new(&self.buffers, x.height, x.width, layer.outputs);
         self.conv3x3_into(layer, x, &mut y, 0);
         y
     }
@@ -357,8 +402,8 @@ impl CpuUnet {
 }
 
 /// 2x2 max pooling of channels `channels` of `x`, into a buffer of its own.
-fn max_pool(x: &Padded, channels: std::ops::Range<usize>) -> Padded {
-    let mut out = Padded::new(x.height / 2, x.width / 2, channels.len());
+fn max_pool<'pool>(x: &Padded<'pool>, channels: std::ops::Range<usize>) -> Padded<'pool> {
+    let mut out = Padded::new(x.pool, x.height / 2, x.width / 2, channels.len());
     let (row, c) = (out.row(), out.channels);
     out.data[row..(out.height + 1) * row]
         .par_chunks_exact_mut(row)
