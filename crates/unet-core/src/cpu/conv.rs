@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::Simd;
+use super::simd::{Compiled, Simd};
 
 /// Input channels per pass over the output: the pass's weights (`9 x 256 x 64` floats with
 /// AVX-512, 590 KB) stay in the per-core L2 cache while all the pass's pixels use them.
@@ -63,6 +63,11 @@ impl Packed {
             weights,
             bias: padded_bias,
         }
+    }
+
+    /// Output channels per kernel call.
+    pub fn block(&self) -> usize {
+        self.block
     }
 }
 
@@ -117,14 +122,28 @@ pub unsafe fn run<S: Simd>(simd: S, job: &Job) {
         let (block, group) = (task % blocks, task / blocks);
         let rows = group * rows_per_group..((group + 1) * rows_per_group).min(job.rows);
         // SAFETY: this task writes only its block's channels of its rows.
-        unsafe { simd.run_rows(job, block, rows) };
+        unsafe { simd.compiled(Rows { job, block, rows }) };
     });
 }
 
-/// One task: output channel block `block` of output rows `rows`.
+/// One task of [`run`]: output channel block `block` of output rows `rows`.
+struct Rows<'a> {
+    job: &'a Job<'a>,
+    block: usize,
+    rows: std::ops::Range<usize>,
+}
+
+impl Compiled for Rows<'_> {
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self, simd: S) {
+        unsafe { run_rows(simd, self.job, self.block, self.rows) }
+    }
+}
+
+/// Output channel block `block` of output rows `rows`, on this thread.
 ///
 /// # Safety
-/// As [`run`]; called through [`Simd::run_rows`].
+/// As [`run`], for these rows and channels; inline it only into [`Compiled::run`].
 #[inline(always)]
 pub unsafe fn run_rows<S: Simd>(simd: S, job: &Job, block: usize, rows: std::ops::Range<usize>) {
     let layer = job.layer;

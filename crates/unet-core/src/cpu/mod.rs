@@ -1,5 +1,6 @@
-//! The f32 CPU path: the same UNet on NHWC activations, every convolution a direct
-//! convolution on one register-blocked SIMD kernel ([`conv`]), all cores through rayon.
+//! The f32 CPU path: the same UNet on NHWC activations, every layer on one register-blocked
+//! SIMD kernel ([`conv`]): the 3x3 convolutions of the four upper levels as Winograd
+//! F(2x2, 3x3) ([`winograd`]), the others as direct convolutions; all cores through rayon.
 //!
 //! Burn's flex backend runs NCHW and materialises each replicate pad, ReLU and concatenation
 //! as a pass of its own. Here every activation carries a one-pixel border that repeats its
@@ -10,6 +11,7 @@
 
 mod conv;
 mod simd;
+mod winograd;
 
 use std::sync::Mutex;
 
@@ -19,6 +21,53 @@ use crate::checkpoint::FoldedWeights;
 use crate::model::UnetConfig;
 use conv::{Job, Packed};
 use simd::{Portable, Simd};
+use winograd::{Frame, Winograd};
+
+/// Levels (0 = full resolution) whose 3x3 convolutions run as Winograd F(2x2, 3x3): their
+/// sides are always even (patches are multiples of 16). The deepest level's need not be, and
+/// its layers are small and weight-heavy anyway.
+const WINOGRAD_LEVELS: usize = 4;
+
+/// A 3x3 convolution with replicate padding, bias and ReLU.
+enum Conv3x3 {
+    Direct(Packed),
+    Winograd(Winograd),
+}
+
+impl Conv3x3 {
+    fn inputs(&self) -> usize {
+        match self {
+            Conv3x3::Direct(layer) => layer.inputs,
+            Conv3x3::Winograd(layer) => layer.inputs,
+        }
+    }
+
+    fn outputs(&self) -> usize {
+        match self {
+            Conv3x3::Direct(layer) => layer.outputs,
+            Conv3x3::Winograd(layer) => layer.outputs,
+        }
+    }
+}
+
+/// Work that runs on one instruction set's kernel.
+trait Op {
+    /// # Safety
+    /// As the kernel's (`conv::run`, `winograd::run`).
+    unsafe fn run<S: Simd>(&self, simd: S);
+}
+
+impl Op for Job<'_> {
+    unsafe fn run<S: Simd>(&self, simd: S) {
+        unsafe { conv::run(simd, self) }
+    }
+}
+
+impl Op for (&Winograd, &Frame) {
+    unsafe fn run<S: Simd>(&self, simd: S) {
+        unsafe { winograd::run(simd, self.0, self.1) }
+    }
+}
 
 /// An NHWC activation of one image with a replicated one-pixel border:
 /// `(height + 2) x (width + 2)` pixels of `channels` values. Its memory comes from, and goes
@@ -172,15 +221,15 @@ impl Isa {
     }
 
     /// # Safety
-    /// As [`conv::run`].
-    unsafe fn run(self, job: &Job) {
+    /// As the operation's.
+    unsafe fn run(self, op: &impl Op) {
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512(s) => conv::run(s, job),
+                Isa::Avx512(s) => op.run(s),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2(s) => conv::run(s, job),
-                Isa::Portable(s) => conv::run(s, job),
+                Isa::Avx2(s) => op.run(s),
+                Isa::Portable(s) => op.run(s),
             }
         }
     }
@@ -190,7 +239,7 @@ pub struct CpuUnet {
     config: UnetConfig,
     isa: Isa,
     /// `conv1`..`conv9`, two 3x3 convolutions each.
-    double: Vec<[Packed; 2]>,
+    double: Vec<[Conv3x3; 2]>,
     /// `up6`..`up9`, one 1-tap layer per output position `dy * 2 + dx`.
     up: Vec<[Packed; 4]>,
     head: Packed,
@@ -204,25 +253,26 @@ impl CpuUnet {
 
     fn with_isa(weights: &FoldedWeights, isa: Isa) -> CpuUnet {
         let block = isa.block();
-        let conv3x3 = |name: &str| {
+        let conv3x3 = |name: &str, level: usize| {
             // PyTorch [o, i, 3, 3]; tap = ky * 3 + kx.
             let (values, shape) = weights.get(&format!("{name}.weight"));
             let (o, i) = (shape[0], shape[1]);
             let bias = weights.get(&format!("{name}.bias")).0;
-            Packed::new(
-                9,
-                i,
-                o,
-                block,
-                |tap, c, out| values[(out * i + c) * 9 + tap],
-                bias,
-            )
+            let weight = |tap, c, out| values[(out * i + c) * 9 + tap];
+            // The RGB input layer has too few channels for the transform to pay.
+            if level < WINOGRAD_LEVELS && i > 3 {
+                Conv3x3::Winograd(Winograd::new(i, o, block, weight, bias))
+            } else {
+                Conv3x3::Direct(Packed::new(9, i, o, block, weight, bias))
+            }
         };
+        // conv1..conv5 go down the levels, conv6..conv9 back up.
         let double = (1..=9)
-            .map(|l| {
+            .map(|l: usize| {
+                let level = if l <= 5 { l - 1 } else { 9 - l };
                 [
-                    conv3x3(&format!("conv{l}.first")),
-                    conv3x3(&format!("conv{l}.second")),
+                    conv3x3(&format!("conv{l}.first"), level),
+                    conv3x3(&format!("conv{l}.second"), level),
                 ]
             })
             .collect();
@@ -281,7 +331,7 @@ impl CpuUnet {
         // the channels the transposed convolution will fill.
         let mut joined: Vec<(Padded, usize)> = (0..4)
             .map(|level| {
-                let skip = self.double[level][1].outputs;
+                let skip = self.double[level][1].outputs();
                 let up = self.up[3 - level][0].outputs;
                 (
                     Padded::new(&self.buffers, height >> level, width >> level, up + skip),
@@ -308,41 +358,56 @@ impl CpuUnet {
         self.head(&x)
     }
 
-    fn conv3x3(&self, layer: &Packed, x: &Padded) -> Padded<'_> {
-        let mut y = Padded::new(&self.buffers, x.height, x.width, layer.outputs);
+    fn conv3x3(&self, layer: &Conv3x3, x: &Padded) -> Padded<'_> {
+        let mut y = Padded::new(&self.buffers, x.height, x.width, layer.outputs());
         self.conv3x3_into(layer, x, &mut y, 0);
         y
     }
 
     /// Writes channels `offset..offset + outputs` of `out` (same size as `x`).
-    fn conv3x3_into(&self, layer: &Packed, x: &Padded, out: &mut Padded, offset: usize) {
-        assert_eq!(x.channels, layer.inputs);
-        assert!(
-            offset + layer.outputs <= out.channels
-                && (out.height, out.width) == (x.height, x.width)
-        );
-        // Output (y, x) reads padded rows y..y + 3 and columns x..x + 3.
-        let taps: Vec<usize> = (0..9)
-            .map(|tap| (tap / 3) * x.row() + (tap % 3) * x.channels)
-            .collect();
+    fn conv3x3_into(&self, layer: &Conv3x3, x: &Padded, out: &mut Padded, offset: usize) {
+        let outputs = layer.outputs();
+        assert_eq!(x.channels, layer.inputs());
+        assert!(offset + outputs <= out.channels && (out.height, out.width) == (x.height, x.width));
         let first_output = out.at(0, 0) + offset;
-        let job = Job {
-            layer,
-            rows: x.height,
-            columns: x.width,
-            input: x.data.as_ptr(),
-            input_row: x.row(),
-            input_pixel: x.channels,
-            taps: &taps,
-            output: out.data[first_output..].as_mut_ptr(),
-            output_row: out.row(),
-            output_pixel: out.channels,
-            relu: true,
-        };
-        // SAFETY: the taps stay inside x's padded rows; the output pixels are out's interior,
-        // its channels offset..offset + outputs (asserted to fit).
-        unsafe { self.isa.run(&job) };
-        out.fill_border(offset..offset + layer.outputs);
+        let output = out.data[first_output..].as_mut_ptr();
+        // SAFETY (both arms): output (y, x) reads padded rows y..y + 3 and columns x..x + 3 of
+        // x; the output pixels are out's interior, channels offset..offset + outputs.
+        match layer {
+            Conv3x3::Direct(layer) => {
+                let taps: Vec<usize> = (0..9)
+                    .map(|tap| (tap / 3) * x.row() + (tap % 3) * x.channels)
+                    .collect();
+                let job = Job {
+                    layer,
+                    rows: x.height,
+                    columns: x.width,
+                    input: x.data.as_ptr(),
+                    input_row: x.row(),
+                    input_pixel: x.channels,
+                    taps: &taps,
+                    output,
+                    output_row: out.row(),
+                    output_pixel: out.channels,
+                    relu: true,
+                };
+                unsafe { self.isa.run(&job) };
+            }
+            Conv3x3::Winograd(layer) => {
+                let frame = Frame {
+                    height: x.height,
+                    width: x.width,
+                    input: x.data.as_ptr(),
+                    input_row: x.row(),
+                    input_pixel: x.channels,
+                    output,
+                    output_row: out.row(),
+                    output_pixel: out.channels,
+                };
+                unsafe { self.isa.run(&(layer, &frame)) };
+            }
+        }
+        out.fill_border(offset..offset + outputs);
     }
 
     /// The 2x2 stride-2 transposed convolution of `x` into channels `0..outputs` of `out`.

@@ -8,9 +8,15 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
-use std::ops::Range;
 
-use super::conv::{self, Job};
+/// Work that runs compiled for the instruction set it is given: a kernel's intrinsics
+/// inline only into a function built with their target feature, so each instruction set
+/// gets its own copy of the work (`run` is `#[inline(always)]` in every implementation).
+pub trait Compiled {
+    /// # Safety
+    /// As the work's own contract.
+    unsafe fn run<S: Simd>(self, simd: S);
+}
 
 pub trait Simd: Copy + Send + Sync {
     /// f32 lanes in a vector.
@@ -21,12 +27,11 @@ pub trait Simd: Copy + Send + Sync {
     const VECTORS: usize;
     type V: Copy;
 
-    /// [`conv::run_rows`] compiled for this instruction set: its intrinsics inline only into
-    /// a function built with their target feature.
+    /// Runs `work` compiled for this instruction set.
     ///
     /// # Safety
-    /// As [`conv::run_rows`].
-    unsafe fn run_rows(self, job: &Job, block: usize, rows: Range<usize>);
+    /// As `work`'s.
+    unsafe fn compiled<W: Compiled>(self, work: W);
 
     fn zero(self) -> Self::V;
     /// # Safety
@@ -43,6 +48,8 @@ pub trait Simd: Copy + Send + Sync {
     /// `a * b + c`
     fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
 }
 
 /// AVX-512F; only constructed after the CPU was seen to have it.
@@ -66,12 +73,12 @@ impl Simd for Avx512 {
     const VECTORS: usize = 4;
     type V = __m512;
 
-    unsafe fn run_rows(self, job: &Job, block: usize, rows: Range<usize>) {
+    unsafe fn compiled<W: Compiled>(self, work: W) {
         #[target_feature(enable = "avx512f")]
-        unsafe fn with_avx512(simd: Avx512, job: &Job, block: usize, rows: Range<usize>) {
-            unsafe { conv::run_rows(simd, job, block, rows) }
+        unsafe fn with_avx512<W: Compiled>(simd: Avx512, work: W) {
+            unsafe { work.run(simd) }
         }
-        unsafe { with_avx512(self, job, block, rows) }
+        unsafe { with_avx512(self, work) }
     }
 
     #[inline(always)]
@@ -102,6 +109,14 @@ impl Simd for Avx512 {
     fn max(self, a: __m512, b: __m512) -> __m512 {
         unsafe { _mm512_max_ps(a, b) }
     }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_sub_ps(a, b) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -130,12 +145,12 @@ impl Simd for Avx2 {
     const VECTORS: usize = 2;
     type V = __m256;
 
-    unsafe fn run_rows(self, job: &Job, block: usize, rows: Range<usize>) {
+    unsafe fn compiled<W: Compiled>(self, work: W) {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn with_avx2(simd: Avx2, job: &Job, block: usize, rows: Range<usize>) {
-            unsafe { conv::run_rows(simd, job, block, rows) }
+        unsafe fn with_avx2<W: Compiled>(simd: Avx2, work: W) {
+            unsafe { work.run(simd) }
         }
-        unsafe { with_avx2(self, job, block, rows) }
+        unsafe { with_avx2(self, work) }
     }
 
     #[inline(always)]
@@ -165,6 +180,14 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn max(self, a: __m256, b: __m256) -> __m256 {
         unsafe { _mm256_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_sub_ps(a, b) }
     }
 }
 
@@ -197,8 +220,8 @@ impl Simd for Portable {
     const VECTORS: usize = 2;
     type V = [f32; 8];
 
-    unsafe fn run_rows(self, job: &Job, block: usize, rows: Range<usize>) {
-        unsafe { conv::run_rows(self, job, block, rows) }
+    unsafe fn compiled<W: Compiled>(self, work: W) {
+        unsafe { work.run(self) }
     }
 
     #[inline(always)]
@@ -231,5 +254,13 @@ impl Simd for Portable {
     #[inline(always)]
     fn max(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
         std::array::from_fn(|i| a[i].max(b[i]))
+    }
+    #[inline(always)]
+    fn add(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    fn sub(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] - b[i])
     }
 }
