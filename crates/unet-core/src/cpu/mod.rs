@@ -1,5 +1,5 @@
 //! The f32 CPU path: the same UNet on NHWC activations, every layer on one register-blocked
-//! SIMD kernel ([`conv`]): the 3x3 convolutions of the four upper levels as Winograd
+//! SIMD kernel ([`conv`]): the wide 3x3 convolutions above the deepest level as Winograd
 //! F(2x2, 3x3) ([`winograd`]), the others as direct convolutions; all cores through rayon.
 //!
 //! Burn's flex backend runs NCHW and materialises each replicate pad, ReLU and concatenation
