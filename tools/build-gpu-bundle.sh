@@ -13,8 +13,13 @@ feature_flags=()
 flags=(--release "${feature_flags[@]}")
 mkdir -p .gpu
 cargo build "${flags[@]}" -p infer -p convert
-cargo build "${flags[@]}" -p unet-core --example predict
+cargo build "${flags[@]}" -p unet-core --example predict --example random_model
 cargo build --release -p wsi --example synthetic_slide
+kernels=()
+if [ "$features" = cuda ]; then
+  cargo build --release -p unet-kernels --features cuda --example forward
+  kernels=("kernels-forward:$CARGO_TARGET_DIR/release/examples/forward")
+fi
 bench=$(cargo bench "${feature_flags[@]}" -p unet-core --bench model --no-run --message-format json 2>/dev/null |
   python3 -c 'import json,sys
 for line in sys.stdin:
@@ -22,8 +27,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "model" and m.get("executable"):
         print(m["executable"])' | tail -n 1)
 for pair in "infer:$CARGO_TARGET_DIR/release/infer" "convert:$CARGO_TARGET_DIR/release/convert" \
-    "predict:$CARGO_TARGET_DIR/release/examples/predict" \
-    "synthetic_slide:$CARGO_TARGET_DIR/release/examples/synthetic_slide" "model-bench:$bench"; do
+    "predict:$CARGO_TARGET_DIR/release/examples/predict" "random_model:$CARGO_TARGET_DIR/release/examples/random_model" \
+    "synthetic_slide:$CARGO_TARGET_DIR/release/examples/synthetic_slide" "model-bench:$bench" \
+    "${kernels[@]}"; do
   name=${pair%%:*}; path=${pair#*:}
   strip -o ".gpu/$name" "$path" && gzip -f -9 ".gpu/$name"
 done

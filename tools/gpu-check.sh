@@ -69,6 +69,15 @@ for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
         name = None
 PY
 
+step "2b. unet-kernels' CubeCL forward (plain kernels, f32) against the CPU path"
+if [ -x "$BIN/kernels-forward" ]; then
+  "$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
+  timeout 240 "$BIN/kernels-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" --batch "$BATCHES" --side "$SIDE" \
+    > "$OUT/kernels.log" 2>&1; tail -n 6 "$OUT/kernels.log" | tee -a "$OUT/summary.txt"
+else
+  echo "no kernels-forward in this bundle (FEATURES=cuda builds it)" | tee -a "$OUT/summary.txt"
+fi
+
 step "3. PyTorch on the same card"
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   timeout 150 python3 tools/torch_anchor.py > "$OUT/torch.log" 2>&1 && tail -n 20 "$OUT/torch.log" | tee -a "$OUT/summary.txt"

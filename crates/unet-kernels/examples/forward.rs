@@ -1,0 +1,67 @@
+//! Times the kernels' forward on CUDA and checks it against unet-core's f32 CPU path on the
+//! same batch: `cargo run --release -p unet-kernels --features cuda --example forward --
+//! MODEL.bpk [--batch 12,32,64] [--side 512] [--runs 5]` (`tools/gpu-check.sh` runs it).
+//!
+//! Prints, per batch size, ms per patch (median of the runs after one warm-up, the read-back
+//! of the map included) and the largest difference from the CPU path on the batch's first
+//! patch.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Parser;
+use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl_runtime::runtime::Runtime;
+use unet_core::patch::{RgbPatch, normalise_into};
+use unet_core::{DeviceChoice, Precision, Predictor, model_file};
+use unet_kernels::GpuUnet;
+
+#[derive(Parser)]
+struct Args {
+    model: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "12,32,64")]
+    batch: Vec<usize>,
+    #[arg(long, default_value_t = 512)]
+    side: usize,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let weights = model_file::read_weights(&args.model)?;
+    let gpu = GpuUnet::new(CudaRuntime::client(&CudaDevice::new(0)), &weights);
+    let cpu = Predictor::load(&args.model, DeviceChoice::Cpu, Precision::F32)?;
+    let side = args.side;
+    let pixels: Vec<u8> = (0..side * side * 3)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let patch = RgbPatch::new(side, side, &pixels);
+    let reference = cpu.predict_batch(&[patch])?.remove(0).values;
+    println!("unet-kernels forward (plain kernels, f32) on CUDA, {side}x{side}");
+    println!("batch | ms/patch | max abs difference from the CPU path");
+    for &batch in &args.batch {
+        let mut input = Vec::with_capacity(batch * 3 * side * side);
+        for _ in 0..batch {
+            normalise_into(&patch, &mut input);
+        }
+        let maps = gpu.forward(&input, side, side);
+        let difference = maps[..side * side]
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        let mut times: Vec<f64> = (0..args.runs)
+            .map(|_| {
+                let start = Instant::now();
+                gpu.forward(&input, side, side);
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let ms = 1000.0 * times[times.len() / 2] / batch as f64;
+        println!("{batch:>5} | {ms:>8.2} | {difference:.2e}");
+    }
+    Ok(())
+}
