@@ -2,9 +2,9 @@
 //! same batch: `cargo run --release -p unet-kernels --features cuda --example forward --
 //! MODEL.bpk [--batch 12,32,64] [--side 512] [--runs 5]` (`tools/gpu-check.sh` runs it).
 //!
-//! Prints, per batch size, ms per patch (median of the runs after one warm-up, the read-back
-//! of the map included) and the largest difference from the CPU path on the batch's first
-//! patch.
+//! Prints, for f32 and f16 storage and each batch size, ms per patch (median of the runs after
+//! one warm-up, the read-back of the map included) and the largest difference from the CPU
+//! path on the batch's first patch.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -31,7 +31,6 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let weights = model_file::read_weights(&args.model)?;
-    let gpu = GpuUnet::new(CudaRuntime::client(&CudaDevice::new(0)), &weights);
     let cpu = Predictor::load(&args.model, DeviceChoice::Cpu, Precision::F32)?;
     let side = args.side;
     let pixels: Vec<u8> = (0..side * side * 3)
@@ -39,17 +38,43 @@ fn main() -> Result<()> {
         .collect();
     let patch = RgbPatch::new(side, side, &pixels);
     let reference = cpu.predict_batch(&[patch])?.remove(0).values;
-    println!("unet-kernels forward (plain kernels, f32) on CUDA, {side}x{side}");
-    println!("batch | ms/patch | max abs difference from the CPU path");
+    println!("unet-kernels forward (plain kernels, sums in f32) on CUDA, {side}x{side}");
+    println!("storage | batch | ms/patch | max abs difference from the CPU path");
+    let client = CudaRuntime::client(&CudaDevice::new(0));
+    time(
+        &GpuUnet::<f32>::new(client.clone(), &weights),
+        "f32",
+        &args,
+        &patch,
+        &reference,
+    );
+    time(
+        &GpuUnet::<half::f16>::new(client, &weights),
+        "f16",
+        &args,
+        &patch,
+        &reference,
+    );
+    Ok(())
+}
+
+fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
+    gpu: &GpuUnet<F>,
+    storage: &str,
+    args: &Args,
+    patch: &RgbPatch,
+    reference: &[f32],
+) {
+    let side = args.side;
     for &batch in &args.batch {
         let mut input = Vec::with_capacity(batch * 3 * side * side);
         for _ in 0..batch {
-            normalise_into(&patch, &mut input);
+            normalise_into(patch, &mut input);
         }
         let maps = gpu.forward(&input, side, side);
         let difference = maps[..side * side]
             .iter()
-            .zip(&reference)
+            .zip(reference)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
         let mut times: Vec<f64> = (0..args.runs)
@@ -61,7 +86,6 @@ fn main() -> Result<()> {
             .collect();
         times.sort_by(f64::total_cmp);
         let ms = 1000.0 * times[times.len() / 2] / batch as f64;
-        println!("{batch:>5} | {ms:>8.2} | {difference:.2e}");
+        println!("{storage:>7} | {batch:>5} | {ms:>8.2} | {difference:.2e}");
     }
-    Ok(())
 }

@@ -1,5 +1,5 @@
-//! The UNet's layers as plain CubeCL kernels, one unit per output value, on NHWC f32
-//! activations:
+//! The UNet's layers as plain CubeCL kernels, one unit per output value, on NHWC activations
+//! stored as `F` (f32 or f16) and accumulated in f32 (as cuDNN and PyTorch do for f16):
 //!
 //! - [`conv3x3`]: replicate padding by clamping the input coordinates (no padded copy),
 //!   BatchNorm already folded into the weights, bias and ReLU in the epilogue, and two input
@@ -47,7 +47,7 @@ pub fn conv3x3<F: Float>(
     let y = (pixel / width) % height;
     let image = pixel / (width * height);
     let inputs = first_channels + second_channels;
-    let mut sum = bias[o];
+    let mut sum = f32::cast_from(bias[o]);
     for ky in 0..3usize {
         // Replicate padding: row y + ky - 1 clamped to the image.
         let mut sy = y + ky;
@@ -68,18 +68,19 @@ pub fn conv3x3<F: Float>(
             let source = (image * height + sy) * width + sx;
             let taps = (ky * 3 + kx) * inputs;
             for c in 0..first_channels {
-                sum += first[source * first_channels + c] * weight[(taps + c) * outputs + o];
+                sum += f32::cast_from(first[source * first_channels + c])
+                    * f32::cast_from(weight[(taps + c) * outputs + o]);
             }
             for c in 0..second_channels {
-                sum += second[source * second_channels + c]
-                    * weight[(taps + first_channels + c) * outputs + o];
+                sum += f32::cast_from(second[source * second_channels + c])
+                    * f32::cast_from(weight[(taps + first_channels + c) * outputs + o]);
             }
         }
     }
-    if sum < F::new(0.0) {
-        sum = F::new(0.0);
+    if sum < 0.0 {
+        sum = 0.0;
     }
-    output[position] = sum;
+    output[position] = F::cast_from(sum);
 }
 
 /// 2x2 max pooling: `output` is `[n, height / 2, width / 2, channels]` (the images' rows
@@ -133,11 +134,12 @@ pub fn conv_transpose2x2<F: Float>(
     let out_y = pixel / (2 * width);
     let source = (out_y / 2) * width + out_x / 2;
     let tap = (out_y % 2) * 2 + out_x % 2;
-    let mut sum = bias[o];
+    let mut sum = f32::cast_from(bias[o]);
     for c in 0..inputs {
-        sum += input[source * inputs + c] * weight[c * 4 * outputs + tap * outputs + o];
+        sum += f32::cast_from(input[source * inputs + c])
+            * f32::cast_from(weight[c * 4 * outputs + tap * outputs + o]);
     }
-    output[position] = sum;
+    output[position] = F::cast_from(sum);
 }
 
 /// The head: `map[pixel] = max over o of sigmoid(bias[o] + sum over c of x[pixel, c] * weight[c][o])`.
@@ -154,16 +156,17 @@ pub fn head<F: Float>(
     if pixel >= map.len() {
         terminate!();
     }
-    let mut best = F::new(0.0);
+    let mut best = 0.0f32;
     for o in 0..outputs {
-        let mut logit = bias[o];
+        let mut logit = f32::cast_from(bias[o]);
         for c in 0..inputs {
-            logit += input[pixel * inputs + c] * weight[c * outputs + o];
+            logit +=
+                f32::cast_from(input[pixel * inputs + c]) * f32::cast_from(weight[c * outputs + o]);
         }
-        let probability = F::new(1.0) / (F::new(1.0) + (F::new(0.0) - logit).exp());
+        let probability = 1.0 / (1.0 + (0.0 - logit).exp());
         if probability > best {
             best = probability;
         }
     }
-    map[pixel] = best;
+    map[pixel] = F::cast_from(best);
 }

@@ -1,5 +1,7 @@
 //! The whole forward on the kernels of this crate, on one CubeCL client.
 
+use std::marker::PhantomData;
+
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use unet_core::UnetConfig;
@@ -10,7 +12,7 @@ use crate::{conv_transpose2x2, conv3x3, head, max_pool2x2};
 /// Units per cube for every kernel (one output value each).
 const UNITS: u32 = 256;
 
-/// A layer's weights and bias on the device.
+/// A layer's weights and bias on the device, as `F`.
 struct Layer {
     inputs: usize,
     outputs: usize,
@@ -18,8 +20,9 @@ struct Layer {
     bias: Handle,
 }
 
-/// The UNet on a CubeCL device: NHWC f32 activations, one kernel launch per layer.
-pub struct GpuUnet {
+/// The UNet on a CubeCL device: NHWC activations and weights stored as `F` (`f32` or
+/// `half::f16`), one kernel launch per layer.
+pub struct GpuUnet<F> {
     client: Client,
     config: UnetConfig,
     /// `conv1`..`conv9`, two 3x3 convolutions each.
@@ -29,12 +32,19 @@ pub struct GpuUnet {
     head: Layer,
     /// Stands in for the second input of a convolution that has one.
     nothing: Handle,
+    storage: PhantomData<F>,
 }
 
-impl GpuUnet {
-    /// Uploads the folded weights, rearranged for the kernels.
-    pub fn new(client: Client, weights: &FoldedWeights) -> GpuUnet {
-        let upload = |values: &[f32]| client.create_from_slice(f32::as_bytes(values));
+/// `values` as `F` on the device.
+fn upload<F: Float + CubeElement>(client: &Client, values: &[f32]) -> Handle {
+    let converted: Vec<F> = values.iter().map(|&v| F::new(v)).collect();
+    client.create_from_slice(F::as_bytes(&converted))
+}
+
+impl<F: Float + CubeElement> GpuUnet<F> {
+    /// Uploads the folded weights, rearranged for the kernels and rounded to `F`.
+    pub fn new(client: Client, weights: &FoldedWeights) -> GpuUnet<F> {
+        let upload = |values: &[f32]| upload::<F>(&client, values);
         let layer = |inputs: usize, outputs: usize, weight: Vec<f32>, name: &str| Layer {
             inputs,
             outputs,
@@ -92,6 +102,7 @@ impl GpuUnet {
             up,
             head,
             nothing,
+            storage: PhantomData,
         }
     }
 
@@ -112,7 +123,7 @@ impl GpuUnet {
                 nchw[(image * channels + c) * plane + p]
             })
             .collect();
-        let mut x = self.client.create_from_slice(f32::as_bytes(&nhwc));
+        let mut x = upload::<F>(&self.client, &nhwc);
         // The kernels see the batch as one tall image where rows do not mix (pooling and the
         // transposed convolution) and as `batch` images where they do (the 3x3 convolution).
         let (mut h, mut w) = (height, width);
@@ -136,10 +147,10 @@ impl GpuUnet {
             x = self.conv3x3(second, &middle, None, batch, h, w);
         }
         let pixels = batch * plane;
-        let map = self.client.empty(pixels * 4);
+        let map = self.client.empty(pixels * size_of::<F>());
         // SAFETY: every buffer holds the length given with it.
         unsafe {
-            head::launch_unchecked::<f32>(
+            head::launch_unchecked::<F>(
                 &self.client,
                 cube_count(pixels),
                 CubeDim::new_1d(UNITS),
@@ -158,7 +169,10 @@ impl GpuUnet {
             .client
             .read_one(map)
             .expect("the device returns the probability map");
-        f32::from_bytes(&bytes).to_vec()
+        F::from_bytes(&bytes)
+            .iter()
+            .map(|v| v.to_f32().expect("a float converts to f32"))
+            .collect()
     }
 
     /// `second`: the skip tensor and its channels, read after `first`'s.
@@ -174,10 +188,10 @@ impl GpuUnet {
         let pixels = batch * height * width;
         let (second, second_channels) = second.unwrap_or((&self.nothing, 0));
         let first_channels = layer.inputs - second_channels;
-        let output = self.client.empty(pixels * layer.outputs * 4);
+        let output = self.client.empty(pixels * layer.outputs * size_of::<F>());
         // SAFETY: every buffer holds the length given with it.
         unsafe {
-            conv3x3::launch_unchecked::<f32>(
+            conv3x3::launch_unchecked::<F>(
                 &self.client,
                 cube_count(pixels * layer.outputs),
                 CubeDim::new_1d(UNITS),
@@ -198,10 +212,10 @@ impl GpuUnet {
 
     fn max_pool(&self, x: &Handle, height: usize, width: usize, channels: usize) -> Handle {
         let outputs = (height / 2) * (width / 2) * channels;
-        let output = self.client.empty(outputs * 4);
+        let output = self.client.empty(outputs * size_of::<F>());
         // SAFETY: every buffer holds the length given with it.
         unsafe {
-            max_pool2x2::launch_unchecked::<f32>(
+            max_pool2x2::launch_unchecked::<F>(
                 &self.client,
                 cube_count(outputs),
                 CubeDim::new_1d(UNITS),
@@ -216,10 +230,10 @@ impl GpuUnet {
 
     fn conv_transpose(&self, layer: &Layer, x: &Handle, height: usize, width: usize) -> Handle {
         let outputs = 4 * height * width * layer.outputs;
-        let output = self.client.empty(outputs * 4);
+        let output = self.client.empty(outputs * size_of::<F>());
         // SAFETY: every buffer holds the length given with it.
         unsafe {
-            conv_transpose2x2::launch_unchecked::<f32>(
+            conv_transpose2x2::launch_unchecked::<F>(
                 &self.client,
                 cube_count(outputs),
                 CubeDim::new_1d(UNITS),

@@ -20,7 +20,26 @@ fn client() -> cubecl::prelude::Client {
 }
 
 #[test]
-fn forward_matches_pytorch_within_1e_4() {
+fn f32_forward_matches_pytorch_within_1e_4() {
+    check::<f32>(|_| 1e-4);
+}
+
+/// Weights and activations stored in f16, sums in f32. The w4 case is ill-conditioned for f16
+/// whatever the engine (README, "Precision"): it gets unet-core's f16 tolerance, 2e-2.
+#[test]
+fn f16_forward_matches_pytorch_within_5e_3() {
+    check::<half::f16>(|name| {
+        if name == "unet_w4_out1_dataparallel" {
+            2e-2
+        } else {
+            5e-3
+        }
+    });
+}
+
+fn check<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
+    tolerance: impl Fn(&str) -> f32,
+) {
     let client = client();
     for name in [
         "unet_w8_state_dict",
@@ -46,7 +65,7 @@ fn forward_matches_pytorch_within_1e_4() {
                     .fold(f32::MIN, |a, &b| a.max(b))
             })
             .collect();
-        let model = GpuUnet::new(client.clone(), &checkpoint.weights);
+        let model = GpuUnet::<F>::new(client.clone(), &checkpoint.weights);
         // A batch of three: the image, its mirror image, the image again; the first and
         // last must both be PyTorch's map (no image reads another's pixels).
         let mirrored: Vec<f32> = input
@@ -67,7 +86,12 @@ fn forward_matches_pytorch_within_1e_4() {
             .zip(&expected)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        println!("{name}: max abs difference {difference:.2e}");
-        assert!(difference <= 1e-4, "{name}: {difference}");
+        let tolerance = tolerance(name);
+        let precision = std::any::type_name::<F>();
+        println!("{name} {precision}: max abs difference {difference:.2e}");
+        assert!(
+            difference <= tolerance,
+            "{name} {precision}: {difference} > {tolerance}"
+        );
     }
 }
