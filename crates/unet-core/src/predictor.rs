@@ -11,6 +11,7 @@ use crate::cpu::CpuUnet;
 use crate::model::{SIDE_MULTIPLE, Unet, UnetConfig};
 use crate::model_file::{self, ModelFileError};
 use crate::patch::{ProbabilityMap, RgbPatch, normalise_into};
+use rayon::prelude::*;
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -217,13 +218,22 @@ impl Predictor {
         match &self.engine {
             Engine::Burn(model) => self.read(model.forward(self.input(patches, width, height))),
             Engine::Cpu(model) => {
+                // Several images at once where their activations are small: fewer of the
+                // per-layer hand-overs between cores go idle (the demo model at batch 12 went
+                // from 53 to 45 ms a patch).
+                let at_once = model.images_at_once(height, width);
                 let mut out =
                     Vec::with_capacity(patches.len() * self.config.out_channels * width * height);
-                let mut input = Vec::with_capacity(3 * width * height);
-                for patch in patches {
-                    input.clear();
-                    normalise_into(patch, &mut input);
-                    out.extend(model.forward(&input, height, width));
+                for group in patches.chunks(at_once) {
+                    let outputs: Vec<Vec<f32>> = group
+                        .par_iter()
+                        .map(|patch| {
+                            let mut input = Vec::with_capacity(3 * width * height);
+                            normalise_into(patch, &mut input);
+                            model.forward(&input, height, width)
+                        })
+                        .collect();
+                    outputs.iter().for_each(|image| out.extend(image));
                 }
                 Ok(out)
             }

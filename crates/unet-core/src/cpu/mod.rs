@@ -32,6 +32,11 @@ const WINOGRAD_LEVELS: usize = 4;
 /// at 8 channels Winograd was 7x slower).
 const WINOGRAD_MIN_CHANNELS: usize = 128;
 
+/// Activation memory a batch may hold at once for images run side by side (see
+/// [`CpuUnet::images_at_once`]): the demo model's 512x512 forward needs ~60 MB, the w = 64
+/// model's ~450 MB, which therefore runs one image at a time.
+const CONCURRENT_ACTIVATION_BYTES: usize = 512 << 20;
+
 /// A 3x3 convolution with replicate padding, bias and ReLU.
 enum Conv3x3 {
     Direct(Packed),
@@ -317,6 +322,21 @@ impl CpuUnet {
             head,
             buffers: BufferPool::default(),
         }
+    }
+
+    /// How many `height x width` images to run side by side: one per core while their
+    /// activations fit [`CONCURRENT_ACTIVATION_BYTES`], at least one.
+    pub fn images_at_once(&self, height: usize, width: usize) -> usize {
+        // Per level: the decoder's input (up + skip channels) and two layers' outputs.
+        let bytes: usize = self.double[..5]
+            .iter()
+            .enumerate()
+            .map(|(level, [_, second])| {
+                let pixels = ((height >> level) + 2) * ((width >> level) + 2);
+                4 * pixels * 4 * second.outputs()
+            })
+            .sum();
+        (CONCURRENT_ACTIVATION_BYTES / bytes.max(1)).clamp(1, rayon::current_num_threads())
     }
 
     /// One normalised image, CHW, to its sigmoid outputs, CHW.
