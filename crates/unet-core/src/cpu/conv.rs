@@ -89,15 +89,16 @@ pub struct Job<'a> {
     pub relu: bool,
 }
 
-/// The raw pointers of a job, shared by the tasks that write its disjoint parts.
-struct Shared<'a>(&'a Job<'a>);
-// SAFETY: tasks read the input and write disjoint output pixels/channels (see `run`).
-unsafe impl Send for Shared<'_> {}
-unsafe impl Sync for Shared<'_> {}
+/// Raw pointers (a job, a frame) handed to the tasks that write their disjoint parts.
+pub struct Shared<T>(pub T);
+// SAFETY: the kernels' tasks read shared inputs and write disjoint outputs (see `run` and
+// `winograd::run`); `T` is references to the pointers' descriptions.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
 
-impl<'a> Shared<'a> {
-    // A method, so that closures capture the `Shared` and not its non-`Sync` field.
-    fn job(&self) -> &'a Job<'a> {
+impl<T: Copy> Shared<T> {
+    // A method, so that closures capture the `Shared` and not its non-`Sync` contents.
+    pub fn get(&self) -> T {
         self.0
     }
 }
@@ -118,7 +119,7 @@ pub unsafe fn run<S: Simd>(simd: S, job: &Job) {
     let rows_per_group = job.rows.div_ceil(groups);
     let shared = Shared(job);
     (0..blocks * groups).into_par_iter().for_each(|task| {
-        let job = shared.job();
+        let job = shared.get();
         let (block, group) = (task % blocks, task / blocks);
         let rows = group * rows_per_group..((group + 1) * rows_per_group).min(job.rows);
         // SAFETY: this task writes only its block's channels of its rows.

@@ -442,19 +442,8 @@ impl CpuUnet {
             assert!(x.channels == layer.inputs && layer.outputs <= out.channels);
             let (dy, dx) = (position / 2, position % 2);
             let first_output = out.at(dy, dx);
-            let job = Job {
-                layer,
-                rows: x.height,
-                columns: x.width,
-                input: x.data[x.at(0, 0)..].as_ptr(),
-                input_row: x.row(),
-                input_pixel: x.channels,
-                taps: &[0],
-                output: out.data[first_output..].as_mut_ptr(),
-                output_row: 2 * out.row(),
-                output_pixel: 2 * out.channels,
-                relu: false,
-            };
+            let output = out.data[first_output..].as_mut_ptr();
+            let job = pointwise(layer, x, output, 2 * out.row(), 2 * out.channels);
             // SAFETY: input pixel (y, x) writes output pixel (2y + dy, 2x + dx), inside out.
             unsafe { self.isa.run(&job) };
         }
@@ -466,19 +455,13 @@ impl CpuUnet {
         assert_eq!(x.channels, self.head.inputs);
         let (plane, outputs) = (x.height * x.width, self.head.outputs);
         let mut logits = vec![0.0; plane * outputs];
-        let job = Job {
-            layer: &self.head,
-            rows: x.height,
-            columns: x.width,
-            input: x.data[x.at(0, 0)..].as_ptr(),
-            input_row: x.row(),
-            input_pixel: x.channels,
-            taps: &[0],
-            output: logits.as_mut_ptr(),
-            output_row: x.width * outputs,
-            output_pixel: outputs,
-            relu: false,
-        };
+        let job = pointwise(
+            &self.head,
+            x,
+            logits.as_mut_ptr(),
+            x.width * outputs,
+            outputs,
+        );
         // SAFETY: logits holds every output pixel's channels.
         unsafe { self.isa.run(&job) };
         let mut chw = vec![0.0; outputs * plane];
@@ -488,6 +471,30 @@ impl CpuUnet {
             }
         }
         chw
+    }
+}
+
+/// A 1x1 layer (no ReLU) over `x`'s interior, writing pixel `(y, x)` at
+/// `output + y * output_row + x * output_pixel`.
+fn pointwise<'a>(
+    layer: &'a Packed,
+    x: &Padded,
+    output: *mut f32,
+    output_row: usize,
+    output_pixel: usize,
+) -> Job<'a> {
+    Job {
+        layer,
+        rows: x.height,
+        columns: x.width,
+        input: x.data[x.at(0, 0)..].as_ptr(),
+        input_row: x.row(),
+        input_pixel: x.channels,
+        taps: &[0],
+        output,
+        output_row,
+        output_pixel,
+        relu: false,
     }
 }
 

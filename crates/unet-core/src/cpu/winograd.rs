@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::conv::{self, Job, Packed};
+use super::conv::{self, Job, Packed, Shared};
 use super::simd::{Compiled, Simd};
 
 /// Floats of transformed input (or products) per task (2 MB), so that they stay in the
@@ -99,18 +99,6 @@ pub struct Frame {
     pub output_pixel: usize,
 }
 
-struct Shared<'a>(&'a Winograd, &'a Frame);
-// SAFETY: tasks read the input and write the output pixels of disjoint tiles (see `run`).
-unsafe impl Send for Shared<'_> {}
-unsafe impl Sync for Shared<'_> {}
-
-impl<'a> Shared<'a> {
-    // A method, so that closures capture the `Shared` and not its non-`Sync` fields.
-    fn get(&self) -> (&'a Winograd, &'a Frame) {
-        (self.0, self.1)
-    }
-}
-
 /// Runs the layer on all cores, a range of 2x2 output tiles (row-major) per task.
 ///
 /// # Safety
@@ -121,7 +109,7 @@ pub unsafe fn run<S: Simd>(simd: S, layer: &Winograd, frame: &Frame) {
     let all_tiles = (frame.height / 2) * (frame.width / 2);
     let tiles_per_task =
         (TRANSFORMED_FLOATS / (16 * layer.inputs.max(layer.outputs))).max(MIN_TILES);
-    let shared = Shared(layer, frame);
+    let shared = Shared((layer, frame));
     (0..all_tiles.div_ceil(tiles_per_task))
         .into_par_iter()
         .for_each(|task| {
