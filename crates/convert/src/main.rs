@@ -2,15 +2,14 @@
 //! file out (`models/UNet_17.bpk` by default).
 //! `convert UNet_17.pth --onnx model.onnx [--onnx-fp16]`: the same model as ONNX instead; the
 //! input may also be a converted `.bpk`.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{DType, Device};
 use clap::Parser;
-use unet_core::checkpoint::FoldedWeights;
-use unet_core::{Checkpoint, MODEL_EXTENSION, Unet, model_file};
+use unet_core::{Checkpoint, FoldedWeights, MODEL_EXTENSION, model_file};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -78,13 +77,12 @@ fn run(args: Args) -> Result<()> {
         Some(out) => out,
         None => default_output(&args.input)?,
     };
-    let model = Unet::from_weights(&weights, &Device::flex(), DType::F32);
     let source = args
         .input
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    model_file::save(&model, &config, &source, &out)?;
+    model_file::save(&weights, &source, &out)?;
     println!("wrote {}", out.display());
     Ok(())
 }

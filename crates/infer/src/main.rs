@@ -1,30 +1,21 @@
 //! `infer SLIDE`: a whole slide in, a tumour probability map, heatmap, contours and summary out.
 //! `infer patches DIR --out OUT`: every patch image in DIR to its probability map and overlay.
-
-mod bench;
-mod output;
-mod patches;
-mod pictures;
-mod pipeline;
-mod truth;
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use infer::model_args::ModelArgs;
+use infer::patches;
+use infer::pipeline::{self, SlideJob, Summary, TissueChoice};
 use tiling::{Blend, Rect};
-use unet_core::{DeviceChoice, Precision, Predictor, SIDE_MULTIPLE};
-
-use crate::pipeline::{SlideJob, TissueChoice};
-
-/// The demo model shipped in `models/`, converted from `unet_demo_w8.pth`.
-const DEMO_MODEL: &str = "models/unet_demo_w8.bpk";
-/// The demo slide shipped with the tests.
-const DEMO_SLIDE: &str = "tests/fixtures/pipeline/demo_vips_jpeg.tif";
+use unet_core::SIDE_MULTIPLE;
 
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -37,23 +28,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The users' original path (tiles one by one, batch 1, f32) against the optimised one
-    /// (reader threads, batches, f16 on CUDA), on the same patches: a table and a bar chart.
-    Bench {
-        /// The slide to take patches from [default: the demo slide].
-        slide: Option<PathBuf>,
-        /// How many patches (with tissue) each path runs.
-        #[arg(long, default_value_t = 24)]
-        patches: usize,
-        /// Where to write bench.png and bench.json.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-        /// Run one path in this process (the compare runs each in a child process).
-        #[arg(long, hide = true)]
-        path: Option<bench::BenchPath>,
-        #[command(flatten)]
-        model: ModelArgs,
-    },
     /// Every PNG/JPEG patch in DIR to its probability PNG and an overlay.
     Patches {
         dir: PathBuf,
@@ -62,21 +36,6 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
-}
-
-#[derive(Args)]
-struct ModelArgs {
-    /// A converted model [default: the demo model, models/unet_demo_w8.bpk].
-    #[arg(long)]
-    model: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
-    /// f16 on CUDA and f32 on the CPU by default.
-    #[arg(long, default_value = "auto")]
-    precision: Precision,
-    /// Patches per forward pass.
-    #[arg(long, default_value_t = 12)]
-    batch: usize,
 }
 
 #[derive(Args)]
@@ -97,7 +56,7 @@ struct SlideArgs {
     region: Option<Rect>,
     /// `auto` (Otsu on saturation), `off`, or a mask image (non-zero = tissue).
     #[arg(long, default_value = "auto")]
-    tissue: String,
+    tissue: TissueChoice,
     #[arg(long, value_enum, default_value = "mean")]
     blend: BlendArg,
     /// Ground truth for Dice/IoU: a mask image or ASAP XML annotations.
@@ -137,7 +96,7 @@ fn parse_region(text: &str) -> Result<Rect, String> {
 }
 
 fn main() -> ExitCode {
-    let process_start = std::time::Instant::now();
+    let process_start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     // Ctrl-C: stop reading, let the pipeline unwind, remove partial outputs.
@@ -146,19 +105,9 @@ fn main() -> ExitCode {
         Cli {
             command: Some(Command::Patches { dir, out, model }),
             ..
-        } => load(&model)
+        } => model
+            .load()
             .and_then(|(predictor, _)| patches::run(&dir, &out, &predictor, model.batch)),
-        Cli {
-            command:
-                Some(Command::Bench {
-                    slide,
-                    patches,
-                    out,
-                    path,
-                    model,
-                }),
-            ..
-        } => run_bench(slide, patches, &out, path, &model),
         Cli { slide, .. } => run_slide(slide, stop.clone(), process_start),
     };
     match result {
@@ -174,70 +123,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The predictor and the path of the model it came from.
-fn load(args: &ModelArgs) -> Result<(Predictor, PathBuf)> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    let path = model_path(args)?;
-    let predictor = Predictor::load(&path, args.device, args.precision)?;
-    Ok((predictor, path))
-}
-
-fn model_path(args: &ModelArgs) -> Result<PathBuf> {
-    match &args.model {
-        Some(path) => Ok(path.clone()),
-        None => repo_file(DEMO_MODEL).context("no --model given and the demo model is not found"),
-    }
-}
-
-/// A file of the repository (the demo model or slide): here, or in the repository this binary
-/// was built from.
-fn repo_file(relative: &str) -> Option<PathBuf> {
-    [
-        PathBuf::from(relative),
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(relative),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-}
-
-fn run_bench(
-    slide: Option<PathBuf>,
-    patches: usize,
-    out: &Path,
-    path: Option<bench::BenchPath>,
-    model: &ModelArgs,
-) -> Result<()> {
-    let slide = match slide {
-        Some(slide) => slide,
-        None => repo_file(DEMO_SLIDE).context("no slide given and the demo slide is not found")?,
-    };
-    if patches == 0 || model.batch == 0 {
-        bail!("--patches and --batch must be at least 1");
-    }
-    let model_file = model_path(model)?;
-    let args = bench::BenchArgs {
-        slide: &slide,
-        model: &model_file,
-        device: model.device,
-        patches,
-        batch: model.batch,
-        out,
-    };
-    match path {
-        Some(path) => bench::run_path(path, &args),
-        None => bench::compare(&args),
-    }
-}
-
-fn run_slide(
-    args: SlideArgs,
-    stop: Arc<AtomicBool>,
-    process_start: std::time::Instant,
-) -> Result<()> {
+fn run_slide(args: SlideArgs, stop: Arc<AtomicBool>, process_start: Instant) -> Result<()> {
     let Some(slide) = args.slide else {
         bail!("no slide given: infer SLIDE [OPTIONS] (see --help)");
     };
@@ -250,17 +136,12 @@ fn run_slide(
     if !slide.is_file() {
         bail!("{}: no such slide", slide.display());
     }
-    let (predictor, model) = load(&args.model)?;
+    let (predictor, model) = args.model.load()?;
     let out_dir = match args.out {
         Some(dir) => dir,
         None => slide
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-    };
-    let tissue = match args.tissue.as_str() {
-        "auto" => TissueChoice::Auto,
-        "off" => TissueChoice::Off,
-        path => TissueChoice::Mask(PathBuf::from(path)),
     };
     let job = SlideJob {
         slide,
@@ -271,7 +152,7 @@ fn run_slide(
         overlap: args.overlap,
         batch: args.model.batch,
         region: args.region,
-        tissue,
+        tissue: args.tissue,
         blend: match args.blend {
             BlendArg::Mean => Blend::Mean,
             BlendArg::Gaussian => Blend::Gaussian,
@@ -282,7 +163,11 @@ fn run_slide(
         stop,
         process_start,
     };
-    let summary = pipeline::run(job)?;
+    print_summary(&pipeline::run(job)?);
+    Ok(())
+}
+
+fn print_summary(summary: &Summary) {
     println!(
         "{} patches of {} run ({} skipped as background) in {:.1} s: {:.2} patches/s, {:.1} ms/patch on {} ({})",
         summary.patches_run,
@@ -300,5 +185,4 @@ fn run_slide(
     for output in &summary.outputs {
         println!("wrote {output}");
     }
-    Ok(())
 }

@@ -3,6 +3,7 @@
 //! stays bounded whatever the slide's size.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use output_file::NamedTempFile;
 use serde::Serialize;
 use tiling::{Blend, Grid, Rect, Stitcher, TissueMask};
-use unet_core::{PredictError, Predictor, RgbPatch};
+use unet_core::{Predictor, RgbPatch};
 use wsi::{Channels, PyramidWriter, Slide, WriterOptions};
 
 use crate::output::Staged;
@@ -30,6 +31,19 @@ pub enum TissueChoice {
     Off,
     /// A mask image (non-zero = tissue), any size, scaled to the slide.
     Mask(PathBuf),
+}
+
+impl FromStr for TissueChoice {
+    type Err = std::convert::Infallible;
+
+    /// `auto`, `off`, or the path of a mask image.
+    fn from_str(text: &str) -> Result<TissueChoice, Self::Err> {
+        Ok(match text {
+            "auto" => TissueChoice::Auto,
+            "off" => TissueChoice::Off,
+            path => TissueChoice::Mask(PathBuf::from(path)),
+        })
+    }
 }
 
 pub struct SlideJob {
@@ -94,157 +108,223 @@ pub type Stitch = (usize, Vec<f32>);
 /// neighbours share a few tiles, so a small cache serves whatever the slide's size.
 pub const TILE_CACHE_BYTES: usize = 64 << 20;
 
+/// Plans, streams and reports one slide; outputs appear only if all of it succeeds.
 pub fn run(job: SlideJob) -> Result<Summary> {
     let started = Instant::now();
-    let slide = Slide::open_with_cache(&job.slide, TILE_CACHE_BYTES)?;
-    let base = slide.levels()[0];
-    let region = job.region.unwrap_or(Rect {
-        x: 0,
-        y: 0,
-        width: base.width,
-        height: base.height,
-    });
-    if region.x + region.width > base.width || region.y + region.height > base.height {
-        bail!(
-            "region {},{},{},{} reaches outside the slide ({}x{})",
-            region.x,
-            region.y,
+    let mut planned = Planned::new(&job)?;
+    let streamed = planned.stream(&job)?;
+    planned.report(&job, streamed, started)
+}
+
+/// What the job will do: the slide, the grid, the patches with tissue, the outputs.
+struct Planned {
+    slide: Slide,
+    region: Rect,
+    grid: Grid,
+    stem: String,
+    to_run: Vec<usize>,
+    tissue_name: String,
+    truth: Option<Truth>,
+    /// Of the low-resolution map (heatmap, contours) from level 0.
+    downsample: f64,
+    staged: Staged,
+    /// The probability map's writer, taken by the stream.
+    writer: Option<PyramidWriter>,
+}
+
+/// What the stream leaves for the report.
+struct Streamed {
+    overlap: Overlap,
+    low_resolution: LowResolutionMap,
+    first_batch: Option<Instant>,
+}
+
+impl Planned {
+    fn new(job: &SlideJob) -> Result<Planned> {
+        let slide = Slide::open_with_cache(&job.slide, TILE_CACHE_BYTES)?;
+        let base = slide.levels()[0];
+        let region = region_in(job.region, base.width, base.height)?;
+        let grid = Grid::new(region, job.patch, job.overlap).with_context(|| {
+            format!(
+                "overlap {} must be smaller than the patch ({})",
+                job.overlap, job.patch
+            )
+        })?;
+        std::fs::create_dir_all(&job.out_dir).with_context(|| {
+            format!(
+                "{}: cannot create the output directory",
+                job.out_dir.display()
+            )
+        })?;
+        let (to_run, tissue_name) = patches_to_run(&slide, &grid, &job.tissue)?;
+        let truth = job
+            .truth
+            .as_ref()
+            .map(|path| Truth::load(path, base.width, base.height))
+            .transpose()?;
+        // The heatmap: at most `heatmap_side` on its long side, and from a pyramid level, not level 0.
+        let level1_downsample = slide.levels().get(1).map_or(1.0, |l| l.downsample);
+        let downsample = (region.width.max(region.height) as f64 / job.heatmap_side as f64)
+            .max(level1_downsample)
+            .max(1.0);
+        let stem = output_stem(&job.slide);
+        let staged = Staged::new(&job.out_dir);
+        let writer = PyramidWriter::create(
+            staged.final_path(&format!("{stem}.prob.tif")),
             region.width,
             region.height,
-            base.width,
-            base.height
-        );
+            Channels::Grey,
+            WriterOptions {
+                tile: 512,
+                mpp: slide.mpp(),
+                ..WriterOptions::default()
+            },
+        )?;
+        Ok(Planned {
+            slide,
+            region,
+            grid,
+            stem,
+            to_run,
+            tissue_name,
+            truth,
+            downsample,
+            staged,
+            writer: Some(writer),
+        })
     }
-    let grid = Grid::new(region, job.patch, job.overlap).with_context(|| {
-        format!(
-            "overlap {} must be smaller than the patch ({})",
-            job.overlap, job.patch
-        )
-    })?;
-    let stem = output_stem(&job.slide);
-    std::fs::create_dir_all(&job.out_dir).with_context(|| {
-        format!(
-            "{}: cannot create the output directory",
-            job.out_dir.display()
-        )
-    })?;
-    let mut staged = Staged::new(&job.out_dir);
 
-    let (to_run, tissue_name) = patches_to_run(&slide, &grid, &job.tissue)?;
-    let truth = job
-        .truth
-        .as_ref()
-        .map(|path| Truth::load(path, base.width, base.height))
-        .transpose()?;
-
-    // The heatmap: at most `heatmap_side` on its long side, and from a pyramid level, not level 0.
-    let level1_downsample = slide.levels().get(1).map_or(1.0, |l| l.downsample);
-    let downsample = (region.width.max(region.height) as f64 / job.heatmap_side as f64)
-        .max(level1_downsample)
-        .max(1.0);
-
-    let prob_name = format!("{stem}.prob.tif");
-    let writer = PyramidWriter::create(
-        staged.final_path(&prob_name),
-        region.width,
-        region.height,
-        Channels::Grey,
-        WriterOptions {
-            tile: 512,
-            mpp: slide.mpp(),
-            ..WriterOptions::default()
-        },
-    )?;
-
-    let progress = progress_bar(job.progress, to_run.len());
-    let (stitch_tx, stitch_rx) = sync_channel::<Stitch>(2 * job.batch);
-    let outcome = std::thread::scope(
-        |scope| -> Result<(Overlap, LowResolutionMap, NamedTempFile, Option<Instant>)> {
-            let skipped: Vec<usize> = {
-                let mut run = vec![false; grid.len()];
-                to_run.iter().for_each(|&i| run[i] = true);
-                (0..grid.len()).filter(|&i| !run[i]).collect()
-            };
-            let truth = truth.as_ref();
-            let stitcher = scope.spawn(move || {
-                stitch_and_write(
-                    grid, job.blend, skipped, stitch_rx, writer, truth, downsample,
-                )
-            });
-            let streamed = stream_patches(
-                &slide,
-                &grid,
-                &to_run,
-                &job.predictor,
-                job.batch,
-                &progress,
-                &job.stop,
-                stitch_tx,
-            );
+    /// Reads, runs and stitches every patch on threads joined by bounded channels; keeps the
+    /// complete probability map for the commit.
+    fn stream(&mut self, job: &SlideJob) -> Result<Streamed> {
+        let writer = self.writer.take().expect("the stream runs once");
+        let progress = progress_bar(job.progress, self.to_run.len());
+        let (stitch_tx, stitch_rx) = sync_channel::<Stitch>(2 * job.batch);
+        let stitch = StitchJob {
+            grid: self.grid,
+            blend: job.blend,
+            skipped: self.skipped(),
+            writer,
+            truth: self.truth.as_ref(),
+            downsample: self.downsample,
+        };
+        let stream = PatchStream {
+            slide: &self.slide,
+            grid: &self.grid,
+            to_run: &self.to_run,
+            predictor: &job.predictor,
+            batch: job.batch,
+            progress: &progress,
+            stop: &job.stop,
+        };
+        let outcome = std::thread::scope(|scope| {
+            let stitcher = scope.spawn(move || stitch.run(stitch_rx));
+            let streamed = stream.run(stitch_tx);
             let stitched = stitcher.join().expect("the stitcher does not panic");
             let first_batch = streamed?;
             if job.stop.load(Ordering::Relaxed) {
                 bail!("interrupted");
             }
-            stitched.map(|(overlap, low, file)| (overlap, low, file, first_batch))
-        },
-    );
-    progress.finish_and_clear();
-    let (overlap, low_resolution, prob_file, first_batch) = outcome?;
-    staged.keep(prob_file, &prob_name);
+            stitched.map(|stitched| (stitched, first_batch))
+        });
+        progress.finish_and_clear();
+        let ((overlap, low_resolution, prob_file), first_batch) = outcome?;
+        self.staged
+            .keep(prob_file, &format!("{}.prob.tif", self.stem));
+        Ok(Streamed {
+            overlap,
+            low_resolution,
+            first_batch,
+        })
+    }
 
-    let map = low_resolution.to_image();
-    let view = low_level_view_of_region(&slide, region, map.width(), map.height())?;
-    let picture = heatmap(&view, &map);
-    staged.write_png(&format!("{stem}.heatmap.png"), &picture)?;
-    let geojson = tumour_geojson(&map, downsample, (region.x, region.y))?;
-    staged.write(&format!("{stem}.tumour.geojson"), |out| {
-        Ok(serde_json::to_writer_pretty(out, &geojson)?)
-    })?;
+    /// Grid patches without tissue: probability 0.
+    fn skipped(&self) -> Vec<usize> {
+        let mut run = vec![false; self.grid.len()];
+        self.to_run.iter().for_each(|&i| run[i] = true);
+        (0..self.grid.len()).filter(|&i| !run[i]).collect()
+    }
 
-    let seconds = started.elapsed().as_secs_f64();
-    let run = to_run.len();
-    let summary = Summary {
-        slide: job.slide.display().to_string(),
-        model: job.model.display().to_string(),
-        device: job.predictor.device_name().to_string(),
-        precision: job.predictor.precision().to_string(),
-        batch: job.batch,
-        patch: job.patch,
-        overlap: job.overlap,
-        blend: format!("{:?}", job.blend).to_lowercase(),
-        region: [region.x, region.y, region.width, region.height],
-        grid: [grid.cols, grid.rows],
-        patches_in_grid: grid.len(),
-        patches_run: run,
-        tissue: tissue_name,
-        seconds,
-        seconds_to_first_batch: first_batch
-            .map(|t| t.duration_since(job.process_start).as_secs_f64()),
-        patches_per_second: run as f64 / seconds,
-        ms_per_patch: if run == 0 {
-            0.0
-        } else {
-            1000.0 * seconds / run as f64
-        },
-        mpp: slide.mpp(),
-        outputs: ["prob.tif", "heatmap.png", "tumour.geojson", "summary.json"]
-            .iter()
-            .map(|kind| {
-                job.out_dir
-                    .join(format!("{stem}.{kind}"))
-                    .display()
-                    .to_string()
-            })
-            .collect(),
-        dice: truth.as_ref().map(|_| overlap.dice()),
-        iou: truth.as_ref().map(|_| overlap.iou()),
-    };
-    staged.write(&format!("{stem}.summary.json"), |out| {
-        Ok(serde_json::to_writer_pretty(out, &summary)?)
-    })?;
-    staged.commit()?;
-    Ok(summary)
+    /// The pictures and the summary, then every output renamed into place.
+    fn report(mut self, job: &SlideJob, streamed: Streamed, started: Instant) -> Result<Summary> {
+        let stem = &self.stem;
+        let map = streamed.low_resolution.to_image();
+        let view = low_level_view_of_region(&self.slide, self.region, map.width(), map.height())?;
+        self.staged
+            .write_png(&format!("{stem}.heatmap.png"), &heatmap(&view, &map))?;
+        let geojson = tumour_geojson(&map, self.downsample, (self.region.x, self.region.y))?;
+        self.staged
+            .write(&format!("{stem}.tumour.geojson"), |out| {
+                Ok(serde_json::to_writer_pretty(out, &geojson)?)
+            })?;
+        let summary = self.summary(job, &streamed, started.elapsed().as_secs_f64());
+        self.staged.write(&format!("{stem}.summary.json"), |out| {
+            Ok(serde_json::to_writer_pretty(out, &summary)?)
+        })?;
+        self.staged.commit()?;
+        Ok(summary)
+    }
+
+    fn summary(&self, job: &SlideJob, streamed: &Streamed, seconds: f64) -> Summary {
+        let run = self.to_run.len();
+        let region = self.region;
+        let has_truth = self.truth.is_some();
+        Summary {
+            slide: job.slide.display().to_string(),
+            model: job.model.display().to_string(),
+            device: job.predictor.device_name().to_string(),
+            precision: job.predictor.precision().to_string(),
+            batch: job.batch,
+            patch: job.patch,
+            overlap: job.overlap,
+            blend: format!("{:?}", job.blend).to_lowercase(),
+            region: [region.x, region.y, region.width, region.height],
+            grid: [self.grid.cols, self.grid.rows],
+            patches_in_grid: self.grid.len(),
+            patches_run: run,
+            tissue: self.tissue_name.clone(),
+            seconds,
+            seconds_to_first_batch: streamed
+                .first_batch
+                .map(|t| t.duration_since(job.process_start).as_secs_f64()),
+            patches_per_second: run as f64 / seconds,
+            ms_per_patch: if run == 0 {
+                0.0
+            } else {
+                1000.0 * seconds / run as f64
+            },
+            mpp: self.slide.mpp(),
+            outputs: ["prob.tif", "heatmap.png", "tumour.geojson", "summary.json"]
+                .iter()
+                .map(|kind| {
+                    let name = format!("{}.{kind}", self.stem);
+                    job.out_dir.join(name).display().to_string()
+                })
+                .collect(),
+            dice: has_truth.then(|| streamed.overlap.dice()),
+            iou: has_truth.then(|| streamed.overlap.iou()),
+        }
+    }
+}
+
+/// The region to run (the whole slide by default), checked to lie inside it.
+fn region_in(region: Option<Rect>, width: u64, height: u64) -> Result<Rect> {
+    let region = region.unwrap_or(Rect {
+        x: 0,
+        y: 0,
+        width,
+        height,
+    });
+    if region.x + region.width > width || region.y + region.height > height {
+        bail!(
+            "region {},{},{},{} reaches outside the slide ({width}x{height})",
+            region.x,
+            region.y,
+            region.width,
+            region.height,
+        );
+    }
+    Ok(region)
 }
 
 /// The grid patches that hold tissue (all of them with tissue detection off), and how tissue
@@ -289,127 +369,84 @@ pub fn patches_to_run(
 }
 
 /// Reads the patches `to_run` of `grid` on worker threads and runs them through the model in
-/// batches, sending each patch's probabilities to `results` (in no particular order).
-/// Returns when the first batch's results were out.
-#[allow(clippy::too_many_arguments)]
-pub fn stream_patches(
-    slide: &Slide,
-    grid: &Grid,
-    to_run: &[usize],
-    predictor: &Predictor,
-    batch: usize,
-    progress: &ProgressBar,
-    stop: &AtomicBool,
-    results: SyncSender<Stitch>,
-) -> Result<Option<Instant>> {
-    let (patch_tx, patch_rx) = sync_channel::<ReadPatch>(2 * batch);
-    let next = AtomicUsize::new(0);
-    let read_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let readers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, 8);
-    let inferred = std::thread::scope(|scope| {
-        for _ in 0..readers {
-            let patch_tx = patch_tx.clone();
-            let (next, read_error) = (&next, &read_error);
-            scope
-                .spawn(move || read_patches(slide, grid, to_run, next, patch_tx, read_error, stop));
-        }
-        drop(patch_tx);
-        infer_batches(predictor, batch, patch_rx, results, progress, stop)
-    });
-    // A reader's error is the cause when inference stopped for want of patches.
-    match read_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        Some(err) => Err(err),
-        None => inferred,
-    }
+/// batches, sending each patch's probabilities to the stitcher (in no particular order).
+pub struct PatchStream<'a> {
+    pub slide: &'a Slide,
+    pub grid: &'a Grid,
+    pub to_run: &'a [usize],
+    pub predictor: &'a Predictor,
+    pub batch: usize,
+    pub progress: &'a ProgressBar,
+    pub stop: &'a AtomicBool,
 }
 
-/// Reader thread: takes the next patch to run, reads it at level 0, sends it on.
-fn read_patches(
-    slide: &Slide,
-    grid: &Grid,
-    to_run: &[usize],
-    next: &AtomicUsize,
-    patches: SyncSender<ReadPatch>,
-    error: &Mutex<Option<anyhow::Error>>,
-    stop: &AtomicBool,
-) {
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= to_run.len() || stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let position = grid.position(to_run[i]);
-        match read_patch(slide, position.x, position.y, grid.patch as u32) {
-            Ok(pixels) => {
-                if patches
-                    .send(ReadPatch {
-                        index: position.index,
-                        pixels,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
+impl PatchStream<'_> {
+    /// Runs every patch; returns when the first batch's results were out.
+    pub fn run(&self, results: SyncSender<Stitch>) -> Result<Option<Instant>> {
+        let (patch_tx, patch_rx) = sync_channel::<ReadPatch>(2 * self.batch);
+        let next = AtomicUsize::new(0);
+        let read_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        let readers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
+        // The readers see the slide and the grid, not the model.
+        let reader = PatchReader {
+            slide: self.slide,
+            grid: self.grid,
+            to_run: self.to_run,
+            stop: self.stop,
+        };
+        let inferred = std::thread::scope(|scope| {
+            for _ in 0..readers {
+                let patch_tx = patch_tx.clone();
+                let (reader, next, read_error) = (&reader, &next, &read_error);
+                scope.spawn(move || reader.read_patches(next, patch_tx, read_error));
             }
-            Err(err) => {
-                error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(err.into());
-                stop.store(true, Ordering::Relaxed);
-                return;
-            }
+            drop(patch_tx);
+            self.infer_batches(patch_rx, results)
+        });
+        // A reader's error is the cause when inference stopped for want of patches.
+        match read_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(err) => Err(err),
+            None => inferred,
         }
     }
-}
 
-/// A level-0 patch; where it reaches past the slide's edge, the edge pixels are repeated
-/// (as the model's replicate padding would see a larger image).
-pub fn read_patch(slide: &Slide, x: u64, y: u64, side: u32) -> wsi::Result<RgbImage> {
-    let mut pixels = slide.read_region(0, x as i64, y as i64, side, side)?;
-    let level = slide.levels()[0];
-    let inside_w = (level.width.saturating_sub(x)).min(side as u64) as u32;
-    let inside_h = (level.height.saturating_sub(y)).min(side as u64) as u32;
-    if inside_w < side || inside_h < side {
-        for py in 0..side {
-            for px in 0..side {
-                if px >= inside_w || py >= inside_h {
-                    let source = *pixels.get_pixel(px.min(inside_w - 1), py.min(inside_h - 1));
-                    pixels.put_pixel(px, py, source);
-                }
+    /// The model's loop: batches of read patches in, probabilities out to the stitcher.
+    fn infer_batches(
+        &self,
+        patches: Receiver<ReadPatch>,
+        stitch: SyncSender<Stitch>,
+    ) -> Result<Option<Instant>> {
+        let mut first_batch = None;
+        let mut batch: Vec<ReadPatch> = Vec::with_capacity(self.batch);
+        for patch in patches.iter() {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            batch.push(patch);
+            if batch.len() == self.batch {
+                self.run_batch(&mut batch, &stitch)?;
+                first_batch.get_or_insert_with(Instant::now);
             }
         }
+        if !batch.is_empty() && !self.stop.load(Ordering::Relaxed) {
+            self.run_batch(&mut batch, &stitch)?;
+            first_batch.get_or_insert_with(Instant::now);
+        }
+        Ok(first_batch)
     }
-    Ok(pixels)
-}
 
-/// The model's loop: batches of read patches in, probabilities out to the stitcher.
-fn infer_batches(
-    predictor: &Predictor,
-    batch_size: usize,
-    patches: Receiver<ReadPatch>,
-    stitch: SyncSender<Stitch>,
-    progress: &ProgressBar,
-    stop: &AtomicBool,
-) -> Result<Option<Instant>> {
-    let mut first_batch = None;
-    let mut run_batch = |batch: &mut Vec<ReadPatch>| -> Result<()> {
+    /// One forward; the batch's patches go on to the stitcher and leave `batch` empty.
+    fn run_batch(&self, batch: &mut Vec<ReadPatch>, stitch: &SyncSender<Stitch>) -> Result<()> {
         let inputs: Vec<RgbPatch> = batch
             .iter()
             .map(|p| {
-                RgbPatch::new(
-                    p.pixels.width() as usize,
-                    p.pixels.height() as usize,
-                    p.pixels.as_raw(),
-                )
+                let (width, height) = p.pixels.dimensions();
+                RgbPatch::new(width as usize, height as usize, p.pixels.as_raw())
             })
             .collect();
-        let maps = predictor
-            .predict_batch(&inputs)
-            .map_err(|err| explain(err, batch_size))?;
-        first_batch.get_or_insert_with(Instant::now);
+        let maps = self.predictor.predict_batch(&inputs)?;
         drop(inputs);
         let count = batch.len() as u64;
         for (patch, map) in batch.drain(..).zip(maps) {
@@ -417,88 +454,120 @@ fn infer_batches(
                 bail!("the stitcher stopped");
             }
         }
-        progress.inc(count);
+        self.progress.inc(count);
         Ok(())
-    };
-    let mut batch: Vec<ReadPatch> = Vec::with_capacity(batch_size);
-    for patch in patches.iter() {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        batch.push(patch);
-        if batch.len() == batch_size {
-            run_batch(&mut batch)?;
-        }
-    }
-    if !batch.is_empty() && !stop.load(Ordering::Relaxed) {
-        run_batch(&mut batch)?;
-    }
-    Ok(first_batch)
-}
-
-/// A model error, with what to try when the GPU ran out of memory.
-fn explain(err: PredictError, batch: usize) -> anyhow::Error {
-    let message = err.to_string();
-    if message.to_lowercase().contains("out of memory") {
-        anyhow::anyhow!(
-            "{message}: the GPU ran out of memory at batch {batch}; try --batch {}",
-            (batch / 2).max(1)
-        )
-    } else {
-        err.into()
     }
 }
 
-/// The stitcher thread: blends patches into rows, streams them into the pyramid writer, the
-/// low-resolution map and the Dice counts.
-fn stitch_and_write(
+/// What the reader threads share: where the patches are, and whether to stop.
+struct PatchReader<'a> {
+    slide: &'a Slide,
+    grid: &'a Grid,
+    to_run: &'a [usize],
+    stop: &'a AtomicBool,
+}
+
+impl PatchReader<'_> {
+    /// Reader thread: takes the next patch to run, reads it at level 0, sends it on.
+    fn read_patches(
+        &self,
+        next: &AtomicUsize,
+        patches: SyncSender<ReadPatch>,
+        error: &Mutex<Option<anyhow::Error>>,
+    ) {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.to_run.len() || self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let position = self.grid.position(self.to_run[i]);
+            let side = self.grid.patch as u32;
+            // Patches that overhang the slide see its edge pixels repeated.
+            match self
+                .slide
+                .read_region_extended(0, position.x, position.y, side, side)
+            {
+                Ok(pixels) => {
+                    let index = position.index;
+                    if patches.send(ReadPatch { index, pixels }).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(err.into());
+                    self.stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The stitcher thread's work: blends patches into rows, streams them into the pyramid
+/// writer, the low-resolution map and the Dice counts.
+struct StitchJob<'a> {
     grid: Grid,
     blend: Blend,
+    /// Patches without tissue (probability 0).
     skipped: Vec<usize>,
-    patches: Receiver<Stitch>,
-    mut writer: PyramidWriter,
-    truth: Option<&Truth>,
+    writer: PyramidWriter,
+    truth: Option<&'a Truth>,
     downsample: f64,
-) -> Result<(Overlap, LowResolutionMap, NamedTempFile)> {
-    let region = grid.region;
-    let mut stitcher = Stitcher::new(grid, blend);
-    let mut low = LowResolutionMap::new(region.width, region.height, downsample);
-    let mut overlap = Overlap::default();
-    let mut next_row = 0u64;
-    let mut truth_row = Vec::new();
-    let mut failure: Option<anyhow::Error> = None;
-    let width = region.width as usize;
-    let mut emit = |rows: &[u8]| {
-        if failure.is_some() {
-            return;
-        }
-        if let Err(err) = writer.write_rows(rows) {
-            failure = Some(err.into());
-            return;
-        }
-        for row in rows.chunks_exact(width) {
-            low.add_row(next_row, row);
-            if let Some(truth) = truth {
-                truth.row(region.x, region.y + next_row, width, &mut truth_row);
-                overlap.add_row(row, &truth_row);
+}
+
+impl StitchJob<'_> {
+    fn run(self, patches: Receiver<Stitch>) -> Result<(Overlap, LowResolutionMap, NamedTempFile)> {
+        let StitchJob {
+            grid,
+            blend,
+            skipped,
+            mut writer,
+            truth,
+            downsample,
+        } = self;
+        let region = grid.region;
+        let mut stitcher = Stitcher::new(grid, blend);
+        let mut low = LowResolutionMap::new(region.width, region.height, downsample);
+        let mut overlap = Overlap::default();
+        let mut next_row = 0u64;
+        let mut truth_row = Vec::new();
+        let mut failure: Option<anyhow::Error> = None;
+        let width = region.width as usize;
+        let mut emit = |rows: &[u8]| {
+            if failure.is_some() {
+                return;
             }
-            next_row += 1;
+            if let Err(err) = writer.write_rows(rows) {
+                failure = Some(err.into());
+                return;
+            }
+            for row in rows.chunks_exact(width) {
+                low.add_row(next_row, row);
+                if let Some(truth) = truth {
+                    truth.row(region.x, region.y + next_row, width, &mut truth_row);
+                    overlap.add_row(row, &truth_row);
+                }
+                next_row += 1;
+            }
+        };
+        for index in skipped {
+            stitcher.add(index, None, &mut emit);
         }
-    };
-    for index in skipped {
-        stitcher.add(index, None, &mut emit);
+        for (index, values) in patches.iter() {
+            stitcher.add(index, Some(values), &mut emit);
+        }
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        if !stitcher.is_complete() {
+            // The input ended early (an error or Ctrl-C upstream): dropping the writer removes its file.
+            bail!("stopped before every patch was stitched");
+        }
+        Ok((overlap, low, writer.finish_temporary()?))
     }
-    for (index, values) in patches.iter() {
-        stitcher.add(index, Some(values), &mut emit);
-    }
-    if let Some(err) = failure {
-        return Err(err);
-    }
-    if !stitcher.is_complete() {
-        // The input ended early (an error or Ctrl-C upstream): dropping the writer removes its file.
-        bail!("stopped before every patch was stitched");
-    }
-    Ok((overlap, low, writer.finish_temporary()?))
 }
 
 pub fn progress_bar(visible: bool, total: usize) -> ProgressBar {

@@ -56,29 +56,18 @@ fn patch_directory_gives_pytorchs_maps_and_overlays() {
 
 /// The checkpoint converted to a model file, as `convert` does.
 fn unet_core_checkpoint(pth: &Path, out: &Path) -> std::path::PathBuf {
-    use burn::tensor::{DType, Device};
     let checkpoint = unet_core::Checkpoint::read(pth).unwrap();
-    let model = unet_core::Unet::from_weights(&checkpoint.weights, &Device::flex(), DType::F32);
-    unet_core::model_file::save(&model, &checkpoint.weights.config, "test", out).unwrap();
+    unet_core::model_file::save(&checkpoint.weights, "test", out).unwrap();
     out.to_path_buf()
 }
 
-/// `infer bench` on a few patches of the demo slide: both paths in the table, and a PNG chart.
+/// `infer-bench` on a few patches of the demo slide: both paths in the table, and a PNG chart.
 #[test]
 fn bench_compares_both_paths_and_draws_the_chart() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args([
-            "bench",
-            "--device",
-            "cpu",
-            "--patches",
-            "3",
-            "--batch",
-            "2",
-            "--out",
-        ])
+    let output = Command::new(env!("CARGO_BIN_EXE_infer-bench"))
+        .args(["--device", "cpu", "--patches", "3", "--batch", "2", "--out"])
         .arg(out.path())
         .current_dir(&root)
         .output()

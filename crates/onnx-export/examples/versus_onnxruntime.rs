@@ -12,9 +12,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Parser;
-use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch, UnetConfig, model_file};
+use unet_core::{DeviceChoice, FoldedWeights, Precision, Predictor, RgbPatch, UnetConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -33,18 +32,10 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let model = dir.path().join("unet.bpk");
     let onnx = dir.path().join("unet.onnx");
-    let config = UnetConfig::new(3, 3, args.width);
-    let device = Device::flex();
-    device.seed(17);
-    model_file::save(&config.init(&device), &config, "random weights", &model)?;
-    onnx_export::write(
-        &model_file::read_weights(&model)?,
-        onnx_export::Precision::F32,
-        &onnx,
-    )?;
-    let ours = Predictor::load(&model, DeviceChoice::Cpu, Precision::F32)?;
+    let weights = FoldedWeights::random(UnetConfig::new(3, 3, args.width), 17);
+    onnx_export::write(&weights, onnx_export::Precision::F32, &onnx)?;
+    let ours = Predictor::from_weights(&weights, DeviceChoice::Cpu, Precision::F32)?;
     let pixels: Vec<u8> = (0..args.side * args.side * 3)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();

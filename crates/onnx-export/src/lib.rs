@@ -17,7 +17,9 @@ use onnx_protobuf::{
     AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
 };
-use unet_core::checkpoint::FoldedWeights;
+use unet_core::FoldedWeights;
+use unet_core::architecture::{DoubleConv, Layer};
+use unet_core::weights::{Tensor, WeightsError};
 
 /// ONNX opset the graph is written for, and the IR version that goes with it.
 pub const OPSET: i64 = 17;
@@ -33,10 +35,17 @@ pub enum Precision {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: cannot write the ONNX model: {reason}")]
-pub struct ExportError {
-    pub file: PathBuf,
-    pub reason: String,
+pub enum ExportError {
+    #[error("cannot export the model: {0}")]
+    Weights(#[from] WeightsError),
+    #[error("cannot encode the ONNX model: {0}")]
+    Encode(#[from] protobuf::Error),
+    #[error("{file}: cannot write the ONNX model: {source}")]
+    Write {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Writes the model to `path` atomically (a temporary file beside it, renamed when complete).
@@ -45,44 +54,43 @@ pub fn write(
     precision: Precision,
     path: &Path,
 ) -> Result<(), ExportError> {
-    let failed = |reason: String| ExportError {
+    let failed = |source: std::io::Error| ExportError::Write {
         file: path.to_path_buf(),
-        reason,
+        source,
     };
-    let bytes = to_bytes(weights, precision).map_err(|e| failed(e.to_string()))?;
-    let mut file = output_file::beside(path).map_err(|e| failed(e.to_string()))?;
-    file.write_all(&bytes).map_err(|e| failed(e.to_string()))?;
-    file.persist(path)
-        .map_err(|e| failed(e.error.to_string()))?;
+    let bytes = to_bytes(weights, precision)?;
+    let mut file = output_file::beside(path).map_err(failed)?;
+    file.write_all(&bytes).map_err(failed)?;
+    file.persist(path).map_err(|e| failed(e.error))?;
     Ok(())
 }
 
 /// The serialised `ModelProto`.
-pub fn to_bytes(weights: &FoldedWeights, precision: Precision) -> protobuf::Result<Vec<u8>> {
-    model(weights, precision).write_to_bytes()
+pub fn to_bytes(weights: &FoldedWeights, precision: Precision) -> Result<Vec<u8>, ExportError> {
+    Ok(model(weights, precision)?.write_to_bytes()?)
 }
 
-fn model(weights: &FoldedWeights, precision: Precision) -> ModelProto {
+fn model(weights: &FoldedWeights, precision: Precision) -> Result<ModelProto, WeightsError> {
     let mut graph = Graph::new(weights, precision);
     let config = weights.config;
+    let plan = weights.plan();
     let mut x = graph.cast_in(INPUT);
     let mut skips = Vec::new();
-    for level in 1..=5 {
-        if level > 1 {
-            x = graph.max_pool(&x);
-        }
-        x = graph.double_conv(&format!("conv{level}"), &x);
-        skips.push(x.clone());
+    let (bottom, above) = plan.encoder.split_last().expect("a UNet has levels");
+    for level in above {
+        let skip = graph.double_conv(level, &x)?;
+        x = graph.max_pool(&skip);
+        skips.push(skip);
     }
-    skips.pop();
-    for level in 6..=9 {
-        let up = graph.conv_transpose(&format!("up{level}"), &x);
+    x = graph.double_conv(bottom, &x)?;
+    for level in &plan.decoder {
+        let up = graph.conv_transpose(&level.up, &x)?;
         let skip = skips.pop().expect("one skip per decoder level");
         // The upsampled tensor comes first, as in PyTorch's `cat([up(c), skip], dim=1)`.
         let joined = graph.node("Concat", &[&up, &skip], vec![int("axis", 1)]);
-        x = graph.double_conv(&format!("conv{level}"), &joined);
+        x = graph.double_conv(&level.convs, &joined)?;
     }
-    let logits = graph.conv("conv10", &x, 1);
+    let logits = graph.conv(&plan.head, &x)?;
     let probabilities = graph.node("Sigmoid", &[&logits], vec![]);
     graph.cast_out(&probabilities, OUTPUT);
 
@@ -109,7 +117,7 @@ fn model(weights: &FoldedWeights, precision: Precision) -> ModelProto {
     opset.version = OPSET;
     model.opset_import.push(opset);
     model.graph = Some(graph.proto).into();
-    model
+    Ok(model)
 }
 
 /// A graph under construction: nodes in order, initializers, unique names.
@@ -150,9 +158,10 @@ impl<'a> Graph<'a> {
         output
     }
 
-    /// The weight at Burn path `name`, added as an initializer in the export precision.
-    fn initializer(&mut self, name: &str) -> String {
-        let (values, shape) = self.weights.get(name);
+    /// The weight called `name` (PyTorch's layout), added as an initializer in the export
+    /// precision.
+    fn initializer(&mut self, name: &str) -> Result<String, WeightsError> {
+        let Tensor { values, shape } = self.weights.get(name)?;
         let mut tensor = TensorProto::new();
         tensor.name = name.to_string();
         tensor.dims = shape.iter().map(|&d| d as i64).collect();
@@ -170,28 +179,38 @@ impl<'a> Graph<'a> {
             }
         }
         self.proto.initializer.push(tensor);
-        name.to_string()
+        Ok(name.to_string())
     }
 
-    fn conv(&mut self, layer: &str, x: &str, kernel: i64) -> String {
-        let weight = self.initializer(&format!("{layer}.weight"));
-        let bias = self.initializer(&format!("{layer}.bias"));
-        self.node(
-            "Conv",
-            &[x, &weight, &bias],
-            vec![ints("kernel_shape", &[kernel, kernel])],
-        )
+    /// A layer's op on `x` with its weight and bias, and its kernel shape.
+    fn layer_node(
+        &mut self,
+        op: &str,
+        layer: &Layer,
+        x: &str,
+        extra: Vec<AttributeProto>,
+    ) -> Result<String, WeightsError> {
+        let weight = self.initializer(&layer.weight_name())?;
+        let bias = self.initializer(&layer.bias_name())?;
+        let k = layer.kind.kernel() as i64;
+        let mut attributes = vec![ints("kernel_shape", &[k, k])];
+        attributes.extend(extra);
+        Ok(self.node(op, &[x, &weight, &bias], attributes))
+    }
+
+    fn conv(&mut self, layer: &Layer, x: &str) -> Result<String, WeightsError> {
+        self.layer_node("Conv", layer, x, vec![])
     }
 
     /// Replicate padding, 3x3 convolution (BatchNorm folded in), ReLU; twice.
-    fn double_conv(&mut self, name: &str, x: &str) -> String {
+    fn double_conv(&mut self, level: &DoubleConv, x: &str) -> Result<String, WeightsError> {
         let mut x = x.to_string();
-        for part in ["first", "second"] {
+        for layer in &level.convs {
             let padded = self.node("Pad", &[&x, "pads_hw_1"], vec![string("mode", "edge")]);
-            let conv = self.conv(&format!("{name}.{part}"), &padded, 3);
+            let conv = self.conv(layer, &padded)?;
             x = self.node("Relu", &[&conv], vec![]);
         }
-        x
+        Ok(x)
     }
 
     fn max_pool(&mut self, x: &str) -> String {
@@ -202,14 +221,8 @@ impl<'a> Graph<'a> {
         )
     }
 
-    fn conv_transpose(&mut self, layer: &str, x: &str) -> String {
-        let weight = self.initializer(&format!("{layer}.weight"));
-        let bias = self.initializer(&format!("{layer}.bias"));
-        self.node(
-            "ConvTranspose",
-            &[x, &weight, &bias],
-            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
-        )
+    fn conv_transpose(&mut self, layer: &Layer, x: &str) -> Result<String, WeightsError> {
+        self.layer_node("ConvTranspose", layer, x, vec![ints("strides", &[2, 2])])
     }
 
     /// The graph input, cast to float16 when the model is half precision.

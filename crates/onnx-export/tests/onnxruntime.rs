@@ -4,15 +4,11 @@
 //! Runs `tools/onnx_run.py` (Python's onnx and onnxruntime; `.ci/run` installs them). Without
 //! them the test says so and passes, except in CI, where it fails.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use onnx_export::Precision;
+use test_fixtures::{cases, root};
 use unet_core::Checkpoint;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn python_has_onnxruntime() -> bool {
     let found = Command::new("python3")
@@ -33,33 +29,27 @@ fn onnx_runtime_matches_pytorch_on_every_fixture() {
     if !python_has_onnxruntime() {
         return;
     }
-    let fixtures = root().join("tests/fixtures/pytorch");
     let dir = tempfile::tempdir().unwrap();
-    for case in [
-        "unet_w8_state_dict",
-        "unet_w8_checkpoint",
-        "unet_w4_out1_dataparallel",
-    ] {
-        let weights = Checkpoint::read(&fixtures.join(format!("{case}.pth")))
-            .unwrap()
-            .weights;
+    for case in cases() {
+        let weights = Checkpoint::read(&case.checkpoint_path()).unwrap().weights;
         for (precision, tolerance) in [(Precision::F32, "1e-4"), (Precision::F16, "5e-3")] {
-            let model = dir.path().join(format!("{case}_{precision:?}.onnx"));
+            let model = dir.path().join(format!("{}_{precision:?}.onnx", case.name));
             onnx_export::write(&weights, precision, &model).unwrap();
             for batch in ["1", "2"] {
                 let output = Command::new("python3")
                     .arg(root().join("tools/onnx_run.py"))
                     .arg(&model)
-                    .arg(fixtures.join(format!("{case}_input.png")))
-                    .arg(fixtures.join(format!("{case}_expected_f64.npy")))
+                    .arg(case.input_path())
+                    .arg(case.expected_path())
                     .args(["--batch", batch, "--tolerance", tolerance])
                     .output()
                     .unwrap();
                 let printed = String::from_utf8_lossy(&output.stdout);
-                println!("{case} {precision:?} {}", printed.trim());
+                println!("{} {precision:?} {}", case.name, printed.trim());
                 assert!(
                     output.status.success(),
-                    "{case} {precision:?} batch {batch}: {printed}{}",
+                    "{} {precision:?} batch {batch}: {printed}{}",
+                    case.name,
                     String::from_utf8_lossy(&output.stderr)
                 );
             }

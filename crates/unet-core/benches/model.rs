@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch, UnetConfig, patch};
+use unet_core::{
+    BurnEngine, DeviceChoice, FoldedWeights, Precision, Predictor, RgbPatch, UnetConfig, patch,
+};
 
 fn setting<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
     std::env::var(name)
@@ -41,19 +43,18 @@ fn forward(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
-    // The random model once as a file: `Predictor::load` picks the engine a user gets (the
-    // NHWC GEMM path for f32 on the CPU), `from_model` runs Burn's own.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("w64.bpk");
-    let model = config.init(&burn::tensor::Device::flex());
-    unet_core::model_file::save(&model, &config, "random", &file).unwrap();
+    // A random model: `Predictor::from_weights` picks the engine a user gets (the CPU
+    // kernels for f32 on the CPU), `with_engine` runs Burn's own.
+    let weights = FoldedWeights::random(config, 17);
     for precision in setting::<Precision>("UNET_BENCH_PRECISIONS", "f32") {
-        let burn = config.init(&Predictor::device_for(device).unwrap());
         let engines = [
-            ("", Predictor::load(&file, device, precision).unwrap()),
+            (
+                "",
+                Predictor::from_weights(&weights, device, precision).unwrap(),
+            ),
             (
                 "_burn",
-                Predictor::from_model(burn, config, device, precision).unwrap(),
+                Predictor::with_engine::<BurnEngine>(&weights, device, precision).unwrap(),
             ),
         ];
         for (engine, predictor) in &engines {

@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::tensor::Device;
 use clap::Parser;
-use unet_core::{UnetConfig, model_file};
+use unet_core::{FoldedWeights, UnetConfig, model_file};
 
 #[derive(Parser)]
 struct Args {
@@ -20,10 +19,11 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let config = UnetConfig::new(3, args.out_channels, args.width);
-    let device = Device::flex();
-    device.seed(17);
-    let model = config.init(&device);
-    model_file::save(&model, &config, "random weights", &args.out)?;
+    model_file::save(
+        &FoldedWeights::random(config, 17),
+        "random weights",
+        &args.out,
+    )?;
     println!(
         "wrote {} ({} parameters)",
         args.out.display(),

@@ -1,4 +1,5 @@
-//! The Camelyon UNet (lymph-node metastasis segmentation) in Burn.
+//! The Camelyon UNet (lymph-node metastasis segmentation): its architecture, its weights,
+//! and the engines that run it.
 //!
 //! ```no_run
 //! use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch};
@@ -10,20 +11,31 @@
 //! # Ok::<(), unet_core::PredictError>(())
 //! ```
 //!
+//! - [`architecture`]: the layer plan, derived once from a [`UnetConfig`]; everything below walks it.
+//! - [`weights`]: the folded inference weights by the plan's names, and the engines' layouts.
 //! - [`checkpoint`]: PyTorch `.pth` checkpoints in, architecture inferred, BatchNorm folded.
-//! - [`model`]: the UNet as Burn modules with its [`UnetConfig`].
 //! - [`model_file`]: the converted model in Burn's burnpack format.
-//! - [`Predictor`]: a model on a device at a precision; `predict_batch` on RGB patches.
+//! - [`engine`]: the [`Engine`] seam; [`model`] (Burn's modules) and the CPU kernels behind it.
+//! - [`Predictor`]: a model on an engine; `predict_batch` on RGB patches.
 
+pub mod architecture;
 pub mod checkpoint;
 mod cpu;
+pub mod engine;
 pub mod model;
 pub mod model_file;
 pub mod patch;
 mod predictor;
+mod target;
+pub mod weights;
 
+pub use architecture::{Plan, SIDE_MULTIPLE, UnetConfig};
 pub use checkpoint::{Checkpoint, CheckpointError};
-pub use model::{SIDE_MULTIPLE, Unet, UnetConfig};
+pub use cpu::CpuUnet;
+pub use engine::{BurnEngine, Engine};
+pub use model::Unet;
 pub use model_file::{MODEL_EXTENSION, ModelFileError};
 pub use patch::{ProbabilityMap, RgbPatch, probability_to_u8};
-pub use predictor::{DeviceChoice, Precision, PredictError, Predictor};
+pub use predictor::{PredictError, Predictor};
+pub use target::{Device, DeviceChoice, Precision, Target};
+pub use weights::{FoldedWeights, WeightsError};

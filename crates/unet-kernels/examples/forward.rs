@@ -42,20 +42,19 @@ fn main() -> Result<()> {
     println!("storage | batch | ms/patch | max abs difference from the CPU path");
     let client = CudaRuntime::client(&CudaDevice::new(0));
     time(
-        &GpuUnet::<f32>::new(client.clone(), &weights),
+        &GpuUnet::<f32>::new(client.clone(), "cuda", &weights)?,
         "f32",
         &args,
         &patch,
         &reference,
-    );
+    )?;
     time(
-        &GpuUnet::<half::f16>::new(client, &weights),
+        &GpuUnet::<half::f16>::new(client, "cuda", &weights)?,
         "f16",
         &args,
         &patch,
         &reference,
-    );
-    Ok(())
+    )
 }
 
 fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
@@ -64,28 +63,28 @@ fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
     args: &Args,
     patch: &RgbPatch,
     reference: &[f32],
-) {
+) -> anyhow::Result<()> {
     let side = args.side;
     for &batch in &args.batch {
         let mut input = Vec::with_capacity(batch * 3 * side * side);
         for _ in 0..batch {
             normalise_into(patch, &mut input);
         }
-        let maps = gpu.forward(&input, side, side);
+        let maps = gpu.forward(&input, side, side)?;
         let difference = maps[..side * side]
             .iter()
             .zip(reference)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        let mut times: Vec<f64> = (0..args.runs)
-            .map(|_| {
-                let start = Instant::now();
-                gpu.forward(&input, side, side);
-                start.elapsed().as_secs_f64()
-            })
-            .collect();
+        let mut times = Vec::with_capacity(args.runs);
+        for _ in 0..args.runs {
+            let start = Instant::now();
+            gpu.forward(&input, side, side)?;
+            times.push(start.elapsed().as_secs_f64());
+        }
         times.sort_by(f64::total_cmp);
         let ms = 1000.0 * times[times.len() / 2] / batch as f64;
         println!("{storage:>7} | {batch:>5} | {ms:>8.2} | {difference:.2e}");
     }
+    Ok(())
 }

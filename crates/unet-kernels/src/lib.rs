@@ -113,7 +113,7 @@ pub fn max_pool2x2<F: Float>(input: &[F], output: &mut [F], width: usize, channe
 
 /// The 2x2 stride-2 transposed convolution: `output` is `[n, 2 * height, 2 * width,
 /// outputs]` (rows stacked across images, as for pooling), weights
-/// `[c][(dy * 2 + dx) * outputs + o]`.
+/// `[(dy * 2 + dx) * inputs + c][o]`.
 #[cube(launch_unchecked)]
 pub fn conv_transpose2x2<F: Float>(
     input: &[F],

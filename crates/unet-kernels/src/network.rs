@@ -1,18 +1,19 @@
-//! The whole forward on the kernels of this crate, on one CubeCL client.
+//! The whole forward on the kernels of this crate, on one CubeCL client, walking the plan.
 
 use std::marker::PhantomData;
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use unet_core::UnetConfig;
-use unet_core::checkpoint::FoldedWeights;
+use unet_core::architecture::Layer as PlanLayer;
+use unet_core::engine::{Batch, Engine, Output};
+use unet_core::{FoldedWeights, Precision, PredictError, Target, UnetConfig, WeightsError};
 
 use crate::{conv_transpose2x2, conv3x3, head, max_pool2x2};
 
 /// Units per cube for every kernel (one output value each).
 const UNITS: u32 = 256;
 
-/// A layer's weights and bias on the device, as `F`.
+/// A layer's weights (`[tap][input][output]`) and bias on the device, as `F`.
 struct Layer {
     inputs: usize,
     outputs: usize,
@@ -24,11 +25,13 @@ struct Layer {
 /// `half::f16`), one kernel launch per layer.
 pub struct GpuUnet<F> {
     client: Client,
+    /// What the client runs on (`wgpu`, `cuda`), for the engine's reports.
+    device: &'static str,
     config: UnetConfig,
-    /// `conv1`..`conv9`, two 3x3 convolutions each.
-    double: Vec<[Layer; 2]>,
-    /// `up6`..`up9`.
-    up: Vec<Layer>,
+    /// The plan's encoder, two 3x3 convolutions a level.
+    encoder: Vec<[Layer; 2]>,
+    /// The plan's decoder, deepest first: the transposed convolution, then two 3x3.
+    decoder: Vec<[Layer; 3]>,
     head: Layer,
     /// Stands in for the second input of a convolution that has one.
     nothing: Handle,
@@ -42,68 +45,47 @@ fn upload<F: Float + CubeElement>(client: &Client, values: &[f32]) -> Handle {
 }
 
 impl<F: Float + CubeElement> GpuUnet<F> {
-    /// Uploads the folded weights, rearranged for the kernels and rounded to `F`.
-    pub fn new(client: Client, weights: &FoldedWeights) -> GpuUnet<F> {
-        let upload = |values: &[f32]| upload::<F>(&client, values);
-        let layer = |inputs: usize, outputs: usize, weight: Vec<f32>, name: &str| Layer {
-            inputs,
-            outputs,
-            weight: upload(&weight),
-            bias: upload(weights.get(&format!("{name}.bias")).0),
-        };
-        let conv3x3 = |name: &str| {
-            // PyTorch [o, i, 3, 3] -> [(tap * i + c) * o + out].
-            let (values, shape) = weights.get(&format!("{name}.weight"));
-            let (o, i) = (shape[0], shape[1]);
-            let mut weight = vec![0.0; 9 * i * o];
-            for out in 0..o {
-                for c in 0..i {
-                    for tap in 0..9 {
-                        weight[(tap * i + c) * o + out] = values[(out * i + c) * 9 + tap];
-                    }
-                }
-            }
-            layer(i, o, weight, name)
-        };
-        let double = (1..=9)
-            .map(|l| {
-                [
-                    conv3x3(&format!("conv{l}.first")),
-                    conv3x3(&format!("conv{l}.second")),
-                ]
+    /// Uploads the folded weights, rearranged for the kernels and rounded to `F`; `device`
+    /// names what the client runs on.
+    pub fn new(
+        client: Client,
+        device: &'static str,
+        weights: &FoldedWeights,
+    ) -> Result<GpuUnet<F>, WeightsError> {
+        let plan = weights.plan();
+        let layer = |layer: &PlanLayer| -> Result<Layer, WeightsError> {
+            Ok(Layer {
+                inputs: layer.inputs,
+                outputs: layer.outputs,
+                weight: upload::<F>(&client, &weights.tap_major(layer)?.values),
+                bias: upload::<F>(&client, weights.bias(layer)?),
             })
-            .collect();
-        let up = (6..=9)
-            .map(|l| {
-                // PyTorch [i, o, 2, 2] -> [c * 4 * o + tap * o + out].
-                let name = format!("up{l}");
-                let (values, shape) = weights.get(&format!("{name}.weight"));
-                let (i, o) = (shape[0], shape[1]);
-                let mut weight = vec![0.0; i * 4 * o];
-                for c in 0..i {
-                    for out in 0..o {
-                        for tap in 0..4 {
-                            weight[c * 4 * o + tap * o + out] = values[(c * o + out) * 4 + tap];
-                        }
-                    }
-                }
-                layer(i, o, weight, &name)
+        };
+        let encoder = plan
+            .encoder
+            .iter()
+            .map(|level| Ok([layer(&level.convs[0])?, layer(&level.convs[1])?]))
+            .collect::<Result<_, WeightsError>>()?;
+        let decoder = plan
+            .decoder
+            .iter()
+            .map(|level| {
+                let [first, second] = &level.convs.convs;
+                Ok([layer(&level.up)?, layer(first)?, layer(second)?])
             })
-            .collect();
-        let (values, shape) = weights.get("conv10.weight");
-        let (o, i) = (shape[0], shape[1]);
-        let head_weight = (0..i * o).map(|j| values[(j % o) * i + j / o]).collect();
-        let head = layer(i, o, head_weight, "conv10");
-        let nothing = upload(&[0.0]);
-        GpuUnet {
+            .collect::<Result<_, WeightsError>>()?;
+        let head = layer(&plan.head)?;
+        let nothing = upload::<F>(&client, &[0.0]);
+        Ok(GpuUnet {
             client,
+            device,
             config: weights.config,
-            double,
-            up,
+            encoder,
+            decoder,
             head,
             nothing,
             storage: PhantomData,
-        }
+        })
     }
 
     pub fn config(&self) -> UnetConfig {
@@ -112,7 +94,12 @@ impl<F: Float + CubeElement> GpuUnet<F> {
 
     /// A batch of normalised images, NCHW, to their per-pixel probabilities (max over output
     /// channels), `[n, height, width]`.
-    pub fn forward(&self, nchw: &[f32], height: usize, width: usize) -> Vec<f32> {
+    pub fn forward(
+        &self,
+        nchw: &[f32],
+        height: usize,
+        width: usize,
+    ) -> Result<Vec<f32>, PredictError> {
         let channels = self.config.in_channels;
         let plane = height * width;
         let batch = nchw.len() / (channels * plane);
@@ -128,22 +115,21 @@ impl<F: Float + CubeElement> GpuUnet<F> {
         // transposed convolution) and as `batch` images where they do (the 3x3 convolution).
         let (mut h, mut w) = (height, width);
         let mut skips = Vec::new();
-        for (level, [first, second]) in self.double[..5].iter().enumerate() {
+        let (bottom, above) = self.encoder.split_last().expect("a UNet has levels");
+        for [first, second] in above {
             let middle = self.conv3x3(first, &x, None, batch, h, w);
-            let y = self.conv3x3(second, &middle, None, batch, h, w);
-            if level < 4 {
-                x = self.max_pool(&y, batch * h, w, second.outputs);
-                skips.push((y, second.outputs));
-                (h, w) = (h / 2, w / 2);
-            } else {
-                x = y;
-            }
+            let skip = self.conv3x3(second, &middle, None, batch, h, w);
+            x = self.max_pool(&skip, batch * h, w, second.outputs);
+            skips.push((skip, second.outputs));
+            (h, w) = (h / 2, w / 2);
         }
-        for (up, [first, second]) in self.up.iter().zip(&self.double[5..]) {
+        let middle = self.conv3x3(&bottom[0], &x, None, batch, h, w);
+        x = self.conv3x3(&bottom[1], &middle, None, batch, h, w);
+        for [up, first, second] in &self.decoder {
             let upsampled = self.conv_transpose(up, &x, batch * h, w);
             (h, w) = (2 * h, 2 * w);
-            let skip = skips.pop().expect("one skip per decoder level");
-            let middle = self.conv3x3(first, &upsampled, Some((&skip.0, skip.1)), batch, h, w);
+            let (skip, skip_channels) = skips.pop().expect("one skip per decoder level");
+            let middle = self.conv3x3(first, &upsampled, Some((&skip, skip_channels)), batch, h, w);
             x = self.conv3x3(second, &middle, None, batch, h, w);
         }
         let pixels = batch * plane;
@@ -168,11 +154,14 @@ impl<F: Float + CubeElement> GpuUnet<F> {
         let bytes = self
             .client
             .read_one(map)
-            .expect("the device returns the probability map");
-        F::from_bytes(&bytes)
+            .map_err(|source| PredictError::Inference {
+                device: self.device,
+                source: Box::new(source),
+            })?;
+        Ok(F::from_bytes(&bytes)
             .iter()
-            .map(|v| v.to_f32().expect("a float converts to f32"))
-            .collect()
+            .map(|v| v.to_f32().unwrap_or(f32::NAN))
+            .collect())
     }
 
     /// `second`: the skip tensor and its channels, read after `first`'s.
@@ -247,6 +236,71 @@ impl<F: Float + CubeElement> GpuUnet<F> {
             )
         };
         output
+    }
+}
+
+impl<F: Float + CubeElement> Engine for GpuUnet<F> {
+    /// CUDA device 0 with the `cuda` feature; other runtimes (wgpu in the tests) through
+    /// [`GpuUnet::new`] with their client.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    fn load(weights: &FoldedWeights, target: Target) -> Result<Self, PredictError> {
+        let unsupported = |what: String| PredictError::Unsupported {
+            engine: "cubecl",
+            what,
+        };
+        if target.precision != precision_of::<F>() {
+            return Err(unsupported(format!(
+                "run in {} with {} storage",
+                target.precision,
+                precision_of::<F>()
+            )));
+        }
+        match target.device {
+            #[cfg(feature = "cuda")]
+            unet_core::Device::Cuda => {
+                use cubecl_runtime::runtime::Runtime;
+                let client = cubecl::cuda::CudaRuntime::client(&Default::default());
+                Ok(GpuUnet::new(client, "cuda", weights)?)
+            }
+            device => Err(unsupported(format!(
+                "run on {} in this build",
+                device.name()
+            ))),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "cubecl"
+    }
+
+    fn device(&self) -> &'static str {
+        self.device
+    }
+
+    fn precision(&self) -> Precision {
+        precision_of::<F>()
+    }
+
+    fn forward(&self, batch: &Batch, output: Output) -> Result<Vec<f32>, PredictError> {
+        match output {
+            Output::Probability => {
+                self.forward(&batch.normalised_nchw(), batch.height, batch.width)
+            }
+            // The head kernel keeps only the max over channels.
+            Output::Sigmoid => Err(PredictError::Unsupported {
+                engine: "cubecl",
+                what: "return every output channel (only the probability map)".to_string(),
+            }),
+        }
+    }
+}
+
+/// F16 for half-precision storage, else F32.
+fn precision_of<F: 'static>() -> Precision {
+    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<half::f16>() {
+        Precision::F16
+    } else {
+        Precision::F32
     }
 }
 

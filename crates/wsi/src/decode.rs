@@ -8,9 +8,10 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
 use crate::directory::{Compression, Directory};
+use crate::error::DecodeError;
 
 /// Decodes chunk `data` of `dir`, `rows` rows high, into RGB8 of `dir.chunk_width` x `rows`.
-pub fn decode_chunk(dir: &Directory, data: &[u8], rows: u64) -> Result<Vec<u8>, String> {
+pub fn decode_chunk(dir: &Directory, data: &[u8], rows: u64) -> Result<Vec<u8>, DecodeError> {
     let width = dir.chunk_width as usize;
     let rows = rows as usize;
     let samples = dir.samples_per_pixel as usize;
@@ -25,7 +26,7 @@ pub fn decode_chunk(dir: &Directory, data: &[u8], rows: u64) -> Result<Vec<u8>, 
             flate2::read::ZlibDecoder::new(data)
                 .take(expected as u64)
                 .read_to_end(&mut out)
-                .map_err(|e| format!("deflate: {e}"))?;
+                .map_err(DecodeError::Deflate)?;
             out
         }
         Compression::Lzw => {
@@ -37,17 +38,20 @@ pub fn decode_chunk(dir: &Directory, data: &[u8], rows: u64) -> Result<Vec<u8>, 
             if let Err(e) = result.status
                 && out.len() < expected
             {
-                return Err(format!("lzw: {e}"));
+                return Err(DecodeError::Lzw(e));
             }
             out
         }
         Compression::Jpeg => unreachable!("handled above"),
     };
     if raw.len() < expected {
-        return Err(format!(
-            "decompressed to {} bytes, {width}x{rows} pixels of {samples} samples need {expected}",
-            raw.len()
-        ));
+        return Err(DecodeError::Short {
+            found: raw.len(),
+            expected,
+            width,
+            rows,
+            samples,
+        });
     }
     raw.truncate(expected);
     if dir.horizontal_predictor {
@@ -82,7 +86,12 @@ fn to_rgb(raw: Vec<u8>, samples: usize) -> Vec<u8> {
 /// it: zune-jpeg's IDCT matches libjpeg's, its chroma upsampling is patched to libjpeg's
 /// rounding (vendor/zune-jpeg/PATCHED.md), and YCbCr is converted to RGB here with libjpeg's
 /// fixed-point tables. An RGB stream (Adobe transform 0) is taken as it is.
-fn decode_jpeg(dir: &Directory, data: &[u8], width: usize, rows: usize) -> Result<Vec<u8>, String> {
+fn decode_jpeg(
+    dir: &Directory,
+    data: &[u8],
+    width: usize,
+    rows: usize,
+) -> Result<Vec<u8>, DecodeError> {
     let stream;
     let bytes = match &dir.jpeg_tables {
         Some(tables) if tables.len() > 4 && data.len() > 2 => {
@@ -98,11 +107,9 @@ fn decode_jpeg(dir: &Directory, data: &[u8], width: usize, rows: usize) -> Resul
         .set_max_width(width)
         .set_max_height(dir.chunk_height as usize);
     // A decoder bug must not take the process down with it: a damaged tile is an error.
-    let decoded = std::panic::catch_unwind(|| -> Result<_, String> {
+    let decoded = std::panic::catch_unwind(|| -> Result<_, DecodeError> {
         let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-        decoder
-            .decode_headers()
-            .map_err(|e| format!("jpeg: {e:?}"))?;
+        decoder.decode_headers().map_err(DecodeError::Jpeg)?;
         let ycbcr = decoder.input_colorspace() == Some(ColorSpace::YCbCr);
         let out = if ycbcr {
             ColorSpace::YCbCr
@@ -110,19 +117,22 @@ fn decode_jpeg(dir: &Directory, data: &[u8], width: usize, rows: usize) -> Resul
             ColorSpace::RGB
         };
         decoder.set_options(options.jpeg_set_out_colorspace(out));
-        let mut pixels = decoder.decode().map_err(|e| format!("jpeg: {e:?}"))?;
+        let mut pixels = decoder.decode().map_err(DecodeError::Jpeg)?;
         if ycbcr {
             ycbcr_to_rgb(&mut pixels);
         }
-        let info = decoder.info().ok_or("jpeg: no header")?;
-        Ok((pixels, info.width as usize, info.height as usize))
+        let (found_width, found_height) = decoder.dimensions().unwrap_or_default();
+        Ok((pixels, found_width, found_height))
     })
-    .map_err(|_| "jpeg: the decoder failed on this tile".to_string())?;
-    let (mut pixels, got_width, got_height) = decoded?;
-    if got_width != width || got_height < rows || pixels.len() < width * rows * 3 {
-        return Err(format!(
-            "jpeg tile is {got_width}x{got_height}, the directory says {width}x{rows}"
-        ));
+    .map_err(|_| DecodeError::JpegPanicked)?;
+    let (mut pixels, found_width, found_height) = decoded?;
+    if found_width != width || found_height < rows || pixels.len() < width * rows * 3 {
+        return Err(DecodeError::JpegSize {
+            found_width,
+            found_height,
+            width,
+            rows,
+        });
     }
     pixels.truncate(width * rows * 3);
     Ok(pixels)

@@ -14,8 +14,47 @@ pub enum WsiError {
     Unsupported { path: PathBuf, what: String },
     #[error("{path}: damaged: {reason}")]
     Damaged { path: PathBuf, reason: String },
+    #[error("{path}: damaged: level {level}, chunk {index}: {source}")]
+    Chunk {
+        path: PathBuf,
+        level: usize,
+        index: u64,
+        #[source]
+        source: DecodeError,
+    },
     #[error("{path}: {reason}")]
     BadRequest { path: PathBuf, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, WsiError>;
+
+/// Why a tile or strip's bytes do not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("deflate: {0}")]
+    Deflate(#[source] std::io::Error),
+    #[error("lzw: {0}")]
+    Lzw(#[source] std::io::Error),
+    #[error("jpeg: {0}")]
+    Jpeg(#[source] zune_jpeg::errors::DecodeErrors),
+    /// zune-jpeg panicked (caught: a decoder bug must not take the process down).
+    #[error("jpeg: the decoder failed on this tile")]
+    JpegPanicked,
+    #[error(
+        "decompressed to {found} bytes, {width}x{rows} pixels of {samples} samples need {expected}"
+    )]
+    Short {
+        found: usize,
+        expected: usize,
+        width: usize,
+        rows: usize,
+        samples: usize,
+    },
+    #[error("jpeg tile is {found_width}x{found_height}, the directory says {width}x{rows}")]
+    JpegSize {
+        found_width: usize,
+        found_height: usize,
+        width: usize,
+        rows: usize,
+    },
+}

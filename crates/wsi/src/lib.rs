@@ -25,6 +25,6 @@ mod tiff_slide;
 mod vendor;
 pub mod writer;
 
-pub use error::{Result, WsiError};
+pub use error::{DecodeError, Result, WsiError};
 pub use slide::{BACKGROUND, DEFAULT_CACHE_BYTES, Level, MAX_REGION_BYTES, Slide};
 pub use writer::{Channels, PyramidWriter, WriterOptions};

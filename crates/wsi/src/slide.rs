@@ -154,6 +154,54 @@ impl Slide {
         Ok(out)
     }
 
+    /// As [`Slide::read_region`], but where the region reaches past the image's right or
+    /// bottom edge the edge pixels are repeated (a model with replicate padding sees a patch
+    /// that overhangs the slide as a larger image). The region starts inside the image.
+    pub fn read_region_extended(
+        &self,
+        level: usize,
+        x: u64,
+        y: u64,
+        width: u32,
+        height: u32,
+    ) -> Result<RgbImage> {
+        let mut out = self.read_region(level, x as i64, y as i64, width, height)?;
+        let Level {
+            width: level_width,
+            height: level_height,
+            ..
+        } = self.levels[level];
+        let inside = |start: u64, side: u32, limit: u64| {
+            limit.saturating_sub(start).min(side as u64) as usize
+        };
+        let (inside_w, inside_h) = (
+            inside(x, width, level_width),
+            inside(y, height, level_height),
+        );
+        if inside_w == 0 || inside_h == 0 {
+            return Err(self.bad_request(format!(
+                "a region at ({x}, {y}) of level {level} starts outside its {level_width}x{level_height} pixels"
+            )));
+        }
+        let row = 3 * width as usize;
+        let rows = out.as_mut();
+        for line in rows.chunks_exact_mut(row).take(inside_h) {
+            let (kept, past) = line.split_at_mut(3 * inside_w);
+            let edge = [
+                kept[3 * inside_w - 3],
+                kept[3 * inside_w - 2],
+                kept[3 * inside_w - 1],
+            ];
+            past.chunks_exact_mut(3)
+                .for_each(|pixel| pixel.copy_from_slice(&edge));
+        }
+        let (kept, past) = rows.split_at_mut(inside_h * row);
+        let last = &kept[(inside_h - 1) * row..];
+        past.chunks_exact_mut(row)
+            .for_each(|line| line.copy_from_slice(last));
+        Ok(out)
+    }
+
     /// The whole of the smallest level whose long side is at least `max_side`, scaled to
     /// fit `max_side` (or the largest level, when none is that big).
     pub fn thumbnail(&self, max_side: u32) -> Result<RgbImage> {

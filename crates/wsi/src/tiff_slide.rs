@@ -125,7 +125,12 @@ impl TiffSlide {
                     path: self.path.clone(),
                     source,
                 })?;
-            decode_chunk(dir, &data, rows).map_err(|reason| self.damaged(level, index, reason))?
+            decode_chunk(dir, &data, rows).map_err(|source| WsiError::Chunk {
+                path: self.path.clone(),
+                level,
+                index,
+                source,
+            })?
         };
         let chunk = Arc::new(pixels);
         self.cache.insert((level, index), chunk.clone());

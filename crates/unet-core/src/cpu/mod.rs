@@ -17,15 +17,20 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use crate::checkpoint::FoldedWeights;
-use crate::model::UnetConfig;
+use crate::patch::normalise_into;
+
+use crate::architecture::{self, LEVELS, Layer, UnetConfig};
+use crate::engine::{Batch, Engine, Output, max_over_channels};
+use crate::predictor::PredictError;
+use crate::target::{Device, Precision, Target};
+use crate::weights::{FoldedWeights, WeightsError};
 use conv::{Job, Packed};
 use simd::{Portable, Simd};
 use winograd::{Frame, Winograd};
 
 /// Levels (0 = full resolution) whose 3x3 convolutions may run as Winograd F(2x2, 3x3): their
 /// sides are always even (patches are multiples of 16). The deepest level's need not be.
-const WINOGRAD_LEVELS: usize = 4;
+const WINOGRAD_LEVELS: usize = LEVELS - 1;
 /// ...when both sides have at least this many channels. Narrower layers lose more in the
 /// transforms than the products save (w64, 512x512, per layer: 64 -> 64 took 112 ms as
 /// Winograd against 75 ms direct, 128 -> 128 72 against 75, 512 -> 256 111 against 165;
@@ -244,91 +249,94 @@ impl Isa {
     }
 }
 
+/// The f32 CPU engine.
 pub struct CpuUnet {
     config: UnetConfig,
     isa: Isa,
-    /// `conv1`..`conv9`, two 3x3 convolutions each.
-    double: Vec<[Conv3x3; 2]>,
-    /// `up6`..`up9`, one 1-tap layer per output position `dy * 2 + dx`.
-    up: Vec<[Packed; 4]>,
+    /// The plan's encoder, two 3x3 convolutions a level.
+    encoder: Vec<[Conv3x3; 2]>,
+    /// The plan's decoder, deepest first.
+    decoder: Vec<DecoderLevel>,
     head: Packed,
     buffers: BufferPool,
 }
 
-impl CpuUnet {
-    pub fn new(weights: &FoldedWeights) -> CpuUnet {
-        CpuUnet::with(weights, Isa::detect(), WINOGRAD_MIN_CHANNELS)
-    }
+struct DecoderLevel {
+    /// The transposed convolution: one 1-tap layer per output position `dy * 2 + dx`.
+    up: [Packed; 4],
+    convs: [Conv3x3; 2],
+}
 
+impl CpuUnet {
     /// `winograd_min_channels`: see [`WINOGRAD_MIN_CHANNELS`] (tests lower it to check the
     /// Winograd path on narrow models).
-    fn with(weights: &FoldedWeights, isa: Isa, winograd_min_channels: usize) -> CpuUnet {
+    fn with(
+        weights: &FoldedWeights,
+        isa: Isa,
+        winograd_min_channels: usize,
+    ) -> Result<CpuUnet, WeightsError> {
+        let plan = weights.plan();
         let block = isa.block();
-        let conv3x3 = |name: &str, level: usize| {
-            // PyTorch [o, i, 3, 3]; tap = ky * 3 + kx.
-            let (values, shape) = weights.get(&format!("{name}.weight"));
-            let (o, i) = (shape[0], shape[1]);
-            let bias = weights.get(&format!("{name}.bias")).0;
-            let weight = |tap, c, out| values[(out * i + c) * 9 + tap];
-            if level < WINOGRAD_LEVELS && i.min(o) >= winograd_min_channels {
-                Conv3x3::Winograd(Winograd::new(i, o, block, weight, bias))
-            } else {
-                Conv3x3::Direct(Packed::new(9, i, o, block, weight, bias))
-            }
+        let conv3x3 = |layer: &Layer, level: usize| -> Result<Conv3x3, WeightsError> {
+            let weight = weights.tap_major(layer)?;
+            let bias = weights.bias(layer)?;
+            let (i, o) = (layer.inputs, layer.outputs);
+            let weight = |tap, c, out| weight.get(tap, c, out);
+            Ok(
+                if level < WINOGRAD_LEVELS && i.min(o) >= winograd_min_channels {
+                    Conv3x3::Winograd(Winograd::new(i, o, block, weight, bias))
+                } else {
+                    Conv3x3::Direct(Packed::new(9, i, o, block, weight, bias))
+                },
+            )
         };
-        // conv1..conv5 go down the levels, conv6..conv9 back up.
-        let double = (1..=9)
-            .map(|l: usize| {
-                let level = if l <= 5 { l - 1 } else { 9 - l };
-                [
-                    conv3x3(&format!("conv{l}.first"), level),
-                    conv3x3(&format!("conv{l}.second"), level),
-                ]
-            })
-            .collect();
-        let up = (6..=9)
-            .map(|l| {
-                // PyTorch [i, o, 2, 2]; the same bias at each of the four positions.
-                let (values, shape) = weights.get(&format!("up{l}.weight"));
-                let (i, o) = (shape[0], shape[1]);
-                let bias = weights.get(&format!("up{l}.bias")).0;
-                std::array::from_fn(|position| {
-                    Packed::new(
-                        1,
-                        i,
-                        o,
-                        block,
-                        |_, c, out| values[(c * o + out) * 4 + position],
-                        bias,
-                    )
+        let double = |level: &architecture::DoubleConv| -> Result<[Conv3x3; 2], WeightsError> {
+            Ok([
+                conv3x3(&level.convs[0], level.level)?,
+                conv3x3(&level.convs[1], level.level)?,
+            ])
+        };
+        // A 1x1 layer per tap: the head's one, or each output position of the transposed one.
+        let one_tap = |layer: &Layer, tap: usize| -> Result<Packed, WeightsError> {
+            let weight = weights.tap_major(layer)?;
+            let bias = weights.bias(layer)?;
+            let weight = |_, c, out| weight.get(tap, c, out);
+            Ok(Packed::new(
+                1,
+                layer.inputs,
+                layer.outputs,
+                block,
+                weight,
+                bias,
+            ))
+        };
+        let decoder = plan
+            .decoder
+            .iter()
+            .map(|level| {
+                let [a, b, c, d] = [0, 1, 2, 3].map(|tap| one_tap(&level.up, tap));
+                Ok(DecoderLevel {
+                    up: [a?, b?, c?, d?],
+                    convs: double(&level.convs)?,
                 })
             })
-            .collect();
-        let (values, shape) = weights.get("conv10.weight");
-        let (o, i) = (shape[0], shape[1]);
-        let head = Packed::new(
-            1,
-            i,
-            o,
-            block,
-            |_, c, out| values[out * i + c],
-            weights.get("conv10.bias").0,
-        );
-        CpuUnet {
+            .collect::<Result<_, WeightsError>>()?;
+        Ok(CpuUnet {
             config: weights.config,
             isa,
-            double,
-            up,
-            head,
+            encoder: plan.encoder.iter().map(double).collect::<Result<_, _>>()?,
+            decoder,
+            head: one_tap(&plan.head, 0)?,
             buffers: BufferPool::default(),
-        }
+        })
     }
 
     /// How many `height x width` images to run side by side: one per core while their
     /// activations fit [`CONCURRENT_ACTIVATION_BYTES`], at least one.
-    pub fn images_at_once(&self, height: usize, width: usize) -> usize {
+    fn images_at_once(&self, height: usize, width: usize) -> usize {
         // Per level: the decoder's input (up + skip channels) and two layers' outputs.
-        let bytes: usize = self.double[..5]
+        let bytes: usize = self
+            .encoder
             .iter()
             .enumerate()
             .map(|(level, [_, second])| {
@@ -340,7 +348,7 @@ impl CpuUnet {
     }
 
     /// One normalised image, CHW, to its sigmoid outputs, CHW.
-    pub fn forward(&self, chw: &[f32], height: usize, width: usize) -> Vec<f32> {
+    fn forward_image(&self, chw: &[f32], height: usize, width: usize) -> Vec<f32> {
         let plane = height * width;
         let mut x = Padded::new(&self.buffers, height, width, self.config.in_channels);
         for y in 0..height {
@@ -353,18 +361,20 @@ impl CpuUnet {
         }
         x.fill_border(0..x.channels);
         // Each encoder level's output goes straight into its decoder level's input, after
-        // the channels the transposed convolution will fill.
-        let mut joined: Vec<(Padded, usize)> = (0..4)
-            .map(|level| {
-                let skip = self.double[level][1].outputs();
-                let up = self.up[3 - level][0].outputs;
-                (
-                    Padded::new(&self.buffers, height >> level, width >> level, up + skip),
-                    up,
-                )
+        // the channels the transposed convolution will fill; finest level first.
+        let mut joined: Vec<(Padded, usize)> = self
+            .decoder
+            .iter()
+            .rev()
+            .zip(&self.encoder)
+            .enumerate()
+            .map(|(level, (decoder, [_, skip]))| {
+                let up = decoder.up[0].outputs;
+                let (h, w) = (height >> level, width >> level);
+                (Padded::new(&self.buffers, h, w, up + skip.outputs()), up)
             })
             .collect();
-        for (level, [first, second]) in self.double[..5].iter().enumerate() {
+        for (level, [first, second]) in self.encoder.iter().enumerate() {
             let middle = self.conv3x3(first, &x);
             x = match joined.get_mut(level) {
                 Some((skip, offset)) => {
@@ -374,11 +384,11 @@ impl CpuUnet {
                 None => self.conv3x3(second, &middle),
             };
         }
-        for (up, [first, second]) in self.up.iter().zip(&self.double[5..]) {
+        for level in &self.decoder {
             let (mut input, _) = joined.pop().expect("one skip buffer per decoder level");
-            self.up_into(up, &x, &mut input);
-            let middle = self.conv3x3(first, &input);
-            x = self.conv3x3(second, &middle);
+            self.up_into(&level.up, &x, &mut input);
+            let middle = self.conv3x3(&level.convs[0], &input);
+            x = self.conv3x3(&level.convs[1], &middle);
         }
         self.head(&x)
     }
@@ -474,6 +484,59 @@ impl CpuUnet {
     }
 }
 
+impl Engine for CpuUnet {
+    fn load(weights: &FoldedWeights, target: Target) -> Result<CpuUnet, PredictError> {
+        if (target.device, target.precision) != (Device::Cpu, Precision::F32) {
+            return Err(PredictError::Unsupported {
+                engine: "cpu",
+                what: format!("run on {} in {}", target.device.name(), target.precision),
+            });
+        }
+        Ok(CpuUnet::with(
+            weights,
+            Isa::detect(),
+            WINOGRAD_MIN_CHANNELS,
+        )?)
+    }
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn device(&self) -> &'static str {
+        Device::Cpu.name()
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+
+    fn forward(&self, batch: &Batch, output: Output) -> Result<Vec<f32>, PredictError> {
+        let (height, width) = (batch.height, batch.width);
+        // Several images at once where their activations are small: fewer of the per-layer
+        // hand-overs between cores go idle (the demo model at batch 12 went from 53 to 45 ms
+        // a patch).
+        let at_once = self.images_at_once(height, width);
+        let channels = self.config.out_channels;
+        let mut sigmoid = Vec::with_capacity(batch.len() * channels * batch.plane());
+        for group in batch.patches.chunks(at_once) {
+            let outputs: Vec<Vec<f32>> = group
+                .par_iter()
+                .map(|patch| {
+                    let mut input = Vec::with_capacity(3 * batch.plane());
+                    normalise_into(patch, &mut input);
+                    self.forward_image(&input, height, width)
+                })
+                .collect();
+            outputs.iter().for_each(|image| sigmoid.extend(image));
+        }
+        Ok(match output {
+            Output::Sigmoid => sigmoid,
+            Output::Probability => max_over_channels(&sigmoid, channels, batch.plane()),
+        })
+    }
+}
+
 /// A 1x1 layer (no ReLU) over `x`'s interior, writing pixel `(y, x)` at
 /// `output + y * output_row + x * output_pixel`.
 fn pointwise<'a>(
@@ -522,50 +585,33 @@ fn max_pool<'pool>(x: &Padded<'pool>, channels: std::ops::Range<usize>) -> Padde
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use super::{CpuUnet, Isa, WINOGRAD_MIN_CHANNELS};
     use crate::patch::{RgbPatch, normalise_into};
-    use crate::{Checkpoint, DeviceChoice, Precision, Predictor, UnetConfig, model_file};
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pytorch")
-    }
-
-    fn max_abs_difference(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
+    use crate::{BurnEngine, Checkpoint, DeviceChoice, FoldedWeights, Precision, Predictor};
+    use crate::{UnetConfig, engine::max_over_channels};
+    use test_fixtures::{cases, max_abs_difference};
 
     /// Every kernel this CPU has, not only the one `Predictor` picks, against PyTorch's
     /// outputs (the fixtures' cases: narrow models, odd channel counts and widths), with the
     /// layers direct as `Predictor` runs them and with every layer that can be Winograd.
     #[test]
     fn every_kernel_matches_pytorch_within_1e_4() {
-        for name in [
-            "unet_w8_state_dict",
-            "unet_w8_checkpoint",
-            "unet_w4_out1_dataparallel",
-        ] {
-            let checkpoint = Checkpoint::read(&fixtures().join(format!("{name}.pth"))).unwrap();
-            let image = image::open(fixtures().join(format!("{name}_input.png")))
-                .unwrap()
-                .to_rgb8();
-            let (width, height) = (image.width() as usize, image.height() as usize);
+        for case in cases() {
+            let checkpoint = Checkpoint::read(&case.checkpoint_path()).unwrap();
+            let image = case.input_image();
+            let (width, height) = (case.width, case.height);
             let mut input = Vec::new();
             normalise_into(&RgbPatch::new(width, height, image.as_raw()), &mut input);
-            let bytes = std::fs::read(fixtures().join(format!("{name}_expected_f64.npy"))).unwrap();
-            let expected: Vec<f32> = npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap();
+            let (_, expected) = case.expected_sigmoid();
             for isa in Isa::available() {
                 for winograd_min_channels in [WINOGRAD_MIN_CHANNELS, 1] {
-                    let model = CpuUnet::with(&checkpoint.weights, isa, winograd_min_channels);
-                    let output = model.forward(&input, height, width);
+                    let model =
+                        CpuUnet::with(&checkpoint.weights, isa, winograd_min_channels).unwrap();
+                    let output = model.forward_image(&input, height, width);
                     let difference = max_abs_difference(&output, &expected);
                     let case = format!(
-                        "{name} {} winograd from {winograd_min_channels} channels",
+                        "{} {} winograd from {winograd_min_channels} channels",
+                        case.name,
                         isa.name()
                     );
                     println!("{case}: {difference:.2e}");
@@ -580,26 +626,28 @@ mod tests {
     /// against Burn's f32 path, itself checked against PyTorch.
     #[test]
     fn every_kernel_matches_burn_on_a_wider_model() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("w32.bpk");
         let config = UnetConfig::new(3, 2, 32);
-        let device = burn::tensor::Device::flex();
-        device.seed(3);
-        let model = config.init(&device);
-        model_file::save(&model, &config, "random", &file).unwrap();
+        let weights = FoldedWeights::random(config, 3);
         let (width, height) = (48, 32);
         let pixels: Vec<u8> = (0..width * height * 3)
             .map(|i| (i * 7919 % 251) as u8)
             .collect();
         let patch = RgbPatch::new(width, height, &pixels);
-        let burn = Predictor::from_model(model, config, DeviceChoice::Cpu, Precision::F32).unwrap();
+        let burn =
+            Predictor::with_engine::<BurnEngine>(&weights, DeviceChoice::Cpu, Precision::F32)
+                .unwrap();
         let expected = burn.predict_raw(&[patch]).unwrap();
+        // Not a degenerate output: the probabilities spread.
+        let map = max_over_channels(&expected, config.out_channels, width * height);
+        let spread =
+            map.iter().fold(0.0f32, |m, &p| m.max(p)) - map.iter().fold(1.0f32, |m, &p| m.min(p));
+        assert!(spread > 1e-3, "random model's map is flat: {spread}");
         let mut input = Vec::new();
         normalise_into(&patch, &mut input);
-        let weights = model_file::read_weights(&file).unwrap();
         for isa in Isa::available() {
-            let output =
-                CpuUnet::with(&weights, isa, WINOGRAD_MIN_CHANNELS).forward(&input, height, width);
+            let output = CpuUnet::with(&weights, isa, WINOGRAD_MIN_CHANNELS)
+                .unwrap()
+                .forward_image(&input, height, width);
             let difference = max_abs_difference(&output, &expected);
             println!("w32 {}: {difference:.2e}", isa.name());
             assert!(difference <= 1e-4, "w32 {}: {difference}", isa.name());

@@ -1,4 +1,6 @@
-//! `infer bench`: the users' original path against ours, on the same patches of a slide.
+//! `infer-bench [SLIDE]`: the users' original path against ours, on the same patches of a
+//! slide (their `compare_inference_speed.py`). A binary of its own, so that the production
+//! `infer` carries no charting.
 //!
 //! - original: tiles read one by one, batch 1, f32 (the users' `compare_inference_speed.py`
 //!   baseline: their first script);
@@ -6,73 +8,127 @@
 //!   `infer` runs.
 //!
 //! Each path runs in a child process of its own, so that its peak memory is its own.
+#![forbid(unsafe_code)]
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 use indicatif::ProgressBar;
+use infer::model_args::{DEMO_SLIDE, ModelArgs, repo_file};
+use infer::output::Staged;
+use infer::pipeline::{PatchStream, TILE_CACHE_BYTES, TissueChoice, patches_to_run};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use tiling::{Grid, Rect};
 use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch};
 use wsi::Slide;
 
-use crate::output::Staged;
-use crate::pipeline::{TILE_CACHE_BYTES, TissueChoice, patches_to_run, read_patch, stream_patches};
-
 const PATCH: u64 = 512;
 /// The chart's font (DejaVu Sans Mono, its licence beside it).
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
+
+/// The users' original path (tiles one by one, batch 1, f32) against the optimised one
+/// (reader threads, batches, f16 on CUDA), on the same patches: a table and a bar chart.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The slide to take patches from [default: the demo slide].
+    slide: Option<PathBuf>,
+    /// How many patches (with tissue) each path runs.
+    #[arg(long, default_value_t = 24)]
+    patches: usize,
+    /// Where to write bench.png and bench.json.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Run one path in this process (the compare runs each in a child process).
+    #[arg(long, hide = true)]
+    path: Option<BenchPath>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let slide = match cli.slide {
+        Some(slide) => slide,
+        None => repo_file(DEMO_SLIDE).context("no slide given and the demo slide is not found")?,
+    };
+    if cli.patches == 0 || cli.model.batch == 0 {
+        bail!("--patches and --batch must be at least 1");
+    }
+    let model = cli.model.model_path()?;
+    let args = BenchArgs {
+        slide: &slide,
+        model: &model,
+        device: cli.model.device,
+        patches: cli.patches,
+        batch: cli.model.batch,
+        out: &cli.out,
+    };
+    match cli.path {
+        Some(path) => run_path(path, &args),
+        None => compare(&args),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[clap(rename_all = "lower")]
-pub enum BenchPath {
+enum BenchPath {
     Original,
     Optimised,
 }
 
 /// One path's figures, as its child process reports them.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Measured {
-    pub path: BenchPath,
-    pub device: String,
-    pub precision: String,
-    pub batch: usize,
-    pub patches: usize,
-    pub seconds: f64,
-    pub ms_per_patch: f64,
-    pub patches_per_second: f64,
+struct Measured {
+    path: BenchPath,
+    device: String,
+    precision: String,
+    batch: usize,
+    patches: usize,
+    seconds: f64,
+    ms_per_patch: f64,
+    patches_per_second: f64,
     /// Peak resident memory of the process (VmHWM), MiB.
-    pub peak_memory_mib: f64,
+    peak_memory_mib: f64,
 }
 
-pub struct BenchArgs<'a> {
-    pub slide: &'a Path,
-    pub model: &'a Path,
-    pub device: DeviceChoice,
-    pub patches: usize,
-    pub batch: usize,
-    pub out: &'a Path,
+struct BenchArgs<'a> {
+    slide: &'a Path,
+    model: &'a Path,
+    device: DeviceChoice,
+    patches: usize,
+    batch: usize,
+    out: &'a Path,
 }
 
 /// Runs both paths in child processes, prints the table, writes `bench.png` and `bench.json`.
-pub fn compare(args: &BenchArgs) -> Result<()> {
+fn compare(args: &BenchArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find this program to run the paths")?;
     let mut results = Vec::new();
     for path in [BenchPath::Original, BenchPath::Optimised] {
         let name = format!("{path:?}").to_lowercase();
         let output = Command::new(&exe)
-            .arg("bench")
             .arg(args.slide)
             .args(["--model"])
             .arg(args.model)
             .args([
                 "--device",
-                device_name(args.device),
+                &args.device.to_string(),
                 "--patches",
                 &args.patches.to_string(),
             ])
@@ -108,7 +164,7 @@ pub fn compare(args: &BenchArgs) -> Result<()> {
 }
 
 /// One path, in this process: prints its figures as JSON.
-pub fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
+fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
     let precision = match path {
         BenchPath::Original => Precision::F32,
         BenchPath::Optimised => Precision::Auto,
@@ -131,16 +187,18 @@ pub fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
     to_run = to_run.iter().cycle().take(args.patches).copied().collect();
 
     // Warm-up: one patch, so both paths time inference rather than set-up.
-    let first = grid.position(to_run[0]);
-    let warm = read_patch(&slide, first.x, first.y, PATCH as u32)?;
+    let read = |index: usize| {
+        let p = grid.position(index);
+        slide.read_region_extended(0, p.x, p.y, PATCH as u32, PATCH as u32)
+    };
+    let warm = read(to_run[0])?;
     predictor.predict_batch(&[RgbPatch::new(PATCH as usize, PATCH as usize, warm.as_raw())])?;
 
     let started = Instant::now();
     let batch = match path {
         BenchPath::Original => {
             for &index in &to_run {
-                let p = grid.position(index);
-                let pixels = read_patch(&slide, p.x, p.y, PATCH as u32)?;
+                let pixels = read(index)?;
                 predictor.predict_batch(&[RgbPatch::new(
                     PATCH as usize,
                     PATCH as usize,
@@ -152,18 +210,18 @@ pub fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
         BenchPath::Optimised => {
             let (results, received) = sync_channel(2 * args.batch);
             let stop = AtomicBool::new(false);
+            let stream = PatchStream {
+                slide: &slide,
+                grid: &grid,
+                to_run: &to_run,
+                predictor: &predictor,
+                batch: args.batch,
+                progress: &ProgressBar::hidden(),
+                stop: &stop,
+            };
             std::thread::scope(|scope| {
                 scope.spawn(move || received.iter().count());
-                stream_patches(
-                    &slide,
-                    &grid,
-                    &to_run,
-                    &predictor,
-                    args.batch,
-                    &ProgressBar::hidden(),
-                    &stop,
-                    results,
-                )
+                stream.run(results)
             })?;
             args.batch
         }
@@ -182,14 +240,6 @@ pub fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&measured)?);
     Ok(())
-}
-
-fn device_name(device: DeviceChoice) -> &'static str {
-    match device {
-        DeviceChoice::Auto => "auto",
-        DeviceChoice::Cpu => "cpu",
-        DeviceChoice::Cuda => "cuda",
-    }
 }
 
 /// The process's peak resident set (VmHWM in /proc/self/status), MiB; 0 where unavailable.

@@ -1,0 +1,16 @@
+//! Whole-slide tumour segmentation: the pipeline behind the `infer` binary (and the
+//! `infer-bench` compare tool, which runs the same stream).
+//!
+//! - [`pipeline`]: a slide in, streamed through the model, its outputs out;
+//! - [`output`], [`pictures`]: outputs written whole or not at all; the heatmap and contours;
+//! - [`truth`]: ground truth for Dice and IoU;
+//! - [`patches`]: `infer patches`, a directory of patch images;
+//! - [`model_args`]: the model options both binaries take.
+#![forbid(unsafe_code)]
+
+pub mod model_args;
+pub mod output;
+pub mod patches;
+pub mod pictures;
+pub mod pipeline;
+pub mod truth;

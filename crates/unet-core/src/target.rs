@@ -1,0 +1,156 @@
+//! Where and at what precision a model runs: the user's choices, resolved once.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::predictor::PredictError;
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA when this build has it and a GPU answers, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Float precision of weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f16 on CUDA (tensor cores), f32 on the CPU (where f16 is emulated and slower).
+    #[default]
+    Auto,
+    F32,
+    F16,
+}
+
+macro_rules! parse_choice {
+    ($ty:ty, $what:literal, $($name:literal => $value:path),+) => {
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($name => Ok($value),)+
+                    other => Err(format!(
+                        concat!("unknown ", $what, " `{}` (expected one of: {})"),
+                        other,
+                        [$($name),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let name = match self {
+                    $($value => $name,)+
+                };
+                f.write_str(name)
+            }
+        }
+    };
+}
+parse_choice!(DeviceChoice, "device", "auto" => DeviceChoice::Auto, "cpu" => DeviceChoice::Cpu, "cuda" => DeviceChoice::Cuda);
+parse_choice!(Precision, "precision", "auto" => Precision::Auto, "f32" => Precision::F32, "f16" => Precision::F16);
+
+/// A device that answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// CUDA device 0.
+    Cuda,
+}
+
+impl Device {
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// The device and precision an engine is loaded for: never `Auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub device: Device,
+    /// F32 or F16.
+    pub precision: Precision,
+}
+
+impl Target {
+    /// `Auto` device: CUDA when a GPU answers, else the CPU; `Auto` precision: f16 on CUDA,
+    /// f32 on the CPU.
+    pub fn resolve(device: DeviceChoice, precision: Precision) -> Result<Target, PredictError> {
+        let device = match device {
+            DeviceChoice::Cpu => Device::Cpu,
+            DeviceChoice::Cuda => cuda::probe().map(|()| Device::Cuda)?,
+            DeviceChoice::Auto => match cuda::probe() {
+                Ok(()) => Device::Cuda,
+                Err(_) => Device::Cpu,
+            },
+        };
+        let precision = match (precision, device) {
+            (Precision::Auto, Device::Cuda) => Precision::F16,
+            (Precision::Auto, Device::Cpu) => Precision::F32,
+            (chosen, _) => chosen,
+        };
+        Ok(Target { device, precision })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::PredictError;
+    use cudarc::driver::{result, sys};
+
+    /// Whether a CUDA driver, a GPU and NVRTC answer, asked through the driver API, which
+    /// returns errors where cubecl would panic.
+    pub fn probe() -> Result<(), PredictError> {
+        let no_gpu = |reason: String| {
+            PredictError::NoCuda(format!(
+                "no usable GPU: {reason} (is the NVIDIA driver installed, and CUDA_PATH set to the CUDA toolkit for NVRTC's headers?)"
+            ))
+        };
+        // SAFETY: loading the driver and NVRTC libraries runs their initialisers, which is
+        // what any use of CUDA does; the handles are only tested here.
+        let (driver, nvrtc) = unsafe {
+            (
+                sys::is_culib_present(),
+                cudarc::nvrtc::sys::is_culib_present(),
+            )
+        };
+        if !driver {
+            return Err(no_gpu(
+                "the CUDA driver library (libcuda) is not found".into(),
+            ));
+        }
+        if !nvrtc {
+            return Err(no_gpu("NVRTC (libnvrtc) is not found".into()));
+        }
+        result::init().map_err(|e| no_gpu(format!("the driver does not start: {e}")))?;
+        match result::device::get_count() {
+            Ok(count) if count > 0 => Ok(()),
+            Ok(_) => Err(no_gpu("the driver sees no GPU".into())),
+            Err(e) => Err(no_gpu(format!("the driver lists no GPU: {e}"))),
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::PredictError;
+
+    pub fn probe() -> Result<(), PredictError> {
+        Err(super::no_cuda_build())
+    }
+}
+
+/// What asking for CUDA gives in a build without it.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn no_cuda_build() -> PredictError {
+    PredictError::NoCuda(
+        "this build has no CUDA support (rebuild with `--features cuda`)".to_string(),
+    )
+}
