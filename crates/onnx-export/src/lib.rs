@@ -6,6 +6,7 @@
 //!
 //! With [`Precision::F16`] the weights and activations are float16 between two `Cast`s, so the
 //! interface stays float32.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! Every output of this project is written whole or not at all: into a temporary file beside
 //! its destination (same directory, so the final rename is atomic), renamed by
 //! [`NamedTempFile::persist`] when complete, and removed if it is dropped before that.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;

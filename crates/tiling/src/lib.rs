@@ -4,6 +4,7 @@
 //! - [`Grid`]: patch positions (the users' grid, plus the right and bottom remainder it drops).
 //! - [`TissueMask`]: Otsu on saturation at a low pyramid level, cleaned up; which patches run.
 //! - [`Stitcher`]: overlapping patch maps blended (`mean` or `gaussian`) and emitted as finished rows.
+#![forbid(unsafe_code)]
 
 mod grid;
 mod stitch;

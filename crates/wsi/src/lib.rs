@@ -14,6 +14,7 @@
 //! Layouts read: tiled JPEG (YCbCr 4:2:0 with or without shared `JPEGTables`, or RGB), LZW
 //! and deflate with or without the horizontal predictor, uncompressed; classic TIFF and
 //! BigTIFF; pyramids in the main IFD chain or as SubIFDs; stripped single-level files.
+#![forbid(unsafe_code)]
 
 mod cache;
 mod decode;

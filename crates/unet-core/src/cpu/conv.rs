@@ -72,21 +72,48 @@ impl Packed {
 }
 
 /// Where a layer reads and writes: pixel `(y, x)` of the output grid reads its taps at
-/// `input + y * input_row + x * input_pixel + tap offset` and writes `outputs` values at
+/// `input[y * input_row + x * input_pixel + tap offset..]` and writes `outputs` values at
 /// `output + y * output_row + x * output_pixel`. Channels are contiguous on both sides.
 pub struct Job<'a> {
     pub layer: &'a Packed,
     pub rows: usize,
     pub columns: usize,
-    pub input: *const f32,
+    pub input: &'a [f32],
     pub input_row: usize,
     pub input_pixel: usize,
     /// One offset (in floats, from a pixel's input address) per tap.
     pub taps: &'a [usize],
+    /// Writable for `output_len` floats; tasks write disjoint pixels of it at once, so it is
+    /// a pointer rather than a slice.
     pub output: *mut f32,
+    pub output_len: usize,
     pub output_row: usize,
     pub output_pixel: usize,
     pub relu: bool,
+}
+
+impl Job<'_> {
+    /// The one bounds check of a call: every read and write the job describes lies inside
+    /// `input` and the `output_len` floats at `output`. The kernels' pointer arithmetic
+    /// stays inside these bounds (their `SAFETY` notes refer here).
+    pub fn check_bounds(&self) {
+        let layer = self.layer;
+        assert_eq!(self.taps.len(), layer.taps);
+        if self.rows == 0 || self.columns == 0 {
+            return;
+        }
+        let last_pixel =
+            |row: usize, pixel: usize| (self.rows - 1) * row + (self.columns - 1) * pixel;
+        let last_tap = self.taps.iter().copied().max().unwrap_or(0);
+        let read_end = last_pixel(self.input_row, self.input_pixel) + last_tap + layer.inputs;
+        let write_end = last_pixel(self.output_row, self.output_pixel) + layer.outputs;
+        assert!(
+            read_end <= self.input.len() && write_end <= self.output_len,
+            "a kernel job reaches past its buffers: reads to {read_end} of {}, writes to {write_end} of {}",
+            self.input.len(),
+            self.output_len
+        );
+    }
 }
 
 /// Raw pointers (a job, a frame) handed to the tasks that write their disjoint parts.
@@ -106,10 +133,10 @@ impl<T: Copy> Shared<T> {
 /// Runs the job on all cores.
 ///
 /// # Safety
-/// Every address the job describes is valid: reads of `layer.inputs` channels at each tap,
-/// writes of `layer.outputs` channels at each output pixel, and no two output pixels overlap.
+/// `output` is valid for writes of `output_len` floats that nothing else accesses meanwhile,
+/// and no two output pixels overlap (the bounds themselves are checked here).
 pub unsafe fn run<S: Simd>(simd: S, job: &Job) {
-    assert_eq!(job.taps.len(), job.layer.taps);
+    job.check_bounds();
     assert_eq!(job.layer.block, S::VECTORS * S::LANES);
     let blocks = job.layer.outputs.div_ceil(job.layer.block);
     // Enough tasks to balance the cores; rows grouped so each task reuses its weights.
@@ -137,6 +164,7 @@ struct Rows<'a> {
 impl Compiled for Rows<'_> {
     #[inline(always)]
     unsafe fn run<S: Simd>(self, simd: S) {
+        // SAFETY: `run` checked the job's bounds; this task owns its block of its rows.
         unsafe { run_rows(simd, self.job, self.block, self.rows) }
     }
 }
@@ -144,13 +172,17 @@ impl Compiled for Rows<'_> {
 /// Output channel block `block` of output rows `rows`, on this thread.
 ///
 /// # Safety
-/// As [`run`], for these rows and channels; inline it only into [`Compiled::run`].
+/// As [`run`], for these rows and channels, after [`Job::check_bounds`]; inline it only into
+/// [`Compiled::run`].
 #[inline(always)]
 pub unsafe fn run_rows<S: Simd>(simd: S, job: &Job, block: usize, rows: std::ops::Range<usize>) {
     let layer = job.layer;
     let first_output = block * layer.block;
     let outputs = layer.block.min(layer.outputs - first_output);
     let vectors = outputs.div_ceil(S::LANES);
+    // SAFETY (the pointers below): `block` is one of the layer's output blocks, whose packed
+    // weights and bias `Packed::new` sized; the rows and columns are the job's, whose reads
+    // and writes `Job::check_bounds` kept inside the buffers.
     let weights = unsafe {
         layer
             .weights
@@ -162,7 +194,11 @@ pub unsafe fn run_rows<S: Simd>(simd: S, job: &Job, block: usize, rows: std::ops
         for y in rows.clone() {
             for x in (0..job.columns).step_by(S::PIXELS) {
                 let tile = Tile {
-                    input: unsafe { job.input.add(y * job.input_row + x * job.input_pixel) },
+                    input: unsafe {
+                        job.input
+                            .as_ptr()
+                            .add(y * job.input_row + x * job.input_pixel)
+                    },
                     input_pixel: job.input_pixel,
                     taps: job.taps,
                     channels: first_input..last_input,
@@ -180,6 +216,7 @@ pub unsafe fn run_rows<S: Simd>(simd: S, job: &Job, block: usize, rows: std::ops
                     last_vector: outputs - (vectors - 1) * S::LANES,
                 };
                 let pixels = S::PIXELS.min(job.columns - x);
+                // SAFETY: the tile's pixels are columns x..x + pixels of row y, inside the job.
                 unsafe { tile_of_size(simd, pixels, vectors, &tile) };
             }
         }
@@ -207,8 +244,12 @@ struct Tile<'a> {
 }
 
 /// [`tile`] for run-time sizes: the register tile is a compile-time shape.
+///
+/// # Safety
+/// As [`tile`]'s, for `pixels <= PIXELS` and `vectors <= VECTORS`.
 #[inline(always)]
 unsafe fn tile_of_size<S: Simd>(simd: S, pixels: usize, vectors: usize, t: &Tile) {
+    // SAFETY (each arm): the caller's contract, with the sizes made constants.
     macro_rules! by_vectors {
         ($pixels:literal) => {
             match vectors {
@@ -231,8 +272,14 @@ unsafe fn tile_of_size<S: Simd>(simd: S, pixels: usize, vectors: usize, t: &Tile
 }
 
 /// `P` output pixels by `V` vectors of output channels, over one block of input channels.
+///
+/// # Safety
+/// `t.input` (at each tap offset) is readable for `P` pixels of `t.channels`; `t.weights`
+/// and `t.bias` hold the block's packed values; `t.output` is writable for `P` pixels of
+/// `V` vectors (the last `t.last_vector` wide).
 #[inline(always)]
 unsafe fn tile<S: Simd, const P: usize, const V: usize>(simd: S, t: &Tile) {
+    // SAFETY (every pointer below): inside the ranges this function's contract names.
     let width = |j: usize| if j + 1 == V { t.last_vector } else { S::LANES };
     let mut acc = [[simd.zero(); V]; P];
     for (p, row) in acc.iter_mut().enumerate() {

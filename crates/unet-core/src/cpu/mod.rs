@@ -73,12 +73,14 @@ trait Op {
 
 impl Op for Job<'_> {
     unsafe fn run<S: Simd>(&self, simd: S) {
+        // SAFETY: the caller's contract is the kernel's.
         unsafe { conv::run(simd, self) }
     }
 }
 
-impl Op for (&Winograd, &Frame) {
+impl Op for (&Winograd, &Frame<'_>) {
     unsafe fn run<S: Simd>(&self, simd: S) {
+        // SAFETY: the caller's contract is the kernel's.
         unsafe { winograd::run(simd, self.0, self.1) }
     }
 }
@@ -237,6 +239,8 @@ impl Isa {
     /// # Safety
     /// As the operation's.
     unsafe fn run(self, op: &impl Op) {
+        // SAFETY: the caller's contract is the operation's; each instruction set exists only
+        // where the CPU has it.
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
@@ -405,9 +409,11 @@ impl CpuUnet {
         assert_eq!(x.channels, layer.inputs());
         assert!(offset + outputs <= out.channels && (out.height, out.width) == (x.height, x.width));
         let first_output = out.at(0, 0) + offset;
-        let output = out.data[first_output..].as_mut_ptr();
+        let output = &mut out.data[first_output..];
+        let (output_len, output) = (output.len(), output.as_mut_ptr());
         // SAFETY (both arms): output (y, x) reads padded rows y..y + 3 and columns x..x + 3 of
-        // x; the output pixels are out's interior, channels offset..offset + outputs.
+        // x; the output pixels are out's interior, channels offset..offset + outputs; the
+        // kernels check both against the buffers' lengths, and `out` is borrowed mutably here.
         match layer {
             Conv3x3::Direct(layer) => {
                 let taps: Vec<usize> = (0..9)
@@ -417,11 +423,12 @@ impl CpuUnet {
                     layer,
                     rows: x.height,
                     columns: x.width,
-                    input: x.data.as_ptr(),
+                    input: &x.data,
                     input_row: x.row(),
                     input_pixel: x.channels,
                     taps: &taps,
                     output,
+                    output_len,
                     output_row: out.row(),
                     output_pixel: out.channels,
                     relu: true,
@@ -432,10 +439,11 @@ impl CpuUnet {
                 let frame = Frame {
                     height: x.height,
                     width: x.width,
-                    input: x.data.as_ptr(),
+                    input: &x.data,
                     input_row: x.row(),
                     input_pixel: x.channels,
                     output,
+                    output_len,
                     output_row: out.row(),
                     output_pixel: out.channels,
                 };
@@ -452,9 +460,11 @@ impl CpuUnet {
             assert!(x.channels == layer.inputs && layer.outputs <= out.channels);
             let (dy, dx) = (position / 2, position % 2);
             let first_output = out.at(dy, dx);
-            let output = out.data[first_output..].as_mut_ptr();
-            let job = pointwise(layer, x, output, 2 * out.row(), 2 * out.channels);
-            // SAFETY: input pixel (y, x) writes output pixel (2y + dy, 2x + dx), inside out.
+            let (output_row, output_pixel) = (2 * out.row(), 2 * out.channels);
+            let output = &mut out.data[first_output..];
+            let job = pointwise(layer, x, output, output_row, output_pixel);
+            // SAFETY: input pixel (y, x) writes output pixel (2y + dy, 2x + dx), inside out
+            // (checked by the kernel), which is borrowed mutably here.
             unsafe { self.isa.run(&job) };
         }
         out.fill_border(0..layers[0].outputs);
@@ -465,14 +475,8 @@ impl CpuUnet {
         assert_eq!(x.channels, self.head.inputs);
         let (plane, outputs) = (x.height * x.width, self.head.outputs);
         let mut logits = vec![0.0; plane * outputs];
-        let job = pointwise(
-            &self.head,
-            x,
-            logits.as_mut_ptr(),
-            x.width * outputs,
-            outputs,
-        );
-        // SAFETY: logits holds every output pixel's channels.
+        let job = pointwise(&self.head, x, &mut logits, x.width * outputs, outputs);
+        // SAFETY: logits holds every output pixel's channels (checked by the kernel).
         unsafe { self.isa.run(&job) };
         let mut chw = vec![0.0; outputs * plane];
         for (p, pixel) in logits.chunks_exact(outputs).enumerate() {
@@ -541,8 +545,8 @@ impl Engine for CpuUnet {
 /// `output + y * output_row + x * output_pixel`.
 fn pointwise<'a>(
     layer: &'a Packed,
-    x: &Padded,
-    output: *mut f32,
+    x: &'a Padded,
+    output: &mut [f32],
     output_row: usize,
     output_pixel: usize,
 ) -> Job<'a> {
@@ -550,11 +554,12 @@ fn pointwise<'a>(
         layer,
         rows: x.height,
         columns: x.width,
-        input: x.data[x.at(0, 0)..].as_ptr(),
+        input: &x.data[x.at(0, 0)..],
         input_row: x.row(),
         input_pixel: x.channels,
         taps: &[0],
-        output,
+        output: output.as_mut_ptr(),
+        output_len: output.len(),
         output_row,
         output_pixel,
         relu: false,

@@ -88,24 +88,48 @@ impl Winograd {
 /// Where a layer reads and writes: output pixel `(y, x)`'s 3x3 neighbourhood starts at
 /// `input + y * input_row + x * input_pixel` (a padded buffer), and its `outputs` channels go
 /// to `output + y * output_row + x * output_pixel`. `height` and `width` are even.
-pub struct Frame {
+pub struct Frame<'a> {
     pub height: usize,
     pub width: usize,
-    pub input: *const f32,
+    pub input: &'a [f32],
     pub input_row: usize,
     pub input_pixel: usize,
+    /// Writable for `output_len` floats; tasks write disjoint tiles of it at once.
     pub output: *mut f32,
+    pub output_len: usize,
     pub output_row: usize,
     pub output_pixel: usize,
+}
+
+impl Frame<'_> {
+    /// The one bounds check of a call: the last 2x2 block's 4x4 neighbourhood (rows and
+    /// columns up to `height + 1`, `width + 1`) and its output lie inside the buffers.
+    fn check_bounds(&self, layer: &Winograd) {
+        let read_end =
+            (self.height + 1) * self.input_row + (self.width + 1) * self.input_pixel + layer.inputs;
+        let write_end = (self.height - 1) * self.output_row
+            + (self.width - 1) * self.output_pixel
+            + layer.outputs;
+        assert!(
+            read_end <= self.input.len() && write_end <= self.output_len,
+            "a Winograd frame reaches past its buffers: reads to {read_end} of {}, writes to {write_end} of {}",
+            self.input.len(),
+            self.output_len
+        );
+    }
 }
 
 /// Runs the layer on all cores, a range of 2x2 output tiles (row-major) per task.
 ///
 /// # Safety
-/// The frame's addresses are valid for the whole output, with `inputs` channels readable at
-/// every input pixel of rows `0..height + 2` and columns `0..width + 2`.
+/// `output` is valid for writes of `output_len` floats that nothing else accesses meanwhile
+/// (the bounds themselves are checked here).
 pub unsafe fn run<S: Simd>(simd: S, layer: &Winograd, frame: &Frame) {
     assert!(frame.height.is_multiple_of(2) && frame.width.is_multiple_of(2));
+    if frame.height == 0 || frame.width == 0 {
+        return;
+    }
+    frame.check_bounds(layer);
     let all_tiles = (frame.height / 2) * (frame.width / 2);
     let tiles_per_task =
         (TRANSFORMED_FLOATS / (16 * layer.inputs.max(layer.outputs))).max(MIN_TILES);
@@ -133,12 +157,14 @@ thread_local! {
 
 struct Tiles<'a> {
     layer: &'a Winograd,
-    frame: &'a Frame,
+    frame: &'a Frame<'a>,
     /// Tile `t` is the output block at (2 * (t / (width / 2)), 2 * (t % (width / 2))).
     tiles: std::ops::Range<usize>,
 }
 
 impl Compiled for Tiles<'_> {
+    /// # Safety
+    /// As [`run`]'s, after its bounds check; this task writes only its tiles.
     #[inline(always)]
     unsafe fn run<S: Simd>(self, simd: S) {
         let Tiles {
@@ -171,6 +197,7 @@ impl Compiled for Tiles<'_> {
                     std::array::from_fn(|j| unsafe {
                         frame
                             .input
+                            .as_ptr()
                             .add((2 * ty + i) * frame.input_row + (2 * tx + j) * frame.input_pixel)
                     })
                 });
@@ -207,19 +234,22 @@ impl Compiled for Tiles<'_> {
             }
             // M_ξ = V_ξ U_ξ, one 1x1 layer per position on the convolution kernel.
             for (xi, weights) in layer.transformed.iter().enumerate() {
+                let output = &mut products[xi * output_plane..];
                 let job = Job {
                     layer: weights,
                     rows: 1,
                     columns: tiles,
-                    input: transformed[xi * input_plane..].as_ptr(),
+                    input: &transformed[xi * input_plane..],
                     input_row: 0,
                     input_pixel: inputs,
                     taps: &[0],
-                    output: products[xi * output_plane..].as_mut_ptr(),
+                    output: output.as_mut_ptr(),
+                    output_len: output.len(),
                     output_row: 0,
                     output_pixel: outputs,
                     relu: false,
                 };
+                job.check_bounds();
                 for block in 0..outputs.div_ceil(weights.block()) {
                     // SAFETY: both scratch matrices hold `tiles` rows of their channels.
                     unsafe { conv::run_rows(simd, &job, block, 0..1) };
@@ -228,6 +258,7 @@ impl Compiled for Tiles<'_> {
             // Y = Aᵀ M A, plus bias, ReLU, into the 2x2 output block.
             for tile in 0..tiles {
                 let (ty, tx) = block_of(tile);
+                // SAFETY: output block (2ty, 2tx) lies inside the frame `run` checked.
                 let out: [[*mut f32; 2]; 2] = std::array::from_fn(|a| {
                     std::array::from_fn(|b| unsafe {
                         frame.output.add(

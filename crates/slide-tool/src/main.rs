@@ -1,4 +1,5 @@
 //! `slide info FILE` and `slide region FILE LEVEL X Y W H OUT.png`, like openslide-tools.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
