@@ -107,6 +107,11 @@ impl Layer {
         format!("{}.bias", self.path)
     }
 
+    /// The checkpoint's key for one of the PyTorch module's tensors (`weight`, `bias`).
+    pub fn torch_key(&self, field: &str) -> String {
+        format!("{}.{field}", self.torch)
+    }
+
     /// Weights and biases.
     pub fn parameters(&self) -> usize {
         self.weight_shape().iter().product::<usize>() + self.outputs

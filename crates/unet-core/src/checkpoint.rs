@@ -100,7 +100,7 @@ impl Checkpoint {
         let tensors = reader.into_tensors();
         // Only the names matter here: any config gives the plan's names.
         let names = Plan::new(UnetConfig::new(1, 1, 1));
-        let first = names.encoder[0].convs[0].weight_name();
+        let first = names.encoder[0].convs[0].torch_key("weight");
         let prefix = find_prefix(&tensors, &first).ok_or_else(|| CheckpointError::NotUnet {
             file: file.clone(),
             count: tensors.len(),
@@ -112,7 +112,7 @@ impl Checkpoint {
             prefix: &prefix,
             tensors: &tensors,
         };
-        let plan = Plan::new(state.infer_config(&first, &names.head.weight_name())?);
+        let plan = Plan::new(state.infer_config(&first, &names.head.torch_key("weight"))?);
         let mut folded = BTreeMap::new();
         for layer in plan.layers() {
             state.fold(layer, &mut folded)?;
@@ -218,8 +218,8 @@ impl StateDict<'_> {
     ) -> Result<(), CheckpointError> {
         let shape = layer.weight_shape().to_vec();
         let channels = [layer.outputs];
-        let mut weight = self.read(&format!("{}.weight", layer.torch), &shape)?;
-        let mut bias = self.read(&format!("{}.bias", layer.torch), &channels)?;
+        let mut weight = self.read(&layer.torch_key("weight"), &shape)?;
+        let mut bias = self.read(&layer.torch_key("bias"), &channels)?;
         if let Some(bn) = &layer.batch_norm {
             let [gamma, beta, mean, var] = BATCH_NORM_FIELDS
                 .map(|field| self.read(&format!("{bn}.{field}"), &channels))

@@ -137,7 +137,7 @@ pub fn conv_transpose2x2<F: Float>(
     let mut sum = f32::cast_from(bias[o]);
     for c in 0..inputs {
         sum += f32::cast_from(input[source * inputs + c])
-            * f32::cast_from(weight[c * 4 * outputs + tap * outputs + o]);
+            * f32::cast_from(weight[(tap * inputs + c) * outputs + o]);
     }
     output[position] = F::cast_from(sum);
 }
