@@ -40,7 +40,8 @@ enum Command {
 
 #[derive(Args)]
 struct SlideArgs {
-    /// The slide (pyramidal TIFF; vendor formats with the `openslide` feature).
+    /// The slide: a pyramidal TIFF or Aperio .svs, a DICOM-WSI folder or any one of its files
+    /// (other vendor formats with the `openslide` feature).
     slide: Option<PathBuf>,
     /// Output directory [default: beside the slide].
     #[arg(long)]
@@ -133,7 +134,7 @@ fn run_slide(args: SlideArgs, stop: Arc<AtomicBool>, process_start: Instant) -> 
             args.patch
         );
     }
-    if !slide.is_file() {
+    if !slide.exists() {
         bail!("{}: no such slide", slide.display());
     }
     let (predictor, model) = args.model.load()?;

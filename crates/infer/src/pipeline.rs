@@ -70,6 +70,8 @@ pub struct SlideJob {
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub slide: String,
+    /// The slide's format as OpenSlide names it (`generic-tiff`, `aperio`, `dicom`).
+    pub vendor: String,
     pub model: String,
     pub device: String,
     pub precision: String,
@@ -294,6 +296,7 @@ impl Planned {
                 1000.0 * seconds / run as f64
             },
             mpp: self.slide.mpp(),
+            vendor: self.slide.vendor().to_string(),
             outputs: ["prob.tif", "heatmap.png", "tumour.geojson", "summary.json"]
                 .iter()
                 .map(|kind| {
@@ -619,10 +622,14 @@ fn low_level_view_of_region(
     ))
 }
 
-/// `STEM` for the outputs of `slide`.
+/// `STEM` for the outputs of `slide` (a DICOM folder's whole name; a file's name without its
+/// extension).
 pub fn output_stem(slide: &Path) -> String {
-    slide
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
+    let name = if slide.is_dir() {
+        slide.file_name()
+    } else {
+        slide.file_stem()
+    };
+    name.map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "slide".to_string())
 }

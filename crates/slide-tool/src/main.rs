@@ -11,7 +11,7 @@ use wsi::Slide;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Inspect whole-slide TIFFs and read regions from them"
+    about = "Inspect whole slides (TIFF, Aperio SVS, DICOM-WSI) and read regions from them"
 )]
 struct Args {
     #[command(subcommand)]
@@ -20,7 +20,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the slide's levels, mpp, compression and layout as JSON.
+    /// Print the slide's vendor, levels, mpp, objective power, associated images, compression,
+    /// layout and properties as JSON.
     Info { file: PathBuf },
     /// Write a region of a level (in that level's pixels) as PNG; outside the image is white.
     Region {
@@ -59,11 +60,20 @@ fn run(args: Args) -> Result<()> {
                     })
                 })
                 .collect();
+            let associated: serde_json::Map<_, _> = slide
+                .associated_images()
+                .into_iter()
+                .map(|(name, width, height)| (name, serde_json::json!([width, height])))
+                .collect();
             let info = serde_json::json!({
+                "vendor": slide.vendor(),
                 "levels": levels,
                 "mpp": slide.mpp(),
+                "objective_power": slide.objective_power(),
+                "associated_images": associated,
                 "compression": slide.compression(),
                 "layout": slide.layout(),
+                "properties": slide.properties(),
             });
             println!("{}", serde_json::to_string_pretty(&info)?);
         }

@@ -35,6 +35,8 @@ fn info_prints_levels_mpp_compression_and_layout() {
     assert!((info["mpp"].as_f64().unwrap() - 0.243).abs() < 1e-6);
     assert_eq!(info["compression"], "jpeg");
     assert_eq!(info["layout"], "subifds");
+    assert_eq!(info["vendor"], "generic-tiff");
+    assert_eq!(info["properties"]["openslide.level-count"], "3");
 }
 
 #[test]
@@ -74,4 +76,20 @@ fn a_missing_file_is_a_clear_error() {
         message.contains("/no/such/slide.tif") && message.contains("No such file"),
         "{message}"
     );
+}
+
+#[test]
+fn info_prints_what_openslide_reports_of_an_aperio_slide() {
+    let file = fixture("../slides_more/tiny_aperio.svs");
+    let output = slide(&["info", file.to_str().unwrap()]);
+    assert!(output.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(info["vendor"], "aperio");
+    assert_eq!(info["objective_power"], serde_json::json!(40.0));
+    assert_eq!(
+        info["associated_images"]["thumbnail"],
+        serde_json::json!([256, 192])
+    );
+    assert_eq!(info["properties"]["aperio.AppMag"], "40");
+    assert_eq!(info["levels"][2]["downsample"], serde_json::json!(16.0));
 }

@@ -3,8 +3,10 @@
 //!
 //! A pyramid is either the main IFD chain (Camelyon/libvips, tifffile pages) or the SubIFDs of
 //! the first image (libvips `--subifd`, OME-TIFF). Strips are treated as tiles as wide as the
-//! image, so every layout is one grid of chunks.
+//! image, so every layout is one grid of chunks. Aperio's SVS is such a chain, with its
+//! thumbnail, label and macro as stripped images between and after the levels.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
@@ -14,11 +16,13 @@ use tiff::decoder::{Decoder, IfdDecoder, Limits};
 use tiff::tags::Tag;
 
 use crate::error::{Result, WsiError};
+use crate::metadata::{self, Metadata};
+use crate::tiled_slide::Pyramid;
 
 /// A decoded chunk is at most this many bytes: a guard against absurd declared dimensions.
 pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
 /// Largest side a slide may declare (OpenSlide's largest vendor slides are ~200k pixels).
-const MAX_SIDE: u64 = 1 << 24;
+pub const MAX_SIDE: u64 = 1 << 24;
 
 /// How a chunk's bytes are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +60,12 @@ impl Compression {
     }
 }
 
-/// One resolution level: its size, chunk grid and where each chunk lies in the file.
+/// One image (a resolution level or an associated image): its size, chunk grid and where
+/// each chunk lies in which file.
 #[derive(Debug, Clone)]
 pub struct Directory {
+    /// Index of the slide's file holding the chunks (DICOM keeps each level in its own).
+    pub file: usize,
     pub width: u64,
     pub height: u64,
     /// Chunk (tile or strip) size; a strip is as wide as the image.
@@ -87,33 +94,8 @@ impl Directory {
     }
 }
 
-/// Where the levels were found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PyramidLayout {
-    /// Levels are images of the main IFD chain (reduced-resolution ones kept, others skipped).
-    IfdChain,
-    /// Levels are SubIFDs of the first image.
-    SubIfds,
-    /// One level only.
-    Single,
-}
-
-impl PyramidLayout {
-    pub fn name(self) -> &'static str {
-        match self {
-            PyramidLayout::IfdChain => "ifd-chain",
-            PyramidLayout::SubIfds => "subifds",
-            PyramidLayout::Single => "single",
-        }
-    }
-}
-
-/// Reads every level's directory, largest first.
-pub fn read_pyramid(
-    path: &Path,
-    file: File,
-    file_len: u64,
-) -> Result<(Vec<Directory>, PyramidLayout)> {
+/// Reads every level's directory, largest first, and the associated images of an Aperio slide.
+pub fn read_tiff(path: &Path, file: File, file_len: u64) -> Result<Pyramid> {
     let not_tiff = |err: tiff::TiffError| WsiError::NotTiff {
         path: path.to_path_buf(),
         reason: err.to_string(),
@@ -133,27 +115,74 @@ pub fn read_pyramid(
     let context = Context { path, file_len };
 
     let first = context.directory(&mut decoder.image_ifd())?;
+    let tags = context.text_tags(&mut decoder.image_ifd())?;
+    let description = tags
+        .get("tiff.ImageDescription")
+        .cloned()
+        .unwrap_or_default();
+    let mut metadata = metadata::aperio(&description).unwrap_or_else(|| Metadata {
+        vendor: "generic-tiff".into(),
+        mpp: first.mpp,
+        ..Metadata::default()
+    });
+    metadata.properties.extend(tags);
+    if !description.is_empty() {
+        metadata
+            .properties
+            .insert("openslide.comment".into(), description);
+    }
+    let aperio = metadata.vendor == "aperio";
+
     let sub_ifds = match decoder.find_tag(Tag::SubIfd).map_err(not_tiff)? {
         Some(value) => value.into_ifd_vec().map_err(not_tiff)?,
         None => Vec::new(),
     };
+    let tiled = first.tiled;
     let mut levels = vec![first];
+    let mut associated = Vec::new();
     let layout = if !sub_ifds.is_empty() {
         for pointer in sub_ifds {
             let dir = decoder.read_directory(pointer).map_err(not_tiff)?;
             let level = context.directory(&mut decoder.read_directory_tags(&dir))?;
             levels.push(level);
         }
-        PyramidLayout::SubIfds
+        "subifds"
     } else {
+        let mut index = 0;
         while decoder.more_images() {
             decoder.next_image().map_err(not_tiff)?;
+            index += 1;
             let mut tags = decoder.image_ifd();
             // Keep full images and reduced-resolution levels; skip masks, labels, macros.
             let subfile = tags
                 .find_tag_unsigned::<u32>(Tag::NewSubfileType)
                 .map_err(not_tiff)?
                 .unwrap_or(0);
+            let stripped = tags.find_tag(Tag::TileWidth).map_err(not_tiff)?.is_none();
+            if tiled && stripped {
+                // Beside a tiled pyramid, a stripped image is an associated one. Aperio's
+                // second image is the thumbnail; its label and macro say what they are.
+                if aperio {
+                    let description = context
+                        .text_tags(&mut tags)?
+                        .remove("tiff.ImageDescription")
+                        .unwrap_or_default();
+                    let name = if index == 1 {
+                        Some("thumbnail")
+                    } else if description.contains("label") {
+                        Some("label")
+                    } else if description.contains("macro") {
+                        Some("macro")
+                    } else {
+                        None
+                    };
+                    // An associated image we cannot read does not stop the slide's levels.
+                    if let (Some(name), Ok(image)) = (name, context.directory(&mut tags)) {
+                        associated.push((name.to_string(), image));
+                    }
+                }
+                continue;
+            }
             if subfile & !1 != 0 {
                 continue;
             }
@@ -164,13 +193,19 @@ pub fn read_pyramid(
             }
         }
         if levels.len() > 1 {
-            PyramidLayout::IfdChain
+            "ifd-chain"
         } else {
-            PyramidLayout::Single
+            "single"
         }
     };
     levels.sort_by_key(|level| std::cmp::Reverse(level.width));
-    Ok((levels, layout))
+    Ok(Pyramid {
+        files: vec![path.to_path_buf()],
+        levels,
+        associated,
+        layout,
+        metadata,
+    })
 }
 
 struct Context<'a> {
@@ -275,6 +310,7 @@ impl Context<'_> {
         }
         let mpp = self.mpp(tags)?;
         let directory = Directory {
+            file: 0,
             width,
             height,
             chunk_width,
@@ -314,6 +350,60 @@ impl Context<'_> {
             }
         }
         Ok(directory)
+    }
+
+    /// The descriptive text and resolution tags, as OpenSlide's `tiff.*` properties.
+    fn text_tags(&self, tags: &mut IfdDecoder) -> Result<BTreeMap<String, String>> {
+        let mut properties = BTreeMap::new();
+        let text = [
+            (Tag::ImageDescription, "ImageDescription"),
+            (Tag::Make, "Make"),
+            (Tag::Model, "Model"),
+            (Tag::Software, "Software"),
+            (Tag::DateTime, "DateTime"),
+            (Tag::Artist, "Artist"),
+            (Tag::HostComputer, "HostComputer"),
+            (Tag::Copyright, "Copyright"),
+            (Tag::Unknown(269), "DocumentName"),
+        ];
+        for (tag, name) in text {
+            // Text that is not ASCII is left out rather than refusing the slide.
+            if let Some(Ok(value)) = tags
+                .find_tag(tag)
+                .map_err(|e| self.tag_error(e))?
+                .map(Value::into_string)
+            {
+                properties.insert(
+                    format!("tiff.{name}"),
+                    value.trim_end_matches('\0').to_string(),
+                );
+            }
+        }
+        for (tag, name) in [
+            (Tag::XResolution, "XResolution"),
+            (Tag::YResolution, "YResolution"),
+        ] {
+            if let Some(value) = tags
+                .find_tag(tag)
+                .map_err(|e| self.tag_error(e))?
+                .and_then(rational)
+            {
+                properties.insert(format!("tiff.{name}"), value.to_string());
+            }
+        }
+        if let Some(unit) = tags
+            .find_tag_unsigned::<u16>(Tag::ResolutionUnit)
+            .map_err(|e| self.tag_error(e))?
+        {
+            let unit = match unit {
+                1 => "none",
+                2 => "inch",
+                3 => "centimeter",
+                _ => "unknown",
+            };
+            properties.insert("tiff.ResolutionUnit".into(), unit.into());
+        }
+        Ok(properties)
     }
 
     fn u64_vec(&self, tags: &mut IfdDecoder, tag: Tag) -> Result<Vec<u64>> {

@@ -11,17 +11,20 @@
 //! # Ok::<(), wsi::WsiError>(())
 //! ```
 //!
-//! Layouts read: tiled JPEG (YCbCr 4:2:0 with or without shared `JPEGTables`, or RGB), LZW
+//! Formats read: TIFF (generic and Aperio SVS) and DICOM-WSI (a folder of instances, or any
+//! one of them). TIFF layouts read: tiled JPEG (YCbCr 4:2:0 with or without shared `JPEGTables`, or RGB), LZW
 //! and deflate with or without the horizontal predictor, uncompressed; classic TIFF and
 //! BigTIFF; pyramids in the main IFD chain or as SubIFDs; stripped single-level files.
 #![forbid(unsafe_code)]
 
 mod cache;
 mod decode;
+mod dicom;
 mod directory;
 mod error;
+mod metadata;
 mod slide;
-mod tiff_slide;
+mod tiled_slide;
 #[cfg(feature = "openslide")]
 mod vendor;
 pub mod writer;

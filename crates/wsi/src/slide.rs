@@ -1,11 +1,13 @@
 //! `Slide`: open a slide, list its levels, read regions — OpenSlide's verbs over our backends.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
 use crate::error::{Result, WsiError};
-use crate::tiff_slide::TiffSlide;
+use crate::metadata::Metadata;
+use crate::tiled_slide::TiledSlide;
 
 /// Decoded tiles kept per open slide by default (about 340 tiles of 512x512 RGB).
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
@@ -13,8 +15,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 pub const MAX_REGION_BYTES: u64 = 1 << 30;
 /// What `read_region` puts where the image has no pixels.
 pub const BACKGROUND: u8 = 255;
-/// Vendor formats, read through OpenSlide when built with the `openslide` feature.
-const VENDOR_EXTENSIONS: [&str; 7] = ["svs", "ndpi", "mrxs", "scn", "vms", "vmu", "bif"];
+/// Vendor formats that are not TIFFs we read, read through OpenSlide when built with the
+/// `openslide` feature. (Aperio's `.svs` is read here; DICOM is recognised by its content.)
+const VENDOR_EXTENSIONS: [&str; 6] = ["ndpi", "mrxs", "scn", "vms", "vmu", "bif"];
 
 /// One resolution level, as OpenSlide reports it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -29,7 +32,7 @@ pub struct Level {
 }
 
 enum Backend {
-    Tiff(TiffSlide),
+    Tiled(TiledSlide),
     #[cfg(feature = "openslide")]
     Vendor(Box<crate::vendor::VendorSlide>),
 }
@@ -38,6 +41,7 @@ enum Backend {
 pub struct Slide {
     path: PathBuf,
     levels: Vec<Level>,
+    metadata: Metadata,
     backend: Backend,
 }
 
@@ -49,30 +53,34 @@ impl Slide {
 
     /// Opens a slide whose decoded-tile cache holds at most `cache_bytes`.
     ///
-    /// TIFFs (`.tif`, `.tiff`, and anything else) are read in pure Rust. Vendor formats
-    /// (`.svs`, `.ndpi`, `.mrxs`, ...) go through OpenSlide when this crate is built with the
-    /// `openslide` feature; without it, an `.svs` (a TIFF) is still tried in pure Rust and the
-    /// others are refused with a message saying how to read them.
+    /// Read in pure Rust: TIFFs (`.tif`, `.tiff`, Aperio `.svs`, and anything else that is a
+    /// TIFF) and DICOM-WSI (a folder holding one series' instances, or any one instance, whose
+    /// siblings are found in its folder). Other vendor formats (`.ndpi`, `.mrxs`, ...) go through
+    /// OpenSlide when this crate is built with the `openslide` feature, and are refused with a
+    /// message saying how to read them without it.
     pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Slide> {
         let path = path.as_ref().to_path_buf();
         let extension = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
-        let vendor = VENDOR_EXTENSIONS.contains(&extension.as_str());
-        let backend = if vendor {
-            open_vendor(&path, &extension, cache_bytes)?
+        let (backend, mut metadata) = if path.is_dir() || crate::dicom::is_dicom(&path) {
+            tiled(crate::dicom::read_series(&path)?, cache_bytes)?
+        } else if VENDOR_EXTENSIONS.contains(&extension.as_str()) {
+            open_vendor(&path, &extension)?
         } else {
-            Backend::Tiff(TiffSlide::open(&path, cache_bytes)?)
+            open_tiff(&path, cache_bytes)?
         };
-        let levels = match &backend {
-            Backend::Tiff(slide) => slide.levels(),
+        let (levels, associated) = match &backend {
+            Backend::Tiled(slide) => (slide.levels(), slide.associated_images()),
             #[cfg(feature = "openslide")]
-            Backend::Vendor(slide) => slide.levels(),
+            Backend::Vendor(slide) => (slide.levels(), slide.associated_images()),
         };
+        metadata.add_standard_properties(&levels, &associated);
         Ok(Slide {
             path,
             levels,
+            metadata,
             backend,
         })
     }
@@ -86,28 +94,63 @@ impl Slide {
         &self.levels
     }
 
-    /// Level-0 microns per pixel, from the resolution tags; `None` when they do not say.
+    /// Level-0 microns per pixel (TIFF resolution tags, Aperio's `MPP`, DICOM's pixel
+    /// spacing); `None` when the slide does not say.
     pub fn mpp(&self) -> Option<f64> {
+        self.metadata.mpp
+    }
+
+    /// OpenSlide's vendor name: `generic-tiff`, `aperio`, `dicom`, or OpenSlide's own.
+    pub fn vendor(&self) -> &str {
+        &self.metadata.vendor
+    }
+
+    /// The scanner's objective magnification, when the slide records it.
+    pub fn objective_power(&self) -> Option<f64> {
+        self.metadata.objective_power
+    }
+
+    /// Every property, named as OpenSlide names them (`openslide.*`, `aperio.*`, `dicom.*`,
+    /// `tiff.*`).
+    pub fn properties(&self) -> &BTreeMap<String, String> {
+        &self.metadata.properties
+    }
+
+    /// The associated images (`thumbnail`, `label`, `macro`): name, width, height.
+    pub fn associated_images(&self) -> Vec<(String, u64, u64)> {
         match &self.backend {
-            Backend::Tiff(slide) => slide.mpp(),
+            Backend::Tiled(slide) => slide.associated_images(),
             #[cfg(feature = "openslide")]
-            Backend::Vendor(slide) => slide.mpp(),
+            Backend::Vendor(slide) => slide.associated_images(),
         }
+    }
+
+    /// The whole associated image `name`, as RGB.
+    pub fn read_associated_image(&self, name: &str) -> Result<RgbImage> {
+        let read = match &self.backend {
+            Backend::Tiled(slide) => slide.read_associated(name),
+            #[cfg(feature = "openslide")]
+            Backend::Vendor(slide) => slide.read_associated(name),
+        };
+        read.unwrap_or_else(|| {
+            Err(self.bad_request(format!("the slide has no associated image {name:?}")))
+        })
     }
 
     /// Level 0's compression: `jpeg`, `deflate`, `lzw`, `none`, or `vendor`.
     pub fn compression(&self) -> &'static str {
         match &self.backend {
-            Backend::Tiff(slide) => slide.compression(),
+            Backend::Tiled(slide) => slide.compression(),
             #[cfg(feature = "openslide")]
             Backend::Vendor(_) => "vendor",
         }
     }
 
-    /// Where the pyramid lives: `ifd-chain`, `subifds`, `single`, or `openslide`.
+    /// Where the pyramid lives: `ifd-chain`, `subifds`, `single`, `dicom-instances`, or
+    /// `openslide`.
     pub fn layout(&self) -> &'static str {
         match &self.backend {
-            Backend::Tiff(slide) => slide.layout(),
+            Backend::Tiled(slide) => slide.layout(),
             #[cfg(feature = "openslide")]
             Backend::Vendor(_) => "openslide",
         }
@@ -145,7 +188,7 @@ impl Slide {
         }
         let mut out = RgbImage::from_pixel(width, height, image::Rgb([BACKGROUND; 3]));
         match &self.backend {
-            Backend::Tiff(slide) => slide.read_into(level, x, y, &mut out)?,
+            Backend::Tiled(slide) => slide.read_into(level, x, y, &mut out)?,
             #[cfg(feature = "openslide")]
             Backend::Vendor(slide) => {
                 slide.read_into(level, self.levels[level].downsample, x, y, &mut out)?
@@ -233,25 +276,40 @@ impl Slide {
     }
 }
 
+fn tiled(pyramid: crate::tiled_slide::Pyramid, cache_bytes: usize) -> Result<(Backend, Metadata)> {
+    let (slide, metadata) = TiledSlide::new(pyramid, cache_bytes)?;
+    Ok((Backend::Tiled(slide), metadata))
+}
+
+fn open_tiff(path: &Path, cache_bytes: usize) -> Result<(Backend, Metadata)> {
+    let io = |source| WsiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let pyramid = crate::directory::read_tiff(path, file, file_len);
+    // What the pure-Rust reader does not support (JPEG 2000 in an .svs...) OpenSlide may.
+    #[cfg(feature = "openslide")]
+    if let Err(WsiError::Unsupported { .. }) = pyramid {
+        return open_vendor(path, "tiff");
+    }
+    tiled(pyramid?, cache_bytes)
+}
+
 #[cfg(feature = "openslide")]
-fn open_vendor(path: &Path, _extension: &str, _cache_bytes: usize) -> Result<Backend> {
-    crate::vendor::VendorSlide::open(path).map(|slide| Backend::Vendor(Box::new(slide)))
+fn open_vendor(path: &Path, _extension: &str) -> Result<(Backend, Metadata)> {
+    let slide = crate::vendor::VendorSlide::open(path)?;
+    let metadata = slide.metadata();
+    Ok((Backend::Vendor(Box::new(slide)), metadata))
 }
 
 #[cfg(not(feature = "openslide"))]
-fn open_vendor(path: &Path, extension: &str, cache_bytes: usize) -> Result<Backend> {
-    // An Aperio .svs is a TIFF: try it, and say how to read it if that fails (JPEG 2000...).
-    let hint = |reason: String| WsiError::Unsupported {
+fn open_vendor(path: &Path, extension: &str) -> Result<(Backend, Metadata)> {
+    Err(WsiError::Unsupported {
         path: path.to_path_buf(),
         what: format!(
-            ".{extension} slides need OpenSlide: build with `--features wsi/openslide` (Debian: apt-get install libopenslide-dev libclang-dev){reason}"
+            ".{extension} slides need OpenSlide: build with `--features wsi/openslide` (Debian: apt-get install libopenslide-dev libclang-dev)"
         ),
-    };
-    if extension == "svs" {
-        TiffSlide::open(path, cache_bytes)
-            .map(Backend::Tiff)
-            .map_err(|err| hint(format!("; the pure-Rust reader said: {err}")))
-    } else {
-        Err(hint(String::new()))
-    }
+    })
 }

@@ -7,6 +7,7 @@ use image::RgbImage;
 use openslide_rs::{Address, OpenSlide, Region, Size};
 
 use crate::error::{Result, WsiError};
+use crate::metadata::Metadata;
 use crate::slide::Level;
 
 pub struct VendorSlide {
@@ -49,9 +50,59 @@ impl VendorSlide {
             .collect()
     }
 
+    /// OpenSlide's vendor, resolution, objective and every property it reports.
+    pub fn metadata(&self) -> Metadata {
+        let properties = self
+            .slide
+            .property_names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|name| {
+                let value = self.slide.property_value(&name).ok()?;
+                Some((name, value))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let number = |name: &str| properties.get(name).and_then(|v| v.trim().parse().ok());
+        Metadata {
+            vendor: properties
+                .get("openslide.vendor")
+                .cloned()
+                .unwrap_or_else(|| "openslide".into()),
+            mpp: self.mpp(),
+            objective_power: number("openslide.objective-power"),
+            properties,
+        }
+    }
+
+    pub fn associated_images(&self) -> Vec<(String, u64, u64)> {
+        self.slide
+            .associated_image_names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|name| {
+                let size = self.slide.associated_image_dimensions(&name).ok()?;
+                Some((name, size.w as u64, size.h as u64))
+            })
+            .collect()
+    }
+
+    pub fn read_associated(&self, name: &str) -> Option<Result<RgbImage>> {
+        self.associated_images().iter().find(|(n, ..)| n == name)?;
+        Some(
+            self.slide
+                .read_associated_buffer(name)
+                .map_err(|err| self.damaged(err))
+                .map(|(size, bgra)| {
+                    let mut out = RgbImage::new(size.w, size.h);
+                    composite_over_white(&bgra, size.w as usize, &mut out, 0, 0);
+                    out
+                }),
+        )
+    }
+
     /// `openslide.mpp-x`, or for a generic TIFF (where OpenSlide 3.4 sets none) the
     /// resolution tags OpenSlide passes through.
-    pub fn mpp(&self) -> Option<f64> {
+    fn mpp(&self) -> Option<f64> {
         let number = |name: &str| -> Option<f64> {
             self.slide.property_value(name).ok()?.trim().parse().ok()
         };
@@ -98,22 +149,28 @@ impl VendorSlide {
         let bgra = self
             .slide
             .read_region(&region)
-            .map_err(|err| WsiError::Damaged {
-                path: self.path.clone(),
-                reason: format!("OpenSlide: {err}"),
-            })?;
+            .map_err(|err| self.damaged(err))?;
         let run = region.size.w as usize;
-        for (row, line) in bgra.chunks_exact(run * 4).enumerate() {
-            for (col, p) in line.chunks_exact(4).enumerate() {
-                let glass = 255 - p[3];
-                let pixel = [p[2] + glass, p[1] + glass, p[0] + glass];
-                out.put_pixel(
-                    (left - x) as u32 + col as u32,
-                    (top - y) as u32 + row as u32,
-                    image::Rgb(pixel),
-                );
-            }
-        }
+        composite_over_white(&bgra, run, out, (left - x) as u32, (top - y) as u32);
         Ok(())
+    }
+
+    fn damaged(&self, err: impl std::fmt::Display) -> WsiError {
+        WsiError::Damaged {
+            path: self.path.clone(),
+            reason: format!("OpenSlide: {err}"),
+        }
+    }
+}
+
+/// OpenSlide's premultiplied BGRA, `run` pixels a row, composited over white into `out` at
+/// (`left`, `top`).
+fn composite_over_white(bgra: &[u8], run: usize, out: &mut RgbImage, left: u32, top: u32) {
+    for (row, line) in bgra.chunks_exact(run * 4).enumerate() {
+        for (col, p) in line.chunks_exact(4).enumerate() {
+            let glass = 255 - p[3];
+            let pixel = [p[2] + glass, p[1] + glass, p[0] + glass];
+            out.put_pixel(left + col as u32, top + row as u32, image::Rgb(pixel));
+        }
     }
 }

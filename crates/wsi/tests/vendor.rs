@@ -10,14 +10,17 @@ use wsi::Slide;
 fn a_vendor_file_reads_through_openslide() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/slides");
     let dir = tempfile::tempdir().unwrap();
-    // OpenSlide recognises formats by content: a generic pyramidal TIFF named like an Aperio file.
-    let path = dir.path().join("slide.svs");
+    // OpenSlide recognises formats by content: a generic pyramidal TIFF named like a
+    // Hamamatsu file (Aperio's .svs is read in pure Rust).
+    let path = dir.path().join("slide.ndpi");
     std::fs::copy(fixtures.join("tiny_vips_jpeg.tif"), &path).unwrap();
     let slide = Slide::open(&path).unwrap();
     assert_eq!(slide.layout(), "openslide");
     let sizes: Vec<(u64, u64)> = slide.levels().iter().map(|l| (l.width, l.height)).collect();
     assert_eq!(sizes, [(2048, 1536), (1024, 768), (512, 384)]);
     assert!((slide.mpp().unwrap() - 0.243).abs() < 1e-3);
+    assert_eq!(slide.vendor(), "generic-tiff");
+    assert_eq!(slide.properties()["openslide.level-count"], "3");
     let region = slide.read_region(2, 128, 96, 256, 192).unwrap();
     let reference = image::open(fixtures.join("ref/tiny_vips_jpeg__level2.png"))
         .unwrap()

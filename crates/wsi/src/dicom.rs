@@ -1,0 +1,596 @@
+//! DICOM-WSI (the VL Whole Slide Microscopy Image IOD), as OpenSlide 4 reads it: a series of
+//! instances, one per pyramid level (and one each for a label, overview or thumbnail), each a
+//! grid of tiled frames.
+//!
+//! dicom-rs parses each instance's attributes up to its pixel data and walks the data set to
+//! where the pixel data begins; the frames' positions are then found by reading only the
+//! 8-byte item headers of the encapsulated fragments, once, and every later read is a
+//! positioned read of one frame, like a TIFF tile's. No instance is ever loaded whole.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use dicom_core::Tag;
+use dicom_dictionary_std::{tags, uids};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_encoding::transfer_syntax::TransferSyntax;
+use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_parser::StatefulDecode;
+use dicom_parser::dataset::LazyDataToken;
+use dicom_parser::dataset::lazy_read::LazyDataSetReader;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use crate::directory::{Compression, Directory, MAX_CHUNK_BYTES, MAX_SIDE};
+use crate::error::{Result, WsiError};
+use crate::metadata::Metadata;
+use crate::tiled_slide::Pyramid;
+
+const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
+/// Item and sequence delimitation tags of encapsulated pixel data, as (group, element).
+const ITEM: (u16, u16) = (0xFFFE, 0xE000);
+const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
+
+/// Whether `path` is a DICOM file (the `DICM` magic after the 128-byte preamble).
+pub fn is_dicom(path: &Path) -> bool {
+    let mut head = [0; 132];
+    File::open(path)
+        .and_then(|mut file| file.read_exact(&mut head))
+        .is_ok()
+        && &head[128..] == b"DICM"
+}
+
+/// The series `path` belongs to (a file: its own series; a folder: its one WSI series),
+/// its levels largest first.
+pub fn read_series(path: &Path) -> Result<Pyramid> {
+    let (folder, given) = if path.is_dir() {
+        (path.to_path_buf(), None)
+    } else {
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        (folder.to_path_buf(), Some(path))
+    };
+    let given = match given {
+        Some(file) => Some(Instance::read(file)?),
+        None => None,
+    };
+    if let Some(instance) = &given
+        && instance.flavour.is_none()
+    {
+        return Err(not_wsi(
+            path,
+            "it is not a VL Whole Slide Microscopy Image instance",
+        ));
+    }
+    let mut siblings = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .map_err(|source| WsiError::Io {
+            path: folder.clone(),
+            source,
+        })?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_dicom(p))
+        .collect();
+    entries.sort();
+    for file in entries {
+        if given.as_ref().is_some_and(|g| same_file(&g.path, &file)) {
+            continue;
+        }
+        // Another series' file, or one that is not a slide at all, is not ours to refuse.
+        if let Ok(instance) = Instance::read(&file)
+            && instance.flavour.is_some()
+        {
+            siblings.push(instance);
+        }
+    }
+    let series = match &given {
+        Some(instance) => instance.series_uid.clone(),
+        None => {
+            let mut uids: Vec<&str> = siblings.iter().map(|i| i.series_uid.as_str()).collect();
+            uids.sort();
+            uids.dedup();
+            match uids.as_slice() {
+                [one] => one.to_string(),
+                [] => {
+                    return Err(not_wsi(
+                        path,
+                        "the folder holds no DICOM whole-slide instances",
+                    ));
+                }
+                several => {
+                    return Err(WsiError::BadRequest {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "the folder mixes {} DICOM series ({}): open one file of the series to read",
+                            several.len(),
+                            several.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+    };
+    let instances: Vec<Instance> = given
+        .into_iter()
+        .chain(siblings)
+        .filter(|i| i.series_uid == series)
+        .collect();
+    assemble(path, instances)
+}
+
+/// Levels (VOLUME instances, one per size) and associated images from one series' instances.
+fn assemble(path: &Path, instances: Vec<Instance>) -> Result<Pyramid> {
+    let mut files = Vec::new();
+    let mut levels: Vec<(Directory, Instance)> = Vec::new();
+    let mut associated = Vec::new();
+    for instance in instances {
+        let name = match instance.flavour.as_deref() {
+            Some("VOLUME") => None,
+            Some("LABEL") => Some("label"),
+            Some("OVERVIEW") => Some("macro"),
+            Some("THUMBNAIL") => Some("thumbnail"),
+            _ => continue,
+        };
+        let duplicate = match name {
+            None => levels.iter().any(|(d, _)| d.width == instance.width),
+            Some(name) => associated.iter().any(|(n, _)| n == name),
+        };
+        if duplicate {
+            // Another focal plane or a second copy: the first (in file-name order) is read.
+            continue;
+        }
+        let directory = instance.directory(files.len())?;
+        files.push(instance.path.clone());
+        match name {
+            None => levels.push((directory, instance)),
+            Some(name) => associated.push((name.to_string(), directory)),
+        }
+    }
+    levels.sort_by_key(|(d, _)| std::cmp::Reverse(d.width));
+    let Some((_, base)) = levels.first() else {
+        return Err(not_wsi(
+            path,
+            "the series has no VOLUME instance (no pyramid level)",
+        ));
+    };
+    let metadata = Metadata {
+        vendor: "dicom".into(),
+        mpp: base.mpp,
+        objective_power: None,
+        properties: base.properties.clone(),
+    };
+    Ok(Pyramid {
+        files,
+        levels: levels.into_iter().map(|(d, _)| d).collect(),
+        associated,
+        layout: "dicom-instances",
+        metadata,
+    })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+fn not_wsi(path: &Path, reason: &str) -> WsiError {
+    WsiError::NotTiff {
+        path: path.to_path_buf(),
+        reason: format!("not a DICOM whole slide: {reason}"),
+    }
+}
+
+/// One instance's attributes: enough to lay out its frames.
+struct Instance {
+    path: PathBuf,
+    series_uid: String,
+    /// ImageType's third value (`VOLUME`, `LABEL`, `OVERVIEW`, `THUMBNAIL`); `None` when the
+    /// instance is not a whole-slide image.
+    flavour: Option<String>,
+    transfer_syntax: String,
+    photometric: String,
+    samples_per_pixel: u16,
+    bits_allocated: u16,
+    /// The whole image and one frame, in pixels.
+    width: u64,
+    height: u64,
+    frame_width: u64,
+    frame_height: u64,
+    frames: u64,
+    organisation: String,
+    concatenated: bool,
+    mpp: Option<f64>,
+    /// Where the data set (after the file meta group) begins.
+    dataset_start: u64,
+    file_len: u64,
+    properties: BTreeMap<String, String>,
+}
+
+impl Instance {
+    fn read(path: &Path) -> Result<Instance> {
+        let damaged = |reason: String| WsiError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let object = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(path)
+            .map_err(|err| damaged(format!("DICOM: {}", one_line(&err))))?;
+        let file_len = std::fs::metadata(path)
+            .map_err(|source| WsiError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        let meta = object.meta();
+        let transfer_syntax = meta.transfer_syntax().trim_end_matches('\0').to_string();
+        // 128-byte preamble, "DICM", then the (0002,0000) group length element of 12 bytes.
+        let dataset_start = 132 + 12 + meta.information_group_length as u64;
+        let is_wsi = meta
+            .media_storage_sop_class_uid
+            .trim_end_matches('\0')
+            .eq(uids::VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE);
+        let text = |tag: Tag| -> String {
+            object
+                .get(tag)
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim().trim_end_matches('\0').to_string())
+                .unwrap_or_default()
+        };
+        let number = |tag: Tag| -> Option<u64> { object.get(tag).and_then(|e| e.to_int().ok()) };
+        let image_type: Vec<String> = object
+            .get(tags::IMAGE_TYPE)
+            .and_then(|e| e.to_multi_str().ok())
+            .map(|values| values.iter().map(|v| v.trim().to_string()).collect())
+            .unwrap_or_default();
+        let flavour = is_wsi.then(|| image_type.get(2).cloned()).flatten();
+        let frame_width = number(tags::COLUMNS).unwrap_or(0);
+        let frame_height = number(tags::ROWS).unwrap_or(0);
+        let spacing = pixel_spacing(&object);
+
+        let mut properties = BTreeMap::new();
+        for (i, value) in image_type.iter().enumerate() {
+            properties.insert(format!("dicom.ImageType[{i}]"), value.clone());
+        }
+        for (tag, name) in [
+            (
+                tags::PHOTOMETRIC_INTERPRETATION,
+                "PhotometricInterpretation",
+            ),
+            (
+                tags::DIMENSION_ORGANIZATION_TYPE,
+                "DimensionOrganizationType",
+            ),
+            (tags::MANUFACTURER, "Manufacturer"),
+            (tags::MANUFACTURER_MODEL_NAME, "ManufacturerModelName"),
+            (tags::SERIES_INSTANCE_UID, "SeriesInstanceUID"),
+            (tags::STUDY_INSTANCE_UID, "StudyInstanceUID"),
+            (tags::CONTAINER_IDENTIFIER, "ContainerIdentifier"),
+        ] {
+            let value = text(tag);
+            if !value.is_empty() {
+                properties.insert(format!("dicom.{name}"), value);
+            }
+        }
+        properties.insert("dicom.TransferSyntaxUID".into(), transfer_syntax.clone());
+        if let Some(spacing) = &spacing {
+            for (i, value) in spacing.iter().enumerate() {
+                properties.insert(
+                    format!(
+                        "dicom.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[{i}]"
+                    ),
+                    value.to_string(),
+                );
+            }
+        }
+        if let Some(icc) = icc_profile_len(&object) {
+            properties.insert("openslide.icc-size".into(), icc.to_string());
+        }
+        Ok(Instance {
+            path: path.to_path_buf(),
+            series_uid: text(tags::SERIES_INSTANCE_UID),
+            flavour,
+            transfer_syntax,
+            photometric: text(tags::PHOTOMETRIC_INTERPRETATION),
+            samples_per_pixel: number(tags::SAMPLES_PER_PIXEL).unwrap_or(1) as u16,
+            bits_allocated: number(tags::BITS_ALLOCATED).unwrap_or(8) as u16,
+            width: number(tags::TOTAL_PIXEL_MATRIX_COLUMNS).unwrap_or(frame_width),
+            height: number(tags::TOTAL_PIXEL_MATRIX_ROWS).unwrap_or(frame_height),
+            frame_width,
+            frame_height,
+            frames: number(tags::NUMBER_OF_FRAMES).unwrap_or(1),
+            organisation: text(tags::DIMENSION_ORGANIZATION_TYPE),
+            concatenated: object.get(tags::CONCATENATION_UID).is_some(),
+            // PixelSpacing is (row, column) spacing in mm: x is the column spacing.
+            mpp: spacing
+                .and_then(|s| s.get(1).copied())
+                .map(|mm| mm * 1000.0)
+                .filter(|mpp| mpp.is_finite() && *mpp > 0.0),
+            dataset_start,
+            file_len,
+            properties,
+        })
+    }
+
+    /// The frame grid, with each frame's place in file number `file`.
+    fn directory(&self, file: usize) -> Result<Directory> {
+        let damaged = |reason: String| WsiError::Damaged {
+            path: self.path.clone(),
+            reason,
+        };
+        let unsupported = |what: String| WsiError::Unsupported {
+            path: self.path.clone(),
+            what,
+        };
+        let syntax_name = TransferSyntaxRegistry
+            .get(&self.transfer_syntax)
+            .map_or("an unknown transfer syntax", |ts| ts.name());
+        let compression = match self.transfer_syntax.as_str() {
+            JPEG_BASELINE => Compression::Jpeg,
+            EXPLICIT_VR_LITTLE_ENDIAN | IMPLICIT_VR_LITTLE_ENDIAN => Compression::None,
+            other => {
+                return Err(unsupported(format!(
+                    "DICOM transfer syntax {syntax_name} ({other}): JPEG baseline and uncompressed frames are read"
+                )));
+            }
+        };
+        let photometric_ok = match compression {
+            Compression::Jpeg => matches!(
+                self.photometric.as_str(),
+                "YBR_FULL_422" | "YBR_FULL" | "RGB" | "MONOCHROME2"
+            ),
+            _ => matches!(self.photometric.as_str(), "RGB" | "MONOCHROME2"),
+        };
+        if !photometric_ok {
+            return Err(unsupported(format!(
+                "photometric interpretation {:?} in {syntax_name}",
+                self.photometric
+            )));
+        }
+        if self.bits_allocated != 8 || !matches!(self.samples_per_pixel, 1 | 3) {
+            return Err(unsupported(format!(
+                "{} samples of {} bits per pixel (8-bit grey or RGB is read)",
+                self.samples_per_pixel, self.bits_allocated
+            )));
+        }
+        if self.organisation == "TILED_SPARSE" {
+            return Err(unsupported(
+                "TILED_SPARSE frames (per-frame positions); TILED_FULL is read".into(),
+            ));
+        }
+        if self.concatenated {
+            return Err(unsupported(
+                "a level split over several instances (concatenation)".into(),
+            ));
+        }
+        let (width, height) = (self.width, self.height);
+        if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+            return Err(damaged(format!(
+                "declared size {width}x{height} is outside 1..={MAX_SIDE} pixels a side"
+            )));
+        }
+        let frame_bytes = self
+            .frame_width
+            .checked_mul(self.frame_height)
+            .and_then(|n| n.checked_mul(self.samples_per_pixel as u64))
+            .filter(|&n| n > 0 && n <= MAX_CHUNK_BYTES)
+            .ok_or_else(|| {
+                damaged(format!(
+                    "frame size {}x{} is zero or over {MAX_CHUNK_BYTES} bytes decoded",
+                    self.frame_width, self.frame_height
+                ))
+            })?;
+        let chunks = width.div_ceil(self.frame_width) * height.div_ceil(self.frame_height);
+        // TILED_FULL: row-major frames, the first focal plane and optical path first.
+        if self.frames < chunks {
+            return Err(damaged(format!(
+                "{width}x{height} in {}x{} frames needs {chunks} frames, NumberOfFrames is {}",
+                self.frame_width, self.frame_height, self.frames
+            )));
+        }
+        let frames = self.frame_places(compression, frame_bytes)?;
+        if (frames.len() as u64) < chunks {
+            return Err(damaged(format!(
+                "{chunks} frames are needed, the pixel data holds {}",
+                frames.len()
+            )));
+        }
+        let (offsets, byte_counts) = frames.into_iter().take(chunks as usize).unzip();
+        Ok(Directory {
+            file,
+            width,
+            height,
+            chunk_width: self.frame_width,
+            chunk_height: self.frame_height,
+            tiled: true,
+            compression,
+            samples_per_pixel: self.samples_per_pixel,
+            horizontal_predictor: false,
+            jpeg_tables: None,
+            offsets,
+            byte_counts,
+            mpp: self.mpp,
+        })
+    }
+
+    /// (offset, length) of every frame in the file.
+    fn frame_places(&self, compression: Compression, frame_bytes: u64) -> Result<Vec<(u64, u64)>> {
+        let damaged = |reason: String| WsiError::Damaged {
+            path: self.path.clone(),
+            reason,
+        };
+        let io = |source| WsiError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let file = File::open(&self.path).map_err(io)?;
+        let start = self.pixel_data_start(&file)?;
+        match start {
+            PixelData::Native { offset, length } => {
+                if compression != Compression::None {
+                    return Err(damaged(
+                        "compressed transfer syntax with native pixel data".into(),
+                    ));
+                }
+                let frames = (length / frame_bytes).min(self.frames);
+                if offset + frames * frame_bytes > self.file_len {
+                    return Err(damaged(format!(
+                        "pixel data ({length} bytes at offset {offset}) lies past the end of the file ({} bytes): is it truncated?",
+                        self.file_len
+                    )));
+                }
+                Ok((0..frames)
+                    .map(|i| (offset + i * frame_bytes, frame_bytes))
+                    .collect())
+            }
+            PixelData::Encapsulated { first_item } => {
+                // Items: the Basic Offset Table, then the fragments, then a delimiter.
+                let mut items = Vec::new();
+                let mut position = first_item;
+                loop {
+                    let mut header = [0u8; 8];
+                    file.read_exact_at(&mut header, position).map_err(|_| {
+                        damaged(format!(
+                            "the pixel data ends at byte {} before its last frame: is the file truncated?",
+                            self.file_len.min(position)
+                        ))
+                    })?;
+                    let group = u16::from_le_bytes([header[0], header[1]]);
+                    let element = u16::from_le_bytes([header[2], header[3]]);
+                    let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+                    if (group, element) == SEQUENCE_END {
+                        break;
+                    }
+                    if (group, element) != ITEM || length == u32::MAX {
+                        return Err(damaged(format!(
+                            "expected a pixel data item at byte {position}, found ({group:04X},{element:04X})"
+                        )));
+                    }
+                    let value = position + 8;
+                    if value + length as u64 > self.file_len {
+                        return Err(damaged(format!(
+                            "frame data ({length} bytes at offset {value}) lies past the end of the file ({} bytes): is it truncated?",
+                            self.file_len
+                        )));
+                    }
+                    items.push((value, length as u64));
+                    position = value + length as u64;
+                }
+                let fragments = items.split_off(1.min(items.len()));
+                if fragments.len() as u64 > self.frames {
+                    return Err(WsiError::Unsupported {
+                        path: self.path.clone(),
+                        what: format!(
+                            "{} fragments for {} frames (frames split over several fragments)",
+                            fragments.len(),
+                            self.frames
+                        ),
+                    });
+                }
+                Ok(fragments)
+            }
+        }
+    }
+
+    /// Walks the data set (values skipped, not read) to the top-level Pixel Data element.
+    fn pixel_data_start(&self, file: &File) -> Result<PixelData> {
+        let damaged = |reason: String| WsiError::Damaged {
+            path: self.path.clone(),
+            reason,
+        };
+        let syntax: &TransferSyntax = TransferSyntaxRegistry
+            .get(&self.transfer_syntax)
+            .ok_or_else(|| damaged(format!("unknown transfer syntax {}", self.transfer_syntax)))?;
+        let mut source = BufReader::new(file.try_clone().map_err(|source| WsiError::Io {
+            path: self.path.clone(),
+            source,
+        })?);
+        source
+            .seek(SeekFrom::Start(self.dataset_start))
+            .map_err(|source| WsiError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        let mut reader = LazyDataSetReader::new_with_ts(source, syntax)
+            .map_err(|err| damaged(format!("DICOM: {}", one_line(&err))))?;
+        let mut depth = 0usize;
+        let mut native = None;
+        let mut encapsulated = false;
+        while let Some(token) = reader.advance() {
+            let token = token.map_err(|err| damaged(format!("DICOM: {}", one_line(&err))))?;
+            match token {
+                LazyDataToken::SequenceStart { .. } => depth += 1,
+                LazyDataToken::SequenceEnd => depth = depth.saturating_sub(1),
+                LazyDataToken::PixelSequenceStart if depth == 0 => {
+                    encapsulated = true;
+                    break;
+                }
+                LazyDataToken::PixelSequenceStart => depth += 1,
+                LazyDataToken::LazyValue { header, decoder }
+                    if depth == 0 && header.tag == tags::PIXEL_DATA =>
+                {
+                    native = Some((decoder.position(), header.len.0 as u64));
+                    break;
+                }
+                value @ (LazyDataToken::LazyValue { .. } | LazyDataToken::LazyItemValue { .. }) => {
+                    value
+                        .skip()
+                        .map_err(|err| damaged(format!("DICOM: {}", one_line(&err))))?;
+                }
+                _ => {}
+            }
+        }
+        match (native, encapsulated) {
+            (Some((offset, length)), _) => Ok(PixelData::Native { offset, length }),
+            (None, true) => Ok(PixelData::Encapsulated {
+                first_item: reader.into_decoder().position(),
+            }),
+            (None, false) => Err(damaged("the instance has no pixel data".into())),
+        }
+    }
+}
+
+enum PixelData {
+    Native { offset: u64, length: u64 },
+    Encapsulated { first_item: u64 },
+}
+
+/// SharedFunctionalGroupsSequence > PixelMeasuresSequence > PixelSpacing, in mm.
+fn pixel_spacing(object: &InMemDicomObject) -> Option<Vec<f64>> {
+    let shared = object
+        .get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)?
+        .items()?
+        .first()?;
+    let measures = shared
+        .get(tags::PIXEL_MEASURES_SEQUENCE)?
+        .items()?
+        .first()?;
+    measures
+        .get(tags::PIXEL_SPACING)?
+        .to_multi_float64()
+        .ok()
+        .filter(|s| s.len() == 2)
+}
+
+/// The ICC profile's size in OpticalPathSequence's first item, as OpenSlide reports it.
+fn icc_profile_len(object: &InMemDicomObject) -> Option<usize> {
+    let path = object.get(tags::OPTICAL_PATH_SEQUENCE)?.items()?.first()?;
+    let profile = path.get(tags::ICC_PROFILE)?;
+    profile.to_bytes().ok().map(|bytes| bytes.len())
+}
+
+/// An error's text on one line (parsers' messages may carry newlines or debug dumps).
+fn one_line(err: &dyn std::error::Error) -> String {
+    err.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
