@@ -98,10 +98,16 @@ fn parse_region(text: &str) -> Result<Rect, String> {
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    // `stop` ends the pipeline early (Ctrl-C, or a reader's error stopping the others);
+    // `interrupted` says that it was Ctrl-C, so that a damaged slide is reported as damaged.
     let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = stop.clone();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let (handler_stop, handler_interrupted) = (stop.clone(), interrupted.clone());
     // Ctrl-C: stop reading, let the pipeline unwind, remove partial outputs.
-    let _ = ctrlc::set_handler(move || handler_stop.store(true, Ordering::Relaxed));
+    let _ = ctrlc::set_handler(move || {
+        handler_interrupted.store(true, Ordering::Relaxed);
+        handler_stop.store(true, Ordering::Relaxed);
+    });
     let result = match Cli::parse() {
         Cli {
             command: Some(Command::Patches { dir, out, model }),
@@ -113,7 +119,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if stop.load(Ordering::Relaxed) => {
+        Err(err) if interrupted.load(Ordering::Relaxed) => {
             eprintln!("interrupted: no output written ({err:#})");
             ExitCode::from(130)
         }

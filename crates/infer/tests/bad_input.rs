@@ -67,6 +67,37 @@ fn an_unreadable_slide() {
 }
 
 #[test]
+fn a_damaged_tile_is_reported_as_damaged_not_as_an_interruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let slide = dir.path().join("damaged.tif");
+    let mut bytes =
+        std::fs::read(root().join("tests/fixtures/slides/odd_vips_deflate.tif")).unwrap();
+    // Zeros where level 0's tiles lie: no zlib stream starts with a zero byte.
+    let quarter = bytes.len() / 4;
+    bytes[quarter..quarter + 200_000].fill(0);
+    std::fs::write(&slide, &bytes).unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args([slide.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--device", "cpu", "--quiet", "--tissue", "off"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("damaged.tif") && message.contains("damaged:"),
+        "{message}"
+    );
+    assert!(!message.contains("interrupted"), "{message}");
+    assert_eq!(
+        message.matches("corrupt deflate stream").count(),
+        1,
+        "the fault said once: {message}"
+    );
+}
+
+#[test]
 fn a_missing_or_damaged_model() {
     let (message, left) = fails(&demo(), &["--model", "/no/such/model.bpk"]);
     assert!(message.contains("/no/such/model.bpk"), "{message}");

@@ -14,13 +14,14 @@ pub enum WsiError {
     Unsupported { path: PathBuf, what: String },
     #[error("{path}: damaged: {reason}")]
     Damaged { path: PathBuf, reason: String },
-    #[error("{path}: damaged: level {level}, chunk {index}: {source}")]
+    /// The fault is in the message and in `fault`, not in the error's source chain, so that a
+    /// chain printed whole (anyhow's `{:#}`) says it once.
+    #[error("{path}: damaged: level {level}, chunk {index}: {fault}")]
     Chunk {
         path: PathBuf,
         level: usize,
         index: u64,
-        #[source]
-        source: DecodeError,
+        fault: DecodeError,
     },
     #[error("{path}: {reason}")]
     BadRequest { path: PathBuf, reason: String },
@@ -28,15 +29,15 @@ pub enum WsiError {
 
 pub type Result<T> = std::result::Result<T, WsiError>;
 
-/// Why a tile or strip's bytes do not decode.
+/// Why a tile or strip's bytes do not decode (the decoder's own error in the message).
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("deflate: {0}")]
-    Deflate(#[source] std::io::Error),
+    Deflate(std::io::Error),
     #[error("lzw: {0}")]
-    Lzw(#[source] std::io::Error),
+    Lzw(std::io::Error),
     #[error("jpeg: {0}")]
-    Jpeg(#[source] zune_jpeg::errors::DecodeErrors),
+    Jpeg(zune_jpeg::errors::DecodeErrors),
     /// zune-jpeg panicked (caught: a decoder bug must not take the process down).
     #[error("jpeg: the decoder failed on this tile")]
     JpegPanicked,

@@ -177,11 +177,11 @@ impl TiledSlide {
                     path: path.clone(),
                     source,
                 })?;
-            decode_chunk(dir, &data, rows).map_err(|source| WsiError::Chunk {
+            decode_chunk(dir, &data, rows).map_err(|fault| WsiError::Chunk {
                 path: path.clone(),
                 level: directory,
                 index,
-                source,
+                fault,
             })?
         };
         let chunk = Arc::new(pixels);
