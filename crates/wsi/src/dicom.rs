@@ -322,10 +322,6 @@ impl Instance {
 
     /// The frame grid, with each frame's place in file number `file`.
     fn directory(&self, file: usize) -> Result<Directory> {
-        let damaged = |reason: String| WsiError::Damaged {
-            path: self.path.clone(),
-            reason,
-        };
         let unsupported = |what: String| WsiError::Unsupported {
             path: self.path.clone(),
             what,
@@ -373,7 +369,7 @@ impl Instance {
         }
         let (width, height) = (self.width, self.height);
         if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
-            return Err(damaged(format!(
+            return Err(self.damaged(format!(
                 "declared size {width}x{height} is outside 1..={MAX_SIDE} pixels a side"
             )));
         }
@@ -383,7 +379,7 @@ impl Instance {
             .and_then(|n| n.checked_mul(self.samples_per_pixel as u64))
             .filter(|&n| n > 0 && n <= MAX_CHUNK_BYTES)
             .ok_or_else(|| {
-                damaged(format!(
+                self.damaged(format!(
                     "frame size {}x{} is zero or over {MAX_CHUNK_BYTES} bytes decoded",
                     self.frame_width, self.frame_height
                 ))
@@ -391,14 +387,14 @@ impl Instance {
         let chunks = width.div_ceil(self.frame_width) * height.div_ceil(self.frame_height);
         // TILED_FULL: row-major frames, the first focal plane and optical path first.
         if self.frames < chunks {
-            return Err(damaged(format!(
+            return Err(self.damaged(format!(
                 "{width}x{height} in {}x{} frames needs {chunks} frames, NumberOfFrames is {}",
                 self.frame_width, self.frame_height, self.frames
             )));
         }
         let frames = self.frame_places(compression, frame_bytes)?;
         if (frames.len() as u64) < chunks {
-            return Err(damaged(format!(
+            return Err(self.damaged(format!(
                 "{chunks} frames are needed, the pixel data holds {}",
                 frames.len()
             )));
@@ -417,32 +413,21 @@ impl Instance {
             jpeg_tables: None,
             offsets,
             byte_counts,
-            mpp: self.mpp,
         })
     }
 
     /// (offset, length) of every frame in the file.
     fn frame_places(&self, compression: Compression, frame_bytes: u64) -> Result<Vec<(u64, u64)>> {
-        let damaged = |reason: String| WsiError::Damaged {
-            path: self.path.clone(),
-            reason,
-        };
-        let io = |source| WsiError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let file = File::open(&self.path).map_err(io)?;
+        let file = File::open(&self.path).map_err(|source| self.io(source))?;
         let start = self.pixel_data_start(&file)?;
         match start {
             PixelData::Native { offset, length } => {
                 if compression != Compression::None {
-                    return Err(damaged(
-                        "compressed transfer syntax with native pixel data".into(),
-                    ));
+                    return Err(self.damaged("compressed transfer syntax with native pixel data"));
                 }
                 let frames = (length / frame_bytes).min(self.frames);
                 if offset + frames * frame_bytes > self.file_len {
-                    return Err(damaged(format!(
+                    return Err(self.damaged(format!(
                         "pixel data ({length} bytes at offset {offset}) lies past the end of the file ({} bytes): is it truncated?",
                         self.file_len
                     )));
@@ -458,7 +443,7 @@ impl Instance {
                 loop {
                     let mut header = [0u8; 8];
                     file.read_exact_at(&mut header, position).map_err(|_| {
-                        damaged(format!(
+                        self.damaged(format!(
                             "the pixel data ends at byte {} before its last frame: is the file truncated?",
                             self.file_len.min(position)
                         ))
@@ -470,13 +455,13 @@ impl Instance {
                         break;
                     }
                     if (group, element) != ITEM || length == u32::MAX {
-                        return Err(damaged(format!(
+                        return Err(self.damaged(format!(
                             "expected a pixel data item at byte {position}, found ({group:04X},{element:04X})"
                         )));
                     }
                     let value = position + 8;
                     if value + length as u64 > self.file_len {
-                        return Err(damaged(format!(
+                        return Err(self.damaged(format!(
                             "frame data ({length} bytes at offset {value}) lies past the end of the file ({} bytes): is it truncated?",
                             self.file_len
                         )));
@@ -502,30 +487,22 @@ impl Instance {
 
     /// Walks the data set (values skipped, not read) to the top-level Pixel Data element.
     fn pixel_data_start(&self, file: &File) -> Result<PixelData> {
-        let damaged = |reason: String| WsiError::Damaged {
-            path: self.path.clone(),
-            reason,
-        };
         let syntax: &TransferSyntax = TransferSyntaxRegistry
             .get(&self.transfer_syntax)
-            .ok_or_else(|| damaged(format!("unknown transfer syntax {}", self.transfer_syntax)))?;
-        let mut source = BufReader::new(file.try_clone().map_err(|source| WsiError::Io {
-            path: self.path.clone(),
-            source,
-        })?);
+            .ok_or_else(|| {
+                self.damaged(format!("unknown transfer syntax {}", self.transfer_syntax))
+            })?;
+        let mut source = BufReader::new(file.try_clone().map_err(|source| self.io(source))?);
         source
             .seek(SeekFrom::Start(self.dataset_start))
-            .map_err(|source| WsiError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        let mut reader = LazyDataSetReader::new_with_ts(source, syntax)
-            .map_err(|err| damaged(format!("DICOM: {}", one_line(&err))))?;
+            .map_err(|source| self.io(source))?;
+        let mut reader =
+            LazyDataSetReader::new_with_ts(source, syntax).map_err(|err| self.unparsable(&err))?;
         let mut depth = 0usize;
         let mut native = None;
         let mut encapsulated = false;
         while let Some(token) = reader.advance() {
-            let token = token.map_err(|err| damaged(format!("DICOM: {}", one_line(&err))))?;
+            let token = token.map_err(|err| self.unparsable(&err))?;
             match token {
                 LazyDataToken::SequenceStart { .. } => depth += 1,
                 LazyDataToken::SequenceEnd => depth = depth.saturating_sub(1),
@@ -541,9 +518,7 @@ impl Instance {
                     break;
                 }
                 value @ (LazyDataToken::LazyValue { .. } | LazyDataToken::LazyItemValue { .. }) => {
-                    value
-                        .skip()
-                        .map_err(|err| damaged(format!("DICOM: {}", one_line(&err))))?;
+                    value.skip().map_err(|err| self.unparsable(&err))?;
                 }
                 _ => {}
             }
@@ -553,7 +528,28 @@ impl Instance {
             (None, true) => Ok(PixelData::Encapsulated {
                 first_item: reader.into_decoder().position(),
             }),
-            (None, false) => Err(damaged("the instance has no pixel data".into())),
+            (None, false) => Err(self.damaged("the instance has no pixel data")),
+        }
+    }
+}
+
+impl Instance {
+    fn damaged(&self, reason: impl Into<String>) -> WsiError {
+        WsiError::Damaged {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// dicom-rs could not parse the data set.
+    fn unparsable(&self, err: &dyn std::error::Error) -> WsiError {
+        self.damaged(format!("DICOM: {}", one_line(err)))
+    }
+
+    fn io(&self, source: std::io::Error) -> WsiError {
+        WsiError::Io {
+            path: self.path.clone(),
+            source,
         }
     }
 }

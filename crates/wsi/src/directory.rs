@@ -80,8 +80,6 @@ pub struct Directory {
     pub jpeg_tables: Option<Vec<u8>>,
     pub offsets: Vec<u64>,
     pub byte_counts: Vec<u64>,
-    /// Microns per pixel from the resolution tags, when they say so in cm or inches.
-    pub mpp: Option<f64>,
 }
 
 impl Directory {
@@ -116,13 +114,14 @@ pub fn read_tiff(path: &Path, file: File, file_len: u64) -> Result<Pyramid> {
 
     let first = context.directory(&mut decoder.image_ifd())?;
     let tags = context.text_tags(&mut decoder.image_ifd())?;
+    let mpp = context.mpp(&mut decoder.image_ifd())?;
     let description = tags
         .get("tiff.ImageDescription")
         .cloned()
         .unwrap_or_default();
     let mut metadata = metadata::aperio(&description).unwrap_or_else(|| Metadata {
         vendor: "generic-tiff".into(),
-        mpp: first.mpp,
+        mpp,
         ..Metadata::default()
     });
     metadata.properties.extend(tags);
@@ -308,7 +307,6 @@ impl Context<'_> {
                 "chunk size {chunk_width}x{chunk_height} is zero or over {MAX_CHUNK_BYTES} bytes decoded"
             )));
         }
-        let mpp = self.mpp(tags)?;
         let directory = Directory {
             file: 0,
             width,
@@ -322,7 +320,6 @@ impl Context<'_> {
             jpeg_tables,
             offsets,
             byte_counts,
-            mpp,
         };
         let chunks = directory.chunks_across() * directory.chunks_down();
         if directory.offsets.len() as u64 != chunks || directory.byte_counts.len() as u64 != chunks

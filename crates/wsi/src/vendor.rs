@@ -87,7 +87,8 @@ impl VendorSlide {
     }
 
     pub fn read_associated(&self, name: &str) -> Option<Result<RgbImage>> {
-        self.associated_images().iter().find(|(n, ..)| n == name)?;
+        let names = self.slide.associated_image_names().ok()?;
+        names.iter().find(|n| *n == name)?;
         Some(
             self.slide
                 .read_associated_buffer(name)
