@@ -290,9 +290,10 @@ fn open_tiff(path: &Path, cache_bytes: usize) -> Result<(Backend, Metadata)> {
     let file_len = file.metadata().map_err(io)?.len();
     let pyramid = crate::directory::read_tiff(path, file, file_len);
     // What the pure-Rust reader does not support (JPEG 2000 in an .svs...) OpenSlide may.
+    // When OpenSlide cannot either, our error (which names the fault) is the one to report.
     #[cfg(feature = "openslide")]
-    if let Err(WsiError::Unsupported { .. }) = pyramid {
-        return open_vendor(path, "tiff");
+    if let Err(unsupported @ WsiError::Unsupported { .. }) = pyramid {
+        return open_vendor(path, "tiff").map_err(|_| unsupported);
     }
     tiled(pyramid?, cache_bytes)
 }
