@@ -2,12 +2,16 @@
 //! `infer-bench` compare tool, which runs the same stream).
 //!
 //! - [`pipeline`]: a slide in, streamed through the model, its outputs out;
-//! - [`output`], [`pictures`]: outputs written whole or not at all; the heatmap and contours;
+//! - [`output`], [`pictures`], [`annotations`]: outputs written whole or not at all; the
+//!   heatmap; the tumour's contours as QuPath GeoJSON and ASAP XML;
 //! - [`truth`]: ground truth for Dice and IoU;
+//! - [`evaluate`]: `infer evaluate`, a cohort's maps scored as Camelyon16 did (FROC, AUC);
 //! - [`patches`]: `infer patches`, a directory of patch images;
 //! - [`model_args`]: the model options both binaries take.
 #![forbid(unsafe_code)]
 
+pub mod annotations;
+pub mod evaluate;
 pub mod model_args;
 pub mod output;
 pub mod patches;

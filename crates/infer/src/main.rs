@@ -11,11 +11,12 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use infer::evaluate::{self, Evaluation};
 use infer::model_args::ModelArgs;
 use infer::patches;
-use infer::pipeline::{self, SlideJob, Summary, TissueChoice};
+use infer::pipeline::{self, ProbFormat, SlideJob, Summary, TissueChoice};
 use tiling::{Blend, Rect};
-use unet_core::SIDE_MULTIPLE;
+use unet_core::{SIDE_MULTIPLE, Tta};
 
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -35,6 +36,22 @@ enum Command {
         out: PathBuf,
         #[command(flatten)]
         model: ModelArgs,
+    },
+    /// A cohort's probability maps scored as Camelyon16 did: lesion-level FROC and
+    /// slide-level ROC AUC, into evaluation.json and froc.png.
+    Evaluate {
+        /// The directory of `STEM.prob.tif` maps (`infer`'s --out).
+        maps: PathBuf,
+        /// Ground truth: `STEM.xml` (ASAP) or `STEM.png` / `STEM_mask.png` (non-zero =
+        /// tumour); a slide with neither is tumour-free.
+        #[arg(long)]
+        truth: PathBuf,
+        /// The maps' pyramid level at which lesions and detections are found (Camelyon16: 5).
+        #[arg(long, default_value_t = 5)]
+        level: usize,
+        /// Where evaluation.json and froc.png go [default: MAPS].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -60,6 +77,14 @@ struct SlideArgs {
     tissue: TissueChoice,
     #[arg(long, value_enum, default_value = "mean")]
     blend: BlendArg,
+    /// Test-time augmentation: `off`, `flips` (4 forwards a patch) or `d4` (8: the flips,
+    /// transposed too); the probabilities are averaged.
+    #[arg(long, default_value = "off")]
+    tta: Tta,
+    /// `tiff` (OpenSlide reads every level) or `ome-tiff` (`.prob.ome.tif`: QuPath, Fiji and
+    /// OMERO read its pyramid and pixel size).
+    #[arg(long, value_enum, default_value = "tiff")]
+    prob_format: ProbFormat,
     /// Ground truth for Dice/IoU: a mask image or ASAP XML annotations.
     #[arg(long)]
     truth: Option<PathBuf>,
@@ -115,6 +140,21 @@ fn main() -> ExitCode {
         } => model
             .load()
             .and_then(|(predictor, _)| patches::run(&dir, &out, &predictor, model.batch)),
+        Cli {
+            command:
+                Some(Command::Evaluate {
+                    maps,
+                    truth,
+                    level,
+                    out,
+                }),
+            ..
+        } => evaluate(Evaluation {
+            out: out.unwrap_or_else(|| maps.clone()),
+            maps,
+            truth,
+            level,
+        }),
         Cli { slide, .. } => run_slide(slide, stop.clone(), process_start),
     };
     match result {
@@ -164,6 +204,8 @@ fn run_slide(args: SlideArgs, stop: Arc<AtomicBool>, process_start: Instant) -> 
             BlendArg::Mean => Blend::Mean,
             BlendArg::Gaussian => Blend::Gaussian,
         },
+        tta: args.tta,
+        prob_format: args.prob_format,
         truth: args.truth,
         heatmap_side: args.heatmap_size,
         progress: !args.quiet && std::io::stderr().is_terminal(),
@@ -171,6 +213,30 @@ fn run_slide(args: SlideArgs, stop: Arc<AtomicBool>, process_start: Instant) -> 
         process_start,
     };
     print_summary(&pipeline::run(job)?);
+    Ok(())
+}
+
+fn evaluate(evaluation: Evaluation) -> Result<()> {
+    let report = evaluate::run(&evaluation)?;
+    for slide in &report.slides {
+        println!(
+            "{}: {} lesions ({} found), {} isolated tumour cells, {} false positives, score {:.3}",
+            slide.slide,
+            slide.lesions,
+            slide.lesions_found,
+            slide.isolated_tumour_cells,
+            slide.false_positives,
+            slide.score
+        );
+    }
+    let figure = |value: Option<f64>| value.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    println!(
+        "{} slides: FROC {}, AUC {}",
+        report.slides.len(),
+        figure(report.froc),
+        figure(report.auc)
+    );
+    println!("wrote {}", evaluation.out.join("evaluation.json").display());
     Ok(())
 }
 

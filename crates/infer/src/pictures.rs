@@ -1,9 +1,17 @@
-//! What a person looks at: the heatmap overlay, and tumour contours for QuPath.
+//! What a person looks at: the probability map at low resolution, the heatmap overlay, and
+//! the charts' font.
 
-use anyhow::Result;
-use contour::ContourBuilder;
 use image::{GrayImage, RgbImage};
-use serde_json::{Value, json};
+use plotters::style::FontStyle;
+
+/// The charts' font (DejaVu Sans Mono, its licence beside it).
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+
+/// Registers the charts' font as plotters' "sans-serif" (charts are drawn without system fonts).
+pub fn register_font() -> anyhow::Result<()> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow::anyhow!("the chart font does not load"))
+}
 
 /// The probability map at low resolution, averaged from level-0 rows as they are emitted.
 pub struct LowResolutionMap {
@@ -75,49 +83,6 @@ pub fn heatmap(slide: &RgbImage, map: &GrayImage) -> RgbImage {
     })
 }
 
-/// Contours of `p >= 0.5` on the low-resolution map, in level-0 pixels, as a GeoJSON
-/// FeatureCollection QuPath imports (one annotation per polygon, classified "Tumor").
-pub fn tumour_geojson(map: &GrayImage, downsample: f64, origin: (u64, u64)) -> Result<Value> {
-    let values: Vec<f64> = map.pixels().map(|p| p.0[0] as f64 / 255.0).collect();
-    let builder = ContourBuilder::new(map.width() as usize, map.height() as usize, true)
-        .x_origin(origin.0 as f64)
-        .y_origin(origin.1 as f64)
-        .x_step(downsample)
-        .y_step(downsample);
-    let contours = builder
-        .contours(&values, &[0.5])
-        .map_err(|e| anyhow::anyhow!("contours: {e:?}"))?;
-    let features: Vec<Value> = contours
-        .iter()
-        .flat_map(|c| c.geometry().0.iter())
-        .map(|polygon| {
-            let mut rings: Vec<Vec<[f64; 2]>> = vec![
-                polygon
-                    .exterior()
-                    .coords()
-                    .map(|c| [c.x.round(), c.y.round()])
-                    .collect(),
-            ];
-            rings.extend(polygon.interiors().iter().map(|interior| {
-                interior
-                    .coords()
-                    .map(|c| [c.x.round(), c.y.round()])
-                    .collect()
-            }));
-            json!({
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": rings},
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": "Tumor", "color": [200, 0, 0]},
-                    "isLocked": false
-                }
-            })
-        })
-        .collect();
-    Ok(json!({"type": "FeatureCollection", "features": features}))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,41 +95,6 @@ mod tests {
         assert!(
             middle[1] == 255 && middle[0] > 100 && middle[2] > 100,
             "{middle:?}"
-        );
-    }
-
-    #[test]
-    fn a_square_blob_becomes_one_polygon_in_level_0_pixels() {
-        let mut map = GrayImage::new(20, 20);
-        for y in 5..10 {
-            for x in 4..12 {
-                map.put_pixel(x, y, image::Luma([230]));
-            }
-        }
-        let geojson = tumour_geojson(&map, 16.0, (1000, 2000)).unwrap();
-        let features = geojson["features"].as_array().unwrap();
-        assert_eq!(features.len(), 1);
-        let ring = features[0]["geometry"]["coordinates"][0]
-            .as_array()
-            .unwrap();
-        let xs: Vec<f64> = ring.iter().map(|p| p[0].as_f64().unwrap()).collect();
-        let ys: Vec<f64> = ring.iter().map(|p| p[1].as_f64().unwrap()).collect();
-        let (min_x, max_x) = (
-            xs.iter().cloned().fold(f64::MAX, f64::min),
-            xs.iter().cloned().fold(0.0, f64::max),
-        );
-        let (min_y, max_y) = (
-            ys.iter().cloned().fold(f64::MAX, f64::min),
-            ys.iter().cloned().fold(0.0, f64::max),
-        );
-        // The blob spans map pixels 4..12 x 5..10: level 0 from 1000 + 16 * 4 to about 1000 + 16 * 12.
-        assert!(
-            (min_x - 1064.0).abs() <= 16.0 && (max_x - 1192.0).abs() <= 16.0,
-            "{min_x} {max_x}"
-        );
-        assert!(
-            (min_y - 2080.0).abs() <= 16.0 && (max_y - 2160.0).abs() <= 16.0,
-            "{min_y} {max_y}"
         );
     }
 }

@@ -15,11 +15,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use output_file::NamedTempFile;
 use serde::Serialize;
 use tiling::{Blend, Grid, Rect, Stitcher, TissueMask};
-use unet_core::{Predictor, RgbPatch};
-use wsi::{Channels, PyramidWriter, Slide, WriterOptions};
+use unet_core::{Predictor, RgbPatch, Tta};
+use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
 
+use crate::annotations::{asap_xml, qupath_geojson, tumour_regions};
 use crate::output::Staged;
-use crate::pictures::{LowResolutionMap, heatmap, tumour_geojson};
+use crate::pictures::{LowResolutionMap, heatmap};
 use crate::truth::{Overlap, Truth};
 
 /// Where tissue detection comes from.
@@ -46,6 +47,37 @@ impl FromStr for TissueChoice {
     }
 }
 
+/// How the probability map is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ProbFormat {
+    /// `STEM.prob.tif`: every level in the main IFD chain (OpenSlide, ASAP, libvips).
+    #[default]
+    Tiff,
+    /// `STEM.prob.ome.tif`: OME-TIFF, the levels as SubIFDs and the pixel size in OME-XML
+    /// (Bio-Formats: QuPath, Fiji, OMERO; OpenSlide sees level 0 only).
+    OmeTiff,
+}
+
+impl ProbFormat {
+    /// The file's name after `STEM.`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ProbFormat::Tiff => "prob.tif",
+            ProbFormat::OmeTiff => "prob.ome.tif",
+        }
+    }
+
+    fn layout(self, stem: &str) -> Layout {
+        match self {
+            ProbFormat::Tiff => Layout::Chained,
+            ProbFormat::OmeTiff => Layout::Ome {
+                image: format!("{stem} tumour probability"),
+                channels: vec!["tumour probability (255 = 1)".to_string()],
+            },
+        }
+    }
+}
+
 pub struct SlideJob {
     pub slide: PathBuf,
     pub predictor: Predictor,
@@ -57,6 +89,8 @@ pub struct SlideJob {
     pub region: Option<Rect>,
     pub tissue: TissueChoice,
     pub blend: Blend,
+    pub tta: Tta,
+    pub prob_format: ProbFormat,
     pub truth: Option<PathBuf>,
     /// Long side of the heatmap, at most.
     pub heatmap_side: u32,
@@ -79,6 +113,8 @@ pub struct Summary {
     pub patch: u64,
     pub overlap: u64,
     pub blend: String,
+    /// Test-time augmentation: `off`, `flips` or `d4`.
+    pub tta: String,
     pub region: [u64; 4],
     pub grid: [usize; 2],
     pub patches_in_grid: usize,
@@ -172,13 +208,14 @@ impl Planned {
         let stem = output_stem(&job.slide);
         let staged = Staged::new(&job.out_dir);
         let writer = PyramidWriter::create(
-            staged.final_path(&format!("{stem}.prob.tif")),
+            staged.final_path(&format!("{stem}.{}", job.prob_format.suffix())),
             region.width,
             region.height,
             Channels::Grey,
             WriterOptions {
                 tile: 512,
                 mpp: slide.mpp(),
+                layout: job.prob_format.layout(&stem),
                 ..WriterOptions::default()
             },
         )?;
@@ -216,6 +253,7 @@ impl Planned {
             to_run: &self.to_run,
             predictor: &job.predictor,
             batch: job.batch,
+            tta: job.tta,
             progress: &progress,
             stop: &job.stop,
         };
@@ -231,8 +269,8 @@ impl Planned {
         });
         progress.finish_and_clear();
         let ((overlap, low_resolution, prob_file), first_batch) = outcome?;
-        self.staged
-            .keep(prob_file, &format!("{}.prob.tif", self.stem));
+        let name = format!("{}.{}", self.stem, job.prob_format.suffix());
+        self.staged.keep(prob_file, &name);
         Ok(Streamed {
             overlap,
             low_resolution,
@@ -254,11 +292,15 @@ impl Planned {
         let view = low_level_view_of_region(&self.slide, self.region, map.width(), map.height())?;
         self.staged
             .write_png(&format!("{stem}.heatmap.png"), &heatmap(&view, &map))?;
-        let geojson = tumour_geojson(&map, self.downsample, (self.region.x, self.region.y))?;
+        let regions = tumour_regions(&map, self.downsample, (self.region.x, self.region.y))?;
+        let geojson = qupath_geojson(&regions, self.slide.mpp());
         self.staged
             .write(&format!("{stem}.tumour.geojson"), |out| {
                 Ok(serde_json::to_writer_pretty(out, &geojson)?)
             })?;
+        self.staged.write(&format!("{stem}.tumour.xml"), |out| {
+            Ok(out.write_all(asap_xml(&regions).as_bytes())?)
+        })?;
         let summary = self.summary(job, &streamed, started.elapsed().as_secs_f64());
         self.staged.write(&format!("{stem}.summary.json"), |out| {
             Ok(serde_json::to_writer_pretty(out, &summary)?)
@@ -280,6 +322,7 @@ impl Planned {
             patch: job.patch,
             overlap: job.overlap,
             blend: format!("{:?}", job.blend).to_lowercase(),
+            tta: job.tta.to_string(),
             region: [region.x, region.y, region.width, region.height],
             grid: [self.grid.cols, self.grid.rows],
             patches_in_grid: self.grid.len(),
@@ -297,13 +340,19 @@ impl Planned {
             },
             mpp: self.slide.mpp(),
             vendor: self.slide.vendor().to_string(),
-            outputs: ["prob.tif", "heatmap.png", "tumour.geojson", "summary.json"]
-                .iter()
-                .map(|kind| {
-                    let name = format!("{}.{kind}", self.stem);
-                    job.out_dir.join(name).display().to_string()
-                })
-                .collect(),
+            outputs: [
+                job.prob_format.suffix(),
+                "heatmap.png",
+                "tumour.geojson",
+                "tumour.xml",
+                "summary.json",
+            ]
+            .iter()
+            .map(|kind| {
+                let name = format!("{}.{kind}", self.stem);
+                job.out_dir.join(name).display().to_string()
+            })
+            .collect(),
             dice: has_truth.then(|| streamed.overlap.dice()),
             iou: has_truth.then(|| streamed.overlap.iou()),
         }
@@ -379,6 +428,7 @@ pub struct PatchStream<'a> {
     pub to_run: &'a [usize],
     pub predictor: &'a Predictor,
     pub batch: usize,
+    pub tta: Tta,
     pub progress: &'a ProgressBar,
     pub stop: &'a AtomicBool,
 }
@@ -449,7 +499,7 @@ impl PatchStream<'_> {
                 RgbPatch::new(width as usize, height as usize, p.pixels.as_raw())
             })
             .collect();
-        let maps = self.predictor.predict_batch(&inputs)?;
+        let maps = self.predictor.predict_batch_with(&inputs, self.tta)?;
         drop(inputs);
         let count = batch.len() as u64;
         for (patch, map) in batch.drain(..).zip(maps) {

@@ -1,18 +1,25 @@
 //! Ground truth for Dice and IoU: a mask image (non-zero = tumour, any size, scaled to the
 //! slide) or ASAP XML polygons (level-0 coordinates), sampled one level-0 row at a time.
+//! Polygons of the groups Camelyon marks as not tumour (`_2` in Camelyon16, `Exclusion` as
+//! `infer` writes holes, `normal` in Camelyon17) are cut out of the others.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use image::GrayImage;
 
+#[derive(Debug)]
 pub enum Truth {
     Mask {
         mask: GrayImage,
         scale: (f64, f64),
     },
-    /// Polygons in level-0 pixels, filled by the even-odd rule.
-    Polygons(Vec<Vec<(f64, f64)>>),
+    /// Polygons in level-0 pixels, each set filled by the even-odd rule: tumour where
+    /// `tumour` covers and `excluded` does not.
+    Polygons {
+        tumour: Vec<Polygon>,
+        excluded: Vec<Polygon>,
+    },
 }
 
 impl Truth {
@@ -24,9 +31,8 @@ impl Truth {
         if is_xml {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("{}: cannot read the annotations", path.display()))?;
-            let polygons = asap_polygons(&text)
-                .with_context(|| format!("{}: not ASAP annotations", path.display()))?;
-            return Ok(Truth::Polygons(polygons));
+            return asap_polygons(&text)
+                .with_context(|| format!("{}: not ASAP annotations", path.display()));
         }
         let mask = image::open(path)
             .with_context(|| format!("{}: cannot read the mask image", path.display()))?
@@ -36,6 +42,31 @@ impl Truth {
             mask.height() as f64 / slide_height as f64,
         );
         Ok(Truth::Mask { mask, scale })
+    }
+
+    /// The same truth sampled on a grid `factor` times coarser than level 0 (a pyramid
+    /// level): polygons scaled down; a mask, already scaled to the size it was loaded for,
+    /// unchanged.
+    pub fn downscaled(self, factor: f64) -> Truth {
+        match self {
+            Truth::Polygons { tumour, excluded } => {
+                let scale = |polygons: Vec<Polygon>| -> Vec<Polygon> {
+                    polygons
+                        .into_iter()
+                        .map(|p| {
+                            p.into_iter()
+                                .map(|(x, y)| (x / factor, y / factor))
+                                .collect()
+                        })
+                        .collect()
+                };
+                Truth::Polygons {
+                    tumour: scale(tumour),
+                    excluded: scale(excluded),
+                }
+            }
+            mask => mask,
+        }
     }
 
     /// Tumour or not for `width` level-0 pixels of row `y`, from column `x`.
@@ -53,38 +84,56 @@ impl Truth {
                     mx < mask.width() && mask.get_pixel(mx, my).0[0] != 0
                 }));
             }
-            Truth::Polygons(polygons) => {
-                out.resize(width, false);
-                let centre = y as f64 + 0.5;
-                let mut crossings = Vec::new();
-                for polygon in polygons {
-                    crossings.clear();
-                    for (i, &(x1, y1)) in polygon.iter().enumerate() {
-                        let (x2, y2) = polygon[(i + 1) % polygon.len()];
-                        if (y1 <= centre) != (y2 <= centre) {
-                            crossings.push(x1 + (centre - y1) / (y2 - y1) * (x2 - x1));
-                        }
-                    }
-                    crossings.sort_by(f64::total_cmp);
-                    for span in crossings.chunks_exact(2) {
-                        // Pixel i is inside when its centre is.
-                        let from = (span[0] - 0.5 - x as f64).ceil().max(0.0) as usize;
-                        let to = ((span[1] - 0.5 - x as f64).floor() + 1.0).clamp(0.0, width as f64)
-                            as usize;
-                        for inside in out.iter_mut().take(to).skip(from) {
-                            *inside = !*inside;
-                        }
-                    }
+            Truth::Polygons { tumour, excluded } => {
+                fill_row(tumour, x, y, width, out);
+                if !excluded.is_empty() {
+                    let mut cut = Vec::new();
+                    fill_row(excluded, x, y, width, &mut cut);
+                    out.iter_mut().zip(cut).for_each(|(t, c)| *t &= !c);
                 }
             }
         }
     }
 }
 
-/// Every `<Annotation>`'s `<Coordinate X= Y=>` points, in `Order`.
-fn asap_polygons(text: &str) -> Result<Vec<Vec<(f64, f64)>>> {
+/// A closed ring of level-0 points.
+pub type Polygon = Vec<(f64, f64)>;
+
+/// Groups whose polygons are not tumour.
+const EXCLUDED_GROUPS: [&str; 3] = ["_2", "Exclusion", "normal"];
+
+/// Inside-or-not of `polygons` (even-odd) for `width` pixels of row `y` from column `x`, by
+/// pixel centres.
+fn fill_row(polygons: &[Polygon], x: u64, y: u64, width: usize, out: &mut Vec<bool>) {
+    out.clear();
+    out.resize(width, false);
+    let centre = y as f64 + 0.5;
+    let mut crossings = Vec::new();
+    for polygon in polygons {
+        crossings.clear();
+        for (i, &(x1, y1)) in polygon.iter().enumerate() {
+            let (x2, y2) = polygon[(i + 1) % polygon.len()];
+            if (y1 <= centre) != (y2 <= centre) {
+                crossings.push(x1 + (centre - y1) / (y2 - y1) * (x2 - x1));
+            }
+        }
+        crossings.sort_by(f64::total_cmp);
+        for span in crossings.chunks_exact(2) {
+            // Pixel i is inside when its centre is.
+            let from = (span[0] - 0.5 - x as f64).ceil().max(0.0) as usize;
+            let to = ((span[1] - 0.5 - x as f64).floor() + 1.0).clamp(0.0, width as f64) as usize;
+            for inside in out.iter_mut().take(to).skip(from) {
+                *inside = !*inside;
+            }
+        }
+    }
+}
+
+/// Every `<Annotation>`'s `<Coordinate X= Y=>` points, in `Order`, sorted into tumour and
+/// excluded polygons by the annotation's `PartOfGroup`.
+fn asap_polygons(text: &str) -> Result<Truth> {
     let document = roxmltree::Document::parse(text)?;
-    let mut polygons = Vec::new();
+    let (mut tumour, mut excluded) = (Vec::new(), Vec::new());
     for annotation in document
         .descendants()
         .filter(|n| n.has_tag_name("Annotation"))
@@ -98,7 +147,11 @@ fn asap_polygons(text: &str) -> Result<Vec<Vec<(f64, f64)>>> {
                 let value = coordinate
                     .attribute(name)
                     .with_context(|| format!("a Coordinate without {name}"))?;
-                Ok(value.parse()?)
+                let number: f64 = value.parse()?;
+                if !number.is_finite() {
+                    bail!("a Coordinate with {name}=\"{value}\"");
+                }
+                Ok(number)
             };
             let order = coordinate
                 .attribute("Order")
@@ -108,13 +161,19 @@ fn asap_polygons(text: &str) -> Result<Vec<Vec<(f64, f64)>>> {
         }
         points.sort_by_key(|p| p.0);
         if points.len() >= 3 {
-            polygons.push(points.into_iter().map(|(_, x, y)| (x, y)).collect());
+            let polygon = points.into_iter().map(|(_, x, y)| (x, y)).collect();
+            let group = annotation.attribute("PartOfGroup").unwrap_or("");
+            if EXCLUDED_GROUPS.contains(&group) {
+                excluded.push(polygon);
+            } else {
+                tumour.push(polygon);
+            }
         }
     }
-    if polygons.is_empty() {
-        bail!("no Annotation with at least three Coordinates");
+    if tumour.is_empty() {
+        bail!("no tumour Annotation with at least three Coordinates");
     }
-    Ok(polygons)
+    Ok(Truth::Polygons { tumour, excluded })
 }
 
 /// Overlap counts between the predicted map (`p >= 128`) and the truth.
@@ -165,12 +224,40 @@ mod tests {
               <Coordinate Order="0" X="2" Y="1"/><Coordinate Order="1" X="6" Y="1"/>
               <Coordinate Order="2" X="6" Y="4"/><Coordinate Order="3" X="2" Y="4"/>
             </Coordinates></Annotation></Annotations></ASAP_Annotations>"#;
-        let truth = Truth::Polygons(asap_polygons(xml).unwrap());
+        let truth = asap_polygons(xml).unwrap();
         let mut row = Vec::new();
         truth.row(0, 2, 8, &mut row);
         assert_eq!(row, [false, false, true, true, true, true, false, false]);
         truth.row(0, 0, 8, &mut row);
         assert!(row.iter().all(|&t| !t));
+    }
+
+    #[test]
+    fn excluded_groups_are_cut_out_and_non_finite_coordinates_refused() {
+        let square = |group: &str, from: f64, to: f64| {
+            format!(
+                r#"<Annotation PartOfGroup="{group}"><Coordinates>
+                <Coordinate Order="0" X="{from}" Y="{from}"/><Coordinate Order="1" X="{to}" Y="{from}"/>
+                <Coordinate Order="2" X="{to}" Y="{to}"/><Coordinate Order="3" X="{from}" Y="{to}"/>
+                </Coordinates></Annotation>"#
+            )
+        };
+        // Camelyon16's groups: _0 tumour, _2 not; the excluded square reaches past the tumour.
+        let xml = format!(
+            "<ASAP_Annotations><Annotations>{}{}</Annotations></ASAP_Annotations>",
+            square("_0", 0.0, 8.0),
+            square("_2", 4.0, 12.0)
+        );
+        let truth = asap_polygons(&xml).unwrap();
+        let mut row = Vec::new();
+        truth.row(0, 6, 12, &mut row);
+        let expected: Vec<bool> = (0..12).map(|x| x < 4).collect();
+        assert_eq!(row, expected);
+        let nan = square("Tumor", 0.0, 8.0).replace(r#"X="8""#, r#"X="NaN""#);
+        let error = asap_polygons(&format!("<A><Annotations>{nan}</Annotations></A>"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("X=\"NaN\""), "{error}");
     }
 
     #[test]

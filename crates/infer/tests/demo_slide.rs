@@ -1,23 +1,13 @@
 //! `infer` on the demo slide against PyTorch's whole-slide result for the users' pipeline
 //! (`tests/fixtures/pipeline`, made by `ref_pipeline.py` with OpenSlide and PyTorch).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 use std::sync::OnceLock;
 
+use common::{fixtures, infer};
 use image::GrayImage;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn infer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .output()
-        .unwrap()
-}
 
 /// One run of the demo slide, kept for every test that looks at it.
 struct Run {
@@ -59,14 +49,7 @@ impl Run {
 
     /// Level 0 of `demo_vips_jpeg.prob.tif`, read back with our reader.
     fn map(&self) -> GrayImage {
-        let slide = wsi::Slide::open(self.dir.path().join("demo_vips_jpeg.prob.tif")).unwrap();
-        let level = slide.levels()[0];
-        let rgb = slide
-            .read_region(0, 0, 0, level.width as u32, level.height as u32)
-            .unwrap();
-        GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
-            image::Luma([rgb.get_pixel(x, y).0[0]])
-        })
+        common::level0_map(&self.dir.path().join("demo_vips_jpeg.prob.tif"))
     }
 }
 
@@ -193,8 +176,12 @@ fn heatmap_geojson_and_summary_are_written() {
     assert_eq!(geojson["type"], "FeatureCollection");
     let features = geojson["features"].as_array().unwrap();
     assert!(!features.is_empty());
-    // Every vertex in level-0 pixels, inside the slide.
+    // Every vertex in level-0 pixels, inside the slide; each area in µm², as QuPath names it.
     for feature in features {
+        let area = feature["properties"]["measurements"]["Area µm^2"]
+            .as_f64()
+            .unwrap();
+        assert!(area > 0.0, "{area}");
         assert_eq!(feature["geometry"]["type"], "Polygon");
         for point in feature["geometry"]["coordinates"][0].as_array().unwrap() {
             let (x, y) = (point[0].as_f64().unwrap(), point[1].as_f64().unwrap());
@@ -224,7 +211,8 @@ fn heatmap_geojson_and_summary_are_written() {
             "demo_vips_jpeg.heatmap.png",
             "demo_vips_jpeg.prob.tif",
             "demo_vips_jpeg.summary.json",
-            "demo_vips_jpeg.tumour.geojson"
+            "demo_vips_jpeg.tumour.geojson",
+            "demo_vips_jpeg.tumour.xml"
         ]
     );
 }

@@ -61,13 +61,24 @@ fn unet_core_checkpoint(pth: &Path, out: &Path) -> std::path::PathBuf {
     out.to_path_buf()
 }
 
-/// `infer-bench` on a few patches of the demo slide: both paths in the table, and a PNG chart.
+/// `infer-bench` on a few patches of the demo slide: both paths and the augmented one in the
+/// table, and a PNG chart.
 #[test]
 fn bench_compares_both_paths_and_draws_the_chart() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_infer-bench"))
-        .args(["--device", "cpu", "--patches", "3", "--batch", "2", "--out"])
+        .args([
+            "--device",
+            "cpu",
+            "--patches",
+            "3",
+            "--batch",
+            "2",
+            "--tta",
+            "flips",
+        ])
+        .arg("--out")
         .arg(out.path())
         .current_dir(&root)
         .output()
@@ -79,8 +90,9 @@ fn bench_compares_both_paths_and_draws_the_chart() {
         String::from_utf8_lossy(&output.stderr)
     );
     for row in [
-        "| Original | cpu | f32 | 1 | 3 |",
-        "| Optimised | cpu | f32 | 2 | 3 |",
+        "| Original | cpu | f32 | 1 | off | 3 |",
+        "| Optimised | cpu | f32 | 2 | off | 3 |",
+        "| Augmented | cpu | f32 | 2 | flips | 3 |",
     ] {
         assert!(table.contains(row), "no `{row}` in:\n{table}");
     }
@@ -89,4 +101,5 @@ fn bench_compares_both_paths_and_draws_the_chart() {
     let figures: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("bench.json")).unwrap()).unwrap();
     assert!(figures[1]["ms_per_patch"].as_f64().unwrap() > 0.0);
+    assert_eq!(figures[2]["tta"], "flips");
 }

@@ -3,12 +3,11 @@
 //! tumour found (Dice against the slide's mask within 0.03 of the TIFF's: the DICOM and SVS
 //! copies were re-encoded, so their pixels carry extra JPEG noise).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use std::path::Path;
+
+use common::{fixtures, infer_slide, read_json};
 
 struct Outcome {
     dice: f64,
@@ -18,31 +17,8 @@ struct Outcome {
 fn run(slide: &Path, stem: &str) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let mask = fixtures().join("slides/tiny_mask.png");
-    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args([
-            slide.to_str().unwrap(),
-            "--out",
-            dir.path().to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--precision",
-            "f32",
-            "--quiet",
-            "--truth",
-            mask.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}: {}",
-        slide.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join(format!("{stem}.summary.json"))).unwrap(),
-    )
-    .unwrap();
+    infer_slide(slide, dir.path(), &["--truth", mask.to_str().unwrap()]);
+    let summary = read_json(&dir.path().join(format!("{stem}.summary.json")));
     assert!((summary["mpp"].as_f64().unwrap() - 0.243).abs() < 1e-6);
     let map = wsi::Slide::open(dir.path().join(format!("{stem}.prob.tif"))).unwrap();
     assert_eq!(

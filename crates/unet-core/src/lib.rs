@@ -16,7 +16,8 @@
 //! - [`checkpoint`]: PyTorch `.pth` checkpoints in, architecture inferred, BatchNorm folded.
 //! - [`model_file`]: the converted model in Burn's burnpack format.
 //! - [`engine`]: the [`Engine`] seam; [`model`] (Burn's modules) and the CPU kernels behind it.
-//! - [`Predictor`]: a model on an engine; `predict_batch` on RGB patches.
+//! - [`Predictor`]: a model on an engine; `predict_batch` on RGB patches, optionally averaged
+//!   over flipped and rotated copies ([`Tta`]).
 
 pub mod architecture;
 pub mod checkpoint;
@@ -27,6 +28,7 @@ pub mod model_file;
 pub mod patch;
 mod predictor;
 mod target;
+mod tta;
 pub mod weights;
 
 pub use architecture::{Plan, SIDE_MULTIPLE, UnetConfig};
@@ -38,4 +40,5 @@ pub use model_file::{MODEL_EXTENSION, ModelFileError};
 pub use patch::{ProbabilityMap, RgbPatch, probability_to_u8};
 pub use predictor::{PredictError, Predictor};
 pub use target::{Device, DeviceChoice, Precision, Target};
+pub use tta::Tta;
 pub use weights::{FoldedWeights, WeightsError};

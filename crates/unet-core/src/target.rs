@@ -1,8 +1,5 @@
 //! Where and at what precision a model runs: the user's choices, resolved once.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::predictor::PredictError;
 
 /// Where the model runs.
@@ -27,7 +24,7 @@ pub enum Precision {
 
 macro_rules! parse_choice {
     ($ty:ty, $what:literal, $($name:literal => $value:path),+) => {
-        impl FromStr for $ty {
+        impl std::str::FromStr for $ty {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
                 match s.to_ascii_lowercase().as_str() {
@@ -41,8 +38,8 @@ macro_rules! parse_choice {
             }
         }
 
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 let name = match self {
                     $($value => $name,)+
                 };
@@ -51,6 +48,7 @@ macro_rules! parse_choice {
         }
     };
 }
+pub(crate) use parse_choice;
 parse_choice!(DeviceChoice, "device", "auto" => DeviceChoice::Auto, "cpu" => DeviceChoice::Cpu, "cuda" => DeviceChoice::Cuda);
 parse_choice!(Precision, "precision", "auto" => Precision::Auto, "f32" => Precision::F32, "f16" => Precision::F16);
 

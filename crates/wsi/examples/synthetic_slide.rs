@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         tile: 512,
         mpp: Some(0.243),
         deflate_level: 1,
+        ..WriterOptions::default()
     };
     let mut writer = PyramidWriter::create(&out, width, height, Channels::Rgb, options)?;
     // Blobs: centre and radii as fractions of the slide.

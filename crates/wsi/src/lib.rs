@@ -31,4 +31,4 @@ pub mod writer;
 
 pub use error::{DecodeError, Result, WsiError};
 pub use slide::{BACKGROUND, DEFAULT_CACHE_BYTES, Level, MAX_REGION_BYTES, Slide};
-pub use writer::{Channels, PyramidWriter, WriterOptions};
+pub use writer::{Channels, Layout, PyramidWriter, WriterOptions};

@@ -2,8 +2,10 @@
 //!
 //! Only one band (a row of tiles) per level is held: when level k's band fills, its tiles are
 //! deflated (in parallel) and appended to the file, and the band is halved (2x2 mean) into level
-//! k+1's band. Directories are written at the end, all levels in the main IFD chain, reduced
-//! ones marked `NewSubfileType = 1`, each with its own resolution tags. The file is written
+//! k+1's band. Directories are written at the end, each level with its own resolution tags,
+//! reduced ones marked `NewSubfileType = 1`: all in the main IFD chain (what OpenSlide reads),
+//! or, as OME-TIFF, level 0 alone in the chain carrying the OME-XML and the others as its
+//! SubIFDs (what Bio-Formats reads: QuPath, Fiji, OMERO). The file is written
 //! as a temporary file beside its destination and renamed by [`PyramidWriter::finish`];
 //! dropped unfinished, the temporary file is removed.
 
@@ -22,7 +24,21 @@ pub enum Channels {
     Rgb = 3,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// How the levels are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Every level in the main IFD chain (OpenSlide, libvips, ASAP).
+    #[default]
+    Chained,
+    /// OME-TIFF: the image and its channels named in OME-XML, the physical pixel size from
+    /// `mpp`, the reduced levels as level 0's SubIFDs.
+    Ome {
+        image: String,
+        channels: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// Tile side: 256 or 512.
     pub tile: u32,
@@ -30,6 +46,7 @@ pub struct WriterOptions {
     pub mpp: Option<f64>,
     /// Deflate level, 1 (fast) to 9 (small).
     pub deflate_level: u32,
+    pub layout: Layout,
 }
 
 impl Default for WriterOptions {
@@ -38,6 +55,7 @@ impl Default for WriterOptions {
             tile: 512,
             mpp: None,
             deflate_level: 3,
+            layout: Layout::Chained,
         }
     }
 }
@@ -85,6 +103,17 @@ impl PyramidWriter {
         }
         if width == 0 || height == 0 {
             return Err(bad(format!("image size {width}x{height}")));
+        }
+        if let Layout::Ome {
+            channels: names, ..
+        } = &options.layout
+            && names.len() != channels as usize
+        {
+            return Err(bad(format!(
+                "{} channel names for {} channels",
+                names.len(),
+                channels as usize
+            )));
         }
         let tile = options.tile as u64;
         let mut levels = Vec::new();
@@ -171,12 +200,11 @@ impl PyramidWriter {
             }
         }
         let first_ifd = self.write_directories()?;
+        self.patch(8, first_ifd)?;
         let io = |source| WsiError::Io {
             path: self.final_path.clone(),
             source,
         };
-        self.file.seek(SeekFrom::Start(8)).map_err(io)?;
-        self.file.write_all(&first_ifd.to_le_bytes()).map_err(io)?;
         let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
         file.as_file().sync_all().map_err(io)?;
         Ok(file)
@@ -257,66 +285,107 @@ impl PyramidWriter {
         Ok(())
     }
 
-    /// Writes every level's IFD (level 0 first, chained); returns the first one's offset.
+    /// Writes every level's IFD; returns level 0's, the first of the main chain.
     fn write_directories(&mut self) -> Result<u64> {
         let base_width = self.levels[0].width as f64;
-        let mut ifd_offsets = Vec::new();
-        let mut entries_per_level = Vec::new();
-        for (index, level) in self.levels.iter().enumerate() {
-            let downsample = base_width / level.width as f64;
-            let resolution = self.options.mpp.map(|mpp| pixels_per_cm(mpp * downsample));
-            entries_per_level.push(directory_entries(
-                level,
-                index > 0,
-                self.options.tile,
-                self.channels,
-                resolution,
-            ));
-        }
-        for entries in &entries_per_level {
-            // Values that do not fit in an entry go before the directory.
-            let mut placed = Vec::new();
-            for entry in entries {
-                let offset = if entry.data.len() > 8 {
-                    self.align()?;
-                    let at = self.position;
-                    self.write(&entry.data)?;
-                    Some(at)
-                } else {
-                    None
-                };
-                placed.push(offset);
-            }
-            self.align()?;
-            ifd_offsets.push(self.position);
-            let mut ifd = Vec::with_capacity(8 + entries.len() * 20 + 8);
-            ifd.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-            for (entry, offset) in entries.iter().zip(&placed) {
-                ifd.extend_from_slice(&entry.tag.to_le_bytes());
-                ifd.extend_from_slice(&entry.kind.to_le_bytes());
-                ifd.extend_from_slice(&entry.count.to_le_bytes());
-                let mut value = [0u8; 8];
-                match offset {
-                    Some(at) => value.copy_from_slice(&at.to_le_bytes()),
-                    None => value[..entry.data.len()].copy_from_slice(&entry.data),
+        let mut entries_per_level: Vec<Vec<Entry>> = self
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(index, level)| {
+                let downsample = base_width / level.width as f64;
+                let resolution = self.options.mpp.map(|mpp| pixels_per_cm(mpp * downsample));
+                directory_entries(
+                    level,
+                    index > 0,
+                    self.options.tile,
+                    self.channels,
+                    resolution,
+                )
+            })
+            .collect();
+        match self.options.layout.clone() {
+            Layout::Chained => {
+                let offsets = entries_per_level
+                    .iter()
+                    .map(|entries| self.write_directory(entries))
+                    .collect::<Result<Vec<u64>>>()?;
+                // Chain the directories: each one's last 8 bytes point to the next.
+                for (i, window) in offsets.windows(2).enumerate() {
+                    let next_field = window[0] + 8 + entries_per_level[i].len() as u64 * 20;
+                    self.patch(next_field, window[1])?;
                 }
-                ifd.extend_from_slice(&value);
+                Ok(offsets[0])
             }
-            ifd.extend_from_slice(&0u64.to_le_bytes()); // next IFD, patched below
-            self.write(&ifd)?;
+            Layout::Ome { image, channels } => {
+                // The reduced levels first, so that level 0 can name where they are.
+                let reduced = entries_per_level[1..]
+                    .iter()
+                    .map(|entries| self.write_directory(entries))
+                    .collect::<Result<Vec<u64>>>()?;
+                let base = &self.levels[0];
+                let xml = ome_xml(&image, &channels, base.width, base.height, self.options.mpp);
+                let first = &mut entries_per_level[0];
+                first.push(ascii(270, &xml)); // ImageDescription
+                if !reduced.is_empty() {
+                    first.push(Entry {
+                        tag: 330, // SubIFDs
+                        kind: IFD8,
+                        count: reduced.len() as u64,
+                        data: reduced.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    });
+                }
+                first.sort_by_key(|entry| entry.tag);
+                self.write_directory(&entries_per_level[0])
+            }
         }
-        // Chain the directories: each one's last 8 bytes point to the next.
+    }
+
+    /// Writes one IFD (its long values just before it), its next-IFD field 0; returns its
+    /// offset.
+    fn write_directory(&mut self, entries: &[Entry]) -> Result<u64> {
+        let mut placed = Vec::new();
+        for entry in entries {
+            let offset = if entry.data.len() > 8 {
+                self.align()?;
+                let at = self.position;
+                self.write(&entry.data)?;
+                Some(at)
+            } else {
+                None
+            };
+            placed.push(offset);
+        }
+        self.align()?;
+        let at = self.position;
+        let mut ifd = Vec::with_capacity(8 + entries.len() * 20 + 8);
+        ifd.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (entry, offset) in entries.iter().zip(&placed) {
+            ifd.extend_from_slice(&entry.tag.to_le_bytes());
+            ifd.extend_from_slice(&entry.kind.to_le_bytes());
+            ifd.extend_from_slice(&entry.count.to_le_bytes());
+            let mut value = [0u8; 8];
+            match offset {
+                Some(at) => value.copy_from_slice(&at.to_le_bytes()),
+                None => value[..entry.data.len()].copy_from_slice(&entry.data),
+            }
+            ifd.extend_from_slice(&value);
+        }
+        ifd.extend_from_slice(&0u64.to_le_bytes());
+        self.write(&ifd)?;
+        Ok(at)
+    }
+
+    /// Overwrites the 8 bytes at `at` with `value`, then returns to the end of the file.
+    fn patch(&mut self, at: u64, value: u64) -> Result<()> {
         let io = |source| WsiError::Io {
             path: self.final_path.clone(),
             source,
         };
-        for (i, window) in ifd_offsets.windows(2).enumerate() {
-            let next_field = window[0] + 8 + entries_per_level[i].len() as u64 * 20;
-            self.file.seek(SeekFrom::Start(next_field)).map_err(io)?;
-            self.file.write_all(&window[1].to_le_bytes()).map_err(io)?;
-        }
+        self.file.seek(SeekFrom::Start(at)).map_err(io)?;
+        self.file.write_all(&value.to_le_bytes()).map_err(io)?;
         self.file.seek(SeekFrom::Start(self.position)).map_err(io)?;
-        Ok(ifd_offsets[0])
+        Ok(())
     }
 
     fn align(&mut self) -> Result<()> {
@@ -395,6 +464,65 @@ const SHORT: u16 = 3;
 const LONG: u16 = 4;
 const RATIONAL: u16 = 5;
 const LONG8: u16 = 16;
+const IFD8: u16 = 18;
+const ASCII: u16 = 2;
+
+/// A NUL-terminated ASCII value (OME-XML is written with XML escapes only, so it is ASCII
+/// when its names are).
+fn ascii(tag: u16, text: &str) -> Entry {
+    let mut data = text.as_bytes().to_vec();
+    data.push(0);
+    Entry {
+        tag,
+        kind: ASCII,
+        count: data.len() as u64,
+        data,
+    }
+}
+
+/// The OME-XML of a one-plane u8 image: its size, its channels' names and, when known, its
+/// physical pixel size in µm; all of it in IFD 0.
+fn ome_xml(image: &str, channels: &[String], width: u64, height: u64, mpp: Option<f64>) -> String {
+    let physical = mpp.map_or(String::new(), |mpp| {
+        format!(
+            " PhysicalSizeX=\"{mpp}\" PhysicalSizeXUnit=\"&#181;m\" PhysicalSizeY=\"{mpp}\" PhysicalSizeYUnit=\"&#181;m\""
+        )
+    });
+    // One channel of `samples` samples: grey, or RGB interleaved as Bio-Formats reads it.
+    let samples = channels.len();
+    let channel = format!(
+        "<Channel ID=\"Channel:0:0\" Name=\"{}\" SamplesPerPixel=\"{samples}\"/>",
+        xml_escape(&channels.join(" "))
+    );
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+<OME xmlns=\"http://www.openmicroscopy.org/Schemas/OME/2016-06\" \
+xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+xsi:schemaLocation=\"http://www.openmicroscopy.org/Schemas/OME/2016-06 http://www.openmicroscopy.org/Schemas/OME/2016-06/ome.xsd\" \
+Creator=\"wsi-unet\">\
+<Image ID=\"Image:0\" Name=\"{name}\">\
+<Pixels ID=\"Pixels:0\" DimensionOrder=\"XYCZT\" Type=\"uint8\" SizeX=\"{width}\" SizeY=\"{height}\" \
+SizeC=\"{samples}\" SizeZ=\"1\" SizeT=\"1\" Interleaved=\"true\"{physical}>\
+{channel}<TiffData IFD=\"0\" PlaneCount=\"1\"/></Pixels></Image></OME>",
+        name = xml_escape(image),
+    )
+}
+
+/// `text` with XML's five special characters escaped and anything beyond ASCII as a
+/// character reference.
+fn xml_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&apos;".to_string(),
+            c if c.is_ascii() => c.to_string(),
+            c => format!("&#{};", c as u32),
+        })
+        .collect()
+}
 
 fn short(tag: u16, values: &[u16]) -> Entry {
     Entry {

@@ -1,10 +1,11 @@
-//! The pyramid writer: what it writes reads back pixel-exact with our reader, and OpenSlide
-//! opens it with every level and the right mpp.
+//! The pyramid writer: what it writes reads back pixel-exact with our reader, OpenSlide opens
+//! it with every level and the right mpp, and tifffile reads its OME-TIFF layout as Bio-Formats
+//! would: the pyramid, the physical pixel size, the channel's name.
 
 use std::path::Path;
 use std::process::Command;
 
-use wsi::{Channels, PyramidWriter, Slide, WriterOptions};
+use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
 
 /// A deterministic test image with structure at every scale.
 fn pixel(x: u64, y: u64, c: u64) -> u8 {
@@ -12,9 +13,26 @@ fn pixel(x: u64, y: u64, c: u64) -> u8 {
 }
 
 fn write_image(path: &Path, width: u64, height: u64, channels: Channels, rows_per_call: u64) {
+    write_image_as(
+        path,
+        (width, height),
+        channels,
+        rows_per_call,
+        Layout::Chained,
+    );
+}
+
+fn write_image_as(
+    path: &Path,
+    (width, height): (u64, u64),
+    channels: Channels,
+    rows_per_call: u64,
+    layout: Layout,
+) {
     let options = WriterOptions {
         tile: 256,
         mpp: Some(0.243),
+        layout,
         ..WriterOptions::default()
     };
     let mut writer = PyramidWriter::create(path, width, height, channels, options).unwrap();
@@ -124,4 +142,104 @@ print(r)
     );
     let v = pixel(600, 400, 0);
     assert_eq!(lines.next().unwrap(), format!("({v}, {v}, {v})"));
+}
+
+/// Runs a Python script on `args`; its stdout, or `None` (outside CI) when Python or the
+/// module is missing.
+fn python(script: &str, args: &[&Path], needs: &str) -> Option<String> {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            Some(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+        Ok(output) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "SKIPPED: python3 cannot run {needs}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            None
+        }
+        other => panic!("{needs} failed: {other:?}"),
+    }
+}
+
+fn ome(channel: &str) -> Layout {
+    Layout::Ome {
+        image: "tumour probability".into(),
+        channels: vec![channel.into()],
+    }
+}
+
+#[test]
+fn ome_tiff_reads_back_with_the_same_levels_and_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, ome_path) = (dir.path().join("map.tif"), dir.path().join("map.ome.tif"));
+    write_image(&plain, 1001, 753, Channels::Grey, 300);
+    write_image_as(&ome_path, (1001, 753), Channels::Grey, 300, ome("tumour"));
+    let (plain, ome_slide) = (
+        Slide::open(&plain).unwrap(),
+        Slide::open(&ome_path).unwrap(),
+    );
+    assert_eq!(plain.levels(), ome_slide.levels());
+    assert_eq!(ome_slide.layout(), "subifds");
+    for level in 0..plain.levels().len() {
+        let l = plain.levels()[level];
+        let (w, h) = (l.width as u32, l.height as u32);
+        assert_eq!(
+            plain.read_region(level, 0, 0, w, h).unwrap(),
+            ome_slide.read_region(level, 0, 0, w, h).unwrap(),
+            "level {level}"
+        );
+    }
+    let bad = PyramidWriter::create(
+        dir.path().join("bad.ome.tif"),
+        10,
+        10,
+        Channels::Rgb,
+        WriterOptions {
+            layout: ome("tumour"),
+            ..WriterOptions::default()
+        },
+    );
+    assert!(bad.is_err(), "one channel name for three channels");
+}
+
+/// tifffile (`.ci/run` installs it) parses the OME-XML and finds the pyramid in the SubIFDs,
+/// with the same pixels as the plain file's levels.
+#[test]
+fn tifffile_reads_the_ome_tiff_pyramid_and_physical_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, ome_path) = (dir.path().join("map.tif"), dir.path().join("map.ome.tif"));
+    write_image(&plain, 1300, 900, Channels::Grey, 512);
+    write_image_as(
+        &ome_path,
+        (1300, 900),
+        Channels::Grey,
+        512,
+        ome("tumour & <p>"),
+    );
+    let script = r#"
+import sys, numpy, tifffile
+ome = tifffile.TiffFile(sys.argv[1]); plain = tifffile.TiffFile(sys.argv[2])
+pixels = tifffile.xml2dict(ome.ome_metadata)["OME"]["Image"]["Pixels"]
+print(ome.is_ome, len(ome.pages), [l.shape for l in ome.series[0].levels])
+print(pixels["PhysicalSizeX"], pixels["PhysicalSizeXUnit"], pixels["PhysicalSizeY"], pixels["Channel"]["Name"])
+print(all(numpy.array_equal(l.asarray(), p.asarray()) for l, p in zip(ome.series[0].levels, plain.pages)))
+"#;
+    let Some(printed) = python(script, &[&ome_path, &plain], "tifffile") else {
+        return;
+    };
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "True 1 [(900, 1300), (450, 650), (225, 325), (112, 162)]",
+            "0.243 µm 0.243 tumour & <p>",
+            "True"
+        ]
+    );
 }

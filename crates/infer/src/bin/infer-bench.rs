@@ -5,7 +5,9 @@
 //! - original: tiles read one by one, batch 1, f32 (the users' `compare_inference_speed.py`
 //!   baseline: their first script);
 //! - optimised: reader threads, batches, f16 on CUDA (and Burn's fusion there), the pipeline
-//!   `infer` runs.
+//!   `infer` runs;
+//! - augmented (with `--tta flips|d4`): the optimised path with test-time augmentation, its
+//!   cost per patch of the slide.
 //!
 //! Each path runs in a child process of its own, so that its peak memory is its own.
 #![forbid(unsafe_code)]
@@ -25,12 +27,10 @@ use infer::pipeline::{PatchStream, TILE_CACHE_BYTES, TissueChoice, patches_to_ru
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use tiling::{Grid, Rect};
-use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch};
+use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch, Tta};
 use wsi::Slide;
 
 const PATCH: u64 = 512;
-/// The chart's font (DejaVu Sans Mono, its licence beside it).
-const FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
 
 /// The users' original path (tiles one by one, batch 1, f32) against the optimised one
 /// (reader threads, batches, f16 on CUDA), on the same patches: a table and a bar chart.
@@ -45,6 +45,9 @@ struct Cli {
     /// Where to write bench.png and bench.json.
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// Also time the optimised path with this test-time augmentation (`flips`, `d4`).
+    #[arg(long, default_value = "off")]
+    tta: Tta,
     /// Run one path in this process (the compare runs each in a child process).
     #[arg(long, hide = true)]
     path: Option<BenchPath>,
@@ -77,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
         device: cli.model.device,
         patches: cli.patches,
         batch: cli.model.batch,
+        tta: cli.tta,
         out: &cli.out,
     };
     match cli.path {
@@ -90,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
 enum BenchPath {
     Original,
     Optimised,
+    Augmented,
 }
 
 /// One path's figures, as its child process reports them.
@@ -99,6 +104,8 @@ struct Measured {
     device: String,
     precision: String,
     batch: usize,
+    /// Test-time augmentation (`off` but on the augmented path).
+    tta: String,
     patches: usize,
     seconds: f64,
     ms_per_patch: f64,
@@ -113,6 +120,7 @@ struct BenchArgs<'a> {
     device: DeviceChoice,
     patches: usize,
     batch: usize,
+    tta: Tta,
     out: &'a Path,
 }
 
@@ -120,7 +128,11 @@ struct BenchArgs<'a> {
 fn compare(args: &BenchArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find this program to run the paths")?;
     let mut results = Vec::new();
-    for path in [BenchPath::Original, BenchPath::Optimised] {
+    let mut paths = vec![BenchPath::Original, BenchPath::Optimised];
+    if args.tta != Tta::Off {
+        paths.push(BenchPath::Augmented);
+    }
+    for path in paths {
         let name = format!("{path:?}").to_lowercase();
         let output = Command::new(&exe)
             .arg(args.slide)
@@ -133,6 +145,7 @@ fn compare(args: &BenchArgs) -> Result<()> {
                 &args.patches.to_string(),
             ])
             .args(["--batch", &args.batch.to_string(), "--path", &name])
+            .args(["--tta", &args.tta.to_string()])
             .output()
             .with_context(|| format!("cannot run the {name} path"))?;
         if !output.status.success() {
@@ -165,9 +178,10 @@ fn compare(args: &BenchArgs) -> Result<()> {
 
 /// One path, in this process: prints its figures as JSON.
 fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
-    let precision = match path {
-        BenchPath::Original => Precision::F32,
-        BenchPath::Optimised => Precision::Auto,
+    let (precision, tta) = match path {
+        BenchPath::Original => (Precision::F32, Tta::Off),
+        BenchPath::Optimised => (Precision::Auto, Tta::Off),
+        BenchPath::Augmented => (Precision::Auto, args.tta),
     };
     let predictor = Predictor::load(args.model, args.device, precision)?;
     let slide = Slide::open_with_cache(args.slide, TILE_CACHE_BYTES)?;
@@ -207,7 +221,7 @@ fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
             }
             1
         }
-        BenchPath::Optimised => {
+        BenchPath::Optimised | BenchPath::Augmented => {
             let (results, received) = sync_channel(2 * args.batch);
             let stop = AtomicBool::new(false);
             let stream = PatchStream {
@@ -216,6 +230,7 @@ fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
                 to_run: &to_run,
                 predictor: &predictor,
                 batch: args.batch,
+                tta,
                 progress: &ProgressBar::hidden(),
                 stop: &stop,
             };
@@ -232,6 +247,7 @@ fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
         device: predictor.device_name().to_string(),
         precision: predictor.precision().to_string(),
         batch,
+        tta: tta.to_string(),
         patches: to_run.len(),
         seconds,
         ms_per_patch: 1000.0 * seconds / to_run.len() as f64,
@@ -258,15 +274,16 @@ fn peak_memory_mib() -> f64 {
 fn table(results: &[Measured]) -> String {
     let base = results[0].ms_per_patch;
     let mut out = String::from(
-        "| path | device | precision | batch | patches | ms/patch | patches/s | speed-up | peak memory |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| path | device | precision | batch | tta | patches | ms/patch | patches/s | speed-up | peak memory |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         out += &format!(
-            "| {:?} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2}x | {:.0} MiB |\n",
+            "| {:?} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2}x | {:.0} MiB |\n",
             r.path,
             r.device,
             r.precision,
             r.batch,
+            r.tta,
             r.patches,
             r.ms_per_patch,
             r.patches_per_second,
@@ -279,8 +296,7 @@ fn table(results: &[Measured]) -> String {
 
 /// Bars of ms/patch for each path, labelled with the speed-up.
 fn chart(results: &[Measured]) -> Result<image::RgbImage> {
-    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-        .map_err(|_| anyhow::anyhow!("the chart font does not load"))?;
+    infer::pictures::register_font()?;
     let (width, height) = (800u32, 480u32);
     let mut pixels = vec![255u8; (width * height * 3) as usize];
     {
@@ -310,7 +326,11 @@ fn chart(results: &[Measured]) -> Result<image::RgbImage> {
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
-        let colours = [RGBColor(150, 150, 150), RGBColor(200, 40, 40)];
+        let colours = [
+            RGBColor(150, 150, 150),
+            RGBColor(200, 40, 40),
+            RGBColor(40, 90, 200),
+        ];
         chart
             .draw_series(results.iter().enumerate().map(|(i, r)| {
                 Rectangle::new(
@@ -318,7 +338,7 @@ fn chart(results: &[Measured]) -> Result<image::RgbImage> {
                         (SegmentValue::Exact(i), 0.0),
                         (SegmentValue::Exact(i + 1), r.ms_per_patch),
                     ],
-                    colours[i % 2].filled(),
+                    colours[i % colours.len()].filled(),
                 )
             }))
             .map_err(|e| anyhow::anyhow!("chart: {e}"))?;

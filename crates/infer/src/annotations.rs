@@ -1,0 +1,217 @@
+//! The tumour as shapes other programs open: contours of `p >= 0.5` traced once, written as
+//! QuPath's GeoJSON and as ASAP's XML (the format of Camelyon's annotations), both in level-0
+//! pixels of the slide.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use contour::ContourBuilder;
+use geo_types::LineString;
+use image::GrayImage;
+use serde_json::{Value, json};
+
+/// The class every shape carries, as Camelyon's annotations and QuPath's built-in class name it.
+const CLASS: &str = "Tumor";
+
+/// One tumour region: its outline and its holes, closed rings in level-0 pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    pub exterior: Vec<[f64; 2]>,
+    pub holes: Vec<Vec<[f64; 2]>>,
+}
+
+impl Region {
+    /// Level-0 pixels inside the outline and outside the holes.
+    pub fn area(&self) -> f64 {
+        ring_area(&self.exterior) - self.holes.iter().map(|h| ring_area(h)).sum::<f64>()
+    }
+}
+
+/// Shoelace area of a ring (first point repeated last or not), whatever its orientation.
+fn ring_area(ring: &[[f64; 2]]) -> f64 {
+    let twice: f64 = ring
+        .iter()
+        .zip(ring.iter().cycle().skip(1))
+        .map(|(a, b)| a[0] * b[1] - b[0] * a[1])
+        .sum();
+    twice.abs() / 2.0
+}
+
+/// Contours of `p >= 0.5` on a map whose pixel `(x, y)` covers level-0 pixels from
+/// `origin + (x, y) * downsample`; vertices rounded to whole level-0 pixels, regions left
+/// with no area dropped.
+pub fn tumour_regions(map: &GrayImage, downsample: f64, origin: (u64, u64)) -> Result<Vec<Region>> {
+    let values: Vec<f64> = map.pixels().map(|p| p.0[0] as f64 / 255.0).collect();
+    let builder = ContourBuilder::new(map.width() as usize, map.height() as usize, true)
+        .x_origin(origin.0 as f64)
+        .y_origin(origin.1 as f64)
+        .x_step(downsample)
+        .y_step(downsample);
+    let contours = builder
+        .contours(&values, &[0.5])
+        .map_err(|e| anyhow::anyhow!("contours: {e:?}"))?;
+    let ring = |line: &LineString| -> Vec<[f64; 2]> {
+        line.coords().map(|c| [c.x.round(), c.y.round()]).collect()
+    };
+    Ok(contours
+        .iter()
+        .flat_map(|c| c.geometry().0.iter())
+        .map(|polygon| Region {
+            exterior: ring(polygon.exterior()),
+            holes: polygon.interiors().iter().map(ring).collect(),
+        })
+        // A one-pixel speck can round to a line: no outline to draw.
+        .filter(|region| region.area() >= 1.0)
+        .collect())
+}
+
+/// A GeoJSON FeatureCollection as QuPath exports annotations: one feature per region,
+/// classified "Tumor", holes as polygon interiors, its area among the measurements (in µm²
+/// when the slide's mpp is known, else in pixels, as QuPath names them).
+pub fn qupath_geojson(regions: &[Region], mpp: Option<f64>) -> Value {
+    let features: Vec<Value> = regions
+        .iter()
+        .map(|region| {
+            let mut rings = vec![region.exterior.clone()];
+            rings.extend(region.holes.iter().cloned());
+            let measurements = match mpp {
+                Some(mpp) => json!({"Area µm^2": region.area() * mpp * mpp}),
+                None => json!({"Area px^2": region.area()}),
+            };
+            json!({
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": rings},
+                "properties": {
+                    "objectType": "annotation",
+                    "classification": {"name": CLASS, "color": [200, 0, 0]},
+                    "isLocked": false,
+                    "measurements": measurements
+                }
+            })
+        })
+        .collect();
+    json!({"type": "FeatureCollection", "features": features})
+}
+
+/// ASAP's XML as the Camelyon annotations use it: each outline an `Annotation` of group
+/// "Tumor" and each hole one of group "Exclusion" (Camelyon's own evaluation and our `--truth`
+/// reader cut those out), coordinates in level-0 pixels.
+pub fn asap_xml(regions: &[Region]) -> String {
+    let mut xml = String::from("<?xml version=\"1.0\"?>\n<ASAP_Annotations>\n\t<Annotations>\n");
+    let rings = regions.iter().flat_map(|region| {
+        std::iter::once((region.exterior.as_slice(), CLASS, "#F4FA58")).chain(
+            region
+                .holes
+                .iter()
+                .map(|h| (h.as_slice(), "Exclusion", "#64FE2E")),
+        )
+    });
+    for (index, (ring, group, colour)) in rings.enumerate() {
+        // The contour's rings repeat their first point last; ASAP closes rings itself.
+        let open = match ring {
+            [first, .., last] if first == last => &ring[..ring.len() - 1],
+            _ => ring,
+        };
+        let _ = writeln!(
+            xml,
+            "\t\t<Annotation Name=\"Annotation {index}\" Type=\"Polygon\" PartOfGroup=\"{group}\" Color=\"{colour}\">\n\t\t\t<Coordinates>"
+        );
+        for (order, [x, y]) in open.iter().enumerate() {
+            let _ = writeln!(
+                xml,
+                "\t\t\t\t<Coordinate Order=\"{order}\" X=\"{x:.4}\" Y=\"{y:.4}\" />"
+            );
+        }
+        xml.push_str("\t\t\t</Coordinates>\n\t\t</Annotation>\n");
+    }
+    xml.push_str("\t</Annotations>\n\t<AnnotationGroups>\n");
+    for (group, colour) in [(CLASS, "#F4FA58"), ("Exclusion", "#64FE2E")] {
+        let _ = writeln!(
+            xml,
+            "\t\t<Group Name=\"{group}\" PartOfGroup=\"None\" Color=\"{colour}\">\n\t\t\t<Attributes />\n\t\t</Group>"
+        );
+    }
+    xml.push_str("\t</AnnotationGroups>\n</ASAP_Annotations>\n");
+    xml
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 20x20 map with a blob over map pixels 4..12 x 5..10 holding a 2x1 hole.
+    fn blob_with_hole() -> GrayImage {
+        let mut map = GrayImage::new(20, 20);
+        for y in 5..10 {
+            for x in 4..12 {
+                let hole = y == 7 && (7..9).contains(&x);
+                map.put_pixel(x, y, image::Luma([if hole { 0 } else { 230 }]));
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn a_blob_becomes_one_region_in_level_0_pixels_with_its_hole() {
+        let regions = tumour_regions(&blob_with_hole(), 16.0, (1000, 2000)).unwrap();
+        assert_eq!(regions.len(), 1);
+        let region = &regions[0];
+        assert_eq!(region.holes.len(), 1);
+        let (xs, ys): (Vec<f64>, Vec<f64>) = region.exterior.iter().map(|p| (p[0], p[1])).unzip();
+        let min = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);
+        let max = |v: &[f64]| v.iter().cloned().fold(f64::MIN, f64::max);
+        // The blob spans map pixels 4..12 x 5..10: level 0 from 1000 + 16 * 4 to about 1000 + 16 * 12.
+        assert!((min(&xs) - 1064.0).abs() <= 16.0 && (max(&xs) - 1192.0).abs() <= 16.0);
+        assert!((min(&ys) - 2080.0).abs() <= 16.0 && (max(&ys) - 2160.0).abs() <= 16.0);
+        // 8 x 5 map pixels less the 2-pixel hole, each 16 x 16, to within the contour's
+        // half-pixel boundary.
+        let expected = 38.0 * 256.0;
+        assert!(
+            (region.area() - expected).abs() < 0.2 * expected,
+            "{}",
+            region.area()
+        );
+    }
+
+    #[test]
+    fn geojson_has_qupaths_fields_and_the_area_in_square_microns() {
+        let regions = tumour_regions(&blob_with_hole(), 16.0, (0, 0)).unwrap();
+        let geojson = qupath_geojson(&regions, Some(0.5));
+        let feature = &geojson["features"][0];
+        assert_eq!(feature["properties"]["objectType"], "annotation");
+        assert_eq!(feature["properties"]["classification"]["name"], "Tumor");
+        assert_eq!(
+            feature["geometry"]["coordinates"].as_array().unwrap().len(),
+            2,
+            "outline and hole"
+        );
+        let area = feature["properties"]["measurements"]["Area µm^2"]
+            .as_f64()
+            .unwrap();
+        assert!((area - regions[0].area() * 0.25).abs() < 1e-9);
+        let uncalibrated = qupath_geojson(&regions, None);
+        assert!(uncalibrated["features"][0]["properties"]["measurements"]["Area px^2"].is_f64());
+    }
+
+    #[test]
+    fn asap_xml_parses_with_outline_and_hole_groups() {
+        let regions = tumour_regions(&blob_with_hole(), 16.0, (0, 0)).unwrap();
+        let xml = asap_xml(&regions);
+        let document = roxmltree::Document::parse(&xml).unwrap();
+        let groups: Vec<&str> = document
+            .descendants()
+            .filter(|n| n.has_tag_name("Annotation"))
+            .map(|n| n.attribute("PartOfGroup").unwrap())
+            .collect();
+        assert_eq!(groups, ["Tumor", "Exclusion"]);
+        let points = document
+            .descendants()
+            .filter(|n| n.has_tag_name("Coordinate"))
+            .count();
+        // Rings written open: one point fewer than the contour's closed rings.
+        assert_eq!(
+            points,
+            regions[0].exterior.len() - 1 + regions[0].holes[0].len() - 1
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! `infer evaluate MAPS --truth TRUTH`: a cohort's probability maps scored as Camelyon16
+//! scored them (the `froc` crate): lesion-level FROC and slide-level ROC AUC, written as
+//! `evaluation.json` and a FROC curve, `froc.png`.
+//!
+//! Each `STEM.prob.tif` (or `.prob.ome.tif`) in MAPS is read at the evaluation level and
+//! matched with TRUTH/STEM.xml (ASAP polygons) or a mask image TRUTH/STEM.png (or
+//! `STEM_mask.png`, non-zero = tumour, any size); a slide with neither is tumour-free, as
+//! Camelyon16's normal slides are.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use froc::{Detection, Froc, Lesions, Plane, SlideOutcome};
+use plotters::prelude::*;
+use serde::Serialize;
+use wsi::Slide;
+
+use crate::output::Staged;
+use crate::truth::Truth;
+
+/// Probability-map suffixes `infer` writes.
+const MAP_SUFFIXES: [&str; 2] = [".prob.ome.tif", ".prob.tif"];
+/// Ground-truth names tried for `STEM`, in order.
+const TRUTH_SUFFIXES: [&str; 4] = [".xml", ".png", "_mask.png", "_Mask.png"];
+
+pub struct Evaluation {
+    pub maps: PathBuf,
+    pub truth: PathBuf,
+    /// Pyramid level of the maps at which lesions and detections are found.
+    pub level: usize,
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub level: usize,
+    pub slides: Vec<SlideReport>,
+    /// Camelyon16's FROC score; absent when no slide has a lesion.
+    pub froc: Option<f64>,
+    /// Sensitivity at 1/4, 1/2, 1, 2, 4 and 8 false positives per slide.
+    pub sensitivity_at: Option<[f64; 6]>,
+    /// Slide-level ROC AUC of each slide's highest probability; absent unless both tumour
+    /// and tumour-free slides are present.
+    pub auc: Option<f64>,
+    pub curve: Option<Curve>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Curve {
+    pub false_positives_per_slide: Vec<f64>,
+    pub sensitivity: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlideReport {
+    pub slide: String,
+    pub truth: Option<String>,
+    pub tumour: bool,
+    /// Lesions that count, and isolated tumour cells (left out).
+    pub lesions: usize,
+    pub isolated_tumour_cells: usize,
+    pub lesions_found: usize,
+    pub detections: usize,
+    pub false_positives: usize,
+    /// The highest probability at the evaluation level: the slide's score for the AUC.
+    pub score: f64,
+    /// Evaluation-level pixels and microns per pixel there.
+    pub size: [usize; 2],
+    pub microns_per_pixel: f64,
+}
+
+/// Scores every map in `maps`, writes the report and the curve into `out`.
+pub fn run(evaluation: &Evaluation) -> Result<Report> {
+    let maps = probability_maps(&evaluation.maps)?;
+    let mut slides = Vec::new();
+    let mut outcomes = Vec::new();
+    for (stem, path) in &maps {
+        let (report, outcome) = evaluate_slide(stem, path, evaluation)
+            .with_context(|| format!("{}: cannot evaluate", path.display()))?;
+        slides.push(report);
+        outcomes.push(outcome);
+    }
+    let froc = Froc::new(&outcomes);
+    let scores: Vec<f64> = slides.iter().map(|s| s.score).collect();
+    let tumour: Vec<bool> = slides.iter().map(|s| s.tumour).collect();
+    let report = Report {
+        level: evaluation.level,
+        froc: froc.as_ref().map(|f| f.score),
+        sensitivity_at: froc.as_ref().map(|f| f.sensitivity_at),
+        auc: froc::roc_auc(&scores, &tumour),
+        curve: froc.map(|f| Curve {
+            false_positives_per_slide: f.false_positives_per_slide,
+            sensitivity: f.sensitivity,
+        }),
+        slides,
+    };
+    std::fs::create_dir_all(&evaluation.out)
+        .with_context(|| format!("{}: cannot create", evaluation.out.display()))?;
+    let mut staged = Staged::new(&evaluation.out);
+    staged.write("evaluation.json", |out| {
+        Ok(serde_json::to_writer_pretty(out, &report)?)
+    })?;
+    if let Some(curve) = &report.curve {
+        staged.write_png("froc.png", &chart(curve, report.froc.unwrap_or(0.0))?)?;
+    }
+    staged.commit()?;
+    Ok(report)
+}
+
+/// `(STEM, path)` of every probability map in `dir`, by stem.
+fn probability_maps(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    let mut maps = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("{}: cannot list", dir.display()))?
+            .path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let stem = name.and_then(|name| {
+            MAP_SUFFIXES
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).map(str::to_string))
+        });
+        if let Some(stem) = stem {
+            maps.push((stem, path));
+        }
+    }
+    if maps.is_empty() {
+        bail!(
+            "{}: no probability maps (*.prob.tif) to evaluate",
+            dir.display()
+        );
+    }
+    maps.sort();
+    Ok(maps)
+}
+
+fn evaluate_slide(
+    stem: &str,
+    path: &Path,
+    evaluation: &Evaluation,
+) -> Result<(SlideReport, SlideOutcome)> {
+    let map = Slide::open(path)?;
+    let Some(mpp) = map.mpp() else {
+        bail!("the map has no pixel size (resolution tags): 75 µm cannot be measured");
+    };
+    let level = evaluation.level;
+    let Some(&size) = map.levels().get(level) else {
+        bail!(
+            "the map has {} levels; evaluating at level {level} needs more (try --level {})",
+            map.levels().len(),
+            map.levels().len() - 1
+        );
+    };
+    let (width, height) = (size.width as usize, size.height as usize);
+    let pixels = map.read_region(level, 0, 0, size.width as u32, size.height as u32)?;
+    let probability: Vec<f32> = pixels.pixels().map(|p| p.0[0] as f32 / 255.0).collect();
+    // Camelyon's (and MONAI's) pixel size at a level: level 0's times 2^level.
+    let microns_per_pixel = mpp * (1u64 << level) as f64;
+
+    let truth_path = TRUTH_SUFFIXES
+        .iter()
+        .map(|suffix| evaluation.truth.join(format!("{stem}{suffix}")))
+        .find(|p| p.is_file());
+    let tumour = match &truth_path {
+        Some(truth_path) => {
+            let truth = Truth::load(truth_path, size.width, size.height)?
+                .downscaled((1u64 << level) as f64);
+            let mut mask = Vec::with_capacity(width * height);
+            let mut row = Vec::new();
+            for y in 0..height {
+                truth.row(0, y as u64, width, &mut row);
+                mask.extend_from_slice(&row);
+            }
+            mask
+        }
+        None => vec![false; width * height],
+    };
+    let lesions = Lesions::new(
+        Plane {
+            width,
+            height,
+            values: &tumour,
+        },
+        froc::GROW_MICRONS / (2.0 * microns_per_pixel),
+        froc::ITC_MICRONS / microns_per_pixel,
+    );
+    let found: Vec<Detection> = froc::detections(Plane {
+        width,
+        height,
+        values: &probability,
+    });
+    let outcome = SlideOutcome::new(&lesions, &found);
+    let report = SlideReport {
+        slide: stem.to_string(),
+        truth: truth_path.map(|p| p.display().to_string()),
+        tumour: tumour.iter().any(|&t| t),
+        lesions: lesions.targets(),
+        isolated_tumour_cells: lesions.isolated_tumour_cells(),
+        lesions_found: outcome.lesions_found(),
+        detections: found.len(),
+        false_positives: outcome.false_positives.len(),
+        score: probability.iter().fold(0.0f32, |m, &p| m.max(p)) as f64,
+        size: [width, height],
+        microns_per_pixel,
+    };
+    Ok((report, outcome))
+}
+
+/// The FROC curve, false positives per slide on a log axis, Camelyon's six rates marked.
+fn chart(curve: &Curve, score: f64) -> Result<image::RgbImage> {
+    crate::pictures::register_font()?;
+    let (width, height) = (720u32, 480u32);
+    let mut pixels = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("FROC (Camelyon16 score {score:.4})"),
+                ("sans-serif", 20),
+            )
+            .margin(20)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0.125f64..16.0).log_scale(), 0.0f64..1.0)
+            .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("false positives per slide")
+            .y_desc("sensitivity")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+        let points: Vec<(f64, f64)> = curve
+            .false_positives_per_slide
+            .iter()
+            .zip(&curve.sensitivity)
+            .filter(|(fp, _)| **fp > 0.0)
+            .map(|(&fp, &s)| (fp.min(16.0), s))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, RED.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+        for rate in froc::FP_RATES {
+            chart
+                .draw_series(LineSeries::new(
+                    [(rate, 0.0), (rate, 1.0)],
+                    RGBColor(200, 200, 200),
+                ))
+                .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+        }
+        root.present().map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+    }
+    image::RgbImage::from_raw(width, height, pixels).context("chart size")
+}

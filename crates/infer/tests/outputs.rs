@@ -1,0 +1,151 @@
+//! What people open: the probability map as OME-TIFF (read by tifffile's OME parser, as
+//! Bio-Formats would), the tumour contours as ASAP XML (read back as ground truth), and
+//! test-time augmentation (d4 commutes with rotating the slide).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{fixtures, infer_slide as infer, level0_map as map, read_json};
+use image::{GrayImage, RgbImage};
+use infer::truth::{Overlap, Truth};
+use wsi::{Channels, PyramidWriter, Slide, WriterOptions};
+
+/// The OME-TIFF map holds the plain map's pixels in every level, and tifffile finds its
+/// pyramid, its physical pixel size (the slide's mpp) and its channel's name.
+#[test]
+fn ome_tiff_map_is_the_plain_map_with_its_physical_size() {
+    let slide = fixtures().join("slides/tiny_vips_jpeg.tif");
+    let dir = tempfile::tempdir().unwrap();
+    infer(&slide, dir.path(), &["--prob-format", "tiff"]);
+    let plain = dir.path().join("tiny_vips_jpeg.prob.tif");
+    let kept = dir.path().join("plain.prob.tif");
+    std::fs::rename(&plain, &kept).unwrap();
+    infer(&slide, dir.path(), &["--prob-format", "ome-tiff"]);
+    let ome = dir.path().join("tiny_vips_jpeg.prob.ome.tif");
+    assert_eq!(map(&kept), map(&ome));
+    let summary = read_json(&dir.path().join("tiny_vips_jpeg.summary.json"));
+    assert_eq!(summary["outputs"][0], ome.display().to_string());
+
+    let script = r#"
+import sys, numpy, tifffile
+ome = tifffile.TiffFile(sys.argv[1]); plain = tifffile.TiffFile(sys.argv[2])
+pixels = tifffile.xml2dict(ome.ome_metadata)["OME"]["Image"]["Pixels"]
+print(ome.is_ome, [l.shape for l in ome.series[0].levels])
+print(round(float(pixels["PhysicalSizeX"]), 6), pixels["PhysicalSizeXUnit"], pixels["Channel"]["Name"])
+print(all(numpy.array_equal(l.asarray(), p.asarray()) for l, p in zip(ome.series[0].levels, plain.pages)))
+"#;
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .arg(&ome)
+        .arg(&kept)
+        .output();
+    let printed = match output {
+        Ok(output) if output.status.success() => String::from_utf8(output.stdout).unwrap(),
+        other if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: python3 cannot run tifffile: {other:?}");
+            return;
+        }
+        other => panic!("tifffile could not read the OME-TIFF map: {other:?}"),
+    };
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "True [(1536, 2048), (768, 1024), (384, 512)]",
+            "0.243 µm tumour probability (255 = 1)",
+            "True"
+        ]
+    );
+}
+
+/// The ASAP XML contours, read back by our `--truth` reader, cover what the map says is
+/// tumour: Dice >= 0.99 against the map thresholded at 128, the contours' own level.
+#[test]
+fn asap_xml_reads_back_as_the_thresholded_map() {
+    let slide = fixtures().join("pipeline/demo_vips_jpeg.tif");
+    let dir = tempfile::tempdir().unwrap();
+    infer(&slide, dir.path(), &["--tissue", "off"]);
+    let xml = dir.path().join("demo_vips_jpeg.tumour.xml");
+    let map = map(&dir.path().join("demo_vips_jpeg.prob.tif"));
+    let (width, height) = map.dimensions();
+    let truth = Truth::load(&xml, width as u64, height as u64).unwrap();
+    let mut overlap = Overlap::default();
+    let mut row = Vec::new();
+    for y in 0..height {
+        truth.row(0, y as u64, width as usize, &mut row);
+        let predicted: Vec<u8> = (0..width).map(|x| map.get_pixel(x, y).0[0]).collect();
+        overlap.add_row(&predicted, &row);
+    }
+    assert!(
+        overlap.true_positive > 100_000,
+        "{overlap:?}: a tumour to outline"
+    );
+    assert!(overlap.dice() >= 0.99, "Dice {:.4}", overlap.dice());
+}
+
+/// Writes `image` as a lossless tiled pyramid at 0.243 µm/px.
+fn write_slide(path: &Path, image: &RgbImage) {
+    let options = WriterOptions {
+        tile: 256,
+        mpp: Some(0.243),
+        ..WriterOptions::default()
+    };
+    let (width, height) = image.dimensions();
+    let mut writer =
+        PyramidWriter::create(path, width as u64, height as u64, Channels::Rgb, options).unwrap();
+    writer.write_rows(image.as_raw()).unwrap();
+    writer.finish().unwrap();
+}
+
+/// With `--tta d4` the map of the slide turned a quarter turn is the map turned a quarter
+/// turn (to within one level: the 8 copies are summed in another order); without it, not
+/// quite, which is what the augmentation buys.
+#[test]
+fn d4_map_of_a_rotated_slide_is_the_rotated_map() {
+    // A 1024 x 1024 piece of the demo slide around its tumour: a 2 x 2 grid of patches that
+    // a quarter turn maps onto itself.
+    let demo = Slide::open(fixtures().join("pipeline/demo_vips_jpeg.tif")).unwrap();
+    let piece = demo.read_region(0, 1024, 2048, 1024, 1024).unwrap();
+    let turned = image::imageops::rotate90(&piece);
+    let dir = tempfile::tempdir().unwrap();
+    let (upright, quarter) = (
+        dir.path().join("upright.tif"),
+        dir.path().join("quarter.tif"),
+    );
+    write_slide(&upright, &piece);
+    write_slide(&quarter, &turned);
+    let maps = |tta: &str| {
+        let out = dir.path().join(tta);
+        for slide in [&upright, &quarter] {
+            infer(slide, &out, &["--tissue", "off", "--tta", tta]);
+        }
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("quarter.summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["tta"], tta);
+        (
+            image::imageops::rotate90(&map(&out.join("upright.prob.tif"))),
+            map(&out.join("quarter.prob.tif")),
+        )
+    };
+    let largest_difference = |(a, b): (GrayImage, GrayImage)| {
+        a.pixels()
+            .zip(b.pixels())
+            .map(|(p, q)| p.0[0].abs_diff(q.0[0]))
+            .max()
+            .unwrap()
+    };
+    let (with, without) = (maps("d4"), maps("off"));
+    let tumour = with.0.pixels().filter(|p| p.0[0] >= 128).count();
+    assert!(
+        tumour > 10_000,
+        "{tumour} tumour pixels: a piece with tumour"
+    );
+    assert!(largest_difference(with) <= 1);
+    assert!(
+        largest_difference(without) > 1,
+        "the model alone is not equivariant"
+    );
+}
