@@ -232,13 +232,17 @@ fn chart(curve: &Curve, score: f64) -> Result<image::RgbImage> {
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
-        let points: Vec<(f64, f64)> = curve
+        let mut points: Vec<(f64, f64)> = curve
             .false_positives_per_slide
             .iter()
             .zip(&curve.sensitivity)
             .filter(|(fp, _)| **fp > 0.0)
             .map(|(&fp, &s)| (fp.min(16.0), s))
             .collect();
+        // Beyond its last point the curve stays level (as the score's interpolation reads it).
+        if let Some(&(_, highest)) = points.first() {
+            points.insert(0, (16.0, highest));
+        }
         chart
             .draw_series(LineSeries::new(points, RED.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("chart: {e}"))?;

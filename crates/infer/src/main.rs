@@ -220,7 +220,7 @@ fn evaluate(evaluation: Evaluation) -> Result<()> {
     let report = evaluate::run(&evaluation)?;
     for slide in &report.slides {
         println!(
-            "{}: {} lesions ({} found), {} isolated tumour cells, {} false positives, score {:.3}",
+            "{}: lesions {}, found {}, isolated tumour cells {}, false positives {}, score {:.3}",
             slide.slide,
             slide.lesions,
             slide.lesions_found,
