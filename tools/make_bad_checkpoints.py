@@ -6,14 +6,16 @@ replacements (pickle strings are length-prefixed), and the zip is rewritten so i
 hold. Run from the repo root: python3 tools/make_bad_checkpoints.py
 """
 import pathlib
+import struct
 import zipfile
 
 SOURCE = pathlib.Path("tests/fixtures/pytorch/unet_w4_out1_dataparallel.pth")
 OUT = pathlib.Path("tests/fixtures/bad")
 
 
-def rewrite(name, replacements):
-    """Copy SOURCE with the pickle's bytes replaced, in order."""
+def rewrite(name, replacements, storage=None):
+    """Copy SOURCE with the pickle's bytes replaced, in order, and `storage(name, bytes)`
+    applied to each tensor's storage file."""
     with zipfile.ZipFile(SOURCE) as src, zipfile.ZipFile(OUT / name, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
             data = src.read(info)
@@ -21,6 +23,8 @@ def rewrite(name, replacements):
                 for old, new in replacements:
                     assert len(old) == len(new) and old in data, (old, new)
                     data = data.replace(old, new)
+            elif storage and "/data/" in info.filename:
+                data = storage(info.filename.rsplit("/", 1)[1], data)
             dst.writestr(info.filename, data)
 
 
@@ -42,6 +46,10 @@ def main():
             (b"convX.conv.0.weight", b"conv3.conv.0.weight"),
         ],
     )
+    # A NaN as the first value of storage 0 (conv1.conv.0.weight, float32): a model that
+    # would answer NaN everywhere.
+    nan = struct.pack("<f", float("nan"))
+    rewrite("nan_weights.pth", [], lambda name, data: nan + data[4:] if name == "0" else data)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ fn default_output_is_models_slash_stem() {
 /// Every bad checkpoint: non-zero exit, the message, and nothing left in the output directory.
 #[test]
 fn bad_checkpoints_fail_clearly_and_leave_no_file() {
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 7] = [
         (
             "bad/truncated.pth",
             &["truncated.pth", "truncated or damaged"],
@@ -91,6 +91,14 @@ fn bad_checkpoints_fail_clearly_and_leave_no_file() {
                 "state_dict.module.conv2.conv.0.weight",
                 "[16, 8, 3, 3]",
                 "[8, 4, 3, 3]",
+            ],
+        ),
+        (
+            "bad/nan_weights.pth",
+            &[
+                "nan_weights.pth",
+                "state_dict.module.conv1.conv.0.weight",
+                "NaN at index 0",
             ],
         ),
         (

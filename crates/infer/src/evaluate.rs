@@ -94,9 +94,7 @@ pub fn run(evaluation: &Evaluation) -> Result<Report> {
         }),
         slides,
     };
-    std::fs::create_dir_all(&evaluation.out)
-        .with_context(|| format!("{}: cannot create", evaluation.out.display()))?;
-    let mut staged = Staged::new(&evaluation.out);
+    let mut staged = Staged::create(&evaluation.out)?;
     staged.write("evaluation.json", |out| {
         Ok(serde_json::to_writer_pretty(out, &report)?)
     })?;

@@ -1,5 +1,6 @@
 //! Outputs written as temporary files in the output directory and renamed together when the
-//! job completes, so a failed or interrupted run leaves nothing behind.
+//! job completes, so a failed or interrupted run leaves nothing behind: not even the output
+//! directory, when the run created it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,14 +12,28 @@ pub struct Staged {
     dir: PathBuf,
     /// Complete files under temporary names, with their final names.
     files: Vec<(NamedTempFile, PathBuf)>,
+    /// Directories created for the outputs, deepest first: removed again (when empty) unless
+    /// the outputs are committed.
+    created: Vec<PathBuf>,
+    committed: bool,
 }
 
 impl Staged {
-    pub fn new(dir: &Path) -> Staged {
-        Staged {
+    /// Outputs into `dir`, created (with its missing parents) if need be.
+    pub fn create(dir: &Path) -> Result<Staged> {
+        let created: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the output directory", dir.display()))?;
+        Ok(Staged {
             dir: dir.to_path_buf(),
             files: Vec::new(),
-        }
+            created,
+            committed: false,
+        })
     }
 
     /// Where `name` will be once committed.
@@ -67,9 +82,9 @@ impl Staged {
     }
 
     /// Renames every file to its final name; if one fails, those already renamed are removed.
-    pub fn commit(self) -> Result<()> {
+    pub fn commit(mut self) -> Result<()> {
         let mut done: Vec<PathBuf> = Vec::new();
-        for (file, path) in self.files {
+        for (file, path) in std::mem::take(&mut self.files) {
             if let Err(err) = file.persist(&path) {
                 for renamed in &done {
                     let _ = std::fs::remove_file(renamed);
@@ -78,6 +93,19 @@ impl Staged {
             }
             done.push(path);
         }
+        self.committed = true;
         Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            // The temporary files first, so that the directories are empty.
+            self.files.clear();
+            for dir in &self.created {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }

@@ -23,8 +23,7 @@ pub fn run(dir: &Path, out: &Path, predictor: &Predictor, batch: usize) -> Resul
     if inputs.is_empty() {
         bail!("{}: no PNG or JPEG patches", dir.display());
     }
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let mut staged = Staged::new(out);
+    let mut staged = Staged::create(out)?;
     for chunk in inputs.chunks(batch) {
         let images = chunk
             .iter()

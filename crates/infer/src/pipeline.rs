@@ -165,9 +165,10 @@ struct Planned {
     truth: Option<Truth>,
     /// Of the low-resolution map (heatmap, contours) from level 0.
     downsample: f64,
-    staged: Staged,
-    /// The probability map's writer, taken by the stream.
+    /// The probability map's writer, taken by the stream (declared before `staged`, so that
+    /// on failure its temporary file goes before `staged` tidies the directory).
     writer: Option<PyramidWriter>,
+    staged: Staged,
 }
 
 /// What the stream leaves for the report.
@@ -188,12 +189,6 @@ impl Planned {
                 job.overlap, job.patch
             )
         })?;
-        std::fs::create_dir_all(&job.out_dir).with_context(|| {
-            format!(
-                "{}: cannot create the output directory",
-                job.out_dir.display()
-            )
-        })?;
         let (to_run, tissue_name) = patches_to_run(&slide, &grid, &job.tissue)?;
         let truth = job
             .truth
@@ -206,7 +201,7 @@ impl Planned {
             .max(level1_downsample)
             .max(1.0);
         let stem = output_stem(&job.slide);
-        let staged = Staged::new(&job.out_dir);
+        let staged = Staged::create(&job.out_dir)?;
         let writer = PyramidWriter::create(
             staged.final_path(&format!("{stem}.{}", job.prob_format.suffix())),
             region.width,

@@ -29,6 +29,15 @@ impl Truth {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("xml"));
         if is_xml {
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("{}: cannot read the annotations", path.display()))?
+                .len();
+            if size > MAX_ANNOTATION_BYTES {
+                bail!(
+                    "{}: {size} bytes of annotations; more than {MAX_ANNOTATION_BYTES} is not an ASAP file this reader takes",
+                    path.display()
+                );
+            }
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("{}: cannot read the annotations", path.display()))?;
             return asap_polygons(&text)
@@ -99,6 +108,13 @@ impl Truth {
 /// A closed ring of level-0 points.
 pub type Polygon = Vec<(f64, f64)>;
 
+/// Annotation files larger than this are refused before reading: Camelyon's largest are a
+/// few MB.
+const MAX_ANNOTATION_BYTES: u64 = 256 << 20;
+/// XML nodes parsed at most (about 150 bytes of memory each): a file of millions of empty
+/// elements stops here instead of taking gigabytes.
+const MAX_ANNOTATION_NODES: u32 = 4_000_000;
+
 /// Groups whose polygons are not tumour.
 const EXCLUDED_GROUPS: [&str; 3] = ["_2", "Exclusion", "normal"];
 
@@ -132,7 +148,11 @@ fn fill_row(polygons: &[Polygon], x: u64, y: u64, width: usize, out: &mut Vec<bo
 /// Every `<Annotation>`'s `<Coordinate X= Y=>` points, in `Order`, sorted into tumour and
 /// excluded polygons by the annotation's `PartOfGroup`.
 fn asap_polygons(text: &str) -> Result<Truth> {
-    let document = roxmltree::Document::parse(text)?;
+    let options = roxmltree::ParsingOptions {
+        nodes_limit: MAX_ANNOTATION_NODES,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let document = roxmltree::Document::parse_with_options(text, options)?;
     let (mut tumour, mut excluded) = (Vec::new(), Vec::new());
     for annotation in document
         .descendants()
@@ -258,6 +278,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("X=\"NaN\""), "{error}");
+    }
+
+    /// Millions of empty elements (a mutation probe's 120 MB file took 4.3 GB) stop at the
+    /// node limit.
+    #[test]
+    fn a_flood_of_elements_stops_at_the_node_limit() {
+        let flood = format!(
+            "<r>{}</r>",
+            "<a/>".repeat(MAX_ANNOTATION_NODES as usize + 10)
+        );
+        let error = format!("{:#}", asap_polygons(&flood).unwrap_err());
+        assert!(error.contains("nodes limit"), "{error}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Bad input: a clear message, a non-zero exit, and no output file left behind.
+//! Bad input: a clear message, a non-zero exit, and no output file left behind (nor the
+//! output directory, when the run would have created it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +37,10 @@ fn fails(slide: &Path, extra: &[&str]) -> (String, Vec<String>) {
                 .collect()
         })
         .unwrap_or_default();
+    assert!(
+        !out.exists(),
+        "{message}: the failed run left {out:?} behind"
+    );
     (message, left)
 }
 
@@ -90,6 +95,7 @@ fn a_damaged_tile_is_reported_as_damaged_not_as_an_interruption() {
         "{message}"
     );
     assert!(!message.contains("interrupted"), "{message}");
+    assert!(!out.exists(), "the failed run left its output directory");
     assert_eq!(
         message.matches("corrupt deflate stream").count(),
         1,

@@ -17,7 +17,7 @@ use burn_store::pytorch_reader::{
 };
 
 use crate::architecture::{Layer, Plan, UnetConfig};
-use crate::weights::{FoldedWeights, Tensor};
+use crate::weights::{FoldedWeights, Tensor, WeightsError};
 
 /// PyTorch's `BatchNorm2d` default, which the users' model keeps.
 const BATCH_NORM_EPS: f64 = 1e-5;
@@ -63,6 +63,21 @@ pub enum CheckpointError {
         key: String,
         expected: Vec<usize>,
         found: Vec<usize>,
+    },
+    #[error("{file}: tensor `{key}` holds {value} at index {index}: the checkpoint is damaged")]
+    NotFinite {
+        file: PathBuf,
+        key: String,
+        index: usize,
+        value: f64,
+    },
+    #[error(
+        "{file}: folding BatchNorm into the convolutions gave {source} (a negative running variance?)"
+    )]
+    Folding {
+        file: PathBuf,
+        #[source]
+        source: WeightsError,
     },
     #[error("{file}: tensor `{key}` has dtype {dtype:?}, expected a floating-point tensor")]
     WrongDtype {
@@ -133,7 +148,7 @@ impl Checkpoint {
             .map(|(_, shape)| shape.iter().product::<usize>())
             .sum();
         let weights = FoldedWeights::from_tensors(plan.config, folded)
-            .expect("folding wrote every tensor of the plan, in its shape");
+            .map_err(|source| CheckpointError::Folding { file, source })?;
         Ok(Checkpoint {
             weights,
             prefix,
@@ -265,11 +280,21 @@ impl StateDict<'_> {
                 key: key.to_string(),
                 source,
             })?;
-        decode_floats(&bytes, tensor.dtype()).ok_or_else(|| CheckpointError::WrongDtype {
-            file: self.file.to_path_buf(),
-            key: key.to_string(),
-            dtype: tensor.dtype(),
-        })
+        let values =
+            decode_floats(&bytes, tensor.dtype()).ok_or_else(|| CheckpointError::WrongDtype {
+                file: self.file.to_path_buf(),
+                key: key.to_string(),
+                dtype: tensor.dtype(),
+            })?;
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(CheckpointError::NotFinite {
+                file: self.file.to_path_buf(),
+                key: format!("{}{key}", self.prefix),
+                index,
+                value: values[index],
+            });
+        }
+        Ok(values)
     }
 
     fn missing(&self, key: &str, expected: &[usize]) -> CheckpointError {

@@ -1,6 +1,7 @@
 //! The converted model on disk: Burn's burnpack format, one f32 tensor per name of the
 //! [`crate::architecture::Plan`] (`conv1.first.weight`, ...), with the architecture in its
-//! metadata so a loader needs nothing but the file.
+//! metadata so a loader needs nothing but the file, and a CRC-32 of the tensors, so that a
+//! flipped bit in the weights is an error rather than a quietly different model.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ pub const MODEL_EXTENSION: &str = "bpk";
 const CONFIG_KEY: &str = "camelyon_unet_config";
 /// Metadata key naming the checkpoint the model was converted from.
 const SOURCE_KEY: &str = "source_checkpoint";
+/// Metadata key holding the CRC-32 of the tensors (see [`checksum`]), 8 hex digits.
+const CHECKSUM_KEY: &str = "tensors_crc32";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFileError {
@@ -36,6 +39,14 @@ pub enum ModelFileError {
         file: PathBuf,
         #[source]
         source: WeightsError,
+    },
+    #[error(
+        "{file}: the model file is damaged: its tensors' CRC-32 is {found:08x}, it was written as {recorded}"
+    )]
+    Damaged {
+        file: PathBuf,
+        recorded: String,
+        found: u32,
     },
     #[error(
         "{file}: not a Camelyon UNet model file (no `{CONFIG_KEY}` metadata); convert a checkpoint with `cargo run -p convert -- CHECKPOINT.pth`"
@@ -66,11 +77,13 @@ pub fn save(weights: &FoldedWeights, source: &str, path: &Path) -> Result<(), Mo
         })
         .collect();
     let config = serde_json::to_string(&weights.config).expect("a config serialises");
+    let crc = checksum(weights.tensors());
     let mut writer = Writer::new(tensors)
         .auto_extension(false)
         .overwrite(true)
         .with_metadata(CONFIG_KEY, &config)
-        .with_metadata(SOURCE_KEY, source);
+        .with_metadata(SOURCE_KEY, source)
+        .with_metadata(CHECKSUM_KEY, &format!("{crc:08x}"));
     for (key, value) in BurnpackStore::default_metadata() {
         writer = writer.with_metadata(&key, &value);
     }
@@ -94,6 +107,7 @@ pub fn read_weights(path: &Path) -> Result<FoldedWeights, ModelFileError> {
     };
     let reader = Reader::from_file(path).map_err(unreadable)?;
     let config = config_of(path, &reader)?;
+    let recorded = reader.metadata().get(CHECKSUM_KEY).cloned();
     let mut tensors = BTreeMap::new();
     for tensor in reader.into_tensors().map_err(unreadable)? {
         let (name, dtype, shape, _, bytes) = tensor.into_parts().map_err(unreadable)?;
@@ -107,10 +121,36 @@ pub fn read_weights(path: &Path) -> Result<FoldedWeights, ModelFileError> {
         let shape = shape.to_vec();
         tensors.insert(name, Tensor { values, shape });
     }
+    // Files written before the checksum existed have none to check.
+    if let Some(recorded) = recorded {
+        let found = checksum(tensors.iter().map(|(name, tensor)| (name.as_str(), tensor)));
+        if recorded != format!("{found:08x}") {
+            return Err(ModelFileError::Damaged {
+                file: file(),
+                recorded,
+                found,
+            });
+        }
+    }
     FoldedWeights::from_tensors(config, tensors).map_err(|source| ModelFileError::Incomplete {
         file: file(),
         source,
     })
+}
+
+/// CRC-32 of every tensor, in name order: its name, shape and little-endian f32 values.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a Tensor)>) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    for (name, tensor) in tensors {
+        crc.update(name.as_bytes());
+        for &side in &tensor.shape {
+            crc.update(&(side as u64).to_le_bytes());
+        }
+        for value in &tensor.values {
+            crc.update(&value.to_le_bytes());
+        }
+    }
+    crc.finalize()
 }
 
 /// The architecture recorded in a model file's metadata.
@@ -122,4 +162,65 @@ fn config_of(path: &Path, reader: &Reader) -> Result<UnetConfig, ModelFileError>
         .ok_or_else(|| ModelFileError::NotUnet {
             file: path.to_path_buf(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::architecture::UnetConfig;
+
+    /// A small random model written to a file, and the file's bytes.
+    fn written(dir: &Path) -> (PathBuf, FoldedWeights, Vec<u8>) {
+        let weights = FoldedWeights::random(UnetConfig::new(3, 2, 4), 7);
+        let path = dir.join("model.bpk");
+        save(&weights, "test", &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        (path, weights, bytes)
+    }
+
+    #[test]
+    fn a_written_model_reads_back_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, weights, _) = written(dir.path());
+        let read = read_weights(&path).unwrap();
+        assert!(read.tensors().eq(weights.tensors()));
+    }
+
+    /// Any flipped bit in the tensors' data is caught by the checksum, not loaded.
+    #[test]
+    fn flipped_bits_in_the_weights_are_reported_as_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, bytes) = written(dir.path());
+        // The tensors fill the end of the file; flip a bit in each of a few places there.
+        for at in [bytes.len() - 5, bytes.len() * 3 / 4, bytes.len() / 2] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x04;
+            std::fs::write(&path, &damaged).unwrap();
+            let error = read_weights(&path).unwrap_err().to_string();
+            assert!(
+                error.contains("damaged") || error.contains("cannot read"),
+                "byte {at}: {error}"
+            );
+        }
+    }
+
+    /// Non-finite weights are refused by name, whether or not a checksum covers them.
+    #[test]
+    fn non_finite_weights_are_refused() {
+        let mut tensors: BTreeMap<String, Tensor> =
+            FoldedWeights::random(UnetConfig::new(3, 2, 4), 7)
+                .tensors()
+                .map(|(name, tensor)| (name.to_string(), tensor.clone()))
+                .collect();
+        let (name, tensor) = tensors.iter_mut().nth(3).unwrap();
+        let name = name.clone();
+        tensor.values[5] = f32::INFINITY;
+        let error = FoldedWeights::from_tensors(UnetConfig::new(3, 2, 4), tensors)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            format!("tensor `{name}` holds inf at index 5: the weights are damaged")
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::architecture::{Layer, Plan, UnetConfig};
 
 /// A weight lookup that found nothing, or not what the plan says.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WeightsError {
     #[error("tensor `{name}` is missing (expected shape {expected:?})")]
     Missing { name: String, expected: Vec<usize> },
@@ -15,6 +15,12 @@ pub enum WeightsError {
         name: String,
         expected: Vec<usize>,
         found: Vec<usize>,
+    },
+    #[error("tensor `{name}` holds {value} at index {index}: the weights are damaged")]
+    NotFinite {
+        name: String,
+        index: usize,
+        value: f32,
     },
 }
 
@@ -34,7 +40,8 @@ pub struct FoldedWeights {
 
 impl FoldedWeights {
     /// Keeps the plan's tensors from `tensors` (others are ignored); the error names the
-    /// first that is missing or of the wrong shape.
+    /// first that is missing, of the wrong shape, or holding a NaN or an infinity (a model
+    /// that would quietly answer NaN everywhere).
     pub fn from_tensors(
         config: UnetConfig,
         mut tensors: BTreeMap<String, Tensor>,
@@ -51,6 +58,13 @@ impl FoldedWeights {
                     name,
                     expected,
                     found: tensor.shape,
+                });
+            }
+            if let Some(index) = tensor.values.iter().position(|v| !v.is_finite()) {
+                return Err(WeightsError::NotFinite {
+                    name,
+                    index,
+                    value: tensor.values[index],
                 });
             }
             kept.insert(name, tensor);

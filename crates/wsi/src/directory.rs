@@ -140,9 +140,21 @@ pub fn read_tiff(path: &Path, file: File, file_len: u64) -> Result<Pyramid> {
     let mut levels = vec![first];
     let mut associated = Vec::new();
     let layout = if !sub_ifds.is_empty() {
-        for pointer in sub_ifds {
+        for (index, pointer) in sub_ifds.into_iter().enumerate() {
             let dir = decoder.read_directory(pointer).map_err(not_tiff)?;
             let level = context.directory(&mut decoder.read_directory_tags(&dir))?;
+            // Each level is smaller than the one before: a SubIFD that points back at IFD 0,
+            // or repeats a level, is not one.
+            let before = levels.last().expect("level 0 is in");
+            if level.width >= before.width && level.height >= before.height {
+                return Err(WsiError::Damaged {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "SubIFD {index} is {}x{}, not smaller than the level before it ({}x{})",
+                        level.width, level.height, before.width, before.height
+                    ),
+                });
+            }
             levels.push(level);
         }
         "subifds"

@@ -156,3 +156,32 @@ fn regions_outside_levels_and_too_large_are_refused() {
     let inside = slide.read_region(0, 0, 0, 10, 10).unwrap();
     assert_eq!(region.get_pixel(10, 10), inside.get_pixel(0, 0));
 }
+
+/// A SubIFD that points back at IFD 0 (a mutation probe's finding: it was read as a second
+/// full-size level) is damage, named.
+#[test]
+fn a_subifd_pointing_back_at_ifd_0() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/slides/tiny_vips_subifd.tif");
+    let mut bytes = std::fs::read(path).unwrap();
+    // BigTIFF: IFD 0's offset at 8; its entries (20 bytes: tag, type, count, value) after an
+    // 8-byte count; SubIFDs (330) holds two IFD8 offsets, stored out of line.
+    assert_eq!(&bytes[..4], b"II+\0");
+    let u64_at =
+        |bytes: &[u8], at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let ifd0 = u64_at(&bytes, 8) as usize;
+    let sub_ifds = (0..u64_at(&bytes, ifd0) as usize)
+        .map(|i| ifd0 + 8 + 20 * i)
+        .find(|&at| u16_at(&bytes, at) == 330)
+        .expect("a SubIFDs tag");
+    let pointers = u64_at(&bytes, sub_ifds + 12) as usize;
+    bytes[pointers..pointers + 8].copy_from_slice(&(ifd0 as u64).to_le_bytes());
+    assert_fails(
+        &bytes,
+        "loop.tif",
+        &[
+            "damaged",
+            "SubIFD 0 is 2048x1536, not smaller than the level before it",
+        ],
+    );
+}

@@ -160,9 +160,7 @@ fn compare(args: &BenchArgs) -> Result<()> {
     }
     let table = table(&results);
     println!("{table}");
-    std::fs::create_dir_all(args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let mut staged = Staged::new(args.out);
+    let mut staged = Staged::create(args.out)?;
     staged.write_png("bench.png", &chart(&results)?)?;
     staged.write("bench.json", |out| {
         Ok(serde_json::to_writer_pretty(out, &results)?)
