@@ -166,3 +166,33 @@ fn onnx_export_from_checkpoint_or_model_file() {
     );
     assert_eq!(std::fs::read_dir(&bad).unwrap().count(), 0);
 }
+
+/// The damaged model files of `tests/fixtures/bad` (bit-flipped, truncated, not burnpack,
+/// empty): exporting them is refused in one line naming the file, and no `.onnx` is left.
+#[test]
+fn damaged_model_files_are_refused() {
+    let mut models: Vec<PathBuf> = std::fs::read_dir(fixtures().join("bad"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bpk"))
+        .collect();
+    models.sort();
+    assert!(models.len() >= 4);
+    for model in &models {
+        let dir = tempfile::tempdir().unwrap();
+        let onnx = dir.path().join("model.onnx");
+        let output = convert(&[model, Path::new("--onnx"), &onnx], dir.path());
+        let message = stderr(&output);
+        assert!(!output.status.success(), "{} exported", model.display());
+        assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+        assert!(message.contains(&*model.to_string_lossy()), "{message}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        if model.ends_with("model_bit_flipped.bpk") {
+            assert!(
+                message.contains("damaged") && message.contains("CRC-32"),
+                "{message}"
+            );
+        }
+        println!("{message}");
+    }
+}

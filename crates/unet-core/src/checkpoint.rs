@@ -29,20 +29,18 @@ const BATCH_NORM_FIELDS: [&str; 4] = ["weight", "bias", "running_mean", "running
 /// What can go wrong reading a checkpoint. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{file}: cannot read the checkpoint: {source}{hint}")]
+    #[error("{file}: cannot read the checkpoint: {cause}{hint}")]
     Unreadable {
         file: PathBuf,
-        #[source]
-        source: PytorchError,
+        cause: PytorchError,
         /// What the reader's error means for the user, when it is not plain.
         hint: &'static str,
     },
-    #[error("{file}: cannot read tensor `{key}`: {source}")]
+    #[error("{file}: cannot read tensor `{key}`: {cause}")]
     TensorData {
         file: PathBuf,
         key: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{file}: not a Camelyon UNet checkpoint: no `{key}` among its {count} tensors{sample}")]
     NotUnet {
@@ -72,13 +70,9 @@ pub enum CheckpointError {
         value: f64,
     },
     #[error(
-        "{file}: folding BatchNorm into the convolutions gave {source} (a negative running variance?)"
+        "{file}: folding BatchNorm into the convolutions gave {cause} (a negative running variance?)"
     )]
-    Folding {
-        file: PathBuf,
-        #[source]
-        source: WeightsError,
-    },
+    Folding { file: PathBuf, cause: WeightsError },
     #[error("{file}: tensor `{key}` has dtype {dtype:?}, expected a floating-point tensor")]
     WrongDtype {
         file: PathBuf,
@@ -110,7 +104,7 @@ impl Checkpoint {
                 PytorchError::Zip(_) => " (the file is truncated or damaged)",
                 _ => "",
             },
-            source,
+            cause: source,
         })?;
         let tensors = reader.into_tensors();
         // Only the names matter here: any config gives the plan's names.
@@ -147,8 +141,12 @@ impl Checkpoint {
             .filter(|(key, _)| !key.contains(".running_"))
             .map(|(_, shape)| shape.iter().product::<usize>())
             .sum();
-        let weights = FoldedWeights::from_tensors(plan.config, folded)
-            .map_err(|source| CheckpointError::Folding { file, source })?;
+        let weights = FoldedWeights::from_tensors(plan.config, folded).map_err(|source| {
+            CheckpointError::Folding {
+                file,
+                cause: source,
+            }
+        })?;
         Ok(Checkpoint {
             weights,
             prefix,
@@ -278,7 +276,7 @@ impl StateDict<'_> {
             .map_err(|source| CheckpointError::TensorData {
                 file: self.file.to_path_buf(),
                 key: key.to_string(),
-                source,
+                cause: source,
             })?;
         let values =
             decode_floats(&bytes, tensor.dtype()).ok_or_else(|| CheckpointError::WrongDtype {

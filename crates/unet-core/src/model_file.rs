@@ -26,20 +26,12 @@ const CHECKSUM_KEY: &str = "tensors_crc32";
 pub enum ModelFileError {
     #[error("{file}: no such file")]
     Missing { file: PathBuf },
-    #[error("{file}: cannot read the model file: {source}")]
-    Unreadable {
-        file: PathBuf,
-        #[source]
-        source: PackError,
-    },
+    #[error("{file}: cannot read the model file: {cause}")]
+    Unreadable { file: PathBuf, cause: PackError },
     #[error("{file}: cannot read the model file: tensor `{name}` is not a float tensor")]
     NotFloat { file: PathBuf, name: String },
-    #[error("{file}: cannot read the model file: {source}")]
-    Incomplete {
-        file: PathBuf,
-        #[source]
-        source: WeightsError,
-    },
+    #[error("{file}: cannot read the model file: {cause}")]
+    Incomplete { file: PathBuf, cause: WeightsError },
     #[error(
         "{file}: the model file is damaged: its tensors' CRC-32 is {found:08x}, it was written as {recorded}"
     )]
@@ -52,12 +44,8 @@ pub enum ModelFileError {
         "{file}: not a Camelyon UNet model file (no `{CONFIG_KEY}` metadata); convert a checkpoint with `cargo run -p convert -- CHECKPOINT.pth`"
     )]
     NotUnet { file: PathBuf },
-    #[error("{file}: cannot write the model file: {source}")]
-    Unwritable {
-        file: PathBuf,
-        #[source]
-        source: PackError,
-    },
+    #[error("{file}: cannot write the model file: {cause}")]
+    Unwritable { file: PathBuf, cause: PackError },
 }
 
 /// Writes `weights` to `path` atomically: to a temporary file beside it, renamed when
@@ -91,7 +79,7 @@ pub fn save(weights: &FoldedWeights, source: &str, path: &Path) -> Result<(), Mo
         .write_to_file(path)
         .map_err(|source| ModelFileError::Unwritable {
             file: path.to_path_buf(),
-            source,
+            cause: source,
         })
 }
 
@@ -103,7 +91,7 @@ pub fn read_weights(path: &Path) -> Result<FoldedWeights, ModelFileError> {
     }
     let unreadable = |source| ModelFileError::Unreadable {
         file: file(),
-        source,
+        cause: source,
     };
     let reader = Reader::from_file(path).map_err(unreadable)?;
     let config = config_of(path, &reader)?;
@@ -134,7 +122,7 @@ pub fn read_weights(path: &Path) -> Result<FoldedWeights, ModelFileError> {
     }
     FoldedWeights::from_tensors(config, tensors).map_err(|source| ModelFileError::Incomplete {
         file: file(),
-        source,
+        cause: source,
     })
 }
 

@@ -72,7 +72,7 @@ pub fn read_series(path: &Path) -> Result<Pyramid> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&folder)
         .map_err(|source| WsiError::Io {
             path: folder.clone(),
-            source,
+            cause: source,
         })?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && is_dicom(p))
@@ -227,7 +227,7 @@ impl Instance {
         let file_len = std::fs::metadata(path)
             .map_err(|source| WsiError::Io {
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             })?
             .len();
         let meta = object.meta();
@@ -549,7 +549,7 @@ impl Instance {
     fn io(&self, source: std::io::Error) -> WsiError {
         WsiError::Io {
             path: self.path.clone(),
-            source,
+            cause: source,
         }
     }
 }

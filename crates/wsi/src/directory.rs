@@ -96,7 +96,12 @@ impl Directory {
 pub fn read_tiff(path: &Path, file: File, file_len: u64) -> Result<Pyramid> {
     let not_tiff = |err: tiff::TiffError| WsiError::NotTiff {
         path: path.to_path_buf(),
-        reason: err.to_string(),
+        reason: match err {
+            tiff::TiffError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                "the file ends inside its directories (truncated?)".to_string()
+            }
+            err => err.to_string(),
+        },
     };
     if file_len == 0 {
         return Err(WsiError::NotTiff {
@@ -348,6 +353,12 @@ impl Context<'_> {
             .zip(&directory.byte_counts)
             .enumerate()
         {
+            // A chunk inside the file's header is no chunk.
+            if count > 0 && offset < 8 {
+                return Err(self.damaged(format!(
+                    "chunk {index} starts at offset {offset}, inside the file's header"
+                )));
+            }
             if offset
                 .checked_add(count)
                 .is_none_or(|end| end > self.file_len)

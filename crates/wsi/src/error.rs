@@ -3,10 +3,12 @@ use std::path::PathBuf;
 /// What can go wrong opening or reading a slide. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum WsiError {
-    #[error("{path}: {source}")]
+    /// The cause is in the message, not the source chain (as for `Chunk`), so that a chain
+    /// printed whole says it once.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: not a readable TIFF: {reason}")]
     NotTiff { path: PathBuf, reason: String },

@@ -284,7 +284,7 @@ fn tiled(pyramid: crate::tiled_slide::Pyramid, cache_bytes: usize) -> Result<(Ba
 fn open_tiff(path: &Path, cache_bytes: usize) -> Result<(Backend, Metadata)> {
     let io = |source| WsiError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let file_len = file.metadata().map_err(io)?.len();

@@ -50,7 +50,7 @@ impl TiledSlide {
             .map(|path| {
                 File::open(path).map_err(|source| WsiError::Io {
                     path: path.clone(),
-                    source,
+                    cause: source,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -175,7 +175,7 @@ impl TiledSlide {
                 .read_exact_at(&mut data, offset)
                 .map_err(|source| WsiError::Io {
                     path: path.clone(),
-                    source,
+                    cause: source,
                 })?;
             decode_chunk(dir, &data, rows).map_err(|fault| WsiError::Chunk {
                 path: path.clone(),

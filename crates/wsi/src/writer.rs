@@ -136,7 +136,7 @@ impl PyramidWriter {
         }
         let file = output_file::beside(&final_path).map_err(|source| WsiError::Io {
             path: final_path.clone(),
-            source,
+            cause: source,
         })?;
         let mut writer = PyramidWriter {
             final_path,
@@ -178,7 +178,7 @@ impl PyramidWriter {
             .persist(&path)
             .map_err(|err| WsiError::Io {
                 path,
-                source: err.error,
+                cause: err.error,
             })?;
         Ok(())
     }
@@ -203,7 +203,7 @@ impl PyramidWriter {
         self.patch(8, first_ifd)?;
         let io = |source| WsiError::Io {
             path: self.final_path.clone(),
-            source,
+            cause: source,
         };
         let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
         file.as_file().sync_all().map_err(io)?;
@@ -380,7 +380,7 @@ impl PyramidWriter {
     fn patch(&mut self, at: u64, value: u64) -> Result<()> {
         let io = |source| WsiError::Io {
             path: self.final_path.clone(),
-            source,
+            cause: source,
         };
         self.file.seek(SeekFrom::Start(at)).map_err(io)?;
         self.file.write_all(&value.to_le_bytes()).map_err(io)?;
@@ -398,7 +398,7 @@ impl PyramidWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.file.write_all(bytes).map_err(|source| WsiError::Io {
             path: self.final_path.clone(),
-            source,
+            cause: source,
         })?;
         self.position += bytes.len() as u64;
         Ok(())
