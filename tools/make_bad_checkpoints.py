@@ -21,8 +21,9 @@ def rewrite(name, replacements, storage=None):
             data = src.read(info)
             if info.filename.endswith("data.pkl"):
                 for old, new in replacements:
-                    assert len(old) == len(new) and old in data, (old, new)
-                    data = data.replace(old, new)
+                    # Same-length renames; or text appended at the pickle's end.
+                    assert (len(old) == len(new) or data.endswith(old)) and old in data, (old, new)
+                    data = data.replace(old, new) if len(old) == len(new) else data[: -len(old)] + new
             elif storage and "/data/" in info.filename:
                 data = storage(info.filename.rsplit("/", 1)[1], data)
             dst.writestr(info.filename, data)
@@ -50,6 +51,10 @@ def main():
     # would answer NaN everywhere.
     nan = struct.pack("<f", float("nan"))
     rewrite("nan_weights.pth", [], lambda name, data: nan + data[4:] if name == "0" else data)
+    # A pickled call to os.system beside the state dict (torch.load would run it): the
+    # outer dict gets one more item before the pickle's STOP.
+    call = b"X\x05\x00\x00\x00hookscposix\nsystem\nX\x1a\x00\x00\x00touch /tmp/pwned_by_pickle\x85Rs"
+    rewrite("os_system.pth", [(b"us.", b"u" + call + b".")])
 
 
 if __name__ == "__main__":

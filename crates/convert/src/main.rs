@@ -107,6 +107,13 @@ fn read_checkpoint(path: &Path) -> Result<FoldedWeights> {
             summarise(&checkpoint.ignored)
         );
     }
+    if !checkpoint.suspicious.is_empty() {
+        // Python's torch.load would call these; our reader never calls anything.
+        println!(
+            "  ignored as suspicious, never called: {} (code the pickle would run in Python)",
+            checkpoint.suspicious.join(", ")
+        );
+    }
     Ok(checkpoint.weights)
 }
 

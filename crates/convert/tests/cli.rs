@@ -196,3 +196,38 @@ fn damaged_model_files_are_refused() {
         println!("{message}");
     }
 }
+
+/// A checkpoint whose pickle calls `os.system` when Python unpickles it: converted (its
+/// weights are fine), the call named as suspicious in the ignored lines, and never run.
+#[test]
+fn a_pickled_os_system_call_is_named_and_not_run() {
+    let marker = Path::new("/tmp/pwned_by_pickle");
+    let existed = marker.exists();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.bpk");
+    let output = convert(
+        &[
+            &fixtures().join("bad/os_system.pth"),
+            Path::new("--out"),
+            &out,
+        ],
+        dir.path(),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    assert!(
+        printed.contains("ignored as suspicious, never called: posix.system"),
+        "{printed}"
+    );
+    assert!(existed || !marker.exists(), "the pickled command ran");
+    // The good fixtures name nothing suspicious.
+    let good = convert(
+        &[
+            &fixtures().join("pytorch/unet_w8_checkpoint.pth"),
+            Path::new("--out"),
+            &out,
+        ],
+        dir.path(),
+    );
+    assert!(!stdout(&good).contains("suspicious"), "{}", stdout(&good));
+}

@@ -128,7 +128,8 @@ fn main() -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     let interrupted = Arc::new(AtomicBool::new(false));
     let (handler_stop, handler_interrupted) = (stop.clone(), interrupted.clone());
-    // Ctrl-C: stop reading, let the pipeline unwind, remove partial outputs.
+    // Ctrl-C, or SIGTERM from a scheduler: stop reading, let the pipeline unwind, remove
+    // partial outputs.
     let _ = ctrlc::set_handler(move || {
         handler_interrupted.store(true, Ordering::Relaxed);
         handler_stop.store(true, Ordering::Relaxed);

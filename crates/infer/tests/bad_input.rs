@@ -159,19 +159,14 @@ fn a_region_outside_the_slide() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// Ctrl-C (SIGINT) mid-run: exit 130, and nothing left in the output directory.
-#[test]
-fn ctrl_c_stops_cleanly_and_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+/// Starts `infer` on the demo slide at a stride of 64 (some 2 400 patches, a run of minutes)
+/// into `out`, and sends `signal` once it is reading and running patches.
+fn signalled(out: &Path, signal: &str) -> std::process::Output {
     let child = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args([demo().to_str().unwrap(), "--out", out.to_str().unwrap()])
         .args([
-            demo().to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
             "--tissue",
             "off",
-            // A stride of 64: some 2 400 patches, a run of minutes, so the signal lands mid-run.
             "--overlap",
             "448",
             "--device",
@@ -182,19 +177,63 @@ fn ctrl_c_stops_cleanly_and_leaves_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Long enough to be reading and running patches.
     std::thread::sleep(std::time::Duration::from_secs(4));
-    let signal = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(signal.success());
-    let output = child.wait_with_output().unwrap();
-    let message = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{message}");
-    assert!(message.contains("interrupted"), "{message}");
-    let left: Vec<_> = std::fs::read_dir(&out)
-        .map(|d| d.collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "{left:?}");
+    assert!(sent.success());
+    child.wait_with_output().unwrap()
+}
+
+/// Ctrl-C (SIGINT) or a scheduler's SIGTERM mid-run: exit 130, and nothing left, not even the
+/// output directory the run made.
+#[test]
+fn an_interrupted_run_stops_cleanly_and_leaves_nothing() {
+    for signal in ["-INT", "-TERM"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let output = signalled(&out, signal);
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(130), "{signal}: {message}");
+        assert!(message.contains("interrupted"), "{message}");
+        assert!(!out.exists(), "{signal}: {out:?} left");
+    }
+}
+
+/// SIGKILL cannot be caught: what is left is only a temporary `.partial*` file, nothing under
+/// an output's name, and the same command run again completes.
+#[test]
+fn a_killed_run_leaves_nothing_that_looks_complete_and_reruns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    signalled(&out, "-KILL");
+    let names = |out: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(out)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let left = names(&out);
+    assert!(left.iter().all(|n| n.starts_with(".partial")), "{left:?}");
+    let rerun = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args([demo().to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--tissue", "off", "--device", "cpu", "--quiet"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let complete: Vec<String> = names(&out)
+        .into_iter()
+        .filter(|n| !n.starts_with(".partial"))
+        .collect();
+    assert_eq!(complete.len(), 5, "{complete:?}");
 }

@@ -89,6 +89,9 @@ pub struct Checkpoint {
     pub prefix: String,
     /// Keys not used: `num_batches_tracked`, optimizer state, other entries of a training dict.
     pub ignored: Vec<String>,
+    /// Python names the pickle would call on loading besides PyTorch's own (`posix.system`,
+    /// say): never called here, reported so that a user knows the file is not what it seems.
+    pub suspicious: Vec<String>,
     /// Trainable parameters of the PyTorch model (BatchNorm's affine ones included, running
     /// statistics not), as `sum(p.numel() for p in model.parameters())` counts them.
     pub torch_parameters: usize,
@@ -151,6 +154,7 @@ impl Checkpoint {
             weights,
             prefix,
             ignored,
+            suspicious: crate::pickle_globals::unexpected_globals(path),
             torch_parameters,
         })
     }

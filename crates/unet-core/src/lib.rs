@@ -26,6 +26,7 @@ pub mod engine;
 pub mod model;
 pub mod model_file;
 pub mod patch;
+mod pickle_globals;
 mod predictor;
 mod target;
 mod tta;
