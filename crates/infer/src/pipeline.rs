@@ -160,6 +160,8 @@ struct Planned {
     region: Rect,
     grid: Grid,
     stem: String,
+    /// The probability map's file name (`STEM.prob.tif` or `STEM.prob.ome.tif`).
+    prob_name: String,
     to_run: Vec<usize>,
     tissue_name: String,
     truth: Option<Truth>,
@@ -201,9 +203,10 @@ impl Planned {
             .max(level1_downsample)
             .max(1.0);
         let stem = output_stem(&job.slide);
+        let prob_name = format!("{stem}.{}", job.prob_format.suffix());
         let staged = Staged::create(&job.out_dir)?;
         let writer = PyramidWriter::create(
-            staged.final_path(&format!("{stem}.{}", job.prob_format.suffix())),
+            staged.final_path(&prob_name),
             region.width,
             region.height,
             Channels::Grey,
@@ -219,6 +222,7 @@ impl Planned {
             region,
             grid,
             stem,
+            prob_name,
             to_run,
             tissue_name,
             truth,
@@ -264,8 +268,7 @@ impl Planned {
         });
         progress.finish_and_clear();
         let ((overlap, low_resolution, prob_file), first_batch) = outcome?;
-        let name = format!("{}.{}", self.stem, job.prob_format.suffix());
-        self.staged.keep(prob_file, &name);
+        self.staged.keep(prob_file, &self.prob_name);
         Ok(Streamed {
             overlap,
             low_resolution,
