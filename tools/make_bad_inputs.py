@@ -120,6 +120,11 @@ def slides():
     cases["dicom_cut_in_attributes.dcm"] = dicom[:400]
     cases["dicom_cut_in_frames.dcm"] = dicom[: len(dicom) * 2 // 3]
     cases["dicom_bad_magic.dcm"] = dicom[:128] + b"DICX" + dicom[132:]
+    # A value (the ICC profile, OB) declaring 768 MiB in a 30 kB file: refused, never allocated.
+    huge = bytearray(dicom)
+    icc = huge.index(b"\x28\x00\x00\x20OB\x00\x00")
+    struct.pack_into("<I", huge, icc + 8, 0x3000_0000)
+    cases["dicom_huge_value_length.dcm"] = bytes(huge)
     return cases
 
 

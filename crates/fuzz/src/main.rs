@@ -86,6 +86,8 @@ fn fuzz_target(cli: &Cli, target: Target) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(cli.seconds);
     let (mut cases, mut findings, mut restarts) = (0u64, 0usize, 0u64);
     while Instant::now() < deadline {
+        // `current` is the case in flight; none yet for this worker.
+        let _ = std::fs::remove_file(out.join("current"));
         // A worker under the memory cap, reporting one line per case.
         let script = format!("ulimit -v {} && exec \"$0\" \"$@\"", cli.memory_mib * 1024);
         let mut child = Command::new("sh")
@@ -148,6 +150,12 @@ fn fuzz_target(cli: &Cli, target: Target) -> Result<bool> {
         };
         let _ = child.wait();
         if let Some(fault) = fault {
+            if !out.join("current").exists() {
+                bail!(
+                    "{}: the worker failed before its first case: {fault}",
+                    target.name()
+                );
+            }
             findings += 1;
             let kept = keep(&out, "current", findings)?;
             println!(

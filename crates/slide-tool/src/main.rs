@@ -1,6 +1,7 @@
 //! `slide info FILE` and `slide region FILE LEVEL X Y W H OUT.png`, like openslide-tools.
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -75,7 +76,7 @@ fn run(args: Args) -> Result<()> {
                 "layout": slide.layout(),
                 "properties": slide.properties(),
             });
-            println!("{}", serde_json::to_string_pretty(&info)?);
+            print_json(&info)?;
         }
         Command::Region {
             file,
@@ -102,4 +103,14 @@ fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints `value`; a reader that stopped early (`slide info s.tif | head`) is not an error.
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{}", serde_json::to_string_pretty(value)?).and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written?),
+    }
 }

@@ -93,3 +93,19 @@ fn info_prints_what_openslide_reports_of_an_aperio_slide() {
     assert_eq!(info["properties"]["aperio.AppMag"], "40");
     assert_eq!(info["levels"][2]["downsample"], serde_json::json!(16.0));
 }
+
+/// `slide info s.tif | true`: a reader that closes the pipe early is no error (and no panic).
+/// The pipe is the shell's: one made here could be inherited by another test's child.
+#[test]
+fn info_into_a_closed_pipe_is_quiet() {
+    let file = fixture("tiny_vips_subifd.tif");
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"("$0" info "$1"; echo "exit status $?" >&2) | true"#)
+        .arg(env!("CARGO_BIN_EXE_slide"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim(), "exit status 0");
+}

@@ -21,8 +21,13 @@ fn bad_slides() -> Vec<PathBuf> {
     slides
 }
 
+/// `slide ARGS` under a 1 GiB address-space cap, so that a runaway allocation cannot take the
+/// test machine with it (the peak memory is checked below).
 fn slide(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_slide"))
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1048576 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_slide"))
         .args(args)
         .output()
         .unwrap()
@@ -66,4 +71,19 @@ fn every_damaged_slide_is_refused_in_one_line() {
         };
         println!("{message}");
     }
+    // A damaged size field must not make a 30 kB file cost hundreds of megabytes
+    // (`dicom_huge_value_length.dcm` declares a 768 MiB value).
+    let peak_mib = largest_child_peak_rss_kib() / 1024;
+    assert!(peak_mib < 200, "a damaged slide took {peak_mib} MiB");
+}
+
+/// The peak resident memory of the largest child process waited for so far, KiB.
+fn largest_child_peak_rss_kib() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable `rusage`; getrusage only writes into it.
+    let status = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    assert_eq!(status, 0, "getrusage failed");
+    // SAFETY: getrusage succeeded, so it filled the struct (which was zeroed before anyway).
+    let usage = unsafe { usage.assume_init() };
+    usage.ru_maxrss
 }

@@ -2,9 +2,12 @@
 //! instances, one per pyramid level (and one each for a label, overview or thumbnail), each a
 //! grid of tiled frames.
 //!
-//! dicom-rs parses each instance's attributes up to its pixel data and walks the data set to
-//! where the pixel data begins; the frames' positions are then found by reading only the
-//! 8-byte item headers of the encapsulated fragments, once, and every later read is a
+//! Each instance is first walked without reading any value (the file meta group by hand, the
+//! data set with dicom-rs's lazy reader) to find where its pixel data begins and to check that
+//! every declared value length fits in the file: dicom-rs allocates a value's declared length
+//! before reading it, so a damaged 4-byte length would otherwise cost gigabytes. dicom-rs
+//! then parses the attributes up to the pixel data; the frames' positions are found by reading
+//! only the 8-byte item headers of the encapsulated fragments, once, and every later read is a
 //! positioned read of one frame, like a TIFF tile's. No instance is ever loaded whole.
 
 use std::collections::BTreeMap;
@@ -208,8 +211,8 @@ struct Instance {
     organisation: String,
     concatenated: bool,
     mpp: Option<f64>,
-    /// Where the data set (after the file meta group) begins.
-    dataset_start: u64,
+    /// Where the pixel data lies; `None` when the instance has none.
+    pixel_data: Option<PixelData>,
     file_len: u64,
     properties: BTreeMap<String, String>,
 }
@@ -220,20 +223,20 @@ impl Instance {
             path: path.to_path_buf(),
             reason,
         };
+        let io = |source| WsiError::Io {
+            path: path.to_path_buf(),
+            cause: source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let (transfer_syntax, dataset_start) = walk_file_meta(&file, file_len).map_err(damaged)?;
+        let pixel_data =
+            walk_data_set(&file, file_len, &transfer_syntax, dataset_start).map_err(damaged)?;
         let object = OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
             .open_file(path)
             .map_err(|err| damaged(format!("DICOM: {}", one_line(&err))))?;
-        let file_len = std::fs::metadata(path)
-            .map_err(|source| WsiError::Io {
-                path: path.to_path_buf(),
-                cause: source,
-            })?
-            .len();
         let meta = object.meta();
-        let transfer_syntax = meta.transfer_syntax().trim_end_matches('\0').to_string();
-        // 128-byte preamble, "DICM", then the (0002,0000) group length element of 12 bytes.
-        let dataset_start = 132 + 12 + meta.information_group_length as u64;
         let is_wsi = meta
             .media_storage_sop_class_uid
             .trim_end_matches('\0')
@@ -314,7 +317,7 @@ impl Instance {
                 .and_then(|s| s.get(1).copied())
                 .map(|mm| mm * 1000.0)
                 .filter(|mpp| mpp.is_finite() && *mpp > 0.0),
-            dataset_start,
+            pixel_data,
             file_len,
             properties,
         })
@@ -419,9 +422,9 @@ impl Instance {
     /// (offset, length) of every frame in the file.
     fn frame_places(&self, compression: Compression, frame_bytes: u64) -> Result<Vec<(u64, u64)>> {
         let file = File::open(&self.path).map_err(|source| self.io(source))?;
-        let start = self.pixel_data_start(&file)?;
-        match start {
-            PixelData::Native { offset, length } => {
+        match self.pixel_data {
+            None => Err(self.damaged("the instance has no pixel data")),
+            Some(PixelData::Native { offset, length }) => {
                 if compression != Compression::None {
                     return Err(self.damaged("compressed transfer syntax with native pixel data"));
                 }
@@ -436,7 +439,7 @@ impl Instance {
                     .map(|i| (offset + i * frame_bytes, frame_bytes))
                     .collect())
             }
-            PixelData::Encapsulated { first_item } => {
+            Some(PixelData::Encapsulated { first_item }) => {
                 // Items: the Basic Offset Table, then the fragments, then a delimiter.
                 let mut items = Vec::new();
                 let mut position = first_item;
@@ -484,53 +487,6 @@ impl Instance {
             }
         }
     }
-
-    /// Walks the data set (values skipped, not read) to the top-level Pixel Data element.
-    fn pixel_data_start(&self, file: &File) -> Result<PixelData> {
-        let syntax: &TransferSyntax = TransferSyntaxRegistry
-            .get(&self.transfer_syntax)
-            .ok_or_else(|| {
-                self.damaged(format!("unknown transfer syntax {}", self.transfer_syntax))
-            })?;
-        let mut source = BufReader::new(file.try_clone().map_err(|source| self.io(source))?);
-        source
-            .seek(SeekFrom::Start(self.dataset_start))
-            .map_err(|source| self.io(source))?;
-        let mut reader =
-            LazyDataSetReader::new_with_ts(source, syntax).map_err(|err| self.unparsable(&err))?;
-        let mut depth = 0usize;
-        let mut native = None;
-        let mut encapsulated = false;
-        while let Some(token) = reader.advance() {
-            let token = token.map_err(|err| self.unparsable(&err))?;
-            match token {
-                LazyDataToken::SequenceStart { .. } => depth += 1,
-                LazyDataToken::SequenceEnd => depth = depth.saturating_sub(1),
-                LazyDataToken::PixelSequenceStart if depth == 0 => {
-                    encapsulated = true;
-                    break;
-                }
-                LazyDataToken::PixelSequenceStart => depth += 1,
-                LazyDataToken::LazyValue { header, decoder }
-                    if depth == 0 && header.tag == tags::PIXEL_DATA =>
-                {
-                    native = Some((decoder.position(), header.len.0 as u64));
-                    break;
-                }
-                value @ (LazyDataToken::LazyValue { .. } | LazyDataToken::LazyItemValue { .. }) => {
-                    value.skip().map_err(|err| self.unparsable(&err))?;
-                }
-                _ => {}
-            }
-        }
-        match (native, encapsulated) {
-            (Some((offset, length)), _) => Ok(PixelData::Native { offset, length }),
-            (None, true) => Ok(PixelData::Encapsulated {
-                first_item: reader.into_decoder().position(),
-            }),
-            (None, false) => Err(self.damaged("the instance has no pixel data")),
-        }
-    }
 }
 
 impl Instance {
@@ -541,11 +497,6 @@ impl Instance {
         }
     }
 
-    /// dicom-rs could not parse the data set.
-    fn unparsable(&self, err: &dyn std::error::Error) -> WsiError {
-        self.damaged(format!("DICOM: {}", one_line(err)))
-    }
-
     fn io(&self, source: std::io::Error) -> WsiError {
         WsiError::Io {
             path: self.path.clone(),
@@ -554,9 +505,132 @@ impl Instance {
     }
 }
 
+#[derive(Clone, Copy)]
 enum PixelData {
     Native { offset: u64, length: u64 },
     Encapsulated { first_item: u64 },
+}
+
+/// The file meta group's transfer syntax and where the data set begins, each element's
+/// declared length checked against the file. The group is always explicit VR little endian:
+/// after the 128-byte preamble and "DICM", the (0002,0000) group length element (12 bytes),
+/// then the elements it counts, read as dicom-rs reads them.
+fn walk_file_meta(file: &File, file_len: u64) -> std::result::Result<(String, u64), String> {
+    let truncated = || "the file meta group is cut short: is the file truncated?".to_string();
+    let mut group_length = [0u8; 12];
+    file.read_exact_at(&mut group_length, 132)
+        .map_err(|_| truncated())?;
+    let group_length = u32::from_le_bytes(group_length[8..12].try_into().expect("4 bytes"));
+    let dataset_start = 144 + group_length as u64;
+    let mut transfer_syntax = String::new();
+    let mut position = 144u64;
+    while position < dataset_start {
+        let mut header = [0u8; 12];
+        file.read_exact_at(&mut header[..8], position)
+            .map_err(|_| truncated())?;
+        let element = u16::from_le_bytes([header[2], header[3]]);
+        // VRs with a 4-byte length after 2 reserved bytes; the others have a 2-byte length.
+        let (length, value) = if matches!(
+            &header[4..6],
+            b"OB"
+                | b"OD"
+                | b"OF"
+                | b"OL"
+                | b"OV"
+                | b"OW"
+                | b"SQ"
+                | b"SV"
+                | b"UC"
+                | b"UN"
+                | b"UR"
+                | b"UT"
+                | b"UV"
+        ) {
+            file.read_exact_at(&mut header[8..12], position + 8)
+                .map_err(|_| truncated())?;
+            let length = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+            (length as u64, position + 12)
+        } else {
+            (
+                u16::from_le_bytes([header[6], header[7]]) as u64,
+                position + 8,
+            )
+        };
+        if value + length > file_len {
+            return Err(format!(
+                "file meta element (0002,{element:04X}) declares {length} bytes at offset {value}, past the end of the file ({file_len} bytes): is it truncated?"
+            ));
+        }
+        if element == 0x0010 {
+            let mut uid = vec![0u8; length as usize];
+            file.read_exact_at(&mut uid, value)
+                .map_err(|_| truncated())?;
+            transfer_syntax = String::from_utf8_lossy(&uid)
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        position = value + length;
+    }
+    Ok((transfer_syntax, dataset_start))
+}
+
+/// Walks the data set (values skipped, not read) to the top-level Pixel Data element,
+/// checking that every value's declared length fits in the file.
+fn walk_data_set(
+    file: &File,
+    file_len: u64,
+    transfer_syntax: &str,
+    dataset_start: u64,
+) -> std::result::Result<Option<PixelData>, String> {
+    let unparsable = |err: &dyn std::error::Error| format!("DICOM: {}", one_line(err));
+    let syntax: &TransferSyntax = TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .ok_or_else(|| format!("unknown transfer syntax {transfer_syntax:?}"))?;
+    // A data set codec (deflate) would need the whole data set inflated first.
+    if !syntax.is_codec_free() && !syntax.is_encapsulated_pixel_data() {
+        return Err(format!(
+            "{} is not read (a compressed data set)",
+            syntax.name()
+        ));
+    }
+    let mut source = BufReader::new(file.try_clone().map_err(|err| unparsable(&err))?);
+    source
+        .seek(SeekFrom::Start(dataset_start))
+        .map_err(|err| unparsable(&err))?;
+    let mut reader =
+        LazyDataSetReader::new_with_ts(source, syntax).map_err(|err| unparsable(&err))?;
+    let mut depth = 0usize;
+    while let Some(token) = reader.advance() {
+        match token.map_err(|err| unparsable(&err))? {
+            LazyDataToken::SequenceStart { .. } => depth += 1,
+            LazyDataToken::SequenceEnd => depth = depth.saturating_sub(1),
+            LazyDataToken::PixelSequenceStart if depth == 0 => {
+                return Ok(Some(PixelData::Encapsulated {
+                    first_item: reader.into_decoder().position(),
+                }));
+            }
+            LazyDataToken::PixelSequenceStart => depth += 1,
+            LazyDataToken::LazyValue { header, decoder } => {
+                let (tag, offset, length) = (header.tag, decoder.position(), header.len.0 as u64);
+                if depth == 0 && tag == tags::PIXEL_DATA {
+                    return Ok(Some(PixelData::Native { offset, length }));
+                }
+                if header.len.is_defined() && offset + length > file_len {
+                    return Err(format!(
+                        "element {tag} declares {length} bytes at offset {offset}, past the end of the file ({file_len} bytes): is it truncated?"
+                    ));
+                }
+                LazyDataToken::LazyValue { header, decoder }
+                    .skip()
+                    .map_err(|err| unparsable(&err))?;
+            }
+            value @ LazyDataToken::LazyItemValue { .. } => {
+                value.skip().map_err(|err| unparsable(&err))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// SharedFunctionalGroupsSequence > PixelMeasuresSequence > PixelSpacing, in mm.
@@ -583,10 +657,15 @@ fn icc_profile_len(object: &InMemDicomObject) -> Option<usize> {
     profile.to_bytes().ok().map(|bytes| bytes.len())
 }
 
-/// An error's text on one line (parsers' messages may carry newlines or debug dumps).
+/// An error's text with its causes (dicom-rs's top-level messages are vague: "Could not read
+/// data set token"), on one line (parsers' messages may carry newlines or debug dumps).
 fn one_line(err: &dyn std::error::Error) -> String {
-    err.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
