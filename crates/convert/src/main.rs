@@ -26,6 +26,17 @@ struct Args {
     /// With --onnx: float16 weights and activations (the interface stays float32).
     #[arg(long, requires = "onnx")]
     onnx_fp16: bool,
+    /// The resolution the model was trained at, µm per pixel (Camelyon's level 0: about
+    /// 0.243; level 1: 0.486). Recorded in the model file: `infer` reads slides at it.
+    #[arg(long, conflicts_with = "onnx", value_parser = parse_mpp)]
+    mpp: Option<f64>,
+}
+
+fn parse_mpp(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(mpp) if mpp.is_finite() && mpp > 0.0 && mpp < 1000.0 => Ok(mpp),
+        _ => Err(format!("`{text}`: expected microns per pixel, e.g. 0.243")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -82,8 +93,14 @@ fn run(args: Args) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    model_file::save(&weights, &source, &out)?;
-    println!("wrote {}", out.display());
+    model_file::save(&weights, &source, args.mpp, &out)?;
+    match args.mpp {
+        Some(mpp) => println!("wrote {} (trained at {mpp} µm/px)", out.display()),
+        None => println!(
+            "wrote {} (no training resolution: give --mpp so that `infer` reads slides at it)",
+            out.display()
+        ),
+    }
     Ok(())
 }
 

@@ -16,12 +16,10 @@ use serde::Serialize;
 use wsi::Slide;
 
 use crate::output::Staged;
-use crate::truth::Truth;
+use crate::truth::{self, Truth};
 
 /// Probability-map suffixes `infer` writes.
 const MAP_SUFFIXES: [&str; 2] = [".prob.ome.tif", ".prob.tif"];
-/// Ground-truth names tried for `STEM`, in order.
-const TRUTH_SUFFIXES: [&str; 4] = [".xml", ".png", "_mask.png", "_Mask.png"];
 
 pub struct Evaluation {
     pub maps: PathBuf,
@@ -134,6 +132,17 @@ fn probability_maps(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(maps)
 }
 
+/// Slide level-0 pixels per pixel of the map's level 0, from `STEM.summary.json` beside the
+/// map (1 when there is none, or it predates reading at the model's resolution).
+fn analysis_scale(map: &Path, stem: &str) -> f64 {
+    let summary = map.with_file_name(format!("{stem}.summary.json"));
+    std::fs::read_to_string(summary)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|summary| summary["resolution"]["scale"].as_f64())
+        .unwrap_or(1.0)
+}
+
 fn evaluate_slide(
     stem: &str,
     path: &Path,
@@ -157,14 +166,14 @@ fn evaluate_slide(
     // Camelyon's (and MONAI's) pixel size at a level: level 0's times 2^level.
     let microns_per_pixel = mpp * (1u64 << level) as f64;
 
-    let truth_path = TRUTH_SUFFIXES
-        .iter()
-        .map(|suffix| evaluation.truth.join(format!("{stem}{suffix}")))
-        .find(|p| p.is_file());
+    let truth_path = truth::find_in(&evaluation.truth, stem);
     let tumour = match &truth_path {
         Some(truth_path) => {
+            // ASAP polygons are in the slide's level-0 pixels; the map's level 0 is the
+            // analysis grid, `scale` slide pixels a pixel (its summary says; 1 without one).
+            let scale = analysis_scale(path, stem);
             let truth = Truth::load(truth_path, size.width, size.height)?
-                .downscaled((1u64 << level) as f64);
+                .downscaled((1u64 << level) as f64 * scale);
             let mut mask = Vec::with_capacity(width * height);
             let mut row = Vec::new();
             for y in 0..height {

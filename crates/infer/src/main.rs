@@ -1,4 +1,6 @@
 //! `infer SLIDE`: a whole slide in, a tumour probability map, heatmap, contours and summary out.
+//! `infer SLIDES|FOLDER|MANIFEST.csv --out OUT`: a cohort, each slide so, resumable and
+//! sharded, with `cohort.csv`; `infer merge OUT` joins the shards' summaries.
 //! `infer patches DIR --out OUT`: every patch image in DIR to its probability map and overlay.
 #![forbid(unsafe_code)]
 
@@ -9,14 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use infer::cohort::{self, CohortReport, Entry, Shard, SlideRecord, Status};
 use infer::evaluate::{self, Evaluation};
 use infer::model_args::ModelArgs;
 use infer::patches;
-use infer::pipeline::{self, ProbFormat, SlideJob, Summary, TissueChoice};
-use tiling::{Blend, Rect};
-use unet_core::{SIDE_MULTIPLE, Tta};
+use infer::pipeline::{self, Options, ProbFormat, SlideJob, Summary};
+use infer::truth;
+use sha2::{Digest, Sha256};
+use tiling::Blend;
+use unet_core::{SIDE_MULTIPLE, Tta, model_file};
 
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -53,16 +58,38 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The shards' cohort summaries in DIR (`cohort.shard-I-of-N.json`, from `--shard` or a
+    /// job array) joined into DIR/cohort.csv and cohort.json.
+    Merge { dir: PathBuf },
 }
 
 #[derive(Args)]
 struct SlideArgs {
-    /// The slide: a pyramidal TIFF or Aperio .svs, a DICOM-WSI folder or any one of its files
-    /// (other vendor formats with the `openslide` feature).
-    slide: Option<PathBuf>,
-    /// Output directory [default: beside the slide].
+    /// Slides: pyramidal TIFFs or Aperio .svs, DICOM-WSI folders or any one of their files
+    /// (other vendor formats with the `openslide` feature); folders searched for slides; CSV
+    /// manifests (columns `slide`, and optionally `truth`, `mpp`, `out`).
+    slides: Vec<PathBuf>,
+    /// Output directory [default: beside the slide; a cohort needs one].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run slides again whose outputs exist from the same model and options (by default
+    /// they are skipped).
+    #[arg(long)]
+    force: bool,
+    /// Run only part I (from 0) of N of the sorted slide list [default: from a Slurm job
+    /// array's or a Kubernetes Indexed Job's environment].
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// With a Kubernetes Indexed Job: the number of shards (its `completions`); or set
+    /// INFER_SHARDS.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// The resolution the model was trained at, µm per pixel [default: the model file's].
+    #[arg(long)]
+    model_mpp: Option<f64>,
+    /// The slides' resolution, µm per pixel, for slides that record none (or a wrong one).
+    #[arg(long)]
+    slide_mpp: Option<f64>,
     /// Patch side in level-0 pixels (a multiple of 16).
     #[arg(long, default_value_t = 512)]
     patch: u64,
@@ -71,10 +98,10 @@ struct SlideArgs {
     overlap: u64,
     /// Only this level-0 rectangle: X,Y,W,H.
     #[arg(long, value_parser = parse_region)]
-    region: Option<Rect>,
+    region: Option<[u64; 4]>,
     /// `auto` (Otsu on saturation), `off`, or a mask image (non-zero = tissue).
     #[arg(long, default_value = "auto")]
-    tissue: TissueChoice,
+    tissue: String,
     #[arg(long, value_enum, default_value = "mean")]
     blend: BlendArg,
     /// Test-time augmentation: `off`, `flips` (4 forwards a patch) or `d4` (8: the flips,
@@ -85,7 +112,8 @@ struct SlideArgs {
     /// OMERO read its pyramid and pixel size).
     #[arg(long, value_enum, default_value = "tiff")]
     prob_format: ProbFormat,
-    /// Ground truth for Dice/IoU: a mask image or ASAP XML annotations.
+    /// Ground truth for Dice/IoU: a mask image or ASAP XML annotations; for a cohort, a
+    /// folder of them (`STEM.xml`, `STEM.png` or `STEM_mask.png`).
     #[arg(long)]
     truth: Option<PathBuf>,
     /// Long side of the heatmap, at most.
@@ -104,19 +132,14 @@ enum BlendArg {
     Gaussian,
 }
 
-fn parse_region(text: &str) -> Result<Rect, String> {
+fn parse_region(text: &str) -> Result<[u64; 4], String> {
     let numbers: Vec<u64> = text
         .split(',')
         .map(|n| n.trim().parse::<u64>())
         .collect::<Result<_, _>>()
         .map_err(|_| format!("`{text}`: expected X,Y,W,H in level-0 pixels"))?;
     match numbers[..] {
-        [x, y, width, height] if width > 0 && height > 0 => Ok(Rect {
-            x,
-            y,
-            width,
-            height,
-        }),
+        [x, y, width, height] if width > 0 && height > 0 => Ok([x, y, width, height]),
         _ => Err(format!("`{text}`: expected X,Y,W,H with W and H above 0")),
     }
 }
@@ -140,7 +163,8 @@ fn main() -> ExitCode {
             ..
         } => model
             .load()
-            .and_then(|(predictor, _)| patches::run(&dir, &out, &predictor, model.batch)),
+            .and_then(|(predictor, _)| patches::run(&dir, &out, &predictor, model.batch))
+            .map(|()| Outcome::Success),
         Cli {
             command:
                 Some(Command::Evaluate {
@@ -156,10 +180,16 @@ fn main() -> ExitCode {
             truth,
             level,
         }),
-        Cli { slide, .. } => run_slide(slide, stop.clone(), process_start),
+        Cli {
+            command: Some(Command::Merge { dir }),
+            ..
+        } => merge(&dir),
+        Cli { slide, .. } => run_slides(slide, &stop, &interrupted, process_start),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        // Each failure was reported as it happened.
+        Ok(Outcome::SomeFailed) => ExitCode::FAILURE,
         Err(err) if interrupted.load(Ordering::Relaxed) => {
             eprintln!("interrupted: no output written ({err:#})");
             ExitCode::from(130)
@@ -171,53 +201,305 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_slide(args: SlideArgs, stop: Arc<AtomicBool>, process_start: Instant) -> Result<()> {
-    let Some(slide) = args.slide else {
+/// How a run ended, short of an error.
+enum Outcome {
+    Success,
+    /// A cohort's slides that failed, each already reported; the others are done.
+    SomeFailed,
+}
+
+/// One slide, or a cohort: each slide run (or skipped, when its outputs are there from the
+/// same model and options), a slide's failure reported without stopping the others.
+///
+/// `stop` ends a slide early (a reader's error sets it to stop the other readers; Ctrl-C too);
+/// `interrupted` says that it was Ctrl-C, which ends the whole run.
+fn run_slides(
+    args: SlideArgs,
+    stop: &Arc<AtomicBool>,
+    interrupted: &AtomicBool,
+    process_start: Instant,
+) -> Result<Outcome> {
+    if args.slides.is_empty() {
         bail!("no slide given: infer SLIDE [OPTIONS] (see --help)");
-    };
+    }
     if args.patch == 0 || !args.patch.is_multiple_of(SIDE_MULTIPLE as u64) {
         bail!(
             "--patch {} is not a multiple of {SIDE_MULTIPLE} (the UNet pools four times)",
             args.patch
         );
     }
-    if !slide.exists() {
-        bail!("{}: no such slide", slide.display());
+    for (flag, mpp) in [
+        ("--model-mpp", args.model_mpp),
+        ("--slide-mpp", args.slide_mpp),
+    ] {
+        if mpp.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            bail!("{flag} must be a positive number of µm per pixel");
+        }
+    }
+    let is_cohort = cohort::is_cohort(&args.slides);
+    if is_cohort && args.out.is_none() {
+        bail!("several slides need --out DIR (their outputs and cohort.csv go there)");
+    }
+    if !is_cohort && !args.slides[0].exists() {
+        bail!("{}: no such slide", args.slides[0].display());
+    }
+    let mut entries = cohort::collect(&args.slides, args.out.as_deref())?;
+    if entries.is_empty() {
+        bail!("no slides found in {}", list(&args.slides));
+    }
+    let shard = match args.shard {
+        Some(shard) => Some((shard, "--shard")),
+        None if is_cohort => Shard::from_environment(args.shards)?,
+        None => None,
+    };
+    if let Some((shard, source)) = shard {
+        let total = entries.len();
+        entries = shard.select(entries);
+        eprintln!(
+            "shard {shard} (from {source}): {} of {total} slides",
+            entries.len()
+        );
     }
     let (predictor, model) = args.model.load()?;
-    let out_dir = match args.out {
-        Some(dir) => dir,
-        None => slide
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    let model_mpp = match args.model_mpp {
+        Some(mpp) => Some(mpp),
+        None => model_file::training_mpp(&model)?,
     };
-    let job = SlideJob {
-        slide,
-        predictor,
-        model,
-        out_dir,
+    if model_mpp.is_none() {
+        eprintln!(
+            "note: {} records no training resolution: slides are read at level 0 as they are (set it with `convert --mpp` or --model-mpp)",
+            model.display()
+        );
+    }
+    let model_sha256 = sha256_of(&model)?;
+    let options = |entry: &Entry, truth: &Option<PathBuf>| Options {
+        model_sha256: model_sha256.clone(),
+        model_mpp,
+        slide_mpp: entry.mpp.or(args.slide_mpp),
         patch: args.patch,
         overlap: args.overlap,
-        batch: args.model.batch,
         region: args.region,
-        tissue: args.tissue,
+        tissue: args.tissue.clone(),
         blend: match args.blend {
             BlendArg::Mean => Blend::Mean,
             BlendArg::Gaussian => Blend::Gaussian,
         },
         tta: args.tta,
         prob_format: args.prob_format,
-        truth: args.truth,
         heatmap_side: args.heatmap_size,
-        progress: !args.quiet && std::io::stderr().is_terminal(),
-        stop,
-        process_start,
+        truth: truth.as_ref().map(|t| t.display().to_string()),
     };
-    print_summary(&pipeline::run(job)?);
-    Ok(())
+    let mut records = Vec::new();
+    let mut progress = CohortProgress::new(entries.len());
+    for entry in &entries {
+        // Cleared before `interrupted` is read: the handler sets `interrupted` first.
+        stop.store(false, Ordering::Relaxed);
+        if interrupted.load(Ordering::Relaxed) {
+            break;
+        }
+        let truth = entry.truth.clone().or_else(|| match &args.truth {
+            Some(dir) if is_cohort && dir.is_dir() => truth::find_in(dir, &entry.stem),
+            other => other.clone(),
+        });
+        let out_dir = entry.out.clone().or(args.out.clone()).unwrap_or_else(|| {
+            entry
+                .slide
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        });
+        let job = SlideJob {
+            slide: entry.slide.clone(),
+            stem: entry.stem.clone(),
+            predictor: &predictor,
+            model: model.clone(),
+            out_dir,
+            batch: args.model.batch,
+            options: options(entry, &truth),
+            model_mpp,
+            slide_mpp: entry.mpp.or(args.slide_mpp),
+            truth,
+            progress: !args.quiet && std::io::stderr().is_terminal(),
+            stop: stop.clone(),
+            process_start,
+        };
+        let record = match pipeline::finished(&job) {
+            Some(summary) if !args.force => {
+                eprintln!(
+                    "{}: skipped: its outputs are there from the same model and options (--force runs it again)",
+                    entry.slide.display()
+                );
+                record(entry, Status::Skipped, Some(&summary), None)
+            }
+            _ => match pipeline::run(&job) {
+                Ok(summary) => {
+                    print_summary(&summary);
+                    record(entry, Status::Done, Some(&summary), None)
+                }
+                // Ctrl-C, or a single slide's error: as before, the run's error.
+                Err(err) if interrupted.load(Ordering::Relaxed) || !is_cohort => {
+                    if is_cohort {
+                        write_cohort(&args, &records, shard)?;
+                    }
+                    return Err(err);
+                }
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    record(entry, Status::Failed, None, Some(format!("{err:#}")))
+                }
+            },
+        };
+        progress.add(&record);
+        records.push(record);
+    }
+    if !is_cohort {
+        return Ok(Outcome::Success);
+    }
+    let report = write_cohort(&args, &records, shard)?;
+    if interrupted.load(Ordering::Relaxed) {
+        bail!(
+            "stopped after {} of {} slides",
+            records.len(),
+            entries.len()
+        );
+    }
+    Ok(if report.failed > 0 {
+        eprintln!(
+            "{} of {} slides failed (see above and cohort.csv)",
+            report.failed,
+            records.len()
+        );
+        Outcome::SomeFailed
+    } else {
+        Outcome::Success
+    })
 }
 
-fn evaluate(evaluation: Evaluation) -> Result<()> {
+/// The cohort summary of the slides so far, into --out.
+fn write_cohort(
+    args: &SlideArgs,
+    records: &[SlideRecord],
+    shard: Option<(Shard, &str)>,
+) -> Result<CohortReport> {
+    let report = CohortReport::new(shard.map(|(s, _)| s), records.to_vec());
+    let out = args.out.as_deref().expect("a cohort has --out");
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
+    let csv = report.write(out)?;
+    println!(
+        "{} done, {} skipped, {} failed: wrote {}",
+        report.done,
+        report.skipped,
+        report.failed,
+        csv.display()
+    );
+    Ok(report)
+}
+
+fn record(
+    entry: &Entry,
+    status: Status,
+    summary: Option<&Summary>,
+    error: Option<String>,
+) -> SlideRecord {
+    SlideRecord {
+        slide: entry.slide.display().to_string(),
+        stem: entry.stem.clone(),
+        status,
+        error,
+        patches: summary.map(|s| s.patches_run),
+        seconds: summary.map(|s| s.seconds),
+        tumour_area_mm2: summary.and_then(|s| s.tumour_area_mm2),
+        max_probability: summary.map(|s| s.max_probability),
+        dice: summary.and_then(|s| s.dice),
+        iou: summary.and_then(|s| s.iou),
+    }
+}
+
+/// The overall progress line after each slide of a cohort: slides so far, patches per second
+/// over the slides run, and the time left at that pace.
+struct CohortProgress {
+    total: usize,
+    seen: usize,
+    run: usize,
+    patches: usize,
+    started: Instant,
+}
+
+impl CohortProgress {
+    fn new(total: usize) -> CohortProgress {
+        CohortProgress {
+            total,
+            seen: 0,
+            run: 0,
+            patches: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, record: &SlideRecord) {
+        self.seen += 1;
+        if record.status != Status::Skipped {
+            self.run += 1;
+            self.patches += record.patches.unwrap_or(0);
+        }
+        if self.total < 2 {
+            return;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left = self.total - self.seen;
+        let eta = if self.run == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0} s", elapsed / self.run as f64 * left as f64)
+        };
+        eprintln!(
+            "[{}/{}] {}: {:?}; {:.1} patches/s; ETA {eta}",
+            self.seen,
+            self.total,
+            record.stem,
+            record.status,
+            self.patches as f64 / elapsed.max(1e-9),
+        );
+    }
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The model file's SHA-256, hex: what "the same model" means when resuming.
+fn sha256_of(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+fn merge(dir: &Path) -> Result<Outcome> {
+    let report = CohortReport::merge(dir)?;
+    let csv = report.write(dir)?;
+    println!(
+        "{} slides: {} done, {} skipped, {} failed: wrote {}",
+        report.slides.len(),
+        report.done,
+        report.skipped,
+        report.failed,
+        csv.display()
+    );
+    Ok(if report.failed > 0 {
+        Outcome::SomeFailed
+    } else {
+        Outcome::Success
+    })
+}
+
+fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
     let report = evaluate::run(&evaluation)?;
     for slide in &report.slides {
         println!(
@@ -238,7 +520,7 @@ fn evaluate(evaluation: Evaluation) -> Result<()> {
         figure(report.auc)
     );
     println!("wrote {}", evaluation.out.join("evaluation.json").display());
-    Ok(())
+    Ok(Outcome::Success)
 }
 
 fn print_summary(summary: &Summary) {

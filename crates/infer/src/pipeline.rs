@@ -21,6 +21,7 @@ use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
 use crate::annotations::{asap_xml, qupath_geojson, tumour_regions};
 use crate::output::Staged;
 use crate::pictures::{LowResolutionMap, heatmap};
+use crate::resolution::Analysis;
 use crate::truth::{Overlap, Truth};
 
 /// Where tissue detection comes from.
@@ -48,7 +49,10 @@ impl FromStr for TissueChoice {
 }
 
 /// How the probability map is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum ProbFormat {
     /// `STEM.prob.tif`: every level in the main IFD chain (OpenSlide, ASAP, libvips).
     #[default]
@@ -78,22 +82,21 @@ impl ProbFormat {
     }
 }
 
-pub struct SlideJob {
+pub struct SlideJob<'a> {
     pub slide: PathBuf,
-    pub predictor: Predictor,
+    /// Its outputs are `out_dir/STEM.*`.
+    pub stem: String,
+    pub predictor: &'a Predictor,
     pub model: PathBuf,
     pub out_dir: PathBuf,
-    pub patch: u64,
-    pub overlap: u64,
     pub batch: usize,
-    pub region: Option<Rect>,
-    pub tissue: TissueChoice,
-    pub blend: Blend,
-    pub tta: Tta,
-    pub prob_format: ProbFormat,
+    /// Everything else that decides the outputs (a rerun with equal options skips the slide).
+    pub options: Options,
+    /// The model's training resolution, µm per pixel (`--model-mpp` or the model file's).
+    pub model_mpp: Option<f64>,
+    /// The slide's resolution, when given (`--slide-mpp`, a manifest's `mpp`) rather than read.
+    pub slide_mpp: Option<f64>,
     pub truth: Option<PathBuf>,
-    /// Long side of the heatmap, at most.
-    pub heatmap_side: u32,
     pub progress: bool,
     pub stop: Arc<AtomicBool>,
     /// When the process started: the summary says how long the first batch took from there
@@ -101,7 +104,28 @@ pub struct SlideJob {
     pub process_start: Instant,
 }
 
-#[derive(Debug, Serialize)]
+/// What decides a slide's outputs besides the slide: a slide whose `summary.json` records
+/// the same options (the same model, by content) is not run again.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Options {
+    /// SHA-256 of the model file.
+    pub model_sha256: String,
+    pub model_mpp: Option<f64>,
+    pub slide_mpp: Option<f64>,
+    pub patch: u64,
+    pub overlap: u64,
+    /// Level-0 pixels.
+    pub region: Option<[u64; 4]>,
+    pub tissue: String,
+    pub blend: Blend,
+    pub tta: Tta,
+    pub prob_format: ProbFormat,
+    /// Long side of the heatmap, at most.
+    pub heatmap_side: u32,
+    pub truth: Option<String>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub slide: String,
     /// The slide's format as OpenSlide names it (`generic-tiff`, `aperio`, `dicom`).
@@ -115,7 +139,12 @@ pub struct Summary {
     pub blend: String,
     /// Test-time augmentation: `off`, `flips` or `d4`.
     pub tta: String,
+    /// Level-0 pixels.
     pub region: [u64; 4],
+    /// How the slide was read: its resolution, the model's, the level and the scale.
+    pub resolution: Analysis,
+    /// Of the probability map (the analysis grid), µm per pixel.
+    pub analysis_mpp: Option<f64>,
     pub grid: [usize; 2],
     pub patches_in_grid: usize,
     pub patches_run: usize,
@@ -126,11 +155,15 @@ pub struct Summary {
     pub patches_per_second: f64,
     pub ms_per_patch: f64,
     pub mpp: Option<f64>,
+    /// Where p >= 0.5, mm² (None without a resolution).
+    pub tumour_area_mm2: Option<f64>,
+    pub max_probability: f64,
     pub outputs: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dice: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iou: Option<f64>,
+    pub options: Options,
 }
 
 /// A patch read and waiting for the model.
@@ -147,16 +180,43 @@ pub type Stitch = (usize, Vec<f32>);
 pub const TILE_CACHE_BYTES: usize = 64 << 20;
 
 /// Plans, streams and reports one slide; outputs appear only if all of it succeeds.
-pub fn run(job: SlideJob) -> Result<Summary> {
+pub fn run(job: &SlideJob) -> Result<Summary> {
     let started = Instant::now();
-    let mut planned = Planned::new(&job)?;
-    let streamed = planned.stream(&job)?;
-    planned.report(&job, streamed, started)
+    let mut planned = Planned::new(job)?;
+    let streamed = planned.stream(job)?;
+    planned.report(job, streamed, started)
+}
+
+/// The summary of `job`'s slide when its outputs are all there, made with the same options
+/// (the same model, by content): the slide need not run again.
+pub fn finished(job: &SlideJob) -> Option<Summary> {
+    let path = job.out_dir.join(format!("{}.summary.json", job.stem));
+    let summary: Summary = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let complete = output_names(&job.stem, job.options.prob_format)
+        .iter()
+        .all(|name| job.out_dir.join(name).is_file());
+    (complete && summary.options == job.options).then_some(summary)
+}
+
+/// Every output of slide `stem`, the summary last.
+fn output_names(stem: &str, prob_format: ProbFormat) -> Vec<String> {
+    [
+        prob_format.suffix(),
+        "heatmap.png",
+        "tumour.geojson",
+        "tumour.xml",
+        "summary.json",
+    ]
+    .iter()
+    .map(|kind| format!("{stem}.{kind}"))
+    .collect()
 }
 
 /// What the job will do: the slide, the grid, the patches with tissue, the outputs.
 struct Planned {
     slide: Slide,
+    analysis: Analysis,
+    /// Analysis pixels.
     region: Rect,
     grid: Grid,
     stem: String,
@@ -165,7 +225,7 @@ struct Planned {
     to_run: Vec<usize>,
     tissue_name: String,
     truth: Option<Truth>,
-    /// Of the low-resolution map (heatmap, contours) from level 0.
+    /// Analysis pixels per pixel of the low-resolution map (heatmap, contours).
     downsample: f64,
     /// The probability map's writer, taken by the stream (declared before `staged`, so that
     /// on failure its temporary file goes before `staged` tidies the directory).
@@ -177,33 +237,53 @@ struct Planned {
 struct Streamed {
     overlap: Overlap,
     low_resolution: LowResolutionMap,
+    tally: Tally,
     first_batch: Option<Instant>,
+}
+
+/// Counts over the whole probability map.
+#[derive(Default)]
+struct Tally {
+    /// Pixels with p >= 0.5.
+    tumour: u64,
+    max: u8,
+}
+
+impl Tally {
+    fn add_row(&mut self, row: &[u8]) {
+        self.tumour += row.iter().filter(|&&v| v >= 128).count() as u64;
+        self.max = self.max.max(row.iter().copied().max().unwrap_or(0));
+    }
 }
 
 impl Planned {
     fn new(job: &SlideJob) -> Result<Planned> {
+        let options = &job.options;
         let slide = Slide::open_with_cache(&job.slide, TILE_CACHE_BYTES)?;
+        let analysis = Analysis::plan(&slide, job.slide_mpp, job.model_mpp)?;
         let base = slide.levels()[0];
-        let region = region_in(job.region, base.width, base.height)?;
-        let grid = Grid::new(region, job.patch, job.overlap).with_context(|| {
+        let region = analysis.from_level0(region_in(options.region, base.width, base.height)?);
+        let grid = Grid::new(region, options.patch, options.overlap).with_context(|| {
             format!(
                 "overlap {} must be smaller than the patch ({})",
-                job.overlap, job.patch
+                options.overlap, options.patch
             )
         })?;
-        let (to_run, tissue_name) = patches_to_run(&slide, &grid, &job.tissue)?;
+        let tissue: TissueChoice = options.tissue.parse()?;
+        let (to_run, tissue_name) = patches_to_run(&slide, &analysis, &grid, &tissue)?;
         let truth = job
             .truth
             .as_ref()
-            .map(|path| Truth::load(path, base.width, base.height))
-            .transpose()?;
+            .map(|path| Truth::load(path, analysis.width, analysis.height))
+            .transpose()?
+            .map(|truth| truth.downscaled(analysis.scale));
         // The heatmap: at most `heatmap_side` on its long side, and from a pyramid level, not level 0.
         let level1_downsample = slide.levels().get(1).map_or(1.0, |l| l.downsample);
-        let downsample = (region.width.max(region.height) as f64 / job.heatmap_side as f64)
-            .max(level1_downsample)
+        let downsample = (region.width.max(region.height) as f64 / options.heatmap_side as f64)
+            .max(level1_downsample / analysis.scale)
             .max(1.0);
-        let stem = output_stem(&job.slide);
-        let prob_name = format!("{stem}.{}", job.prob_format.suffix());
+        let stem = job.stem.clone();
+        let prob_name = format!("{stem}.{}", options.prob_format.suffix());
         let staged = Staged::create(&job.out_dir)?;
         let writer = PyramidWriter::create(
             staged.final_path(&prob_name),
@@ -212,13 +292,14 @@ impl Planned {
             Channels::Grey,
             WriterOptions {
                 tile: 512,
-                mpp: slide.mpp(),
-                layout: job.prob_format.layout(&stem),
+                mpp: analysis.mpp(),
+                layout: options.prob_format.layout(&stem),
                 ..WriterOptions::default()
             },
         )?;
         Ok(Planned {
             slide,
+            analysis,
             region,
             grid,
             stem,
@@ -240,7 +321,7 @@ impl Planned {
         let (stitch_tx, stitch_rx) = sync_channel::<Stitch>(2 * job.batch);
         let stitch = StitchJob {
             grid: self.grid,
-            blend: job.blend,
+            blend: job.options.blend,
             skipped: self.skipped(),
             writer,
             truth: self.truth.as_ref(),
@@ -248,11 +329,12 @@ impl Planned {
         };
         let stream = PatchStream {
             slide: &self.slide,
+            analysis: &self.analysis,
             grid: &self.grid,
             to_run: &self.to_run,
-            predictor: &job.predictor,
+            predictor: job.predictor,
             batch: job.batch,
-            tta: job.tta,
+            tta: job.options.tta,
             progress: &progress,
             stop: &job.stop,
         };
@@ -267,11 +349,12 @@ impl Planned {
             stitched.map(|stitched| (stitched, first_batch))
         });
         progress.finish_and_clear();
-        let ((overlap, low_resolution, prob_file), first_batch) = outcome?;
-        self.staged.keep(prob_file, &self.prob_name);
+        let (stitched, first_batch) = outcome?;
+        self.staged.keep(stitched.prob_file, &self.prob_name);
         Ok(Streamed {
-            overlap,
-            low_resolution,
+            overlap: stitched.overlap,
+            low_resolution: stitched.low_resolution,
+            tally: stitched.tally,
             first_batch,
         })
     }
@@ -287,10 +370,16 @@ impl Planned {
     fn report(mut self, job: &SlideJob, streamed: Streamed, started: Instant) -> Result<Summary> {
         let stem = &self.stem;
         let map = streamed.low_resolution.to_image();
-        let view = low_level_view_of_region(&self.slide, self.region, map.width(), map.height())?;
+        let region0 = self.analysis.to_level0(self.region);
+        let view = low_level_view_of_region(&self.slide, region0, map.width(), map.height())?;
         self.staged
             .write_png(&format!("{stem}.heatmap.png"), &heatmap(&view, &map))?;
-        let regions = tumour_regions(&map, self.downsample, (self.region.x, self.region.y))?;
+        // Contours in level-0 pixels, whatever the analysis resolution.
+        let regions = tumour_regions(
+            &map,
+            self.downsample * self.analysis.scale,
+            (region0.x, region0.y),
+        )?;
         let geojson = qupath_geojson(&regions, self.slide.mpp());
         self.staged
             .write(&format!("{stem}.tumour.geojson"), |out| {
@@ -309,19 +398,23 @@ impl Planned {
 
     fn summary(&self, job: &SlideJob, streamed: &Streamed, seconds: f64) -> Summary {
         let run = self.to_run.len();
-        let region = self.region;
+        let region = self.analysis.to_level0(self.region);
         let has_truth = self.truth.is_some();
+        let options = &job.options;
+        let analysis_mpp = self.analysis.mpp();
         Summary {
             slide: job.slide.display().to_string(),
             model: job.model.display().to_string(),
             device: job.predictor.device_name().to_string(),
             precision: job.predictor.precision().to_string(),
             batch: job.batch,
-            patch: job.patch,
-            overlap: job.overlap,
-            blend: format!("{:?}", job.blend).to_lowercase(),
-            tta: job.tta.to_string(),
+            patch: options.patch,
+            overlap: options.overlap,
+            blend: format!("{:?}", options.blend).to_lowercase(),
+            tta: options.tta.to_string(),
             region: [region.x, region.y, region.width, region.height],
+            resolution: self.analysis,
+            analysis_mpp,
             grid: [self.grid.cols, self.grid.rows],
             patches_in_grid: self.grid.len(),
             patches_run: run,
@@ -336,35 +429,37 @@ impl Planned {
             } else {
                 1000.0 * seconds / run as f64
             },
-            mpp: self.slide.mpp(),
+            mpp: self.analysis.slide_mpp,
+            tumour_area_mm2: analysis_mpp.map(|mpp| streamed.tally.tumour as f64 * mpp * mpp / 1e6),
+            max_probability: streamed.tally.max as f64 / 255.0,
             vendor: self.slide.vendor().to_string(),
-            outputs: [
-                job.prob_format.suffix(),
-                "heatmap.png",
-                "tumour.geojson",
-                "tumour.xml",
-                "summary.json",
-            ]
-            .iter()
-            .map(|kind| {
-                let name = format!("{}.{kind}", self.stem);
-                job.out_dir.join(name).display().to_string()
-            })
-            .collect(),
+            outputs: output_names(&self.stem, options.prob_format)
+                .iter()
+                .map(|name| job.out_dir.join(name).display().to_string())
+                .collect(),
             dice: has_truth.then(|| streamed.overlap.dice()),
             iou: has_truth.then(|| streamed.overlap.iou()),
+            options: options.clone(),
         }
     }
 }
 
 /// The region to run (the whole slide by default), checked to lie inside it.
-fn region_in(region: Option<Rect>, width: u64, height: u64) -> Result<Rect> {
-    let region = region.unwrap_or(Rect {
-        x: 0,
-        y: 0,
-        width,
-        height,
-    });
+fn region_in(region: Option<[u64; 4]>, width: u64, height: u64) -> Result<Rect> {
+    let region = region.map_or(
+        Rect {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        },
+        |[x, y, width, height]| Rect {
+            x,
+            y,
+            width,
+            height,
+        },
+    );
     if region.x + region.width > width || region.y + region.height > height {
         bail!(
             "region {},{},{},{} reaches outside the slide ({width}x{height})",
@@ -377,10 +472,11 @@ fn region_in(region: Option<Rect>, width: u64, height: u64) -> Result<Rect> {
     Ok(region)
 }
 
-/// The grid patches that hold tissue (all of them with tissue detection off), and how tissue
-/// was decided.
+/// The grid patches (in analysis pixels) that hold tissue (all of them with tissue detection
+/// off), and how tissue was decided.
 pub fn patches_to_run(
     slide: &Slide,
+    analysis: &Analysis,
     grid: &Grid,
     tissue: &TissueChoice,
 ) -> Result<(Vec<usize>, String)> {
@@ -405,12 +501,12 @@ pub fn patches_to_run(
         .positions()
         .filter(|p| {
             mask.as_ref().is_none_or(|mask| {
-                mask.holds_tissue(Rect {
+                mask.holds_tissue(analysis.to_level0(Rect {
                     x: p.x,
                     y: p.y,
                     width: grid.patch,
                     height: grid.patch,
-                })
+                }))
             })
         })
         .map(|p| p.index)
@@ -422,6 +518,7 @@ pub fn patches_to_run(
 /// batches, sending each patch's probabilities to the stitcher (in no particular order).
 pub struct PatchStream<'a> {
     pub slide: &'a Slide,
+    pub analysis: &'a Analysis,
     pub grid: &'a Grid,
     pub to_run: &'a [usize],
     pub predictor: &'a Predictor,
@@ -443,6 +540,7 @@ impl PatchStream<'_> {
         // The readers see the slide and the grid, not the model.
         let reader = PatchReader {
             slide: self.slide,
+            analysis: self.analysis,
             grid: self.grid,
             to_run: self.to_run,
             stop: self.stop,
@@ -513,13 +611,15 @@ impl PatchStream<'_> {
 /// What the reader threads share: where the patches are, and whether to stop.
 struct PatchReader<'a> {
     slide: &'a Slide,
+    analysis: &'a Analysis,
     grid: &'a Grid,
     to_run: &'a [usize],
     stop: &'a AtomicBool,
 }
 
 impl PatchReader<'_> {
-    /// Reader thread: takes the next patch to run, reads it at level 0, sends it on.
+    /// Reader thread: takes the next patch to run, reads it at the analysis resolution,
+    /// sends it on.
     fn read_patches(
         &self,
         next: &AtomicUsize,
@@ -535,8 +635,8 @@ impl PatchReader<'_> {
             let side = self.grid.patch as u32;
             // Patches that overhang the slide see its edge pixels repeated.
             match self
-                .slide
-                .read_region_extended(0, position.x, position.y, side, side)
+                .analysis
+                .read_patch(self.slide, position.x, position.y, side)
             {
                 Ok(pixels) => {
                     let index = position.index;
@@ -548,7 +648,7 @@ impl PatchReader<'_> {
                     error
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(err.into());
+                        .get_or_insert(err);
                     self.stop.store(true, Ordering::Relaxed);
                     return;
                 }
@@ -569,8 +669,16 @@ struct StitchJob<'a> {
     downsample: f64,
 }
 
+/// What the stitcher leaves: the complete map's file and what was counted on the way.
+struct Stitched {
+    prob_file: NamedTempFile,
+    overlap: Overlap,
+    low_resolution: LowResolutionMap,
+    tally: Tally,
+}
+
 impl StitchJob<'_> {
-    fn run(self, patches: Receiver<Stitch>) -> Result<(Overlap, LowResolutionMap, NamedTempFile)> {
+    fn run(self, patches: Receiver<Stitch>) -> Result<Stitched> {
         let StitchJob {
             grid,
             blend,
@@ -583,6 +691,7 @@ impl StitchJob<'_> {
         let mut stitcher = Stitcher::new(grid, blend);
         let mut low = LowResolutionMap::new(region.width, region.height, downsample);
         let mut overlap = Overlap::default();
+        let mut tally = Tally::default();
         let mut next_row = 0u64;
         let mut truth_row = Vec::new();
         let mut failure: Option<anyhow::Error> = None;
@@ -597,6 +706,7 @@ impl StitchJob<'_> {
             }
             for row in rows.chunks_exact(width) {
                 low.add_row(next_row, row);
+                tally.add_row(row);
                 if let Some(truth) = truth {
                     truth.row(region.x, region.y + next_row, width, &mut truth_row);
                     overlap.add_row(row, &truth_row);
@@ -617,7 +727,12 @@ impl StitchJob<'_> {
             // The input ended early (an error or Ctrl-C upstream): dropping the writer removes its file.
             bail!("stopped before every patch was stitched");
         }
-        Ok((overlap, low, writer.finish_temporary()?))
+        Ok(Stitched {
+            prob_file: writer.finish_temporary()?,
+            overlap,
+            low_resolution: low,
+            tally,
+        })
     }
 }
 

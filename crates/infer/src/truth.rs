@@ -3,10 +3,22 @@
 //! Polygons of the groups Camelyon marks as not tumour (`_2` in Camelyon16, `Exclusion` as
 //! `infer` writes holes, `normal` in Camelyon17) are cut out of the others.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use image::GrayImage;
+
+/// Ground-truth names tried for slide `STEM` in a folder, in order.
+const TRUTH_SUFFIXES: [&str; 4] = [".xml", ".png", "_mask.png", "_Mask.png"];
+
+/// The ground truth of slide `stem` in `dir`: `STEM.xml` (ASAP polygons) or a mask image
+/// `STEM.png` / `STEM_mask.png` (non-zero = tumour); none for a tumour-free slide.
+pub fn find_in(dir: &Path, stem: &str) -> Option<PathBuf> {
+    TRUTH_SUFFIXES
+        .iter()
+        .map(|suffix| dir.join(format!("{stem}{suffix}")))
+        .find(|p| p.is_file())
+}
 
 #[derive(Debug)]
 pub enum Truth {

@@ -57,7 +57,7 @@ fn patch_directory_gives_pytorchs_maps_and_overlays() {
 /// The checkpoint converted to a model file, as `convert` does.
 fn unet_core_checkpoint(pth: &Path, out: &Path) -> std::path::PathBuf {
     let checkpoint = unet_core::Checkpoint::read(pth).unwrap();
-    unet_core::model_file::save(&checkpoint.weights, "test", out).unwrap();
+    unet_core::model_file::save(&checkpoint.weights, "test", None, out).unwrap();
     out.to_path_buf()
 }
 

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use crate::grid::Grid;
 
 /// How overlapping predictions combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Blend {
     /// The users' semantics: each patch's map quantised to `floor(255 p)`, overlaps averaged
     /// and truncated (`uint8(sum / count)`).

@@ -22,6 +22,7 @@ fn main() -> Result<()> {
     model_file::save(
         &FoldedWeights::random(config, 17),
         "random weights",
+        None,
         &args.out,
     )?;
     println!(

@@ -21,6 +21,8 @@ const CONFIG_KEY: &str = "camelyon_unet_config";
 const SOURCE_KEY: &str = "source_checkpoint";
 /// Metadata key holding the CRC-32 of the tensors (see [`checksum`]), 8 hex digits.
 const CHECKSUM_KEY: &str = "tensors_crc32";
+/// Metadata key holding the resolution the model was trained at, µm per pixel.
+const TRAINING_MPP_KEY: &str = "training_mpp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFileError {
@@ -44,13 +46,26 @@ pub enum ModelFileError {
         "{file}: not a Camelyon UNet model file (no `{CONFIG_KEY}` metadata); convert a checkpoint with `cargo run -p convert -- CHECKPOINT.pth`"
     )]
     NotUnet { file: PathBuf },
+    #[error("{file}: the model file's `{key}` is {value:?}, not a positive number")]
+    BadMetadata {
+        file: PathBuf,
+        key: &'static str,
+        value: String,
+    },
     #[error("{file}: cannot write the model file: {cause}")]
     Unwritable { file: PathBuf, cause: PackError },
 }
 
 /// Writes `weights` to `path` atomically: to a temporary file beside it, renamed when
-/// complete (and removed if anything fails). `source` names the checkpoint they came from.
-pub fn save(weights: &FoldedWeights, source: &str, path: &Path) -> Result<(), ModelFileError> {
+/// complete (and removed if anything fails). `source` names the checkpoint they came from;
+/// `training_mpp` is the resolution (µm per pixel) of the slides it was trained on, which
+/// `infer` reads slides at.
+pub fn save(
+    weights: &FoldedWeights,
+    source: &str,
+    training_mpp: Option<f64>,
+    path: &Path,
+) -> Result<(), ModelFileError> {
     let tensors = weights
         .tensors()
         .map(|(name, tensor)| {
@@ -72,6 +87,9 @@ pub fn save(weights: &FoldedWeights, source: &str, path: &Path) -> Result<(), Mo
         .with_metadata(CONFIG_KEY, &config)
         .with_metadata(SOURCE_KEY, source)
         .with_metadata(CHECKSUM_KEY, &format!("{crc:08x}"));
+    if let Some(mpp) = training_mpp {
+        writer = writer.with_metadata(TRAINING_MPP_KEY, &mpp.to_string());
+    }
     for (key, value) in BurnpackStore::default_metadata() {
         writer = writer.with_metadata(&key, &value);
     }
@@ -126,6 +144,30 @@ pub fn read_weights(path: &Path) -> Result<FoldedWeights, ModelFileError> {
     })
 }
 
+/// The resolution (µm per pixel) the model was trained at, if its file records one.
+pub fn training_mpp(path: &Path) -> Result<Option<f64>, ModelFileError> {
+    if !path.is_file() {
+        return Err(ModelFileError::Missing {
+            file: path.to_path_buf(),
+        });
+    }
+    let reader = Reader::from_file(path).map_err(|source| ModelFileError::Unreadable {
+        file: path.to_path_buf(),
+        cause: source,
+    })?;
+    match reader.metadata().get(TRAINING_MPP_KEY) {
+        None => Ok(None),
+        Some(text) => match text.parse::<f64>() {
+            Ok(mpp) if mpp.is_finite() && mpp > 0.0 => Ok(Some(mpp)),
+            _ => Err(ModelFileError::BadMetadata {
+                file: path.to_path_buf(),
+                key: TRAINING_MPP_KEY,
+                value: text.clone(),
+            }),
+        },
+    }
+}
+
 /// CRC-32 of every tensor, in name order: its name, shape and little-endian f32 values.
 fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a Tensor)>) -> u32 {
     let mut crc = crc32fast::Hasher::new();
@@ -161,7 +203,7 @@ mod tests {
     fn written(dir: &Path) -> (PathBuf, FoldedWeights, Vec<u8>) {
         let weights = FoldedWeights::random(UnetConfig::new(3, 2, 4), 7);
         let path = dir.join("model.bpk");
-        save(&weights, "test", &path).unwrap();
+        save(&weights, "test", None, &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         (path, weights, bytes)
     }
@@ -172,6 +214,17 @@ mod tests {
         let (path, weights, _) = written(dir.path());
         let read = read_weights(&path).unwrap();
         assert!(read.tensors().eq(weights.tensors()));
+    }
+
+    /// The training resolution given to `save` is read back; a file without one has none.
+    #[test]
+    fn the_training_resolution_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, weights, _) = written(dir.path());
+        assert_eq!(training_mpp(&path).unwrap(), None);
+        save(&weights, "test", Some(0.486), &path).unwrap();
+        assert_eq!(training_mpp(&path).unwrap(), Some(0.486));
+        assert!(read_weights(&path).unwrap().tensors().eq(weights.tensors()));
     }
 
     /// Any flipped bit in the tensors' data is caught by the checksum, not loaded.

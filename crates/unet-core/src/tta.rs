@@ -8,7 +8,8 @@ use crate::predictor::{PredictError, Predictor};
 use crate::target::parse_choice;
 
 /// Which copies of each patch run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Tta {
     /// The patch as it is.
     #[default]

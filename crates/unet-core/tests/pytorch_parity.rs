@@ -17,7 +17,7 @@ fn converted(case: &Case, dir: &Path, precision: Precision) -> Predictor {
         case.name
     );
     let path = dir.join(format!("{}.bpk", case.name));
-    model_file::save(&checkpoint.weights, &case.checkpoint, &path).unwrap();
+    model_file::save(&checkpoint.weights, &case.checkpoint, None, &path).unwrap();
     Predictor::load(&path, DeviceChoice::Cpu, precision).unwrap()
 }
 

@@ -24,6 +24,7 @@ use indicatif::ProgressBar;
 use infer::model_args::{DEMO_SLIDE, ModelArgs, repo_file};
 use infer::output::Staged;
 use infer::pipeline::{PatchStream, TILE_CACHE_BYTES, TissueChoice, patches_to_run};
+use infer::resolution::Analysis;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use tiling::{Grid, Rect};
@@ -191,7 +192,9 @@ fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
         height: base.height,
     };
     let grid = Grid::new(region, PATCH, 0).context("the slide is empty")?;
-    let (mut to_run, _) = patches_to_run(&slide, &grid, &TissueChoice::Auto)?;
+    // Level 0 as it is, as the users' script reads it.
+    let analysis = Analysis::plan(&slide, None, None)?;
+    let (mut to_run, _) = patches_to_run(&slide, &analysis, &grid, &TissueChoice::Auto)?;
     if to_run.is_empty() {
         bail!("{}: no tissue to run", args.slide.display());
     }
@@ -224,6 +227,7 @@ fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
             let stop = AtomicBool::new(false);
             let stream = PatchStream {
                 slide: &slide,
+                analysis: &analysis,
                 grid: &grid,
                 to_run: &to_run,
                 predictor: &predictor,

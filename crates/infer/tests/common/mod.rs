@@ -17,6 +17,9 @@ pub fn fixtures() -> PathBuf {
 pub fn infer<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
     Command::new(env!("CARGO_BIN_EXE_infer"))
         .args(args)
+        // A job scheduler's shard, should the tests run inside one, is not theirs.
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
         .output()
         .unwrap()
@@ -59,4 +62,39 @@ pub fn level0_map(path: &Path) -> GrayImage {
     GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
         image::Luma([rgb.get_pixel(x, y).0[0]])
     })
+}
+
+/// `source`'s level 0 written again with every pixel repeated `factor` x `factor`, losslessly
+/// (deflate), at `mpp` µm per pixel (None: without resolution tags): the same tissue scanned
+/// at a finer resolution, whose `factor` x `factor` averaging gives `source` back exactly.
+pub fn rescanned(source: &Path, dest: &Path, factor: u32, mpp: Option<f64>) {
+    let slide = wsi::Slide::open(source).unwrap();
+    let level = slide.levels()[0];
+    let (width, height) = (level.width as u32, level.height as u32);
+    let options = wsi::WriterOptions {
+        mpp,
+        deflate_level: 1,
+        ..wsi::WriterOptions::default()
+    };
+    let (big_width, big_height) = ((width * factor) as u64, (height * factor) as u64);
+    let mut writer =
+        wsi::PyramidWriter::create(dest, big_width, big_height, wsi::Channels::Rgb, options)
+            .unwrap();
+    let band = 64;
+    for top in (0..height).step_by(band) {
+        let rows = band.min((height - top) as usize) as u32;
+        let pixels = slide.read_region(0, 0, top as i64, width, rows).unwrap();
+        let mut out = Vec::with_capacity((big_width * 3) as usize * (rows * factor) as usize);
+        for row in pixels.as_raw().chunks_exact(width as usize * 3) {
+            let wide: Vec<u8> = row
+                .chunks_exact(3)
+                .flat_map(|p| std::iter::repeat_n(p, factor as usize).flatten().copied())
+                .collect();
+            for _ in 0..factor {
+                out.extend_from_slice(&wide);
+            }
+        }
+        writer.write_rows(&out).unwrap();
+    }
+    writer.finish().unwrap();
 }
