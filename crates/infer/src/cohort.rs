@@ -451,6 +451,7 @@ impl CohortReport {
 /// Writes `path` through `write` into a temporary file beside it, renamed when complete.
 fn write_whole(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let context = || format!("{}: cannot write", path.display());
+    output_file::sweep(path).with_context(context)?;
     let mut file = output_file::beside(path).with_context(context)?;
     {
         let mut buffered = std::io::BufWriter::new(&mut file);

@@ -285,6 +285,16 @@ impl Planned {
         let stem = job.stem.clone();
         let prob_name = format!("{stem}.{}", options.prob_format.suffix());
         let staged = Staged::create(&job.out_dir)?;
+        // What a killed run of this slide left behind.
+        for name in output_names(&stem, options.prob_format) {
+            let path = staged.final_path(&name);
+            output_file::sweep(&path).with_context(|| {
+                format!(
+                    "{}: cannot remove an earlier run's leftovers",
+                    path.display()
+                )
+            })?;
+        }
         let writer = PyramidWriter::create(
             staged.final_path(&prob_name),
             region.width,

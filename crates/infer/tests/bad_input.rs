@@ -201,8 +201,8 @@ fn an_interrupted_run_stops_cleanly_and_leaves_nothing() {
     }
 }
 
-/// SIGKILL cannot be caught: what is left is only a temporary `.partial*` file, nothing under
-/// an output's name, and the same command run again completes.
+/// SIGKILL cannot be caught: what is left is only temporary `.NAME.partial-*` files, nothing
+/// under an output's name, and the same command run again completes and sweeps them.
 #[test]
 fn a_killed_run_leaves_nothing_that_looks_complete_and_reruns() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,8 +218,9 @@ fn a_killed_run_leaves_nothing_that_looks_complete_and_reruns() {
         names.sort();
         names
     };
+    let temporary = |n: &String| n.starts_with('.') && n.contains(".partial-");
     let left = names(&out);
-    assert!(left.iter().all(|n| n.starts_with(".partial")), "{left:?}");
+    assert!(left.iter().all(temporary), "{left:?}");
     let rerun = Command::new(env!("CARGO_BIN_EXE_infer"))
         .args([demo().to_str().unwrap(), "--out", out.to_str().unwrap()])
         .args(["--tissue", "off", "--device", "cpu", "--quiet"])
@@ -231,9 +232,7 @@ fn a_killed_run_leaves_nothing_that_looks_complete_and_reruns() {
         "{}",
         String::from_utf8_lossy(&rerun.stderr)
     );
-    let complete: Vec<String> = names(&out)
-        .into_iter()
-        .filter(|n| !n.starts_with(".partial"))
-        .collect();
+    let complete = names(&out);
     assert_eq!(complete.len(), 5, "{complete:?}");
+    assert!(!complete.iter().any(temporary), "{complete:?}");
 }

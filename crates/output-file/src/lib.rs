@@ -1,6 +1,9 @@
 //! Every output of this project is written whole or not at all: into a temporary file beside
 //! its destination (same directory, so the final rename is atomic), renamed by
-//! [`NamedTempFile::persist`] when complete, and removed if it is dropped before that.
+//! [`NamedTempFile::persist`] when complete, and removed if it is dropped before that. A
+//! process killed outright (SIGKILL, a node lost) leaves its temporary files behind; they are
+//! named after their destination (`.NAME.partial-XXXXXX`) so that [`sweep`] can remove them
+//! before the same output is written again.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -12,14 +15,44 @@ pub use tempfile::NamedTempFile;
 /// A temporary file in the directory of `destination`, with the permissions an ordinary new
 /// file gets (0666 less the umask; tempfile's default, 0600, would carry over the rename).
 pub fn beside(destination: &Path) -> io::Result<NamedTempFile> {
-    let dir = destination
+    tempfile::Builder::new()
+        .prefix(&partial_prefix(destination))
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(folder_of(destination))
+}
+
+/// Removes what an earlier, killed process left of `destination`: its temporary files. Only
+/// one process may write a given destination at a time (another's file in flight would go).
+pub fn sweep(destination: &Path) -> io::Result<()> {
+    let prefix = partial_prefix(destination);
+    let entries = match std::fs::read_dir(folder_of(destination)) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// `.NAME.partial-`: hidden, and naming the output it will become.
+fn partial_prefix(destination: &Path) -> String {
+    let name = destination
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    format!(".{name}.partial-")
+}
+
+fn folder_of(destination: &Path) -> &Path {
+    destination
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    tempfile::Builder::new()
-        .prefix(".partial")
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)
+        .unwrap_or(Path::new("."))
 }
 
 #[cfg(test)]
@@ -48,5 +81,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["kept.txt"]);
+    }
+
+    /// A killed process's temporary file of `a.txt` is swept; `b.txt`'s is not.
+    #[test]
+    fn sweeping_removes_only_the_destinations_own_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
+        let (left_a, left_b) = (beside(&a).unwrap(), beside(&b).unwrap());
+        // As SIGKILL leaves them: on disk, never removed.
+        let (_, left_a) = left_a.keep().unwrap();
+        let (_, left_b) = left_b.keep().unwrap();
+        sweep(&a).unwrap();
+        assert!(!left_a.exists());
+        assert!(left_b.exists());
+        sweep(&dir.path().join("missing/c.txt")).unwrap();
     }
 }
