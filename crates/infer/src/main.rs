@@ -191,7 +191,7 @@ fn main() -> ExitCode {
         // Each failure was reported as it happened.
         Ok(Outcome::SomeFailed) => ExitCode::FAILURE,
         Err(err) if interrupted.load(Ordering::Relaxed) => {
-            eprintln!("interrupted: no output written ({err:#})");
+            eprintln!("interrupted: {err:#}");
             ExitCode::from(130)
         }
         Err(err) => {
@@ -336,11 +336,21 @@ fn run_slides(
                     record(entry, Status::Done, Some(&summary), None)
                 }
                 // Ctrl-C, or a single slide's error: as before, the run's error.
-                Err(err) if interrupted.load(Ordering::Relaxed) || !is_cohort => {
-                    if is_cohort {
-                        write_cohort(&args, &records, shard)?;
-                    }
-                    return Err(err);
+                Err(err) if !is_cohort => {
+                    return Err(if interrupted.load(Ordering::Relaxed) {
+                        err.context("no output written")
+                    } else {
+                        err
+                    });
+                }
+                Err(err) if interrupted.load(Ordering::Relaxed) => {
+                    write_cohort(&args, &records, shard)?;
+                    return Err(err.context(format!(
+                        "{} of {} slides done (cohort summary written), nothing of {} written: the same command finishes the cohort",
+                        records.len(),
+                        entries.len(),
+                        entry.stem
+                    )));
                 }
                 Err(err) => {
                     eprintln!("error: {err:#}");
@@ -357,7 +367,7 @@ fn run_slides(
     let report = write_cohort(&args, &records, shard)?;
     if interrupted.load(Ordering::Relaxed) {
         bail!(
-            "stopped after {} of {} slides",
+            "{} of {} slides done (cohort summary written): the same command finishes the cohort",
             records.len(),
             entries.len()
         );

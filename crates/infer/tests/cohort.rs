@@ -222,3 +222,83 @@ fn a_manifest_gives_truth_resolution_and_output_folder() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(stderr.contains("--slide-mpp"), "{stderr}");
 }
+
+/// A scheduler's SIGTERM in the middle of a cohort: exit 130, the slides finished so far kept
+/// (and in the cohort summary), the slide in progress leaving nothing; the same command then
+/// finishes the cohort, skipping what was done.
+#[test]
+fn an_interrupted_cohort_is_finished_by_the_same_command() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("slides");
+    std::fs::create_dir(&input).unwrap();
+    for i in 0..3 {
+        std::fs::copy(
+            fixtures().join("pipeline/demo_vips_jpeg.tif"),
+            input.join(format!("demo{i}.tif")),
+        )
+        .unwrap();
+    }
+    let out = work.path().join("out");
+    // Every patch: a few seconds a slide.
+    let args = |out: &Path| {
+        let mut args: Vec<std::ffi::OsString> = vec![input.clone().into(), "--out".into()];
+        args.push(out.into());
+        for a in ["--tissue", "off", "--device", "cpu", "--quiet"] {
+            args.push(a.into());
+        }
+        args
+    };
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(args(&out))
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first slide is complete, the second is under way.
+    let first = out.join("demo0.summary.json");
+    let started = std::time::Instant::now();
+    while !first.exists() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("the same command finishes the cohort"),
+        "{stderr}"
+    );
+
+    let report = read_json(&out.join("cohort.json"));
+    let done = report["done"].as_u64().unwrap();
+    assert!((1..3).contains(&done), "{report}");
+    // Each slide: all five outputs or none, and no temporary files.
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".partial")), "{names:?}");
+    for i in 0..3 {
+        let outputs = names
+            .iter()
+            .filter(|n| n.starts_with(&format!("demo{i}.")))
+            .count();
+        assert!(outputs == 0 || outputs == 5, "demo{i}: {names:?}");
+    }
+
+    let rerun = infer(args(&out));
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let report = read_json(&out.join("cohort.json"));
+    assert_eq!(report["skipped"].as_u64(), Some(done), "{report}");
+    assert_eq!(report["done"].as_u64(), Some(3 - done), "{report}");
+}
