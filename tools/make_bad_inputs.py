@@ -125,6 +125,12 @@ def slides():
     icc = huge.index(b"\x28\x00\x00\x20OB\x00\x00")
     struct.pack_into("<I", huge, icc + 8, 0x3000_0000)
     cases["dicom_huge_value_length.dcm"] = bytes(huge)
+    # An unknown VR in the file meta group: read (as dicom-rs does) as 2 reserved bytes and a
+    # 4-byte length, which here is the UID's first characters: 775 MB. Found by the fuzzer.
+    unknown = bytearray(dicom)
+    at = unknown.index(b"\x02\x00\x12\x00UI")
+    unknown[at + 4 : at + 6] = b"\xff\xff"
+    cases["dicom_unknown_vr.dcm"] = bytes(unknown)
     return cases
 
 

@@ -34,6 +34,12 @@ use crate::tiled_slide::Pyramid;
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
 const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
+/// Explicit VRs whose value length is 2 bytes; every other VR, an unknown one too, has 2
+/// reserved bytes and a 4-byte length (PS3.5 7.1.2; dicom-rs decodes headers so).
+const SHORT_LENGTH_VRS: [&[u8; 2]; 21] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+    b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+];
 /// Item and sequence delimitation tags of encapsulated pixel data, as (group, element).
 const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
@@ -528,40 +534,29 @@ fn walk_file_meta(file: &File, file_len: u64) -> std::result::Result<(String, u6
         let mut header = [0u8; 12];
         file.read_exact_at(&mut header[..8], position)
             .map_err(|_| truncated())?;
+        let group = u16::from_le_bytes([header[0], header[1]]);
         let element = u16::from_le_bytes([header[2], header[3]]);
-        // VRs with a 4-byte length after 2 reserved bytes; the others have a 2-byte length.
-        let (length, value) = if matches!(
-            &header[4..6],
-            b"OB"
-                | b"OD"
-                | b"OF"
-                | b"OL"
-                | b"OV"
-                | b"OW"
-                | b"SQ"
-                | b"SV"
-                | b"UC"
-                | b"UN"
-                | b"UR"
-                | b"UT"
-                | b"UV"
-        ) {
-            file.read_exact_at(&mut header[8..12], position + 8)
-                .map_err(|_| truncated())?;
-            let length = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-            (length as u64, position + 12)
-        } else {
+        // As dicom-rs decodes a header: item tags have no VR and a 4-byte length.
+        let (length, value) = if group == 0xFFFE {
+            let length = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+            (length as u64, position + 8)
+        } else if SHORT_LENGTH_VRS.iter().any(|vr| header[4..6] == vr[..]) {
             (
                 u16::from_le_bytes([header[6], header[7]]) as u64,
                 position + 8,
             )
+        } else {
+            file.read_exact_at(&mut header[8..12], position + 8)
+                .map_err(|_| truncated())?;
+            let length = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+            (length as u64, position + 12)
         };
         if value + length > file_len {
             return Err(format!(
-                "file meta element (0002,{element:04X}) declares {length} bytes at offset {value}, past the end of the file ({file_len} bytes): is it truncated?"
+                "file meta element ({group:04X},{element:04X}) declares {length} bytes at offset {value}, past the end of the file ({file_len} bytes): is it truncated?"
             ));
         }
-        if element == 0x0010 {
+        if (group, element) == (0x0002, 0x0010) {
             let mut uid = vec![0u8; length as usize];
             file.read_exact_at(&mut uid, value)
                 .map_err(|_| truncated())?;
