@@ -7,11 +7,12 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::output_stem;
+use crate::pipeline::{Summary, output_stem};
 
 /// File extensions searched for in folders (other vendors' formats open with the `openslide`
 /// feature; without it, such a slide fails alone, saying so).
@@ -350,6 +351,77 @@ pub struct SlideRecord {
     pub max_probability: Option<f64>,
     pub dice: Option<f64>,
     pub iou: Option<f64>,
+}
+
+impl SlideRecord {
+    /// The record of `entry`, with the figures of its summary when it has one.
+    pub fn new(
+        entry: &Entry,
+        status: Status,
+        summary: Option<&Summary>,
+        error: Option<String>,
+    ) -> SlideRecord {
+        SlideRecord {
+            slide: entry.slide.display().to_string(),
+            stem: entry.stem.clone(),
+            status,
+            error,
+            patches: summary.map(|s| s.patches_run),
+            seconds: summary.map(|s| s.seconds),
+            tumour_area_mm2: summary.and_then(|s| s.tumour_area_mm2),
+            max_probability: summary.map(|s| s.max_probability),
+            dice: summary.and_then(|s| s.dice),
+            iou: summary.and_then(|s| s.iou),
+        }
+    }
+}
+
+/// The overall progress line after each slide of a cohort: slides so far, patches per second
+/// over the slides run, and the time left at that pace.
+pub struct CohortProgress {
+    total: usize,
+    seen: usize,
+    run: usize,
+    patches: usize,
+    started: Instant,
+}
+
+impl CohortProgress {
+    pub fn new(total: usize) -> CohortProgress {
+        CohortProgress {
+            total,
+            seen: 0,
+            run: 0,
+            patches: 0,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn add(&mut self, record: &SlideRecord) {
+        self.seen += 1;
+        if record.status != Status::Skipped {
+            self.run += 1;
+            self.patches += record.patches.unwrap_or(0);
+        }
+        if self.total < 2 {
+            return;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left = self.total - self.seen;
+        let eta = if self.run == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0} s", elapsed / self.run as f64 * left as f64)
+        };
+        eprintln!(
+            "[{}/{}] {}: {:?}; {:.1} patches/s; ETA {eta}",
+            self.seen,
+            self.total,
+            record.stem,
+            record.status,
+            self.patches as f64 / elapsed.max(1e-9),
+        );
+    }
 }
 
 /// The cohort summary: every slide's record, and totals.

@@ -13,13 +13,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use infer::cohort::{self, CohortReport, Entry, Shard, SlideRecord, Status};
+use infer::cohort::{self, CohortProgress, CohortReport, Entry, Shard, SlideRecord, Status};
 use infer::evaluate::{self, Evaluation};
 use infer::model_args::ModelArgs;
 use infer::patches;
 use infer::pipeline::{self, Options, ProbFormat, SlideJob, Summary};
 use infer::truth;
-use sha2::{Digest, Sha256};
 use tiling::Blend;
 use unet_core::{SIDE_MULTIPLE, Tta, model_file};
 
@@ -271,7 +270,7 @@ fn run_slides(
             model.display()
         );
     }
-    let model_sha256 = sha256_of(&model)?;
+    let model_sha256 = pipeline::file_sha256(&model)?;
     let options = |entry: &Entry, truth: &Option<PathBuf>| Options {
         model_sha256: model_sha256.clone(),
         model_mpp,
@@ -328,12 +327,12 @@ fn run_slides(
                     "{}: skipped: its outputs are there from the same model and options (--force runs it again)",
                     entry.slide.display()
                 );
-                record(entry, Status::Skipped, Some(&summary), None)
+                SlideRecord::new(entry, Status::Skipped, Some(&summary), None)
             }
             _ => match pipeline::run(&job) {
                 Ok(summary) => {
                     print_summary(&summary);
-                    record(entry, Status::Done, Some(&summary), None)
+                    SlideRecord::new(entry, Status::Done, Some(&summary), None)
                 }
                 // Ctrl-C, or a single slide's error: as before, the run's error.
                 Err(err) if !is_cohort => {
@@ -354,7 +353,7 @@ fn run_slides(
                 }
                 Err(err) => {
                     eprintln!("error: {err:#}");
-                    record(entry, Status::Failed, None, Some(format!("{err:#}")))
+                    SlideRecord::new(entry, Status::Failed, None, Some(format!("{err:#}")))
                 }
             },
         };
@@ -405,90 +404,12 @@ fn write_cohort(
     Ok(report)
 }
 
-fn record(
-    entry: &Entry,
-    status: Status,
-    summary: Option<&Summary>,
-    error: Option<String>,
-) -> SlideRecord {
-    SlideRecord {
-        slide: entry.slide.display().to_string(),
-        stem: entry.stem.clone(),
-        status,
-        error,
-        patches: summary.map(|s| s.patches_run),
-        seconds: summary.map(|s| s.seconds),
-        tumour_area_mm2: summary.and_then(|s| s.tumour_area_mm2),
-        max_probability: summary.map(|s| s.max_probability),
-        dice: summary.and_then(|s| s.dice),
-        iou: summary.and_then(|s| s.iou),
-    }
-}
-
-/// The overall progress line after each slide of a cohort: slides so far, patches per second
-/// over the slides run, and the time left at that pace.
-struct CohortProgress {
-    total: usize,
-    seen: usize,
-    run: usize,
-    patches: usize,
-    started: Instant,
-}
-
-impl CohortProgress {
-    fn new(total: usize) -> CohortProgress {
-        CohortProgress {
-            total,
-            seen: 0,
-            run: 0,
-            patches: 0,
-            started: Instant::now(),
-        }
-    }
-
-    fn add(&mut self, record: &SlideRecord) {
-        self.seen += 1;
-        if record.status != Status::Skipped {
-            self.run += 1;
-            self.patches += record.patches.unwrap_or(0);
-        }
-        if self.total < 2 {
-            return;
-        }
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let left = self.total - self.seen;
-        let eta = if self.run == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.0} s", elapsed / self.run as f64 * left as f64)
-        };
-        eprintln!(
-            "[{}/{}] {}: {:?}; {:.1} patches/s; ETA {eta}",
-            self.seen,
-            self.total,
-            record.stem,
-            record.status,
-            self.patches as f64 / elapsed.max(1e-9),
-        );
-    }
-}
-
 fn list(paths: &[PathBuf]) -> String {
     paths
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The model file's SHA-256, hex: what "the same model" means when resuming.
-fn sha256_of(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(format!("{:x}", hasher.finalize()))
 }
 
 fn merge(dir: &Path) -> Result<Outcome> {

@@ -14,6 +14,7 @@ use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use output_file::NamedTempFile;
 use serde::Serialize;
+use sha2::Digest;
 use tiling::{Blend, Grid, Rect, Stitcher, TissueMask};
 use unet_core::{Predictor, RgbPatch, Tta};
 use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
@@ -210,6 +211,16 @@ fn output_names(stem: &str, prob_format: ProbFormat) -> Vec<String> {
     .iter()
     .map(|kind| format!("{stem}.{kind}"))
     .collect()
+}
+
+/// The model file's SHA-256, hex: what "the same model" means when resuming.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// What the job will do: the slide, the grid, the patches with tissue, the outputs.
