@@ -4,7 +4,9 @@
 //! removed runs, a splice of two seeds), written to a file and handed to the reader.
 //!
 //! The cases run in a worker process started under `ulimit -v` (4 GiB by default), so that an
-//! allocation sized by a damaged field kills the worker instead of the machine. The worker
+//! allocation sized by a damaged field kills the worker instead of the machine; below that
+//! cap, a case whose peak resident memory passes `--rss-mib` is a finding too (the worker
+//! reads its high-water mark after each case and resets it through `/proc`). The worker
 //! writes each case to `OUT/current` before running it and reports progress on stdout; the
 //! parent restarts a worker that died (a crash, an abort on a refused allocation) or went
 //! silent (a hang) and keeps its case in `OUT/findings/`. A panic is caught in the worker and
@@ -37,6 +39,11 @@ struct Cli {
     /// Address-space cap of the worker, MiB.
     #[arg(long, default_value_t = 4096)]
     memory_mib: u64,
+    /// A case whose peak resident memory passes this, MiB, is a finding (a small damaged
+    /// file must not cost hundreds of megabytes; the readers' own caps allow 64 MiB a tile
+    /// and a 256 MiB tile cache).
+    #[arg(long, default_value_t = 512)]
+    rss_mib: u64,
     /// A case running longer than this is a hang.
     #[arg(long, default_value_t = 10)]
     hang_seconds: u64,
@@ -97,6 +104,8 @@ fn fuzz_target(cli: &Cli, target: Target) -> Result<bool> {
             .arg(target.name())
             .arg("--out")
             .arg(&cli.out)
+            .arg("--rss-mib")
+            .arg(cli.rss_mib.to_string())
             .arg("--worker")
             .arg((restarts * 7919 + cases).to_string())
             .stdout(Stdio::piped())
@@ -203,16 +212,21 @@ fn worker(cli: &Cli, seed: u64) -> Result<()> {
     // Panics are caught and reported; their default message would only repeat it.
     std::panic::set_hook(Box::new(|_| {}));
     let mut stdout = std::io::stdout();
-    let mut panics = 0usize;
+    let mut found = 0usize;
+    let mut keep = |kind: &str, case: &[u8]| -> Result<String> {
+        found += 1;
+        let name = format!("{kind}-{seed}-{found}");
+        std::fs::write(out.join("findings").join(&name), case)?;
+        Ok(name)
+    };
+    reset_peak_memory()?;
     loop {
         let case = mutator.case(&seeds);
         std::fs::write(out.join("current"), &case)?;
         std::fs::write(&case_path, &case)?;
         let outcome = std::panic::catch_unwind(|| target.run(&case_path));
         if let Err(payload) = outcome {
-            panics += 1;
-            let name = format!("panic-{seed}-{panics}");
-            std::fs::write(out.join("findings").join(&name), &case)?;
+            let name = keep("panic", &case)?;
             let message = payload
                 .downcast_ref::<String>()
                 .map(String::as_str)
@@ -220,7 +234,32 @@ fn worker(cli: &Cli, seed: u64) -> Result<()> {
                 .unwrap_or("a panic");
             writeln!(stdout, "panic ({message}); case kept as findings/{name}")?;
         }
+        let peak_mib = peak_memory_kib()? >> 10;
+        if peak_mib > cli.rss_mib {
+            let name = keep("memory", &case)?;
+            writeln!(
+                stdout,
+                "{peak_mib} MiB resident for a {} kB case; kept as findings/{name}",
+                case.len() >> 10
+            )?;
+        }
+        reset_peak_memory()?;
         writeln!(stdout, "case")?;
         stdout.flush()?;
     }
+}
+
+/// This process's peak resident memory since the last reset, KiB (`VmHWM`).
+fn peak_memory_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")
+}
+
+/// Sets the peak resident memory back to the current (Linux: `5` to `clear_refs`).
+fn reset_peak_memory() -> Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5").context("/proc/self/clear_refs")
 }
