@@ -131,6 +131,15 @@ def slides():
     at = unknown.index(b"\x02\x00\x12\x00UI")
     unknown[at + 4 : at + 6] = b"\xff\xff"
     cases["dicom_unknown_vr.dcm"] = bytes(unknown)
+    # The file meta group's last element damaged (a run zeroed) so that, read whole as dicom-rs
+    # reads it, it ends past the group's declared length: the data set starts 2 bytes later
+    # than the group length says, and read from there, a value claims 1.1 GB. Found by the
+    # fuzzer.
+    overrun = bytearray(dicom)
+    at = overrun.index(b"\x02\x00\x13\x00SH")
+    end = 144 + struct.unpack_from("<I", overrun, 140)[0]
+    overrun[at + 5 : end + 1] = bytes(end + 1 - at - 5)
+    cases["dicom_meta_overrun.dcm"] = bytes(overrun)
     return cases
 
 

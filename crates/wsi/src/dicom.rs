@@ -527,10 +527,10 @@ fn walk_file_meta(file: &File, file_len: u64) -> std::result::Result<(String, u6
     file.read_exact_at(&mut group_length, 132)
         .map_err(|_| truncated())?;
     let group_length = u32::from_le_bytes(group_length[8..12].try_into().expect("4 bytes"));
-    let dataset_start = 144 + group_length as u64;
+    let group_end = 144 + group_length as u64;
     let mut transfer_syntax = String::new();
     let mut position = 144u64;
-    while position < dataset_start {
+    while position < group_end {
         let mut header = [0u8; 12];
         file.read_exact_at(&mut header[..8], position)
             .map_err(|_| truncated())?;
@@ -566,7 +566,9 @@ fn walk_file_meta(file: &File, file_len: u64) -> std::result::Result<(String, u6
         }
         position = value + length;
     }
-    Ok((transfer_syntax, dataset_start))
+    // dicom-rs reads whole elements, so the data set begins after the last one read, which
+    // a damaged group length can put past the group's declared end.
+    Ok((transfer_syntax, position))
 }
 
 /// Walks the data set (values skipped, not read) to the top-level Pixel Data element,
