@@ -59,15 +59,17 @@ fn run(args: Args) -> Result<()> {
             );
         }
         let weights = model_file::read_weights(&args.input)?;
-        println!("read {} (converted model)", args.input.display());
+        output_file::outln!("read {} (converted model)", args.input.display());
         weights
     } else {
         read_checkpoint(&args.input)?
     };
     let config = weights.config;
-    println!(
+    output_file::outln!(
         "  Camelyon UNet: in_channels {}, out_channels {}, base width {}",
-        config.in_channels, config.out_channels, config.base_width
+        config.in_channels,
+        config.out_channels,
+        config.base_width
     );
 
     if let Some(onnx) = &args.onnx {
@@ -77,7 +79,7 @@ fn run(args: Args) -> Result<()> {
             onnx_export::Precision::F32
         };
         onnx_export::write(&weights, precision, onnx)?;
-        println!(
+        output_file::outln!(
             "wrote {} (ONNX opset {}, {precision:?})",
             onnx.display(),
             onnx_export::OPSET
@@ -95,8 +97,8 @@ fn run(args: Args) -> Result<()> {
         .unwrap_or_default();
     model_file::save(&weights, &source, args.mpp, &out)?;
     match args.mpp {
-        Some(mpp) => println!("wrote {} (trained at {mpp} µm/px)", out.display()),
-        None => println!(
+        Some(mpp) => output_file::outln!("wrote {} (trained at {mpp} µm/px)", out.display()),
+        None => output_file::outln!(
             "wrote {} (no training resolution: give --mpp so that `infer` reads slides at it)",
             out.display()
         ),
@@ -111,14 +113,14 @@ fn read_checkpoint(path: &Path) -> Result<FoldedWeights> {
         "" => "plain state_dict".to_string(),
         prefix => format!("state_dict under `{prefix}`"),
     };
-    println!("read {} ({prefix})", path.display());
-    println!(
+    output_file::outln!("read {} ({prefix})", path.display());
+    output_file::outln!(
         "  {} parameters ({} after folding BatchNorm into the convolutions)",
         checkpoint.torch_parameters,
         checkpoint.weights.config.num_params()
     );
     if !checkpoint.ignored.is_empty() {
-        println!(
+        output_file::outln!(
             "  ignored {} keys: {}",
             checkpoint.ignored.len(),
             summarise(&checkpoint.ignored)
@@ -126,7 +128,7 @@ fn read_checkpoint(path: &Path) -> Result<FoldedWeights> {
     }
     if !checkpoint.suspicious.is_empty() {
         // Python's torch.load would call these; our reader never calls anything.
-        println!(
+        output_file::outln!(
             "  ignored as suspicious, never called: {} (code the pickle would run in Python)",
             checkpoint.suspicious.join(", ")
         );

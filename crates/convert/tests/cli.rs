@@ -231,3 +231,21 @@ fn a_pickled_os_system_call_is_named_and_not_run() {
     );
     assert!(!stdout(&good).contains("suspicious"), "{}", stdout(&good));
 }
+
+/// `convert X.pth | true`: a reader that closes the pipe early loses the report, not the
+/// model (exit 0, no panic). The pipe is the shell's, not this test process's.
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.bpk");
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"("$0" "$1" --out "$2"; echo "exit status $?" >&2) | true"#)
+        .arg(env!("CARGO_BIN_EXE_convert"))
+        .arg(fixtures().join("pytorch/unet_w8_state_dict.pth"))
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(stderr(&output).trim(), "exit status 0");
+    assert!(model.is_file());
+}

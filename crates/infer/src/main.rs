@@ -394,7 +394,7 @@ fn write_cohort(
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
     let csv = report.write(out)?;
-    println!(
+    output_file::outln!(
         "{} done, {} skipped, {} failed: wrote {}",
         report.done,
         report.skipped,
@@ -415,7 +415,7 @@ fn list(paths: &[PathBuf]) -> String {
 fn merge(dir: &Path) -> Result<Outcome> {
     let report = CohortReport::merge(dir)?;
     let csv = report.write(dir)?;
-    println!(
+    output_file::outln!(
         "{} slides: {} done, {} skipped, {} failed: wrote {}",
         report.slides.len(),
         report.done,
@@ -433,7 +433,7 @@ fn merge(dir: &Path) -> Result<Outcome> {
 fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
     let report = evaluate::run(&evaluation)?;
     for slide in &report.slides {
-        println!(
+        output_file::outln!(
             "{}: lesions {}, found {}, isolated tumour cells {}, false positives {}, score {:.3}",
             slide.slide,
             slide.lesions,
@@ -444,18 +444,18 @@ fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
         );
     }
     let figure = |value: Option<f64>| value.map_or("n/a".to_string(), |v| format!("{v:.4}"));
-    println!(
+    output_file::outln!(
         "{} slides: FROC {}, AUC {}",
         report.slides.len(),
         figure(report.froc),
         figure(report.auc)
     );
-    println!("wrote {}", evaluation.out.join("evaluation.json").display());
+    output_file::outln!("wrote {}", evaluation.out.join("evaluation.json").display());
     Ok(Outcome::Success)
 }
 
 fn print_summary(summary: &Summary) {
-    println!(
+    output_file::outln!(
         "{} patches of {} run ({} skipped as background) in {:.1} s: {:.2} patches/s, {:.1} ms/patch on {} ({})",
         summary.patches_run,
         summary.patches_in_grid,
@@ -467,9 +467,9 @@ fn print_summary(summary: &Summary) {
         summary.precision
     );
     if let (Some(dice), Some(iou)) = (summary.dice, summary.iou) {
-        println!("Dice {dice:.4}, IoU {iou:.4} against the truth");
+        output_file::outln!("Dice {dice:.4}, IoU {iou:.4} against the truth");
     }
     for output in &summary.outputs {
-        println!("wrote {output}");
+        output_file::outln!("wrote {output}");
     }
 }

@@ -62,7 +62,7 @@ pub fn run(dir: &Path, out: &Path, predictor: &Predictor, batch: usize) -> Resul
     }
     let count = inputs.len();
     staged.commit()?;
-    println!(
+    output_file::outln!(
         "{count} patches: probability maps and overlays in {}",
         out.display()
     );

@@ -236,3 +236,23 @@ fn a_killed_run_leaves_nothing_that_looks_complete_and_reruns() {
     assert_eq!(complete.len(), 5, "{complete:?}");
     assert!(!complete.iter().any(temporary), "{complete:?}");
 }
+
+/// `infer SLIDE | true`: a reader that closes the pipe early loses the report, not the run
+/// (exit 0, the outputs written, no panic). The pipe is the shell's: one made here could be
+/// inherited by another test's child.
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let slide = root().join("tests/fixtures/slides/odd_vips_jpeg.tif");
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"("$0" "$1" --out "$2" --device cpu --quiet; echo "exit status $?" >&2) | true"#)
+        .arg(env!("CARGO_BIN_EXE_infer"))
+        .arg(&slide)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim(), "exit status 0");
+    assert!(dir.path().join("odd_vips_jpeg.summary.json").is_file());
+}

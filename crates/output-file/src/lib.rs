@@ -12,6 +12,17 @@ use std::path::Path;
 
 pub use tempfile::NamedTempFile;
 
+/// `println!` for what a program reports on stdout, which a reader may close early
+/// (`infer ... | head`): a closed or failing stdout loses the line, where `println!` would
+/// panic. The files a program writes are checked; these lines are only its account of them.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// A temporary file in the directory of `destination`, with the permissions an ordinary new
 /// file gets (0666 less the umask; tempfile's default, 0600, would carry over the rename).
 pub fn beside(destination: &Path) -> io::Result<NamedTempFile> {

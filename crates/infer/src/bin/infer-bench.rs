@@ -160,14 +160,14 @@ fn compare(args: &BenchArgs) -> Result<()> {
         results.push(measured);
     }
     let table = table(&results);
-    println!("{table}");
+    output_file::outln!("{table}");
     let mut staged = Staged::create(args.out)?;
     staged.write_png("bench.png", &chart(&results)?)?;
     staged.write("bench.json", |out| {
         Ok(serde_json::to_writer_pretty(out, &results)?)
     })?;
     staged.commit()?;
-    println!(
+    output_file::outln!(
         "wrote {} and {}",
         args.out.join("bench.png").display(),
         args.out.join("bench.json").display()
@@ -256,7 +256,7 @@ fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
         patches_per_second: to_run.len() as f64 / seconds,
         peak_memory_mib: peak_memory_mib(),
     };
-    println!("{}", serde_json::to_string(&measured)?);
+    output_file::outln!("{}", serde_json::to_string(&measured)?);
     Ok(())
 }
 
