@@ -20,7 +20,11 @@ pids=()
 stop() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   pkill -f "slurmstepd.*$work" 2>/dev/null || true
-  rm -rf "$work"
+  # slurmctld saves its state as it stops: wait for the daemons before removing their files.
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  done
+  rm -rf "$work" || true
 }
 trap stop EXIT
 
