@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
@@ -12,6 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::output::Staged;
 use crate::pipeline::{Summary, output_stem};
 
 /// File extensions searched for in folders (other vendors' formats open with the `openslide`
@@ -453,18 +453,20 @@ impl CohortReport {
         let stem = self
             .shard
             .map_or_else(|| "cohort".to_string(), |s| s.file_stem());
-        write_whole(&dir.join(format!("{stem}.json")), |out| {
+        let mut staged = Staged::create(dir)?;
+        staged.write(&format!("{stem}.json"), |out| {
             Ok(serde_json::to_writer_pretty(out, self)?)
         })?;
-        let csv_path = dir.join(format!("{stem}.csv"));
-        write_whole(&csv_path, |out| {
+        let csv_name = format!("{stem}.csv");
+        staged.write(&csv_name, |out| {
             let mut writer = csv::Writer::from_writer(out);
             for slide in &self.slides {
                 writer.serialize(slide)?;
             }
             Ok(writer.flush()?)
         })?;
-        Ok(csv_path)
+        staged.commit()?;
+        Ok(dir.join(csv_name))
     }
 
     /// The shards' summaries in `dir` (`cohort.shard-I-of-N.json`) joined into one; every
@@ -518,22 +520,6 @@ impl CohortReport {
         slides.sort_by(|a, b| a.slide.cmp(&b.slide));
         Ok(CohortReport::new(None, slides))
     }
-}
-
-/// Writes `path` through `write` into a temporary file beside it, renamed when complete.
-fn write_whole(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
-    let context = || format!("{}: cannot write", path.display());
-    output_file::sweep(path).with_context(context)?;
-    let mut file = output_file::beside(path).with_context(context)?;
-    {
-        let mut buffered = std::io::BufWriter::new(&mut file);
-        write(&mut buffered).with_context(context)?;
-        buffered.flush().with_context(context)?;
-    }
-    file.persist(path)
-        .map_err(|e| e.error)
-        .with_context(context)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use infer::cohort::{self, CohortProgress, CohortReport, Entry, Shard, SlideRecord, Status};
 use infer::evaluate::{self, Evaluation};
@@ -314,8 +314,6 @@ fn run_slides(
             out_dir,
             batch: args.model.batch,
             options: options(entry, &truth),
-            model_mpp,
-            slide_mpp: entry.mpp.or(args.slide_mpp),
             truth,
             progress: !args.quiet && std::io::stderr().is_terminal(),
             stop: stop.clone(),
@@ -390,10 +388,7 @@ fn write_cohort(
     shard: Option<(Shard, &str)>,
 ) -> Result<CohortReport> {
     let report = CohortReport::new(shard.map(|(s, _)| s), records.to_vec());
-    let out = args.out.as_deref().expect("a cohort has --out");
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
-    let csv = report.write(out)?;
+    let csv = report.write(args.out.as_deref().expect("a cohort has --out"))?;
     output_file::outln!(
         "{} done, {} skipped, {} failed: wrote {}",
         report.done,

@@ -93,10 +93,6 @@ pub struct SlideJob<'a> {
     pub batch: usize,
     /// Everything else that decides the outputs (a rerun with equal options skips the slide).
     pub options: Options,
-    /// The model's training resolution, µm per pixel (`--model-mpp` or the model file's).
-    pub model_mpp: Option<f64>,
-    /// The slide's resolution, when given (`--slide-mpp`, a manifest's `mpp`) rather than read.
-    pub slide_mpp: Option<f64>,
     pub truth: Option<PathBuf>,
     pub progress: bool,
     pub stop: Arc<AtomicBool>,
@@ -111,7 +107,9 @@ pub struct SlideJob<'a> {
 pub struct Options {
     /// SHA-256 of the model file.
     pub model_sha256: String,
+    /// The model's training resolution, µm per pixel (`--model-mpp` or the model file's).
     pub model_mpp: Option<f64>,
+    /// The slide's resolution, when given (`--slide-mpp`, a manifest's `mpp`) rather than read.
     pub slide_mpp: Option<f64>,
     pub patch: u64,
     pub overlap: u64,
@@ -271,7 +269,7 @@ impl Planned {
     fn new(job: &SlideJob) -> Result<Planned> {
         let options = &job.options;
         let slide = Slide::open_with_cache(&job.slide, TILE_CACHE_BYTES)?;
-        let analysis = Analysis::plan(&slide, job.slide_mpp, job.model_mpp)?;
+        let analysis = Analysis::plan(&slide, options.slide_mpp, options.model_mpp)?;
         let base = slide.levels()[0];
         let region = analysis.from_level0(region_in(options.region, base.width, base.height)?);
         let grid = Grid::new(region, options.patch, options.overlap).with_context(|| {
@@ -296,16 +294,6 @@ impl Planned {
         let stem = job.stem.clone();
         let prob_name = format!("{stem}.{}", options.prob_format.suffix());
         let staged = Staged::create(&job.out_dir)?;
-        // What a killed run of this slide left behind.
-        for name in output_names(&stem, options.prob_format) {
-            let path = staged.final_path(&name);
-            output_file::sweep(&path).with_context(|| {
-                format!(
-                    "{}: cannot remove an earlier run's leftovers",
-                    path.display()
-                )
-            })?;
-        }
         let writer = PyramidWriter::create(
             staged.final_path(&prob_name),
             region.width,

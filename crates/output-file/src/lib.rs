@@ -2,8 +2,8 @@
 //! its destination (same directory, so the final rename is atomic), renamed by
 //! [`NamedTempFile::persist`] when complete, and removed if it is dropped before that. A
 //! process killed outright (SIGKILL, a node lost) leaves its temporary files behind; they are
-//! named after their destination (`.NAME.partial-XXXXXX`) so that [`sweep`] can remove them
-//! before the same output is written again.
+//! named after their destination (`.NAME.partial-XXXXXX`), and [`beside`] removes them when
+//! the same output is written again.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -25,16 +25,19 @@ macro_rules! outln {
 
 /// A temporary file in the directory of `destination`, with the permissions an ordinary new
 /// file gets (0666 less the umask; tempfile's default, 0600, would carry over the rename).
+///
+/// What an earlier, killed process left of `destination` (its temporary files) goes first:
+/// only one process may write a given destination at a time.
 pub fn beside(destination: &Path) -> io::Result<NamedTempFile> {
+    sweep(destination)?;
     tempfile::Builder::new()
         .prefix(&partial_prefix(destination))
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(folder_of(destination))
 }
 
-/// Removes what an earlier, killed process left of `destination`: its temporary files. Only
-/// one process may write a given destination at a time (another's file in flight would go).
-pub fn sweep(destination: &Path) -> io::Result<()> {
+/// Removes the temporary files of `destination` in its folder.
+fn sweep(destination: &Path) -> io::Result<()> {
     let prefix = partial_prefix(destination);
     let entries = match std::fs::read_dir(folder_of(destination)) {
         Ok(entries) => entries,
@@ -94,18 +97,20 @@ mod tests {
         assert_eq!(names, ["kept.txt"]);
     }
 
-    /// A killed process's temporary file of `a.txt` is swept; `b.txt`'s is not.
+    /// A killed process's temporary file of `a.txt` is swept when `a.txt` is written again;
+    /// `b.txt`'s is not.
     #[test]
-    fn sweeping_removes_only_the_destinations_own_leftovers() {
+    fn writing_again_removes_only_the_destinations_own_leftovers() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
         let (left_a, left_b) = (beside(&a).unwrap(), beside(&b).unwrap());
         // As SIGKILL leaves them: on disk, never removed.
         let (_, left_a) = left_a.keep().unwrap();
         let (_, left_b) = left_b.keep().unwrap();
-        sweep(&a).unwrap();
+        let again = beside(&a).unwrap();
         assert!(!left_a.exists());
         assert!(left_b.exists());
+        assert!(again.path().exists());
         sweep(&dir.path().join("missing/c.txt")).unwrap();
     }
 }
