@@ -17,6 +17,7 @@ FIXTURES = pathlib.Path("tests/fixtures")
 OUT = FIXTURES / "bad"
 SLIDE = FIXTURES / "slides" / "odd_vips_jpeg.tif"  # BigTIFF, JPEG, 2 levels, 75 KB
 DICOM = FIXTURES / "slides_more" / "tiny_dicom" / "level2.dcm"
+ODD_DICOM = FIXTURES / "slides_more" / "odd_dicom" / "level1.dcm"
 SVS = FIXTURES / "slides_more" / "tiny_aperio.svs"
 MODEL = pathlib.Path("models") / "unet_demo_w8.bpk"
 
@@ -140,6 +141,13 @@ def slides():
     end = 144 + struct.unpack_from("<I", overrun, 140)[0]
     overrun[at + 5 : end + 1] = bytes(end + 1 - at - 5)
     cases["dicom_meta_overrun.dcm"] = bytes(overrun)
+    # 39 bytes cut out of the attributes (ImagedVolumeWidth's value to TotalPixelMatrixRows's
+    # header): the elements still parse, the total size is gone, so it reads as one 256 x 256
+    # frame; but a second parser that read past the pixel data met a 3.4 GB value. Found by
+    # the fuzzer. Readable, so named `readable_`: it must open, in little memory.
+    odd = ODD_DICOM.read_bytes()
+    at = odd.index(b"\x48\x00\x03\x00FL") - 6
+    cases["readable_dicom_attributes_cut_out.dcm"] = odd[:at] + odd[at + 39 :]
     return cases
 
 

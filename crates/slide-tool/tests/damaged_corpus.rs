@@ -1,20 +1,20 @@
 //! Every damaged slide of `tests/fixtures/bad` (made by `tools/make_bad_inputs.py`): `slide
 //! info` refuses it, or, where only pixel data is damaged, `slide region` over the damage
-//! does; in one line naming the file, leaving no PNG.
+//! does; in one line naming the file, leaving no PNG. Those named `readable_` are damaged in
+//! a way no reader can tell from a smaller slide: they open and read. None costs much memory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn bad_slides() -> Vec<PathBuf> {
+/// The slides of `tests/fixtures/bad` whose names start with one of `prefixes`.
+fn bad_slides(prefixes: &[&str]) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/bad");
     let mut slides: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
-            ["slide_", "svs_", "dicom_"]
-                .iter()
-                .any(|s| name.starts_with(s))
+            prefixes.iter().any(|s| name.starts_with(s))
         })
         .collect();
     slides.sort();
@@ -45,25 +45,27 @@ fn refusal(output: &Output, file: &Path) -> String {
 
 #[test]
 fn every_damaged_slide_is_refused_in_one_line() {
-    let slides = bad_slides();
+    let slides = bad_slides(&["slide_", "svs_", "dicom_"]);
     assert!(slides.len() >= 25, "{} damaged slides", slides.len());
     let out = tempfile::tempdir().unwrap();
     let png = out.path().join("region.png");
+    // Reading level 0's first 1001 x 753 pixels meets any damage in the pixels.
+    let region = |file: &Path| {
+        slide(&[
+            Path::new("region"),
+            file,
+            Path::new("0"),
+            Path::new("0"),
+            Path::new("0"),
+            Path::new("1001"),
+            Path::new("753"),
+            &png,
+        ])
+    };
     for file in &slides {
         let info = slide(&[Path::new("info"), file]);
         let message = if info.status.success() {
-            // Only pixels are damaged: reading level 0's first 1024 x 768 meets them.
-            let region = slide(&[
-                Path::new("region"),
-                file,
-                Path::new("0"),
-                Path::new("0"),
-                Path::new("0"),
-                Path::new("1001"),
-                Path::new("753"),
-                &png,
-            ]);
-            let message = refusal(&region, file);
+            let message = refusal(&region(file), file);
             assert!(!png.exists(), "{}: a PNG was left", file.display());
             message
         } else {
@@ -71,9 +73,22 @@ fn every_damaged_slide_is_refused_in_one_line() {
         };
         println!("{message}");
     }
+    let readable = bad_slides(&["readable_"]);
+    assert!(!readable.is_empty());
+    for file in &readable {
+        let info = slide(&[Path::new("info"), file]);
+        let stderr = String::from_utf8_lossy(&info.stderr);
+        assert!(info.status.success(), "{}: {stderr}", file.display());
+        let read = region(file);
+        let stderr = String::from_utf8_lossy(&read.stderr);
+        assert!(read.status.success(), "{}: {stderr}", file.display());
+        std::fs::remove_file(&png).unwrap();
+    }
     // A damaged size field must not make a 30 kB file cost hundreds of megabytes
     // (`dicom_huge_value_length.dcm` declares a 768 MiB value, `dicom_unknown_vr.dcm` and
-    // `dicom_meta_overrun.dcm` lead a parser to 775 MB and 1.1 GB ones).
+    // `dicom_meta_overrun.dcm` lead a parser to 775 MB and 1.1 GB ones,
+    // `readable_dicom_attributes_cut_out.dcm` one of 3.4 GB to a parser that reads past the
+    // pixel data).
     let peak_mib = largest_child_peak_rss_kib() / 1024;
     assert!(peak_mib < 200, "a damaged slide took {peak_mib} MiB");
 }

@@ -2,13 +2,15 @@
 //! instances, one per pyramid level (and one each for a label, overview or thumbnail), each a
 //! grid of tiled frames.
 //!
-//! Each instance is first walked without reading any value (the file meta group by hand, the
-//! data set with dicom-rs's lazy reader) to find where its pixel data begins and to check that
-//! every declared value length fits in the file: dicom-rs allocates a value's declared length
-//! before reading it, so a damaged 4-byte length would otherwise cost gigabytes. dicom-rs
-//! then parses the attributes up to the pixel data; the frames' positions are found by reading
-//! only the 8-byte item headers of the encapsulated fragments, once, and every later read is a
-//! positioned read of one frame, like a TIFF tile's. No instance is ever loaded whole.
+//! Each instance is read in one walk that fetches no value it does not need: the file meta
+//! group by hand, then the data set with dicom-rs's lazy reader, every value's declared length
+//! checked against the file before anything is skipped or read (dicom-rs allocates a value's
+//! declared length before reading it, so a damaged 4-byte length would otherwise cost
+//! gigabytes), the few attributes used read (each a few bytes), everything else skipped, up
+//! to the top-level pixel data. The frames' positions are then found by reading only the
+//! 8-byte item headers of the encapsulated fragments, once, and every later read is a
+//! positioned read of one frame, like a TIFF tile's. No instance is ever loaded whole, and no
+//! second parser reads the same bytes differently.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,11 +18,10 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use dicom_core::Tag;
+use dicom_core::{PrimitiveValue, Tag};
 use dicom_dictionary_std::{tags, uids};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_encoding::transfer_syntax::TransferSyntax;
-use dicom_object::{InMemDicomObject, OpenFileOptions};
 use dicom_parser::StatefulDecode;
 use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
@@ -43,6 +44,30 @@ const SHORT_LENGTH_VRS: [&[u8; 2]; 21] = [
 /// Item and sequence delimitation tags of encapsulated pixel data, as (group, element).
 const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
+/// The top-level attributes an instance is laid out from (and reports as properties).
+/// SpecificCharacterSet is read first so that the text after it is decoded in its set.
+const TOP_LEVEL_ATTRIBUTES: [Tag; 17] = [
+    tags::SPECIFIC_CHARACTER_SET,
+    tags::IMAGE_TYPE,
+    tags::SAMPLES_PER_PIXEL,
+    tags::PHOTOMETRIC_INTERPRETATION,
+    tags::ROWS,
+    tags::COLUMNS,
+    tags::BITS_ALLOCATED,
+    tags::NUMBER_OF_FRAMES,
+    tags::TOTAL_PIXEL_MATRIX_COLUMNS,
+    tags::TOTAL_PIXEL_MATRIX_ROWS,
+    tags::DIMENSION_ORGANIZATION_TYPE,
+    tags::CONCATENATION_UID,
+    tags::MANUFACTURER,
+    tags::MANUFACTURER_MODEL_NAME,
+    tags::SERIES_INSTANCE_UID,
+    tags::STUDY_INSTANCE_UID,
+    tags::CONTAINER_IDENTIFIER,
+];
+/// The most bytes an attribute that is read may declare: each is a number, a code or a UID,
+/// so a longer one is damage, and the walk never allocates more than this for a value.
+const MAX_ATTRIBUTE_BYTES: u64 = 64 * 1024;
 
 /// Whether `path` is a DICOM file (the `DICM` magic after the 128-byte preamble).
 pub fn is_dicom(path: &Path) -> bool {
@@ -235,35 +260,26 @@ impl Instance {
         };
         let file = File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
-        let (transfer_syntax, dataset_start) = walk_file_meta(&file, file_len).map_err(damaged)?;
-        let pixel_data =
-            walk_data_set(&file, file_len, &transfer_syntax, dataset_start).map_err(damaged)?;
-        let object = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(path)
-            .map_err(|err| damaged(format!("DICOM: {}", one_line(&err))))?;
-        let meta = object.meta();
-        let is_wsi = meta
-            .media_storage_sop_class_uid
-            .trim_end_matches('\0')
-            .eq(uids::VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE);
+        let meta = walk_file_meta(&file, file_len).map_err(damaged)?;
+        let data_set = DataSet::walk(&file, file_len, &meta).map_err(damaged)?;
+        let is_wsi = meta.sop_class_uid == uids::VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE;
         let text = |tag: Tag| -> String {
-            object
+            data_set
                 .get(tag)
-                .and_then(|e| e.to_str().ok())
+                .map(|v| v.to_str())
                 .map(|s| s.trim().trim_end_matches('\0').to_string())
                 .unwrap_or_default()
         };
-        let number = |tag: Tag| -> Option<u64> { object.get(tag).and_then(|e| e.to_int().ok()) };
-        let image_type: Vec<String> = object
+        let number = |tag: Tag| -> Option<u64> { data_set.get(tag).and_then(|v| v.to_int().ok()) };
+        let image_type: Vec<String> = data_set
             .get(tags::IMAGE_TYPE)
-            .and_then(|e| e.to_multi_str().ok())
+            .map(|v| v.to_multi_str())
             .map(|values| values.iter().map(|v| v.trim().to_string()).collect())
             .unwrap_or_default();
         let flavour = is_wsi.then(|| image_type.get(2).cloned()).flatten();
         let frame_width = number(tags::COLUMNS).unwrap_or(0);
         let frame_height = number(tags::ROWS).unwrap_or(0);
-        let spacing = pixel_spacing(&object);
+        let spacing = data_set.pixel_spacing();
 
         let mut properties = BTreeMap::new();
         for (i, value) in image_type.iter().enumerate() {
@@ -289,7 +305,10 @@ impl Instance {
                 properties.insert(format!("dicom.{name}"), value);
             }
         }
-        properties.insert("dicom.TransferSyntaxUID".into(), transfer_syntax.clone());
+        properties.insert(
+            "dicom.TransferSyntaxUID".into(),
+            meta.transfer_syntax.clone(),
+        );
         if let Some(spacing) = &spacing {
             for (i, value) in spacing.iter().enumerate() {
                 properties.insert(
@@ -300,14 +319,14 @@ impl Instance {
                 );
             }
         }
-        if let Some(icc) = icc_profile_len(&object) {
+        if let Some(icc) = data_set.icc_profile_len {
             properties.insert("openslide.icc-size".into(), icc.to_string());
         }
         Ok(Instance {
             path: path.to_path_buf(),
             series_uid: text(tags::SERIES_INSTANCE_UID),
             flavour,
-            transfer_syntax,
+            transfer_syntax: meta.transfer_syntax,
             photometric: text(tags::PHOTOMETRIC_INTERPRETATION),
             samples_per_pixel: number(tags::SAMPLES_PER_PIXEL).unwrap_or(1) as u16,
             bits_allocated: number(tags::BITS_ALLOCATED).unwrap_or(8) as u16,
@@ -317,13 +336,13 @@ impl Instance {
             frame_height,
             frames: number(tags::NUMBER_OF_FRAMES).unwrap_or(1),
             organisation: text(tags::DIMENSION_ORGANIZATION_TYPE),
-            concatenated: object.get(tags::CONCATENATION_UID).is_some(),
+            concatenated: data_set.get(tags::CONCATENATION_UID).is_some(),
             // PixelSpacing is (row, column) spacing in mm: x is the column spacing.
             mpp: spacing
                 .and_then(|s| s.get(1).copied())
                 .map(|mm| mm * 1000.0)
                 .filter(|mpp| mpp.is_finite() && *mpp > 0.0),
-            pixel_data,
+            pixel_data: data_set.pixel_data,
             file_len,
             properties,
         })
@@ -517,18 +536,26 @@ enum PixelData {
     Encapsulated { first_item: u64 },
 }
 
-/// The file meta group's transfer syntax and where the data set begins, each element's
-/// declared length checked against the file. The group is always explicit VR little endian:
-/// after the 128-byte preamble and "DICM", the (0002,0000) group length element (12 bytes),
-/// then the elements it counts, read as dicom-rs reads them.
-fn walk_file_meta(file: &File, file_len: u64) -> std::result::Result<(String, u64), String> {
+/// What the file meta group says about the data set after it.
+struct FileMeta {
+    transfer_syntax: String,
+    sop_class_uid: String,
+    /// Where the data set begins.
+    data_set_start: u64,
+}
+
+/// The file meta group, each element's declared length checked against the file. The group
+/// is always explicit VR little endian: after the 128-byte preamble and "DICM", the
+/// (0002,0000) group length element (12 bytes), then the elements it counts, read as
+/// dicom-rs reads them.
+fn walk_file_meta(file: &File, file_len: u64) -> std::result::Result<FileMeta, String> {
     let truncated = || "the file meta group is cut short: is the file truncated?".to_string();
     let mut group_length = [0u8; 12];
     file.read_exact_at(&mut group_length, 132)
         .map_err(|_| truncated())?;
     let group_length = u32::from_le_bytes(group_length[8..12].try_into().expect("4 bytes"));
     let group_end = 144 + group_length as u64;
-    let mut transfer_syntax = String::new();
+    let (mut transfer_syntax, mut sop_class_uid) = (String::new(), String::new());
     let mut position = 144u64;
     while position < group_end {
         let mut header = [0u8; 12];
@@ -556,11 +583,21 @@ fn walk_file_meta(file: &File, file_len: u64) -> std::result::Result<(String, u6
                 "file meta element ({group:04X},{element:04X}) declares {length} bytes at offset {value}, past the end of the file ({file_len} bytes): is it truncated?"
             ));
         }
-        if (group, element) == (0x0002, 0x0010) {
-            let mut uid = vec![0u8; length as usize];
-            file.read_exact_at(&mut uid, value)
+        let uid = match (group, element) {
+            (0x0002, 0x0002) => Some(&mut sop_class_uid),
+            (0x0002, 0x0010) => Some(&mut transfer_syntax),
+            _ => None,
+        };
+        if let Some(uid) = uid {
+            if length > MAX_ATTRIBUTE_BYTES {
+                return Err(format!(
+                    "file meta element ({group:04X},{element:04X}) declares {length} bytes for a UID"
+                ));
+            }
+            let mut bytes = vec![0u8; length as usize];
+            file.read_exact_at(&mut bytes, value)
                 .map_err(|_| truncated())?;
-            transfer_syntax = String::from_utf8_lossy(&uid)
+            *uid = String::from_utf8_lossy(&bytes)
                 .trim_end_matches(['\0', ' '])
                 .to_string();
         }
@@ -568,90 +605,146 @@ fn walk_file_meta(file: &File, file_len: u64) -> std::result::Result<(String, u6
     }
     // dicom-rs reads whole elements, so the data set begins after the last one read, which
     // a damaged group length can put past the group's declared end.
-    Ok((transfer_syntax, position))
+    Ok(FileMeta {
+        transfer_syntax,
+        sop_class_uid,
+        data_set_start: position,
+    })
 }
 
-/// Walks the data set (values skipped, not read) to the top-level Pixel Data element,
-/// checking that every value's declared length fits in the file.
-fn walk_data_set(
-    file: &File,
-    file_len: u64,
-    transfer_syntax: &str,
-    dataset_start: u64,
-) -> std::result::Result<Option<PixelData>, String> {
-    let unparsable = |err: &dyn std::error::Error| format!("DICOM: {}", one_line(err));
-    let syntax: &TransferSyntax = TransferSyntaxRegistry
-        .get(transfer_syntax)
-        .ok_or_else(|| format!("unknown transfer syntax {transfer_syntax:?}"))?;
-    // A data set codec (deflate) would need the whole data set inflated first.
-    if !syntax.is_codec_free() && !syntax.is_encapsulated_pixel_data() {
-        return Err(format!(
-            "{} is not read (a compressed data set)",
-            syntax.name()
-        ));
-    }
-    let mut source = BufReader::new(file.try_clone().map_err(|err| unparsable(&err))?);
-    source
-        .seek(SeekFrom::Start(dataset_start))
-        .map_err(|err| unparsable(&err))?;
-    let mut reader =
-        LazyDataSetReader::new_with_ts(source, syntax).map_err(|err| unparsable(&err))?;
-    let mut depth = 0usize;
-    while let Some(token) = reader.advance() {
-        match token.map_err(|err| unparsable(&err))? {
-            LazyDataToken::SequenceStart { .. } => depth += 1,
-            LazyDataToken::SequenceEnd => depth = depth.saturating_sub(1),
-            LazyDataToken::PixelSequenceStart if depth == 0 => {
-                return Ok(Some(PixelData::Encapsulated {
-                    first_item: reader.into_decoder().position(),
-                }));
-            }
-            LazyDataToken::PixelSequenceStart => depth += 1,
-            LazyDataToken::LazyValue { header, decoder } => {
-                let (tag, offset, length) = (header.tag, decoder.position(), header.len.0 as u64);
-                if depth == 0 && tag == tags::PIXEL_DATA {
-                    return Ok(Some(PixelData::Native { offset, length }));
-                }
-                if header.len.is_defined() && offset + length > file_len {
-                    return Err(format!(
-                        "element {tag} declares {length} bytes at offset {offset}, past the end of the file ({file_len} bytes): is it truncated?"
-                    ));
-                }
-                LazyDataToken::LazyValue { header, decoder }
-                    .skip()
-                    .map_err(|err| unparsable(&err))?;
-            }
-            value @ LazyDataToken::LazyItemValue { .. } => {
-                value.skip().map_err(|err| unparsable(&err))?;
-            }
-            _ => {}
+/// The values an instance needs, from one walk of its data set.
+#[derive(Default)]
+struct DataSet {
+    /// The attributes read, by where they lie: [`TOP_LEVEL_ATTRIBUTES`] and PixelSpacing.
+    values: BTreeMap<(Place, Tag), PrimitiveValue>,
+    /// The ICC profile's size in OpticalPathSequence's first item, as OpenSlide reports it.
+    icc_profile_len: Option<u64>,
+    pixel_data: Option<PixelData>,
+}
+
+impl DataSet {
+    /// Walks the data set to the top-level Pixel Data element, checking that every value's
+    /// declared length fits in the file, reading the values kept and skipping the rest.
+    fn walk(file: &File, file_len: u64, meta: &FileMeta) -> std::result::Result<DataSet, String> {
+        let unparsable = |err: &dyn std::error::Error| format!("DICOM: {}", one_line(err));
+        let syntax: &TransferSyntax = TransferSyntaxRegistry
+            .get(&meta.transfer_syntax)
+            .ok_or_else(|| format!("unknown transfer syntax {:?}", meta.transfer_syntax))?;
+        // A data set codec (deflate) would need the whole data set inflated first.
+        if !syntax.is_codec_free() && !syntax.is_encapsulated_pixel_data() {
+            return Err(format!(
+                "{} is not read (a compressed data set)",
+                syntax.name()
+            ));
         }
+        let mut source = BufReader::new(file.try_clone().map_err(|err| unparsable(&err))?);
+        source
+            .seek(SeekFrom::Start(meta.data_set_start))
+            .map_err(|err| unparsable(&err))?;
+        let mut reader =
+            LazyDataSetReader::new_with_ts(source, syntax).map_err(|err| unparsable(&err))?;
+        let mut data_set = DataSet::default();
+        // The sequences the walk is inside, outermost first, each with the items begun in it.
+        let mut sequences: Vec<(Tag, usize)> = Vec::new();
+        while let Some(token) = reader.advance() {
+            match token.map_err(|err| unparsable(&err))? {
+                LazyDataToken::SequenceStart { tag, .. } => sequences.push((tag, 0)),
+                LazyDataToken::PixelSequenceStart if sequences.is_empty() => {
+                    data_set.pixel_data = Some(PixelData::Encapsulated {
+                        first_item: reader.into_decoder().position(),
+                    });
+                    break;
+                }
+                LazyDataToken::PixelSequenceStart => sequences.push((tags::PIXEL_DATA, 0)),
+                LazyDataToken::ItemStart { .. } => {
+                    if let Some((_, items)) = sequences.last_mut() {
+                        *items += 1;
+                    }
+                }
+                LazyDataToken::SequenceEnd => {
+                    sequences.pop();
+                }
+                LazyDataToken::LazyValue { header, decoder } => {
+                    let (tag, offset, length) =
+                        (header.tag, decoder.position(), header.len.0 as u64);
+                    if sequences.is_empty() && tag == tags::PIXEL_DATA {
+                        data_set.pixel_data = Some(PixelData::Native { offset, length });
+                        break;
+                    }
+                    if header.len.is_defined() && offset + length > file_len {
+                        return Err(format!(
+                            "element {tag} declares {length} bytes at offset {offset}, past the end of the file ({file_len} bytes): is it truncated?"
+                        ));
+                    }
+                    let place = place(&sequences);
+                    if place == Place::OpticalPath
+                        && tag == tags::ICC_PROFILE
+                        && header.len.is_defined()
+                    {
+                        data_set.icc_profile_len = Some(length);
+                    }
+                    let token = LazyDataToken::LazyValue { header, decoder };
+                    let wanted = match place {
+                        Place::TopLevel => TOP_LEVEL_ATTRIBUTES.contains(&tag),
+                        Place::PixelMeasures => tag == tags::PIXEL_SPACING,
+                        Place::OpticalPath | Place::Elsewhere => false,
+                    };
+                    if !wanted {
+                        token.skip().map_err(|err| unparsable(&err))?;
+                        continue;
+                    }
+                    if length > MAX_ATTRIBUTE_BYTES {
+                        return Err(format!(
+                            "element {tag} declares {length} bytes, more than such an attribute holds"
+                        ));
+                    }
+                    let value = token.into_value().map_err(|err| unparsable(&err))?;
+                    data_set.values.insert((place, tag), value);
+                }
+                value @ LazyDataToken::LazyItemValue { .. } => {
+                    value.skip().map_err(|err| unparsable(&err))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(data_set)
     }
-    Ok(None)
+
+    /// A top-level attribute.
+    fn get(&self, tag: Tag) -> Option<&PrimitiveValue> {
+        self.values.get(&(Place::TopLevel, tag))
+    }
+
+    /// SharedFunctionalGroupsSequence[0] > PixelMeasuresSequence[0] > PixelSpacing, in mm.
+    fn pixel_spacing(&self) -> Option<Vec<f64>> {
+        self.values
+            .get(&(Place::PixelMeasures, tags::PIXEL_SPACING))
+            .and_then(|v| v.to_multi_float64().ok())
+            .filter(|s| s.len() == 2)
+    }
 }
 
-/// SharedFunctionalGroupsSequence > PixelMeasuresSequence > PixelSpacing, in mm.
-fn pixel_spacing(object: &InMemDicomObject) -> Option<Vec<f64>> {
-    let shared = object
-        .get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)?
-        .items()?
-        .first()?;
-    let measures = shared
-        .get(tags::PIXEL_MEASURES_SEQUENCE)?
-        .items()?
-        .first()?;
-    measures
-        .get(tags::PIXEL_SPACING)?
-        .to_multi_float64()
-        .ok()
-        .filter(|s| s.len() == 2)
+/// Where in the data set's nesting a value lies, of the places the walk reads from.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    TopLevel,
+    /// SharedFunctionalGroupsSequence's first item > PixelMeasuresSequence's first item.
+    PixelMeasures,
+    /// OpticalPathSequence's first item.
+    OpticalPath,
+    Elsewhere,
 }
 
-/// The ICC profile's size in OpticalPathSequence's first item, as OpenSlide reports it.
-fn icc_profile_len(object: &InMemDicomObject) -> Option<usize> {
-    let path = object.get(tags::OPTICAL_PATH_SEQUENCE)?.items()?.first()?;
-    let profile = path.get(tags::ICC_PROFILE)?;
-    profile.to_bytes().ok().map(|bytes| bytes.len())
+fn place(sequences: &[(Tag, usize)]) -> Place {
+    match sequences {
+        [] => Place::TopLevel,
+        [
+            (tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, 1),
+            (tags::PIXEL_MEASURES_SEQUENCE, 1),
+        ] => Place::PixelMeasures,
+        [(tags::OPTICAL_PATH_SEQUENCE, 1)] => Place::OpticalPath,
+        _ => Place::Elsewhere,
+    }
 }
 
 /// An error's text with its causes (dicom-rs's top-level messages are vague: "Could not read
