@@ -17,8 +17,8 @@ cargo build "${flags[@]}" -p unet-core --example predict --example random_model
 cargo build --release -p wsi --example synthetic_slide
 kernels=()
 if [ "$features" = cuda ]; then
-  cargo build --release -p unet-kernels --features cuda --example forward
-  kernels=("kernels-forward:$CARGO_TARGET_DIR/release/examples/forward")
+  cargo build "${flags[@]}" -p unet-core --example fused_forward
+  kernels=("fused-forward:$CARGO_TARGET_DIR/release/examples/fused_forward")
 fi
 bench=$(cargo bench "${feature_flags[@]}" -p unet-core --bench model --no-run --message-format json 2>/dev/null |
   python3 -c 'import json,sys

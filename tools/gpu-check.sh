@@ -5,11 +5,13 @@
 #
 #   bash tools/gpu-check.sh            # logs and the table under $OUT (default /tmp/gpu-check)
 #
-# 1. CUDA f32 and f16 outputs against the PyTorch fixtures (f32 <= 1e-4, f16 <= 5e-3);
-# 2. the full-width model (w = 64) at batch 1, 12, 32 and 64, f32 and f16 (criterion);
+# 1. CUDA f32 and f16 outputs of each engine (Burn's, our fused one) against the PyTorch
+#    fixtures (f32 <= 1e-4, f16 <= 5e-3);
+# 2. the full-width model (w = 64) at batch 1, 12, 32 and 64, f32 and f16, each engine
+#    (criterion); 2b. the fused engine against the CPU path on the full-width model;
 # 3. PyTorch on the same card in the same call (tools/torch_anchor.py), when torch is there;
-# 4. infer end to end on a generated 20000x20000 slide, twice (the second start uses the
-#    autotune results the first one kept);
+# 4. infer end to end on a generated 20000x20000 slide, twice with Burn (the second start
+#    uses the autotune results the first one kept), once with the fused engine;
 # then one table. Made to finish within 6 minutes; each step has its own time limit.
 # DEVICE=cpu runs the same script on a machine without a GPU (a smoke test of the script).
 set -uo pipefail
@@ -18,6 +20,8 @@ OUT="${OUT:-/tmp/gpu-check}"
 DEVICE="${DEVICE:-cuda}"
 SIDE="${SIDE:-512}"
 BATCHES="${BATCHES:-1,12,32,64}"
+# The engines to compare: on a GPU Burn's and ours; on the CPU (a smoke test) ours and Burn's.
+if [ "$DEVICE" = cuda ]; then ENGINES="${ENGINES:-burn,fused}"; else ENGINES="${ENGINES:-cpu,burn}"; fi
 SLIDE_SIDE="${SLIDE_SIDE:-20000}"
 mkdir -p "$OUT"
 BIN=/tmp/gpu-bin
@@ -34,24 +38,28 @@ step "1. outputs against PyTorch"
 for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
   fx=tests/fixtures/pytorch
   "$BIN/convert" "$fx/$case.pth" --out "/tmp/gpu-work/$case.bpk" > /dev/null
-  for precision in f32 f16; do
-    timeout 120 "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "/tmp/gpu-work/$case.$precision.npy" \
-      --device "$DEVICE" --precision "$precision" >> "$OUT/outputs.log" 2>&1
-    python3 - "$case" "$precision" "/tmp/gpu-work/$case.$precision.npy" "$fx/${case}_expected_f64.npy" <<'PY' | tee -a "$OUT/summary.txt"
+  for engine in ${ENGINES//,/ }; do
+    for precision in f32 f16; do
+      [ "$engine" = cpu ] && [ "$precision" = f16 ] && continue
+      npy="/tmp/gpu-work/$case.$engine.$precision.npy"
+      timeout 120 "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "$npy" \
+        --device "$DEVICE" --precision "$precision" --engine "$engine" >> "$OUT/outputs.log" 2>&1
+      python3 - "$case" "$engine" "$precision" "$npy" "$fx/${case}_expected_f64.npy" <<'PY' | tee -a "$OUT/summary.txt"
 import sys, numpy as np
-case, precision, ours, expected = sys.argv[1:]
+case, engine, precision, ours, expected = sys.argv[1:]
 try:
     d = float(np.abs(np.load(ours) - np.load(expected)).max())
     limit = 1e-4 if precision == "f32" else 5e-3
-    print(f"| {case} | {precision} | max abs {d:.2e} | {'ok' if d <= limit else 'OVER ' + str(limit)} |")
+    print(f"| {case} | {engine} | {precision} | max abs {d:.2e} | {'ok' if d <= limit else 'OVER ' + str(limit)} |")
 except Exception as e:
-    print(f"| {case} | {precision} | failed: {e} | |")
+    print(f"| {case} | {engine} | {precision} | failed: {e} | |")
 PY
+    done
   done
 done
 
 step "2. full-width model, criterion"
-UNET_BENCH_DEVICE="$DEVICE" UNET_BENCH_PRECISIONS=f32,f16 UNET_BENCH_BATCHES="$BATCHES" UNET_BENCH_SIDE="$SIDE" \
+UNET_BENCH_DEVICE="$DEVICE" UNET_BENCH_ENGINES="$ENGINES" UNET_BENCH_PRECISIONS=f32,f16 UNET_BENCH_BATCHES="$BATCHES" UNET_BENCH_SIDE="$SIDE" \
   UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout 240 "$BIN/model-bench" --bench forward > "$OUT/bench.log" 2>&1
 python3 - "$OUT/bench.log" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
@@ -69,13 +77,13 @@ for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
         name = None
 PY
 
-step "2b. unet-kernels' CubeCL forward (plain kernels, f32) against the CPU path"
-if [ -x "$BIN/kernels-forward" ]; then
+step "2b. the fused engine on the full-width model against the CPU path"
+if [ -x "$BIN/fused-forward" ]; then
   "$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
-  timeout 240 "$BIN/kernels-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" --batch "$BATCHES" --side "$SIDE" \
-    > "$OUT/kernels.log" 2>&1; tail -n 6 "$OUT/kernels.log" | tee -a "$OUT/summary.txt"
+  timeout 240 "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" --batch "$BATCHES" --side "$SIDE" \
+    > "$OUT/fused.log" 2>&1; tail -n 10 "$OUT/fused.log" | tee -a "$OUT/summary.txt"
 else
-  echo "no kernels-forward in this bundle (FEATURES=cuda builds it)" | tee -a "$OUT/summary.txt"
+  echo "no fused-forward in this bundle (FEATURES=cuda builds it)" | tee -a "$OUT/summary.txt"
 fi
 
 step "3. PyTorch on the same card"
@@ -87,15 +95,19 @@ fi
 
 step "4. infer on a generated ${SLIDE_SIDE}x${SLIDE_SIDE} slide"
 timeout 120 "$BIN/synthetic_slide" /tmp/gpu-work/synthetic.tif --width "$SLIDE_SIDE" --height "$SLIDE_SIDE" >> "$OUT/infer.log" 2>&1
-for run in first second; do
+runs="first second"
+[ "$DEVICE" = cuda ] && runs="first second fused"
+for run in $runs; do
   mkdir -p "/tmp/gpu-work/$run"
+  engine=auto
+  [ "$run" = fused ] && engine=fused
   timeout 240 "$BIN/infer" /tmp/gpu-work/synthetic.tif --model models/unet_demo_w8.bpk --out "/tmp/gpu-work/$run" \
-    --device "$DEVICE" --batch 32 --quiet >> "$OUT/infer.log" 2>&1
+    --device "$DEVICE" --engine "$engine" --batch 32 --quiet >> "$OUT/infer.log" 2>&1
   python3 - "$run" /tmp/gpu-work/$run/synthetic.summary.json <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys
 try:
     s = json.load(open(sys.argv[2]))
-    print(f"| infer {sys.argv[1]} run | {s['device']} {s['precision']} batch {s['batch']} | {s['patches_run']}/{s['patches_in_grid']} patches | "
+    print(f"| infer {sys.argv[1]} run | {s['engine']} {s['device']} {s['precision']} batch {s['batch']} | {s['patches_run']}/{s['patches_in_grid']} patches | "
           f"{s['seconds']:.1f} s | {s['ms_per_patch']:.2f} ms/patch | first batch after {s['seconds_to_first_batch']:.1f} s |")
 except Exception as e:
     print(f"| infer {sys.argv[1]} run | failed: {e} |")

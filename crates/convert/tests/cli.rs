@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use unet_core::{DeviceChoice, Precision, Predictor};
+use unet_core::{DeviceChoice, EngineChoice, Precision, Predictor};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -47,7 +47,13 @@ fn each_checkpoint_shape_converts_to_a_loadable_model() {
             "{printed}"
         );
         assert!(printed.contains("18 x num_batches_tracked"), "{printed}");
-        let predictor = Predictor::load(&model, DeviceChoice::Cpu, Precision::F32).unwrap();
+        let predictor = Predictor::load(
+            &model,
+            DeviceChoice::Cpu,
+            Precision::F32,
+            EngineChoice::Auto,
+        )
+        .unwrap();
         assert_eq!(predictor.config().base_width, width);
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use unet_core::{DeviceChoice, Precision, Predictor};
+use unet_core::{DeviceChoice, EngineChoice, Precision, Predictor};
 
 /// The demo model shipped in `models/`, converted from `unet_demo_w8.pth`.
 const DEMO_MODEL: &str = "models/unet_demo_w8.bpk";
@@ -21,6 +21,10 @@ pub struct ModelArgs {
     /// f16 on CUDA and f32 on the CPU by default.
     #[arg(long, default_value = "auto")]
     pub precision: Precision,
+    /// What runs the model: `fused` (our CUDA engine; CUDA builds), `burn`, `cpu` (our f32
+    /// CPU kernels), or `auto`: the CPU kernels for f32 on the CPU, Burn for the rest.
+    #[arg(long, default_value = "auto")]
+    pub engine: EngineChoice,
     /// Patches per forward pass.
     #[arg(long, default_value_t = 12)]
     pub batch: usize,
@@ -33,7 +37,7 @@ impl ModelArgs {
             bail!("--batch must be at least 1");
         }
         let path = self.model_path()?;
-        let predictor = Predictor::load(&path, self.device, self.precision)?;
+        let predictor = Predictor::load(&path, self.device, self.precision, self.engine)?;
         Ok((predictor, path))
     }
 

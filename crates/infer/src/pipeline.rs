@@ -130,6 +130,9 @@ pub struct Summary {
     /// The slide's format as OpenSlide names it (`generic-tiff`, `aperio`, `dicom`).
     pub vendor: String,
     pub model: String,
+    /// What ran the model: `cpu`, `burn`, `fused` (absent from summaries before it).
+    #[serde(default)]
+    pub engine: String,
     pub device: String,
     pub precision: String,
     pub batch: usize,
@@ -414,6 +417,7 @@ impl Planned {
         Summary {
             slide: job.slide.display().to_string(),
             model: job.model.display().to_string(),
+            engine: job.predictor.engine_name().to_string(),
             device: job.predictor.device_name().to_string(),
             precision: job.predictor.precision().to_string(),
             batch: job.batch,

@@ -159,6 +159,22 @@ fn a_region_outside_the_slide() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// An engine that cannot serve the device and precision: one line naming the engine and
+/// what it cannot do (the fused engine runs on CUDA; the CPU kernels in f32).
+#[test]
+fn an_engine_that_cannot_run_here() {
+    let (message, left) = fails(&demo(), &["--engine", "fused"]);
+    assert!(
+        message.contains("fused engine cannot run") && message.trim_end().lines().count() == 1,
+        "{message}"
+    );
+    assert!(left.is_empty());
+    let (message, _) = fails(&demo(), &["--engine", "cpu", "--precision", "f16"]);
+    assert!(message.contains("cpu engine cannot run on cpu in f16"), "{message}");
+    let (message, _) = fails(&demo(), &["--engine", "gpu"]);
+    assert!(message.contains("unknown engine `gpu`"), "{message}");
+}
+
 /// Starts `infer` on the demo slide at a stride of 64 (some 2 400 patches, a run of minutes)
 /// into `out`, and sends `signal` once it is reading and running patches.
 fn signalled(out: &Path, signal: &str) -> std::process::Output {

@@ -149,3 +149,30 @@ fn d4_map_of_a_rotated_slide_is_the_rotated_map() {
         "the model alone is not equivariant"
     );
 }
+
+/// `--engine` picks what runs the model and the summary says which: Burn's f32 CPU path and
+/// our CPU kernels (the default there) give the same map, within one level of 255.
+#[test]
+fn the_engine_asked_for_runs_and_is_recorded() {
+    let out = tempfile::tempdir().unwrap();
+    let slide = fixtures().join("pipeline/demo_vips_jpeg.tif");
+    let (ours, burn) = (out.path().join("cpu"), out.path().join("burn"));
+    let region = ["--region", "0,0,1024,512", "--tissue", "off"];
+    infer(&slide, &ours, &region);
+    infer(&slide, &burn, &[&region[..], &["--engine", "burn"]].concat());
+    let summary = |dir: &Path| read_json(&dir.join("demo_vips_jpeg.summary.json"));
+    assert_eq!(summary(&ours)["engine"], "cpu");
+    assert_eq!(summary(&burn)["engine"], "burn");
+    let (a, b) = (
+        map(&ours.join("demo_vips_jpeg.prob.tif")),
+        map(&burn.join("demo_vips_jpeg.prob.tif")),
+    );
+    assert_eq!(a.dimensions(), b.dimensions());
+    let largest = a
+        .pixels()
+        .zip(b.pixels())
+        .map(|(p, q)| p.0[0].abs_diff(q.0[0]))
+        .max()
+        .unwrap();
+    assert!(largest <= 1, "maps differ by {largest} levels");
+}

@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use unet_core::{DeviceChoice, FoldedWeights, Precision, Predictor, RgbPatch, UnetConfig};
+use unet_core::{
+    DeviceChoice, EngineChoice, FoldedWeights, Precision, Predictor, RgbPatch, UnetConfig,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -35,7 +37,12 @@ fn main() -> Result<()> {
     let onnx = dir.path().join("unet.onnx");
     let weights = FoldedWeights::random(UnetConfig::new(3, 3, args.width), 17);
     onnx_export::write(&weights, onnx_export::Precision::F32, &onnx)?;
-    let ours = Predictor::from_weights(&weights, DeviceChoice::Cpu, Precision::F32)?;
+    let ours = Predictor::from_weights(
+        &weights,
+        DeviceChoice::Cpu,
+        Precision::F32,
+        EngineChoice::Cpu,
+    )?;
     let pixels: Vec<u8> = (0..args.side * args.side * 3)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use unet_core::{
-    BurnEngine, DeviceChoice, FoldedWeights, Precision, Predictor, RgbPatch, UnetConfig, patch,
+    DeviceChoice, EngineChoice, FoldedWeights, Precision, Predictor, RgbPatch, UnetConfig, patch,
 };
 
 fn setting<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
@@ -43,20 +43,23 @@ fn forward(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
-    // A random model: `Predictor::from_weights` picks the engine a user gets (the CPU
-    // kernels for f32 on the CPU), `with_engine` runs Burn's own.
+    // A random model on each engine asked for (`auto` is the one a user gets: the CPU kernels
+    // for f32 on the CPU).
     let weights = FoldedWeights::random(config, 17);
     for precision in setting::<Precision>("UNET_BENCH_PRECISIONS", "f32") {
-        let engines = [
-            (
-                "",
-                Predictor::from_weights(&weights, device, precision).unwrap(),
-            ),
-            (
-                "_burn",
-                Predictor::with_engine::<BurnEngine>(&weights, device, precision).unwrap(),
-            ),
-        ];
+        let engines: Vec<(String, Predictor)> =
+            setting::<EngineChoice>("UNET_BENCH_ENGINES", "auto,burn")
+                .into_iter()
+                .map(|engine| {
+                    let predictor =
+                        Predictor::from_weights(&weights, device, precision, engine).unwrap();
+                    let suffix = match engine {
+                        EngineChoice::Auto => String::new(),
+                        _ => format!("_{}", predictor.engine_name()),
+                    };
+                    (suffix, predictor)
+                })
+                .collect();
         for (engine, predictor) in &engines {
             for batch in setting::<usize>("UNET_BENCH_BATCHES", "1") {
                 let patches = vec![RgbPatch::new(side, side, &pixels); batch];

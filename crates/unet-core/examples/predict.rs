@@ -1,4 +1,5 @@
-//! `predict MODEL INPUT.png OUT.npy [--device cpu|cuda|auto] [--precision f32|f16|auto]`
+//! `predict MODEL INPUT.png OUT.npy [--device cpu|cuda|auto] [--precision f32|f16|auto]
+//! [--engine auto|burn|fused|cpu]`
 //!
 //! Runs one RGB patch through a converted model and writes the raw sigmoid output as a
 //! float32 `.npy` of shape `[C, H, W]`, to compare with PyTorch's output for the same patch.
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use npyz::WriterBuilder;
-use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch};
+use unet_core::{DeviceChoice, EngineChoice, Precision, Predictor, RgbPatch};
 
 #[derive(Parser)]
 struct Args {
@@ -22,11 +23,13 @@ struct Args {
     device: DeviceChoice,
     #[arg(long, default_value = "auto")]
     precision: Precision,
+    #[arg(long, default_value = "auto")]
+    engine: EngineChoice,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let predictor = Predictor::load(&args.model, args.device, args.precision)?;
+    let predictor = Predictor::load(&args.model, args.device, args.precision, args.engine)?;
     let image = image::open(&args.input)
         .with_context(|| format!("{}: cannot read the image", args.input.display()))?
         .to_rgb8();

@@ -2,9 +2,10 @@
 //! and the engines that run it.
 //!
 //! ```no_run
-//! use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch};
+//! use unet_core::{DeviceChoice, EngineChoice, Precision, Predictor, RgbPatch};
 //!
-//! let predictor = Predictor::load("models/unet_demo_w8.bpk".as_ref(), DeviceChoice::Auto, Precision::Auto)?;
+//! let model = "models/unet_demo_w8.bpk".as_ref();
+//! let predictor = Predictor::load(model, DeviceChoice::Auto, Precision::Auto, EngineChoice::Auto)?;
 //! let pixels = vec![255u8; 512 * 512 * 3];
 //! let maps = predictor.predict_batch(&[RgbPatch::new(512, 512, &pixels)])?;
 //! println!("max probability {}", maps[0].values.iter().cloned().fold(0.0, f32::max));
@@ -15,7 +16,8 @@
 //! - [`weights`]: the folded inference weights by the plan's names, and the engines' layouts.
 //! - [`checkpoint`]: PyTorch `.pth` checkpoints in, architecture inferred, BatchNorm folded.
 //! - [`model_file`]: the converted model in Burn's burnpack format.
-//! - [`engine`]: the [`Engine`] seam; [`model`] (Burn's modules) and the CPU kernels behind it.
+//! - [`engine`]: the [`Engine`] seam; [`model`] (Burn's modules), the CPU kernels and the
+//!   fused GPU engine (feature `fused`, and `cuda`) behind it.
 //! - [`Predictor`]: a model on an engine; `predict_batch` on RGB patches, optionally averaged
 //!   over flipped and rotated copies ([`Tta`]).
 
@@ -35,11 +37,13 @@ pub mod weights;
 pub use architecture::{Plan, SIDE_MULTIPLE, UnetConfig};
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use cpu::CpuUnet;
+#[cfg(feature = "fused")]
+pub use engine::FusedUnet;
 pub use engine::{BurnEngine, Engine};
 pub use model::Unet;
 pub use model_file::{MODEL_EXTENSION, ModelFileError};
 pub use patch::{ProbabilityMap, RgbPatch, probability_to_u8};
 pub use predictor::{PredictError, Predictor};
-pub use target::{Device, DeviceChoice, Precision, Target};
+pub use target::{Device, DeviceChoice, EngineChoice, Precision, Target};
 pub use tta::Tta;
 pub use weights::{FoldedWeights, WeightsError};

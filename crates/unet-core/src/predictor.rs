@@ -6,7 +6,7 @@ use crate::architecture::{SIDE_MULTIPLE, UnetConfig};
 use crate::engine::{self, Batch, Engine, Output};
 use crate::model_file::{self, ModelFileError};
 use crate::patch::{ProbabilityMap, RgbPatch};
-use crate::target::{DeviceChoice, Precision, Target};
+use crate::target::{DeviceChoice, EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +50,9 @@ impl Predictor {
         path: &Path,
         device: DeviceChoice,
         precision: Precision,
+        engine: EngineChoice,
     ) -> Result<Predictor, PredictError> {
-        Predictor::from_weights(&model_file::read_weights(path)?, device, precision)
+        Predictor::from_weights(&model_file::read_weights(path)?, device, precision, engine)
     }
 
     /// Weights already in memory on the engine the choices resolve to.
@@ -59,10 +60,11 @@ impl Predictor {
         weights: &FoldedWeights,
         device: DeviceChoice,
         precision: Precision,
+        engine: EngineChoice,
     ) -> Result<Predictor, PredictError> {
         let target = Target::resolve(device, precision)?;
         Ok(Predictor::from_engine(
-            engine::load(weights, target)?,
+            engine::load(weights, target, engine)?,
             weights.config,
         ))
     }
@@ -79,7 +81,7 @@ impl Predictor {
         Ok(Predictor::from_engine(Box::new(engine), weights.config))
     }
 
-    /// An engine built elsewhere (e.g. `unet_kernels::GpuUnet` on a CubeCL client).
+    /// An engine built elsewhere (e.g. [`crate::engine::FusedUnet`] on a wgpu client).
     pub fn from_engine(engine: Box<dyn Engine>, config: UnetConfig) -> Predictor {
         Predictor { engine, config }
     }
@@ -88,7 +90,7 @@ impl Predictor {
         self.config
     }
 
-    /// The engine's name: `burn`, `cpu`, `cubecl`.
+    /// The engine's name: `burn`, `cpu`, `fused`.
     pub fn engine_name(&self) -> &'static str {
         self.engine.name()
     }

@@ -22,6 +22,21 @@ pub enum Precision {
     F16,
 }
 
+/// Which engine runs the model ([`crate::engine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// Our CPU kernels for f32 on the CPU, Burn for the rest, until the fused engine is
+    /// measured faster on a card (issue 12).
+    #[default]
+    Auto,
+    /// Burn's modules: CUDA, or f16 on the CPU.
+    Burn,
+    /// Our CUDA engine (unet-kernels' kernels on bordered NHWC buffers): builds with `cuda`.
+    Fused,
+    /// Our f32 CPU kernels.
+    Cpu,
+}
+
 macro_rules! parse_choice {
     ($ty:ty, $what:literal, $($name:literal => $value:path),+) => {
         impl std::str::FromStr for $ty {
@@ -51,6 +66,7 @@ macro_rules! parse_choice {
 pub(crate) use parse_choice;
 parse_choice!(DeviceChoice, "device", "auto" => DeviceChoice::Auto, "cpu" => DeviceChoice::Cpu, "cuda" => DeviceChoice::Cuda);
 parse_choice!(Precision, "precision", "auto" => Precision::Auto, "f32" => Precision::F32, "f16" => Precision::F16);
+parse_choice!(EngineChoice, "engine", "auto" => EngineChoice::Auto, "burn" => EngineChoice::Burn, "fused" => EngineChoice::Fused, "cpu" => EngineChoice::Cpu);
 
 /// A device that answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

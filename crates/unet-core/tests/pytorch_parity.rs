@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use test_fixtures::{Case, cases, max_abs_difference};
-use unet_core::{BurnEngine, Checkpoint, DeviceChoice, Precision, Predictor, RgbPatch, model_file};
+use unet_core::{
+    BurnEngine, Checkpoint, DeviceChoice, EngineChoice, Precision, Predictor, RgbPatch, model_file,
+};
 
 /// The case's checkpoint converted to a model file, as `convert` does, then loaded.
 fn converted(case: &Case, dir: &Path, precision: Precision) -> Predictor {
@@ -18,7 +20,7 @@ fn converted(case: &Case, dir: &Path, precision: Precision) -> Predictor {
     );
     let path = dir.join(format!("{}.bpk", case.name));
     model_file::save(&checkpoint.weights, &case.checkpoint, None, &path).unwrap();
-    Predictor::load(&path, DeviceChoice::Cpu, precision).unwrap()
+    Predictor::load(&path, DeviceChoice::Cpu, precision, EngineChoice::Auto).unwrap()
 }
 
 fn check_sigmoid_outputs(precision: Precision, tolerance: impl Fn(&Case) -> f32) {

@@ -1,44 +1,164 @@
-//! The UNet's layers as plain CubeCL kernels, one unit per output value, on NHWC activations
-//! stored as `F` (f32 or f16) and accumulated in f32 (as cuDNN and PyTorch do for f16):
+//! The UNet's layers as CubeCL kernels for unet-core's fused engine (`FusedUnet`), on NHWC
+//! activations stored as `F` (f32 or f16) and summed in f32 (as cuDNN and PyTorch do for f16).
 //!
-//! - [`conv3x3`]: replicate padding by clamping the input coordinates (no padded copy),
-//!   BatchNorm already folded into the weights, bias and ReLU in the epilogue, and two input
-//!   tensors read as one (the skip concatenation is never written);
-//! - [`max_pool2x2`] and [`conv_transpose2x2`];
+//! Every activation lives in a *bordered* buffer, `[n, height + 2, width + 2, stride]`: its
+//! one-pixel border repeats the edge pixels (replicate padding), written by the kernel that
+//! produces the image, so a 3x3 convolution reads its nine taps with neither a padding pass
+//! nor clamping. A buffer may hold two layers' outputs side by side in its channels (the
+//! decoder's concatenation: the upsampled channels first, then the skip, as PyTorch's
+//! `cat([up(x), skip], dim=1)`), so each producer writes its channels at an offset and the
+//! skip is never copied.
+//!
+//! - [`input_bordered`]: the patches' packed RGB bytes, normalised, into the first buffer;
+//! - [`conv3x3`]: a 3x3 convolution (BatchNorm folded into it), bias and ReLU in the
+//!   epilogue; [`conv3x3_pool`] the same for a 2x2 block of outputs, whose max goes straight
+//!   into the next level's input (2x2 max pooling without a pass of its own);
+//! - [`up2x2`]: the 2x2 stride-2 transposed convolution, into its half of a concatenation;
 //! - [`head`]: the 1x1 convolution, the sigmoid and the max over channels in one kernel, so
-//!   only the per-pixel map leaves the device.
+//!   only the per-pixel map leaves the device ([`head_sigmoid`]: every channel's sigmoid).
 //!
-//! [`GpuUnet`] runs the whole forward with them on any CubeCL runtime. These are the
-//! reference variants of issue 8's kernels, checked here against PyTorch on wgpu; the
-//! tensor-core variants are to be written and timed on a GPU.
-
-mod network;
-
-pub use network::GpuUnet;
+//! These are the portable variants, one unit per output value (per 2x2 block where pooling),
+//! for any CubeCL runtime and tested on software Vulkan; a tensor-core main loop is the next
+//! step on CUDA (issue 12).
 
 use cubecl::prelude::*;
 
-/// `output[n, y, x, o] = relu(bias[o] + sum over taps and input channels)` for a batch of
-/// NHWC images, where the input channels are `first`'s `first_channels` then `second`'s
-/// `second_channels` (PyTorch's `cat([first, second], dim=1)`), and the weights are
-/// `[(ky * 3 + kx) * inputs + c][o]`.
+/// Index `bordered - 1` clamped to `0..side`: the image pixel a bordered position repeats.
+#[cube]
+fn unbordered(bordered: usize, side: usize) -> usize {
+    let mut index = 0;
+    if bordered > side {
+        index = side - 1;
+    } else if bordered > 0 {
+        index = bordered - 1;
+    }
+    index
+}
+
+/// Where a bordered buffer of images `width` wide holds pixel `(y, x)` (bordered
+/// coordinates) of `image`, channel 0.
+#[cube]
+fn bordered_at(image: usize, y: usize, x: usize, height: usize, width: usize) -> usize {
+    (image * (height + 2) + y) * (width + 2) + x
+}
+
+/// Stores `value` as pixel `(y, x)`, channel `channel`, of `image` in a bordered buffer of
+/// `stride` channels, and as every border pixel that repeats it (up to three more).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_bordered<F: Float>(
+    output: &mut [F],
+    value: F,
+    image: usize,
+    y: usize,
+    x: usize,
+    height: usize,
+    width: usize,
+    stride: usize,
+    channel: usize,
+) {
+    // The rows (and columns) that repeat this pixel: its own, the top (left) border if it is
+    // in the first row (column), the bottom (right) border if in the last.
+    for row in 0..3usize {
+        let mut by = y + 1;
+        let mut wanted = row == 0;
+        if row == 1 && y == 0 {
+            by = 0;
+            wanted = true;
+        }
+        if row == 2 && y + 1 == height {
+            by = height + 1;
+            wanted = true;
+        }
+        if wanted {
+            for column in 0..3usize {
+                let mut bx = x + 1;
+                let mut here = column == 0;
+                if column == 1 && x == 0 {
+                    bx = 0;
+                    here = true;
+                }
+                if column == 2 && x + 1 == width {
+                    bx = width + 1;
+                    here = true;
+                }
+                if here {
+                    output[bordered_at(image, by, bx, height, width) * stride + channel] = value;
+                }
+            }
+        }
+    }
+}
+
+/// `bias[o] + sum over taps and input channels` at pixel `(y, x)` of `image`: a valid 3x3
+/// convolution over a bordered input of `inputs` channels, weights `[(ky * 3 + kx) * inputs
+/// + c][o]`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn conv3x3_at<F: Float>(
+    input: &[F],
+    weight: &[F],
+    bias: &[F],
+    image: usize,
+    y: usize,
+    x: usize,
+    height: usize,
+    width: usize,
+    inputs: usize,
+    outputs: usize,
+    o: usize,
+) -> f32 {
+    let mut sum = f32::cast_from(bias[o]);
+    for ky in 0..3usize {
+        for kx in 0..3usize {
+            let source = bordered_at(image, y + ky, x + kx, height, width) * inputs;
+            let taps = (ky * 3 + kx) * inputs;
+            for c in 0..inputs {
+                sum += f32::cast_from(input[source + c])
+                    * f32::cast_from(weight[(taps + c) * outputs + o]);
+            }
+        }
+    }
+    sum
+}
+
+/// The batch's RGB bytes (packed four to a word, pixel after pixel) normalised as the users'
+/// pipeline does, `(p / 255 - 0.5) / 0.5`, into a bordered buffer of 3 channels.
 #[cube(launch_unchecked)]
-// `saturating_sub` is not in the kernel language.
-#[allow(clippy::too_many_arguments, clippy::implicit_saturating_sub)]
+pub fn input_bordered<F: Float>(rgb: &[u32], output: &mut [F], height: usize, width: usize) {
+    let position = ABSOLUTE_POS;
+    if position >= output.len() {
+        terminate!();
+    }
+    let c = position % 3;
+    let pixel = position / 3;
+    let x = unbordered(pixel % (width + 2), width);
+    let y = unbordered((pixel / (width + 2)) % (height + 2), height);
+    let image = pixel / ((width + 2) * (height + 2));
+    let byte = ((image * height + y) * width + x) * 3 + c;
+    let value = (rgb[byte / 4] >> u32::cast_from((byte % 4) * 8)) & 255;
+    output[position] = F::cast_from((f32::cast_from(value) / 255.0 - 0.5) / 0.5);
+}
+
+/// `relu(3x3 convolution)` of a bordered input into channels `offset..offset + outputs` of a
+/// bordered output of `stride` channels; one unit per output value.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn conv3x3<F: Float>(
-    first: &[F],
-    second: &[F],
+    input: &[F],
     weight: &[F],
     bias: &[F],
     output: &mut [F],
+    units: usize,
     height: usize,
     width: usize,
-    first_channels: usize,
-    second_channels: usize,
+    inputs: usize,
     outputs: usize,
+    stride: usize,
+    offset: usize,
 ) {
     let position = ABSOLUTE_POS;
-    if position >= output.len() {
+    if position >= units {
         terminate!();
     }
     let o = position % outputs;
@@ -46,109 +166,164 @@ pub fn conv3x3<F: Float>(
     let x = pixel % width;
     let y = (pixel / width) % height;
     let image = pixel / (width * height);
-    let inputs = first_channels + second_channels;
-    let mut sum = f32::cast_from(bias[o]);
-    for ky in 0..3usize {
-        // Replicate padding: row y + ky - 1 clamped to the image.
-        let mut sy = y + ky;
-        if sy > 0 {
-            sy -= 1;
-        }
-        if sy >= height {
-            sy = height - 1;
-        }
-        for kx in 0..3usize {
-            let mut sx = x + kx;
-            if sx > 0 {
-                sx -= 1;
-            }
-            if sx >= width {
-                sx = width - 1;
-            }
-            let source = (image * height + sy) * width + sx;
-            let taps = (ky * 3 + kx) * inputs;
-            for c in 0..first_channels {
-                sum += f32::cast_from(first[source * first_channels + c])
-                    * f32::cast_from(weight[(taps + c) * outputs + o]);
-            }
-            for c in 0..second_channels {
-                sum += f32::cast_from(second[source * second_channels + c])
-                    * f32::cast_from(weight[(taps + first_channels + c) * outputs + o]);
-            }
-        }
-    }
-    if sum < 0.0 {
-        sum = 0.0;
-    }
-    output[position] = F::cast_from(sum);
+    let sum = conv3x3_at(
+        input, weight, bias, image, y, x, height, width, inputs, outputs, o,
+    );
+    let value = F::cast_from(f32::max(sum, 0.0));
+    store_bordered(
+        output,
+        value,
+        image,
+        y,
+        x,
+        height,
+        width,
+        stride,
+        offset + o,
+    );
 }
 
-/// 2x2 max pooling: `output` is `[n, height / 2, width / 2, channels]` (the images' rows
-/// stacked: heights are even, so no window straddles two images).
+/// [`conv3x3`] for the 2x2 block of outputs at `(2y, 2x)`, and their max into `pooled`,
+/// the next level's bordered input (`outputs` channels, half the size); one unit per block
+/// and channel.
 #[cube(launch_unchecked)]
-pub fn max_pool2x2<F: Float>(input: &[F], output: &mut [F], width: usize, channels: usize) {
-    let position = ABSOLUTE_POS;
-    if position >= output.len() {
-        terminate!();
-    }
-    let c = position % channels;
-    let pixel = position / channels;
-    let out_width = width / 2;
-    let x = (pixel % out_width) * 2;
-    let y = (pixel / out_width) * 2;
-    let at = (y * width + x) * channels + c;
-    let row = width * channels;
-    let mut best = input[at];
-    if input[at + channels] > best {
-        best = input[at + channels];
-    }
-    if input[at + row] > best {
-        best = input[at + row];
-    }
-    if input[at + row + channels] > best {
-        best = input[at + row + channels];
-    }
-    output[position] = best;
-}
-
-/// The 2x2 stride-2 transposed convolution: `output` is `[n, 2 * height, 2 * width,
-/// outputs]` (rows stacked across images, as for pooling), weights
-/// `[(dy * 2 + dx) * inputs + c][o]`.
-#[cube(launch_unchecked)]
-pub fn conv_transpose2x2<F: Float>(
+#[allow(clippy::too_many_arguments)]
+pub fn conv3x3_pool<F: Float>(
     input: &[F],
     weight: &[F],
     bias: &[F],
     output: &mut [F],
+    pooled: &mut [F],
+    units: usize,
+    height: usize,
     width: usize,
     inputs: usize,
     outputs: usize,
+    stride: usize,
+    offset: usize,
 ) {
     let position = ABSOLUTE_POS;
-    if position >= output.len() {
+    if position >= units {
+        terminate!();
+    }
+    let o = position % outputs;
+    let block = position / outputs;
+    let (half_height, half_width) = (height / 2, width / 2);
+    let bx = block % half_width;
+    let by = (block / half_width) % half_height;
+    let image = block / (half_width * half_height);
+    // ReLU's outputs are at least 0, so 0 is the max's identity.
+    let mut best = 0.0f32;
+    for dy in 0..2usize {
+        for dx in 0..2usize {
+            let (y, x) = (2 * by + dy, 2 * bx + dx);
+            let sum = conv3x3_at(
+                input, weight, bias, image, y, x, height, width, inputs, outputs, o,
+            );
+            let value = f32::max(sum, 0.0);
+            best = f32::max(best, value);
+            store_bordered(
+                output,
+                F::cast_from(value),
+                image,
+                y,
+                x,
+                height,
+                width,
+                stride,
+                offset + o,
+            );
+        }
+    }
+    store_bordered(
+        pooled,
+        F::cast_from(best),
+        image,
+        by,
+        bx,
+        half_height,
+        half_width,
+        outputs,
+        o,
+    );
+}
+
+/// The 2x2 stride-2 transposed convolution of a bordered input (`height` x `width`) into
+/// channels `0..outputs` of a bordered output of `stride` channels, twice the size; weights
+/// `[(dy * 2 + dx) * inputs + c][o]`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn up2x2<F: Float>(
+    input: &[F],
+    weight: &[F],
+    bias: &[F],
+    output: &mut [F],
+    units: usize,
+    height: usize,
+    width: usize,
+    inputs: usize,
+    outputs: usize,
+    stride: usize,
+) {
+    let position = ABSOLUTE_POS;
+    if position >= units {
         terminate!();
     }
     let o = position % outputs;
     let pixel = position / outputs;
-    let out_x = pixel % (2 * width);
-    let out_y = pixel / (2 * width);
-    let source = (out_y / 2) * width + out_x / 2;
-    let tap = (out_y % 2) * 2 + out_x % 2;
+    let x = pixel % (2 * width);
+    let y = (pixel / (2 * width)) % (2 * height);
+    let image = pixel / (4 * width * height);
+    let source = bordered_at(image, y / 2 + 1, x / 2 + 1, height, width) * inputs;
+    let tap = (y % 2) * 2 + x % 2;
     let mut sum = f32::cast_from(bias[o]);
     for c in 0..inputs {
-        sum += f32::cast_from(input[source * inputs + c])
+        sum += f32::cast_from(input[source + c])
             * f32::cast_from(weight[(tap * inputs + c) * outputs + o]);
     }
-    output[position] = F::cast_from(sum);
+    store_bordered(
+        output,
+        F::cast_from(sum),
+        image,
+        y,
+        x,
+        2 * height,
+        2 * width,
+        stride,
+        o,
+    );
 }
 
-/// The head: `map[pixel] = max over o of sigmoid(bias[o] + sum over c of x[pixel, c] * weight[c][o])`.
+/// The head's logit for output channel `o` at `source`, the first channel of a pixel in a
+/// bordered input: `bias[o] + sum over c of x[c] * weight[c][o]`.
+#[cube]
+fn head_logit<F: Float>(
+    input: &[F],
+    weight: &[F],
+    bias: &[F],
+    source: usize,
+    inputs: usize,
+    outputs: usize,
+    o: usize,
+) -> f32 {
+    let mut logit = f32::cast_from(bias[o]);
+    for c in 0..inputs {
+        logit += f32::cast_from(input[source + c]) * f32::cast_from(weight[c * outputs + o]);
+    }
+    logit
+}
+
+/// The head on a bordered input: `map[pixel] = max over o of sigmoid(logit o)`, the map
+/// unbordered and in f32.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn head<F: Float>(
     input: &[F],
     weight: &[F],
     bias: &[F],
-    map: &mut [F],
+    map: &mut [f32],
+    height: usize,
+    width: usize,
     inputs: usize,
     outputs: usize,
 ) {
@@ -156,17 +331,41 @@ pub fn head<F: Float>(
     if pixel >= map.len() {
         terminate!();
     }
+    let x = pixel % width;
+    let y = (pixel / width) % height;
+    let image = pixel / (width * height);
+    let source = bordered_at(image, y + 1, x + 1, height, width) * inputs;
     let mut best = 0.0f32;
     for o in 0..outputs {
-        let mut logit = f32::cast_from(bias[o]);
-        for c in 0..inputs {
-            logit +=
-                f32::cast_from(input[pixel * inputs + c]) * f32::cast_from(weight[c * outputs + o]);
-        }
-        let probability = 1.0 / (1.0 + (0.0 - logit).exp());
-        if probability > best {
-            best = probability;
-        }
+        let logit = head_logit(input, weight, bias, source, inputs, outputs, o);
+        best = f32::max(best, 1.0 / (1.0 + (0.0 - logit).exp()));
     }
-    map[pixel] = F::cast_from(best);
+    map[pixel] = best;
+}
+
+/// The head's sigmoid of every output channel, `[n, outputs, height, width]` in f32 (the
+/// raw output PyTorch's model returns).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn head_sigmoid<F: Float>(
+    input: &[F],
+    weight: &[F],
+    bias: &[F],
+    sigmoid: &mut [f32],
+    height: usize,
+    width: usize,
+    inputs: usize,
+    outputs: usize,
+) {
+    let position = ABSOLUTE_POS;
+    if position >= sigmoid.len() {
+        terminate!();
+    }
+    let x = position % width;
+    let y = (position / width) % height;
+    let o = (position / (width * height)) % outputs;
+    let image = position / (width * height * outputs);
+    let source = bordered_at(image, y + 1, x + 1, height, width) * inputs;
+    let logit = head_logit(input, weight, bias, source, inputs, outputs, o);
+    sigmoid[position] = 1.0 / (1.0 + (0.0 - logit).exp());
 }

@@ -1,4 +1,4 @@
-//! The kernels' forward computes what PyTorch computes, on every case of the PyTorch fixtures
+//! The fused engine's forward computes what PyTorch computes, on every case of the PyTorch fixtures
 //! (`tests/fixtures/pytorch`), in a batch, run on wgpu through `Predictor` (the engine seam):
 //! on a machine without a GPU that is Mesa's lavapipe (software Vulkan; `.ci/run` installs
 //! Debian's mesa-vulkan-drivers).
@@ -6,8 +6,7 @@
 use cubecl::wgpu::{WgpuDevice, WgpuDeviceKind, WgpuRuntime};
 use cubecl_runtime::runtime::Runtime;
 use test_fixtures::{Case, cases, max_abs_difference};
-use unet_core::{Checkpoint, Predictor, RgbPatch};
-use unet_kernels::GpuUnet;
+use unet_core::{Checkpoint, FusedUnet, Predictor, RgbPatch};
 
 /// The software Vulkan device: the same on every machine, GPU or not.
 fn client() -> cubecl::prelude::Client {
@@ -31,11 +30,11 @@ fn check<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
     let client = client();
     for case in cases() {
         let checkpoint = Checkpoint::read(&case.checkpoint_path()).unwrap();
-        let engine = GpuUnet::<F>::new(client.clone(), "wgpu", &checkpoint.weights).unwrap();
+        let engine = FusedUnet::<F>::new(client.clone(), "wgpu", &checkpoint.weights).unwrap();
         let predictor = Predictor::from_engine(Box::new(engine), checkpoint.weights.config);
         assert_eq!(
             (predictor.engine_name(), predictor.device_name()),
-            ("cubecl", "wgpu")
+            ("fused", "wgpu")
         );
         // A batch of three: the image, its mirror image, the image again; the first and
         // last must both be PyTorch's map (no image reads another's pixels).
@@ -46,6 +45,26 @@ fn check<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
         let maps = predictor.predict_batch(&patches).unwrap();
         assert_eq!(maps.len(), 3);
         assert_eq!(maps[0], maps[2], "{}: same image, same map", case.name);
+        // The engine keeps its buffers while the batch shape stays and makes new ones when it
+        // changes: nothing of one batch may show in the next.
+        let again = predictor.predict_batch(&patches[1..]).unwrap();
+        assert_eq!(
+            again[..],
+            maps[1..],
+            "{}: a batch of two after three",
+            case.name
+        );
+        let alone = predictor.predict_batch(&patches[..1]).unwrap();
+        assert_eq!(alone[0], maps[0], "{}: a batch of one", case.name);
+        // Every channel's sigmoid (the `predict` example's raw output).
+        let raw = predictor.predict_raw(&patches[..1]).unwrap();
+        let (_, expected_raw) = case.expected_sigmoid();
+        let raw_difference = max_abs_difference(&raw, &expected_raw);
+        assert!(
+            raw_difference <= tolerance(&case),
+            "{}: raw output {raw_difference}",
+            case.name
+        );
         let difference = max_abs_difference(&maps[0].values, &case.expected_probability());
         let tolerance = tolerance(&case);
         let precision = std::any::type_name::<F>();

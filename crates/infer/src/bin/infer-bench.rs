@@ -28,7 +28,7 @@ use infer::resolution::Analysis;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use tiling::{Grid, Rect};
-use unet_core::{DeviceChoice, Precision, Predictor, RgbPatch, Tta};
+use unet_core::{DeviceChoice, EngineChoice, Precision, Predictor, RgbPatch, Tta};
 use wsi::Slide;
 
 const PATCH: u64 = 512;
@@ -79,6 +79,7 @@ fn run(cli: Cli) -> Result<()> {
         slide: &slide,
         model: &model,
         device: cli.model.device,
+        engine: cli.model.engine,
         patches: cli.patches,
         batch: cli.model.batch,
         tta: cli.tta,
@@ -102,6 +103,8 @@ enum BenchPath {
 #[derive(Debug, Serialize, Deserialize)]
 struct Measured {
     path: BenchPath,
+    /// `cpu`, `burn`, `fused`.
+    engine: String,
     device: String,
     precision: String,
     batch: usize,
@@ -119,6 +122,8 @@ struct BenchArgs<'a> {
     slide: &'a Path,
     model: &'a Path,
     device: DeviceChoice,
+    /// The optimised (and augmented) path's engine; the original path's is `auto`'s.
+    engine: EngineChoice,
     patches: usize,
     batch: usize,
     tta: Tta,
@@ -142,6 +147,8 @@ fn compare(args: &BenchArgs) -> Result<()> {
             .args([
                 "--device",
                 &args.device.to_string(),
+                "--engine",
+                &args.engine.to_string(),
                 "--patches",
                 &args.patches.to_string(),
             ])
@@ -177,12 +184,12 @@ fn compare(args: &BenchArgs) -> Result<()> {
 
 /// One path, in this process: prints its figures as JSON.
 fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
-    let (precision, tta) = match path {
-        BenchPath::Original => (Precision::F32, Tta::Off),
-        BenchPath::Optimised => (Precision::Auto, Tta::Off),
-        BenchPath::Augmented => (Precision::Auto, args.tta),
+    let (precision, engine, tta) = match path {
+        BenchPath::Original => (Precision::F32, EngineChoice::Auto, Tta::Off),
+        BenchPath::Optimised => (Precision::Auto, args.engine, Tta::Off),
+        BenchPath::Augmented => (Precision::Auto, args.engine, args.tta),
     };
-    let predictor = Predictor::load(args.model, args.device, precision)?;
+    let predictor = Predictor::load(args.model, args.device, precision, engine)?;
     let slide = Slide::open_with_cache(args.slide, TILE_CACHE_BYTES)?;
     let base = slide.levels()[0];
     let region = Rect {
@@ -246,6 +253,7 @@ fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let measured = Measured {
         path,
+        engine: predictor.engine_name().to_string(),
         device: predictor.device_name().to_string(),
         precision: predictor.precision().to_string(),
         batch,
@@ -276,12 +284,13 @@ fn peak_memory_mib() -> f64 {
 fn table(results: &[Measured]) -> String {
     let base = results[0].ms_per_patch;
     let mut out = String::from(
-        "| path | device | precision | batch | tta | patches | ms/patch | patches/s | speed-up | peak memory |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| path | engine | device | precision | batch | tta | patches | ms/patch | patches/s | speed-up | peak memory |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         out += &format!(
-            "| {:?} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2}x | {:.0} MiB |\n",
+            "| {:?} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2}x | {:.0} MiB |\n",
             r.path,
+            r.engine,
             r.device,
             r.precision,
             r.batch,

@@ -3,19 +3,22 @@
 //!
 //! - [`BurnEngine`]: Burn's modules (CUDA, or f16 on the CPU);
 //! - [`crate::CpuUnet`]: the f32 CPU kernels;
-//! - `unet_kernels::GpuUnet`: the CubeCL kernels (a crate of its own, built on this trait).
+//! - [`FusedUnet`] (feature `fused`): unet-kernels' CubeCL kernels on bordered NHWC buffers.
 //!
-//! A new engine is a new implementation of [`Engine`], and a line in [`load`] if `Auto`
-//! should pick it.
+//! A new engine is a new implementation of [`Engine`], and a line in [`load`].
 
 mod burn;
+#[cfg(feature = "fused")]
+mod fused;
 
 pub use self::burn::BurnEngine;
+#[cfg(feature = "fused")]
+pub use self::fused::FusedUnet;
 
 use crate::cpu::CpuUnet;
 use crate::patch::{RgbPatch, normalise_into};
 use crate::predictor::PredictError;
-use crate::target::{Device, Precision, Target};
+use crate::target::{Device, EngineChoice, Precision, Target};
 use crate::weights::FoldedWeights;
 
 /// A batch of patches of one size, checked against the model.
@@ -66,7 +69,7 @@ pub trait Engine: Send {
     where
         Self: Sized;
 
-    /// Short name: `burn`, `cpu`, `cubecl`.
+    /// Short name: `burn`, `cpu`, `fused`.
     fn name(&self) -> &'static str;
 
     /// The device it runs on: `cpu`, `cuda`, `wgpu`.
@@ -79,15 +82,42 @@ pub trait Engine: Send {
     fn forward(&self, batch: &Batch, output: Output) -> Result<Vec<f32>, PredictError>;
 }
 
-/// The engine `Predictor::load` uses for a target: the CPU kernels for f32 on the CPU,
-/// Burn for the rest.
-pub fn load(weights: &FoldedWeights, target: Target) -> Result<Box<dyn Engine>, PredictError> {
-    Ok(match target {
-        Target {
-            device: Device::Cpu,
-            precision: Precision::F32,
-        } => Box::new(CpuUnet::load(weights, target)?),
-        _ => Box::new(BurnEngine::load(weights, target)?),
+/// The engine `Predictor::load` uses: the one chosen, or for `Auto` the CPU kernels for f32
+/// on the CPU and Burn for the rest.
+pub fn load(
+    weights: &FoldedWeights,
+    target: Target,
+    engine: EngineChoice,
+) -> Result<Box<dyn Engine>, PredictError> {
+    Ok(match (engine, target) {
+        (
+            EngineChoice::Auto,
+            Target {
+                device: Device::Cpu,
+                precision: Precision::F32,
+            },
+        )
+        | (EngineChoice::Cpu, _) => Box::new(CpuUnet::load(weights, target)?),
+        (EngineChoice::Auto | EngineChoice::Burn, _) => {
+            Box::new(BurnEngine::load(weights, target)?)
+        }
+        (EngineChoice::Fused, _) => load_fused(weights, target)?,
+    })
+}
+
+#[cfg(feature = "fused")]
+fn load_fused(weights: &FoldedWeights, target: Target) -> Result<Box<dyn Engine>, PredictError> {
+    Ok(match target.precision {
+        Precision::F16 => Box::new(FusedUnet::<half::f16>::load(weights, target)?),
+        _ => Box::new(FusedUnet::<f32>::load(weights, target)?),
+    })
+}
+
+#[cfg(not(feature = "fused"))]
+fn load_fused(_: &FoldedWeights, _: Target) -> Result<Box<dyn Engine>, PredictError> {
+    Err(PredictError::Unsupported {
+        engine: "fused",
+        what: "run in this build (rebuild with `--features cuda`)".to_string(),
     })
 }
 

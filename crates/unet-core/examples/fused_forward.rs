@@ -1,5 +1,5 @@
 //! Times the kernels' forward on CUDA and checks it against unet-core's f32 CPU path on the
-//! same batch: `cargo run --release -p unet-kernels --features cuda --example forward --
+//! same batch: `cargo run --release -p unet-core --features cuda --example fused_forward --
 //! MODEL.bpk [--batch 12,32,64] [--side 512] [--runs 5]` (`tools/gpu-check.sh` runs it).
 //!
 //! Prints, for f32 and f16 storage and each batch size, ms per patch (median of the runs after
@@ -13,9 +13,9 @@ use anyhow::Result;
 use clap::Parser;
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cubecl_runtime::runtime::Runtime;
-use unet_core::patch::{RgbPatch, normalise_into};
-use unet_core::{DeviceChoice, Precision, Predictor, model_file};
-use unet_kernels::GpuUnet;
+use unet_core::engine::{Batch, Output};
+use unet_core::patch::RgbPatch;
+use unet_core::{DeviceChoice, EngineChoice, FusedUnet, Precision, Predictor, model_file};
 
 #[derive(Parser)]
 struct Args {
@@ -31,25 +31,30 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let weights = model_file::read_weights(&args.model)?;
-    let cpu = Predictor::load(&args.model, DeviceChoice::Cpu, Precision::F32)?;
+    let cpu = Predictor::load(
+        &args.model,
+        DeviceChoice::Cpu,
+        Precision::F32,
+        EngineChoice::Cpu,
+    )?;
     let side = args.side;
     let pixels: Vec<u8> = (0..side * side * 3)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let patch = RgbPatch::new(side, side, &pixels);
     let reference = cpu.predict_batch(&[patch])?.remove(0).values;
-    println!("unet-kernels forward (plain kernels, sums in f32) on CUDA, {side}x{side}");
+    println!("the fused engine (portable kernels, sums in f32) on CUDA, {side}x{side}");
     println!("storage | batch | ms/patch | max abs difference from the CPU path");
     let client = CudaRuntime::client(&CudaDevice::new(0));
     time(
-        &GpuUnet::<f32>::new(client.clone(), "cuda", &weights)?,
+        &FusedUnet::<f32>::new(client.clone(), "cuda", &weights)?,
         "f32",
         &args,
         &patch,
         &reference,
     )?;
     time(
-        &GpuUnet::<half::f16>::new(client, "cuda", &weights)?,
+        &FusedUnet::<half::f16>::new(client, "cuda", &weights)?,
         "f16",
         &args,
         &patch,
@@ -58,7 +63,7 @@ fn main() -> Result<()> {
 }
 
 fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
-    gpu: &GpuUnet<F>,
+    gpu: &FusedUnet<F>,
     storage: &str,
     args: &Args,
     patch: &RgbPatch,
@@ -66,11 +71,13 @@ fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
 ) -> anyhow::Result<()> {
     let side = args.side;
     for &batch in &args.batch {
-        let mut input = Vec::with_capacity(batch * 3 * side * side);
-        for _ in 0..batch {
-            normalise_into(patch, &mut input);
-        }
-        let maps = gpu.forward(&input, side, side)?;
+        let patches = vec![*patch; batch];
+        let input = Batch {
+            patches: &patches,
+            width: side,
+            height: side,
+        };
+        let maps = gpu.forward(&input, Output::Probability)?;
         let difference = maps[..side * side]
             .iter()
             .zip(reference)
@@ -79,7 +86,7 @@ fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
         let mut times = Vec::with_capacity(args.runs);
         for _ in 0..args.runs {
             let start = Instant::now();
-            gpu.forward(&input, side, side)?;
+            gpu.forward(&input, Output::Probability)?;
             times.push(start.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
