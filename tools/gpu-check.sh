@@ -80,8 +80,12 @@ PY
 step "2b. the fused engine on the full-width model against the CPU path"
 if [ -x "$BIN/fused-forward" ]; then
   "$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
-  timeout 240 "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" --batch "$BATCHES" --side "$SIDE" \
-    > "$OUT/fused.log" 2>&1; tail -n 10 "$OUT/fused.log" | tee -a "$OUT/summary.txt"
+  # cubek's default tensor-core algorithm, its warp-specialised TMA one, and the portable loop.
+  for conv in "" specialized_tma portable; do
+    UNET_FUSED_CONV="$conv" timeout 150 "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" \
+      --batch "$BATCHES" --side "$SIDE" --runs 3 > "$OUT/fused-${conv:-default}.log" 2>&1
+    tail -n 12 "$OUT/fused-${conv:-default}.log" | tee -a "$OUT/summary.txt"
+  done
 else
   echo "no fused-forward in this bundle (FEATURES=cuda builds it)" | tee -a "$OUT/summary.txt"
 fi

@@ -170,7 +170,10 @@ fn an_engine_that_cannot_run_here() {
     );
     assert!(left.is_empty());
     let (message, _) = fails(&demo(), &["--engine", "cpu", "--precision", "f16"]);
-    assert!(message.contains("cpu engine cannot run on cpu in f16"), "{message}");
+    assert!(
+        message.contains("cpu engine cannot run on cpu in f16"),
+        "{message}"
+    );
     let (message, _) = fails(&demo(), &["--engine", "gpu"]);
     assert!(message.contains("unknown engine `gpu`"), "{message}");
 }

@@ -159,7 +159,11 @@ fn the_engine_asked_for_runs_and_is_recorded() {
     let (ours, burn) = (out.path().join("cpu"), out.path().join("burn"));
     let region = ["--region", "0,0,1024,512", "--tissue", "off"];
     infer(&slide, &ours, &region);
-    infer(&slide, &burn, &[&region[..], &["--engine", "burn"]].concat());
+    infer(
+        &slide,
+        &burn,
+        &[&region[..], &["--engine", "burn"]].concat(),
+    );
     let summary = |dir: &Path| read_json(&dir.join("demo_vips_jpeg.summary.json"));
     assert_eq!(summary(&ours)["engine"], "cpu");
     assert_eq!(summary(&burn)["engine"], "burn");

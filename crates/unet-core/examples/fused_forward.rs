@@ -43,7 +43,9 @@ fn main() -> Result<()> {
         .collect();
     let patch = RgbPatch::new(side, side, &pixels);
     let reference = cpu.predict_batch(&[patch])?.remove(0).values;
-    println!("the fused engine (portable kernels, sums in f32) on CUDA, {side}x{side}");
+    println!(
+        "the fused engine (sums in f32) on CUDA, {side}x{side}; UNET_FUSED_CONV picks the f16 main loop"
+    );
     println!("storage | batch | ms/patch | max abs difference from the CPU path");
     let client = CudaRuntime::client(&CudaDevice::new(0));
     time(
@@ -78,6 +80,9 @@ fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
             height: side,
         };
         let maps = gpu.forward(&input, Output::Probability)?;
+        if batch == args.batch[0] {
+            println!("{storage}: 3x3 convolutions on {}", gpu.main_loop());
+        }
         let difference = maps[..side * side]
             .iter()
             .zip(reference)

@@ -10,16 +10,18 @@
 //! skip is never copied.
 //!
 //! - [`input_bordered`]: the patches' packed RGB bytes, normalised, into the first buffer;
-//! - [`conv3x3`]: a 3x3 convolution (BatchNorm folded into it), bias and ReLU in the
-//!   epilogue; [`conv3x3_pool`] the same for a 2x2 block of outputs, whose max goes straight
-//!   into the next level's input (2x2 max pooling without a pass of its own);
+//! - [`conv3x3`]: a 3x3 convolution's main loop (BatchNorm folded into it), bias included,
+//!   into a plain NHWC buffer of sums, as cubek's tensor-core convolution writes them; then
+//!   its epilogue, [`relu_bordered`] (ReLU, stored bordered at its channel offset) or
+//!   [`relu_bordered_pool`] (the same, and each 2x2 block's max straight into the next
+//!   level's input: max pooling without a pass of its own);
 //! - [`up2x2`]: the 2x2 stride-2 transposed convolution, into its half of a concatenation;
 //! - [`head`]: the 1x1 convolution, the sigmoid and the max over channels in one kernel, so
 //!   only the per-pixel map leaves the device ([`head_sigmoid`]: every channel's sigmoid).
 //!
 //! These are the portable variants, one unit per output value (per 2x2 block where pooling),
-//! for any CubeCL runtime and tested on software Vulkan; a tensor-core main loop is the next
-//! step on CUDA (issue 12).
+//! for any CubeCL runtime and tested on software Vulkan; on CUDA in f16, unet-core's fused
+//! engine runs the convolutions' main loop on tensor cores (cubek) and keeps these epilogues.
 
 use cubecl::prelude::*;
 
@@ -140,25 +142,23 @@ pub fn input_bordered<F: Float>(rgb: &[u32], output: &mut [F], height: usize, wi
     output[position] = F::cast_from((f32::cast_from(value) / 255.0 - 0.5) / 0.5);
 }
 
-/// `relu(3x3 convolution)` of a bordered input into channels `offset..offset + outputs` of a
-/// bordered output of `stride` channels; one unit per output value.
+/// The portable main loop of a 3x3 convolution: `bias[o] + sum` for every output value, into
+/// `sums`, `[n, height, width, outputs]` (what cubek's convolution writes on tensor cores);
+/// one unit per value. [`relu_bordered`] or [`relu_bordered_pool`] then stores them.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3<F: Float>(
     input: &[F],
     weight: &[F],
     bias: &[F],
-    output: &mut [F],
-    units: usize,
+    sums: &mut [F],
     height: usize,
     width: usize,
     inputs: usize,
     outputs: usize,
-    stride: usize,
-    offset: usize,
 ) {
     let position = ABSOLUTE_POS;
-    if position >= units {
+    if position >= sums.len() {
         terminate!();
     }
     let o = position % outputs;
@@ -169,7 +169,32 @@ pub fn conv3x3<F: Float>(
     let sum = conv3x3_at(
         input, weight, bias, image, y, x, height, width, inputs, outputs, o,
     );
-    let value = F::cast_from(f32::max(sum, 0.0));
+    sums[position] = F::cast_from(sum);
+}
+
+/// The convolutions' epilogue: `relu(sums)` (`[n, height, width, channels]`) into channels
+/// `offset..offset + channels` of a bordered output of `stride` channels; one unit per value.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn relu_bordered<F: Float>(
+    sums: &[F],
+    output: &mut [F],
+    height: usize,
+    width: usize,
+    channels: usize,
+    stride: usize,
+    offset: usize,
+) {
+    let position = ABSOLUTE_POS;
+    if position >= sums.len() {
+        terminate!();
+    }
+    let c = position % channels;
+    let pixel = position / channels;
+    let x = pixel % width;
+    let y = (pixel / width) % height;
+    let image = pixel / (width * height);
+    let value = F::max(sums[position], F::new(0.0));
     store_bordered(
         output,
         value,
@@ -179,72 +204,66 @@ pub fn conv3x3<F: Float>(
         height,
         width,
         stride,
-        offset + o,
+        offset + c,
     );
 }
 
-/// [`conv3x3`] for the 2x2 block of outputs at `(2y, 2x)`, and their max into `pooled`,
-/// the next level's bordered input (`outputs` channels, half the size); one unit per block
-/// and channel.
+/// [`relu_bordered`] for the 2x2 block at `(2y, 2x)`, and the block's max into `pooled`, the
+/// next level's bordered input (`channels` channels, half the size): 2x2 max pooling without
+/// a pass of its own. One unit per block and channel.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn conv3x3_pool<F: Float>(
-    input: &[F],
-    weight: &[F],
-    bias: &[F],
+pub fn relu_bordered_pool<F: Float>(
+    sums: &[F],
     output: &mut [F],
     pooled: &mut [F],
-    units: usize,
     height: usize,
     width: usize,
-    inputs: usize,
-    outputs: usize,
+    channels: usize,
     stride: usize,
     offset: usize,
 ) {
+    let (half_height, half_width) = (height / 2, width / 2);
     let position = ABSOLUTE_POS;
-    if position >= units {
+    if position >= sums.len() / 4 {
         terminate!();
     }
-    let o = position % outputs;
-    let block = position / outputs;
-    let (half_height, half_width) = (height / 2, width / 2);
+    let c = position % channels;
+    let block = position / channels;
     let bx = block % half_width;
     let by = (block / half_width) % half_height;
     let image = block / (half_width * half_height);
     // ReLU's outputs are at least 0, so 0 is the max's identity.
-    let mut best = 0.0f32;
+    let mut best = F::new(0.0);
     for dy in 0..2usize {
         for dx in 0..2usize {
             let (y, x) = (2 * by + dy, 2 * bx + dx);
-            let sum = conv3x3_at(
-                input, weight, bias, image, y, x, height, width, inputs, outputs, o,
-            );
-            let value = f32::max(sum, 0.0);
-            best = f32::max(best, value);
+            let at = ((image * height + y) * width + x) * channels + c;
+            let value = F::max(sums[at], F::new(0.0));
+            best = F::max(best, value);
             store_bordered(
                 output,
-                F::cast_from(value),
+                value,
                 image,
                 y,
                 x,
                 height,
                 width,
                 stride,
-                offset + o,
+                offset + c,
             );
         }
     }
     store_bordered(
         pooled,
-        F::cast_from(best),
+        best,
         image,
         by,
         bx,
         half_height,
         half_width,
-        outputs,
-        o,
+        channels,
+        c,
     );
 }
 

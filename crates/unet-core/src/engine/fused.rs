@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use unet_kernels::{conv3x3, conv3x3_pool, head, head_sigmoid, input_bordered, up2x2};
+use unet_kernels::{
+    conv3x3, head, head_sigmoid, input_bordered, relu_bordered, relu_bordered_pool, up2x2,
+};
 
 use crate::architecture::{LEVELS, Layer as PlanLayer, UnetConfig};
 use crate::engine::{Batch, Engine, Output};
@@ -24,6 +26,40 @@ struct Layer {
     outputs: usize,
     weight: Handle,
     bias: Handle,
+    /// The weights as cubek's convolution reads them, `[output][ky][kx][input]`.
+    #[cfg(feature = "cuda")]
+    weight_ohwi: Handle,
+}
+
+/// Where a convolution's epilogue stores: channels `offset..` of `output`, whose pixels hold
+/// `stride` channels, and the 2x2 max into `pooled` (the next level's input) if given.
+struct Store<'a> {
+    output: &'a Handle,
+    stride: usize,
+    offset: usize,
+    pooled: Option<&'a Handle>,
+}
+
+impl<'a> Store<'a> {
+    /// All of `output`, which holds `layer`'s channels alone.
+    fn whole(output: &'a Handle, layer: &Layer) -> Store<'a> {
+        Store {
+            output,
+            stride: layer.outputs,
+            offset: 0,
+            pooled: None,
+        }
+    }
+}
+
+/// What computes the 3x3 convolutions' sums.
+#[derive(Debug, Clone, Copy)]
+enum MainLoop {
+    /// unet-kernels' portable kernel: any runtime, one unit per output value.
+    Portable,
+    /// cubek's implicit GEMM on tensor cores (f16 on CUDA), with the algorithm given.
+    #[cfg(feature = "cuda")]
+    TensorCores(cubek::convolution::ConvAlgorithm),
 }
 
 /// The UNet on a CubeCL device: NHWC activations and weights stored as `F` (`f32` or
@@ -39,6 +75,7 @@ pub struct FusedUnet<F> {
     /// The plan's decoder, deepest first: the transposed convolution, then two 3x3.
     decoder: Vec<[Layer; 3]>,
     head: Layer,
+    main_loop: MainLoop,
     /// The last batch shape's activations, reused while the shape stays.
     buffers: Mutex<Option<Buffers>>,
     storage: PhantomData<F>,
@@ -56,6 +93,8 @@ struct Buffers {
     joins: Vec<Handle>,
     /// The level's last output: the encoder's at the deepest level, the decoder's above.
     outputs: Vec<Handle>,
+    /// A convolution's sums before its epilogue, `[batch, h, w, outputs]`, the largest's size.
+    sums: Handle,
 }
 
 /// `values` as `F` on the device.
@@ -79,6 +118,8 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 outputs: layer.outputs,
                 weight: upload::<F>(&client, &weights.tap_major(layer)?.values),
                 bias: upload::<F>(&client, weights.bias(layer)?),
+                #[cfg(feature = "cuda")]
+                weight_ohwi: upload::<F>(&client, &tensor_cores::ohwi(weights, layer)?),
             })
         };
         let encoder = plan
@@ -95,6 +136,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             })
             .collect::<Result<_, WeightsError>>()?;
         let head = layer(&plan.head)?;
+        let main_loop = MainLoop::choose::<F>(&client);
         Ok(FusedUnet {
             client,
             device,
@@ -102,6 +144,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             encoder,
             decoder,
             head,
+            main_loop,
             buffers: Mutex::new(None),
             storage: PhantomData,
         })
@@ -109,6 +152,15 @@ impl<F: Float + CubeElement> FusedUnet<F> {
 
     pub fn config(&self) -> UnetConfig {
         self.config
+    }
+
+    /// What computes the 3x3 convolutions: `portable`, or cubek's algorithm on tensor cores.
+    pub fn main_loop(&self) -> String {
+        match self.main_loop {
+            MainLoop::Portable => "portable".to_string(),
+            #[cfg(feature = "cuda")]
+            MainLoop::TensorCores(algorithm) => format!("tensor cores, {algorithm}"),
+        }
     }
 
     /// The decoder level that goes back up to `level`.
@@ -143,6 +195,17 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                     l => bordered(l, self.decoder_at(l)[2].outputs),
                 })
                 .collect(),
+            sums: self.client.empty(
+                (0..LEVELS)
+                    .map(|l| {
+                        let widest = self.encoder[l].iter().map(|c| c.outputs).max();
+                        (height >> l) * (width >> l) * widest.unwrap_or(0)
+                    })
+                    .max()
+                    .unwrap_or(0)
+                    * batch
+                    * size_of::<F>(),
+            ),
         }
     }
 
@@ -184,40 +247,40 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         };
 
         for (level, [first, second]) in self.encoder.iter().enumerate() {
-            let (h, w) = (height >> level, width >> level);
-            let middle = &buffers.middles[level];
-            self.conv3x3(
-                first,
-                &buffers.inputs[level],
-                middle,
-                (n, h, w),
-                (first.outputs, 0),
-            );
-            if level == LEVELS - 1 {
-                let output = &buffers.outputs[level];
-                self.conv3x3(second, middle, output, (n, h, w), (second.outputs, 0));
+            let shape = (n, height >> level, width >> level);
+            let middle = Store::whole(&buffers.middles[level], first);
+            self.conv(first, &buffers.inputs[level], middle, shape, &buffers.sums)?;
+            let store = if level == LEVELS - 1 {
+                Store::whole(&buffers.outputs[level], second)
             } else {
-                // The skip goes after the upsampled channels of the level's concatenation.
+                // The skip goes after the upsampled channels of the level's concatenation,
+                // and its 2x2 max into the next level's input.
                 let up = self.decoder_at(level)[0].outputs;
-                let join = (&buffers.joins[level], up + second.outputs, up);
-                self.conv3x3_pool(second, middle, join, &buffers.inputs[level + 1], (n, h, w));
-            }
+                Store {
+                    output: &buffers.joins[level],
+                    stride: up + second.outputs,
+                    offset: up,
+                    pooled: Some(&buffers.inputs[level + 1]),
+                }
+            };
+            self.conv(second, &buffers.middles[level], store, shape, &buffers.sums)?;
         }
         for level in (0..LEVELS - 1).rev() {
             let [up, first, second] = self.decoder_at(level);
-            let (h, w) = (height >> level, width >> level);
+            let shape = (n, height >> level, width >> level);
             let join = &buffers.joins[level];
-            self.up2x2(
-                up,
-                &buffers.outputs[level + 1],
-                join,
-                (n, h / 2, w / 2),
-                first.inputs,
-            );
-            let middle = &buffers.middles[level];
-            self.conv3x3(first, join, middle, (n, h, w), (first.outputs, 0));
-            let output = &buffers.outputs[level];
-            self.conv3x3(second, middle, output, (n, h, w), (second.outputs, 0));
+            let below = (n, shape.1 / 2, shape.2 / 2);
+            self.up2x2(up, &buffers.outputs[level + 1], join, below, first.inputs);
+            let middle = Store::whole(&buffers.middles[level], first);
+            self.conv(first, join, middle, shape, &buffers.sums)?;
+            let output = Store::whole(&buffers.outputs[level], second);
+            self.conv(
+                second,
+                &buffers.middles[level],
+                output,
+                shape,
+                &buffers.sums,
+            )?;
         }
 
         let pixels = n * height * width;
@@ -259,75 +322,91 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         Ok(f32::from_bytes(&bytes).to_vec())
     }
 
-    /// `layer` on `input` (an image of `shape` = (batch, height, width)) into channels
-    /// `offset..` of `output`, whose pixels hold `stride` channels: `(stride, offset)`.
-    fn conv3x3(
+    /// The 3x3 convolution `layer` on `input` (bordered, an image of `shape` = (batch,
+    /// height, width)): its main loop into `sums`, then its epilogue into `store`.
+    fn conv(
         &self,
         layer: &Layer,
         input: &Handle,
-        output: &Handle,
+        store: Store,
         shape: (usize, usize, usize),
-        (stride, offset): (usize, usize),
-    ) {
+        sums: &Handle,
+    ) -> Result<(), PredictError> {
         let (n, h, w) = shape;
         let bordered = n * (h + 2) * (w + 2);
-        let units = n * h * w * layer.outputs;
-        // SAFETY: every buffer holds the length given with it (`allocate`).
-        unsafe {
-            conv3x3::launch_unchecked::<F>(
-                &self.client,
-                cube_count(units),
-                CubeDim::new_1d(UNITS),
-                BufferArg::from_raw_parts(input.clone(), bordered * layer.inputs),
-                BufferArg::from_raw_parts(layer.weight.clone(), 9 * layer.inputs * layer.outputs),
-                BufferArg::from_raw_parts(layer.bias.clone(), layer.outputs),
-                BufferArg::from_raw_parts(output.clone(), bordered * stride),
-                units,
-                h,
-                w,
-                layer.inputs,
-                layer.outputs,
-                stride,
-                offset,
-            )
+        let values = n * h * w * layer.outputs;
+        match &self.main_loop {
+            MainLoop::Portable => {
+                // SAFETY: every buffer holds the length given with it (`allocate`).
+                unsafe {
+                    conv3x3::launch_unchecked::<F>(
+                        &self.client,
+                        cube_count(values),
+                        CubeDim::new_1d(UNITS),
+                        BufferArg::from_raw_parts(input.clone(), bordered * layer.inputs),
+                        BufferArg::from_raw_parts(
+                            layer.weight.clone(),
+                            9 * layer.inputs * layer.outputs,
+                        ),
+                        BufferArg::from_raw_parts(layer.bias.clone(), layer.outputs),
+                        BufferArg::from_raw_parts(sums.clone(), values),
+                        h,
+                        w,
+                        layer.inputs,
+                        layer.outputs,
+                    )
+                }
+            }
+            #[cfg(feature = "cuda")]
+            MainLoop::TensorCores(algorithm) => {
+                tensor_cores::conv3x3::<F>(&self.client, *algorithm, input, layer, sums, shape)
+                    .map_err(|reason| PredictError::Inference {
+                        device: self.device,
+                        source: reason.into(),
+                    })?
+            }
+        }
+        let units = match store.pooled {
+            Some(_) => values / 4,
+            None => values,
         };
-    }
-
-    /// [`Self::conv3x3`] into `(output, stride, offset)`, with its 2x2 max into `pooled`.
-    fn conv3x3_pool(
-        &self,
-        layer: &Layer,
-        input: &Handle,
-        (output, stride, offset): (&Handle, usize, usize),
-        pooled: &Handle,
-        shape: (usize, usize, usize),
-    ) {
-        let (n, h, w) = shape;
-        let bordered = n * (h + 2) * (w + 2);
-        let units = n * (h / 2) * (w / 2) * layer.outputs;
+        let (cubes, cube) = (cube_count(units), CubeDim::new_1d(UNITS));
         // SAFETY: every buffer holds the length given with it (`allocate`).
         unsafe {
-            conv3x3_pool::launch_unchecked::<F>(
-                &self.client,
-                cube_count(units),
-                CubeDim::new_1d(UNITS),
-                BufferArg::from_raw_parts(input.clone(), bordered * layer.inputs),
-                BufferArg::from_raw_parts(layer.weight.clone(), 9 * layer.inputs * layer.outputs),
-                BufferArg::from_raw_parts(layer.bias.clone(), layer.outputs),
-                BufferArg::from_raw_parts(output.clone(), bordered * stride),
-                BufferArg::from_raw_parts(
-                    pooled.clone(),
-                    n * (h / 2 + 2) * (w / 2 + 2) * layer.outputs,
+            let sums = BufferArg::from_raw_parts(sums.clone(), values);
+            let output = BufferArg::from_raw_parts(store.output.clone(), bordered * store.stride);
+            match store.pooled {
+                None => relu_bordered::launch_unchecked::<F>(
+                    &self.client,
+                    cubes,
+                    cube,
+                    sums,
+                    output,
+                    h,
+                    w,
+                    layer.outputs,
+                    store.stride,
+                    store.offset,
                 ),
-                units,
-                h,
-                w,
-                layer.inputs,
-                layer.outputs,
-                stride,
-                offset,
-            )
+                Some(pooled) => relu_bordered_pool::launch_unchecked::<F>(
+                    &self.client,
+                    cubes,
+                    cube,
+                    sums,
+                    output,
+                    BufferArg::from_raw_parts(
+                        pooled.clone(),
+                        n * (h / 2 + 2) * (w / 2 + 2) * layer.outputs,
+                    ),
+                    h,
+                    w,
+                    layer.outputs,
+                    store.stride,
+                    store.offset,
+                ),
+            }
         };
+        Ok(())
     }
 
     /// `layer` on `input` (an image of `shape`) into channels `0..` of `output`, twice the
@@ -424,4 +503,144 @@ fn cube_count(units: usize) -> CubeCount {
     let cubes = units.div_ceil(UNITS as usize) as u32;
     let x = cubes.min(65_535);
     CubeCount::Static(x, cubes.div_ceil(x), 1)
+}
+
+impl MainLoop {
+    /// cubek's tensor cores for f16 on CUDA (algorithm `UNET_FUSED_CONV`, by default
+    /// `simple_sync_cyclic`; `portable` for unet-kernels' loop), else the portable loop.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    fn choose<F: 'static>(client: &Client) -> MainLoop {
+        #[cfg(feature = "cuda")]
+        if precision_of::<F>() == Precision::F16
+            && client
+                .properties()
+                .features
+                .matmul
+                .cmma
+                .iter()
+                .next()
+                .is_some()
+        {
+            let asked = std::env::var("UNET_FUSED_CONV").unwrap_or_default();
+            if let Some(algorithm) = tensor_cores::algorithm(&asked) {
+                return MainLoop::TensorCores(algorithm);
+            }
+        }
+        MainLoop::Portable
+    }
+}
+
+/// The 3x3 convolutions' main loop on tensor cores: cubek's implicit GEMM, reading the
+/// bordered input with no padding (the border is the padding) and writing the sums, bias
+/// included, for the shared epilogue.
+#[cfg(feature = "cuda")]
+mod tensor_cores {
+    use cubecl::prelude::*;
+    use cubecl::server::Handle;
+    use cubecl::zspace::{Shape, Strides};
+    use cubek::convolution::{
+        AcceleratedTileKind, ConvAlgorithm, ConvolutionArgs, ConvolutionInputs, Strategy,
+        launch_ref,
+    };
+    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+    use cubek::std::InputBinding;
+
+    use super::Layer;
+    use crate::architecture::Layer as PlanLayer;
+    use crate::weights::{FoldedWeights, WeightsError};
+
+    /// `UNET_FUSED_CONV`'s algorithm: cubek's name for it (`specialized_tma`, ...), empty for
+    /// the default; `None` for `portable`.
+    pub fn algorithm(name: &str) -> Option<ConvAlgorithm> {
+        use ConvAlgorithm::*;
+        let all = [
+            SimpleSyncCyclic,
+            SimpleSyncStrided,
+            SimpleSyncTilewise,
+            SimpleAsyncCyclic,
+            SimpleAsyncStrided,
+            SimpleAsyncTma,
+            SpecializedAsyncCyclic,
+            SpecializedAsyncStrided,
+            SpecializedTma,
+        ];
+        match name {
+            "" => Some(SimpleSyncCyclic),
+            name => all.into_iter().find(|a| a.to_string() == name),
+        }
+    }
+
+    /// A layer's weights as `[output][ky][kx][input]`, from PyTorch's `[output][input][ky][kx]`.
+    pub fn ohwi(weights: &FoldedWeights, layer: &PlanLayer) -> Result<Vec<f32>, WeightsError> {
+        let taps = layer.kind.taps();
+        let tap_major = weights.tap_major(layer)?;
+        let (inputs, outputs) = (layer.inputs, layer.outputs);
+        let mut values = vec![0.0; taps * inputs * outputs];
+        for tap in 0..taps {
+            for c in 0..inputs {
+                for o in 0..outputs {
+                    values[(o * taps + tap) * inputs + c] =
+                        tap_major.values[(tap * inputs + c) * outputs + o];
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// A contiguous tensor of `shape` over `handle`.
+    fn tensor<const D: usize>(handle: &Handle, shape: [usize; D]) -> TensorBinding {
+        let mut strides = [1usize; D];
+        for d in (0..D.saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        TensorBinding {
+            handle: handle.clone().binding(),
+            strides: Strides::new(&strides),
+            shape: Shape::new(shape),
+            tiling: Default::default(),
+        }
+    }
+
+    /// `layer` on the bordered `input` of `shape` = (batch, height, width) into `sums`,
+    /// `[batch, height, width, outputs]`.
+    pub fn conv3x3<F: Float + CubeElement>(
+        client: &Client,
+        algorithm: ConvAlgorithm,
+        input: &Handle,
+        layer: &Layer,
+        sums: &Handle,
+        (n, h, w): (usize, usize, usize),
+    ) -> Result<(), String> {
+        let elem = F::elem_type_native();
+        launch_ref::<2>(
+            &Strategy::Inferred {
+                algorithm,
+                tile_kind: AcceleratedTileKind::Cmma,
+            },
+            client,
+            ConvolutionInputs::Forward {
+                input: InputBinding::new(tensor(input, [n, h + 2, w + 2, layer.inputs]), elem),
+                weight: InputBinding::new(
+                    tensor(&layer.weight_ohwi, [layer.outputs, 3, 3, layer.inputs]),
+                    elem,
+                ),
+                bias: Some(InputBinding::new(
+                    tensor(&layer.bias, [layer.outputs]),
+                    elem,
+                )),
+                out: tensor(sums, [n, h, w, layer.outputs]),
+            },
+            ConvolutionArgs {
+                stride: [1, 1],
+                padding: [0, 0],
+                dilation: [1, 1],
+            },
+            MatmulElems::from_globals(&MatmulGlobalElems {
+                lhs: elem,
+                rhs: elem,
+                out: elem,
+            }),
+        )
+        .map_err(|err| format!("cubek's convolution ({algorithm}): {err:?}"))
+    }
 }
