@@ -136,7 +136,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             })
             .collect::<Result<_, WeightsError>>()?;
         let head = layer(&plan.head)?;
-        let main_loop = MainLoop::choose::<F>(&client);
+        let main_loop = MainLoop::choose(&client, precision_of::<F>());
         Ok(FusedUnet {
             client,
             device,
@@ -509,9 +509,9 @@ impl MainLoop {
     /// cubek's tensor cores for f16 on CUDA (algorithm `UNET_FUSED_CONV`, by default
     /// `simple_sync_cyclic`; `portable` for unet-kernels' loop), else the portable loop.
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-    fn choose<F: 'static>(client: &Client) -> MainLoop {
+    fn choose(client: &Client, precision: Precision) -> MainLoop {
         #[cfg(feature = "cuda")]
-        if precision_of::<F>() == Precision::F16
+        if precision == Precision::F16
             && client
                 .properties()
                 .features
