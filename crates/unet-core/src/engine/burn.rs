@@ -30,20 +30,9 @@ impl BurnEngine {
     /// Waits for the device and reads the output back as f32.
     fn read(&self, output: Tensor<4>, batch: usize) -> Result<Vec<f32>, PredictError> {
         let device = self.device();
-        let data = output.try_into_data().map_err(|source| {
-            if source.to_string().to_lowercase().contains("out of memory") {
-                PredictError::OutOfMemory {
-                    device,
-                    batch,
-                    try_batch: (batch / 2).max(1),
-                }
-            } else {
-                PredictError::Inference {
-                    device,
-                    source: Box::new(source),
-                }
-            }
-        })?;
+        let data = output
+            .try_into_data()
+            .map_err(|source| super::device_error(device, batch, source))?;
         data.convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|source| PredictError::Inference {

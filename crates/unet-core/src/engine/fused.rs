@@ -315,10 +315,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         let bytes = self
             .client
             .read_one(result)
-            .map_err(|source| PredictError::Inference {
-                device: self.device,
-                source: Box::new(source),
-            })?;
+            .map_err(|source| super::device_error(self.device, n, source))?;
         Ok(f32::from_bytes(&bytes).to_vec())
     }
 

@@ -121,6 +121,27 @@ fn load_fused(_: &FoldedWeights, _: Target) -> Result<Box<dyn Engine>, PredictEr
     })
 }
 
+/// A device's error at the end of a forward of `batch` patches (where the device reports
+/// what went wrong): out of memory, with the batch size to try, or the device's own words.
+pub(crate) fn device_error(
+    device: &'static str,
+    batch: usize,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> PredictError {
+    if source.to_string().to_lowercase().contains("out of memory") {
+        PredictError::OutOfMemory {
+            device,
+            batch,
+            try_batch: (batch / 2).max(1),
+        }
+    } else {
+        PredictError::Inference {
+            device,
+            source: Box::new(source),
+        }
+    }
+}
+
 /// `[N, channels, plane]` sigmoid outputs to `[N, plane]` probabilities.
 pub fn max_over_channels(sigmoid: &[f32], channels: usize, plane: usize) -> Vec<f32> {
     sigmoid
