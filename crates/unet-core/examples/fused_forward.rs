@@ -4,7 +4,8 @@
 //!
 //! Prints, for f32 and f16 storage and each batch size, ms per patch (median of the runs after
 //! one warm-up, the read-back of the map included) and the largest difference from the CPU
-//! path on the batch's first patch.
+//! path on the batch's first patch; then each 3x3 convolution's time and TFLOP/s at the
+//! largest batch.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -97,6 +98,24 @@ fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
         times.sort_by(f64::total_cmp);
         let ms = 1000.0 * times[times.len() / 2] / batch as f64;
         println!("{storage:>7} | {batch:>5} | {ms:>8.2} | {difference:.2e}");
+    }
+    // Each 3x3 convolution at the largest batch, the device waited for around each.
+    let batch = args.batch.iter().copied().max().unwrap_or(1);
+    let patches = vec![*patch; batch];
+    let input = Batch {
+        patches: &patches,
+        width: side,
+        height: side,
+    };
+    println!("{storage}, batch {batch}: layer | n x h x w x in -> out | ms | TFLOP/s");
+    for layer in gpu.profile(&input)? {
+        let (n, h, w, inputs, outputs) = layer.shape;
+        println!(
+            "{:>14} | {n} x {h} x {w} x {inputs} -> {outputs} | {:.3} | {:.1}",
+            layer.layer,
+            1000.0 * layer.seconds,
+            layer.tflops()
+        );
     }
     Ok(())
 }

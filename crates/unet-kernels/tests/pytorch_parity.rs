@@ -56,6 +56,16 @@ fn check<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
         );
         let alone = predictor.predict_batch(&patches[..1]).unwrap();
         assert_eq!(alone[0], maps[0], "{}: a batch of one", case.name);
+        // Profiled: every 3x3 convolution of the plan timed, in plan order.
+        let profile = engine_profile(&checkpoint, &client, &patches);
+        assert_eq!(
+            profile.len(),
+            18,
+            "{}: 2 per level, encoder and decoder",
+            case.name
+        );
+        assert_eq!(profile[0].layer, "conv1.first");
+        assert!(profile.iter().all(|l| l.seconds > 0.0 && l.tflops() > 0.0));
         // Every channel's sigmoid (the `predict` example's raw output).
         let raw = predictor.predict_raw(&patches[..1]).unwrap();
         let (_, expected_raw) = case.expected_sigmoid();
@@ -78,4 +88,20 @@ fn check<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
             case.name
         );
     }
+}
+
+/// Each 3x3 convolution's time in one forward of `patches` on a fresh engine.
+fn engine_profile(
+    checkpoint: &Checkpoint,
+    client: &cubecl::prelude::Client,
+    patches: &[RgbPatch],
+) -> Vec<unet_core::engine::LayerTime> {
+    let engine = FusedUnet::<f32>::new(client.clone(), "wgpu", &checkpoint.weights).unwrap();
+    let (width, height) = (patches[0].width, patches[0].height);
+    let batch = unet_core::engine::Batch {
+        patches,
+        width,
+        height,
+    };
+    engine.profile(&batch).unwrap()
 }

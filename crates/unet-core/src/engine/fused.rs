@@ -4,6 +4,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
@@ -22,6 +23,8 @@ const UNITS: u32 = 256;
 
 /// A layer's weights (`[tap][input][output]`) and bias on the device, as `F`.
 struct Layer {
+    /// Its path in the plan (`conv1.first`).
+    name: String,
     inputs: usize,
     outputs: usize,
     weight: Handle,
@@ -29,6 +32,31 @@ struct Layer {
     /// The weights as cubek's convolution reads them, `[output][ky][kx][input]`.
     #[cfg(feature = "cuda")]
     weight_ohwi: Handle,
+}
+
+/// What a forward's convolutions share: the buffer of sums, and where their times go when
+/// profiled.
+struct Pass<'a> {
+    sums: &'a Handle,
+    times: Option<&'a mut Vec<LayerTime>>,
+}
+
+/// One 3x3 convolution's time in [`FusedUnet::profile`].
+#[derive(Debug, Clone)]
+pub struct LayerTime {
+    /// Its path in the plan (`conv1.first`).
+    pub layer: String,
+    /// (batch, height, width, input channels, output channels).
+    pub shape: (usize, usize, usize, usize, usize),
+    pub seconds: f64,
+}
+
+impl LayerTime {
+    /// Multiply-adds counted twice, per second, in units of 10^12.
+    pub fn tflops(&self) -> f64 {
+        let (n, h, w, inputs, outputs) = self.shape;
+        2.0 * (n * h * w * 9 * inputs * outputs) as f64 / self.seconds / 1e12
+    }
 }
 
 /// Where a convolution's epilogue stores: channels `offset..` of `output`, whose pixels hold
@@ -114,6 +142,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         let plan = weights.plan();
         let layer = |layer: &PlanLayer| -> Result<Layer, WeightsError> {
             Ok(Layer {
+                name: layer.path.clone(),
                 inputs: layer.inputs,
                 outputs: layer.outputs,
                 weight: upload::<F>(&client, &weights.tap_major(layer)?.values),
@@ -212,6 +241,24 @@ impl<F: Float + CubeElement> FusedUnet<F> {
     /// A batch of patches to `output`: the per-pixel probabilities (max over output channels),
     /// `[n, height, width]`, or every channel's sigmoid, `[n, channels, height, width]`.
     pub fn forward(&self, batch: &Batch, output: Output) -> Result<Vec<f32>, PredictError> {
+        self.run(batch, output, None)
+    }
+
+    /// The time of each 3x3 convolution (main loop and epilogue) in a forward of `batch`,
+    /// in plan order, the device waited for before and after each.
+    pub fn profile(&self, batch: &Batch) -> Result<Vec<LayerTime>, PredictError> {
+        let mut times = Vec::new();
+        self.run(batch, Output::Probability, Some(&mut times))?;
+        Ok(times)
+    }
+
+    /// The forward, each 3x3 convolution timed into `times` when given.
+    fn run(
+        &self,
+        batch: &Batch,
+        output: Output,
+        times: Option<&mut Vec<LayerTime>>,
+    ) -> Result<Vec<f32>, PredictError> {
         let (n, height, width) = (batch.len(), batch.height, batch.width);
         let mut cached = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
         if cached.as_ref().map(|b| b.shape) != Some((n, height, width)) {
@@ -220,6 +267,10 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             *cached = Some(self.allocate(n, height, width));
         }
         let buffers = cached.as_ref().expect("allocated above");
+        let mut pass = Pass {
+            sums: &buffers.sums,
+            times,
+        };
 
         // The bytes, four to a word (the last word padded), so that every runtime reads them.
         let mut bytes: Vec<u8> = Vec::with_capacity(n * batch.plane() * 3 + 3);
@@ -249,7 +300,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         for (level, [first, second]) in self.encoder.iter().enumerate() {
             let shape = (n, height >> level, width >> level);
             let middle = Store::whole(&buffers.middles[level], first);
-            self.conv(first, &buffers.inputs[level], middle, shape, &buffers.sums)?;
+            self.conv(first, &buffers.inputs[level], middle, shape, &mut pass)?;
             let store = if level == LEVELS - 1 {
                 Store::whole(&buffers.outputs[level], second)
             } else {
@@ -263,7 +314,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                     pooled: Some(&buffers.inputs[level + 1]),
                 }
             };
-            self.conv(second, &buffers.middles[level], store, shape, &buffers.sums)?;
+            self.conv(second, &buffers.middles[level], store, shape, &mut pass)?;
         }
         for level in (0..LEVELS - 1).rev() {
             let [up, first, second] = self.decoder_at(level);
@@ -272,15 +323,9 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             let below = (n, shape.1 / 2, shape.2 / 2);
             self.up2x2(up, &buffers.outputs[level + 1], join, below, first.inputs);
             let middle = Store::whole(&buffers.middles[level], first);
-            self.conv(first, join, middle, shape, &buffers.sums)?;
+            self.conv(first, join, middle, shape, &mut pass)?;
             let output = Store::whole(&buffers.outputs[level], second);
-            self.conv(
-                second,
-                &buffers.middles[level],
-                output,
-                shape,
-                &buffers.sums,
-            )?;
+            self.conv(second, &buffers.middles[level], output, shape, &mut pass)?;
         }
 
         let pixels = n * height * width;
@@ -320,15 +365,20 @@ impl<F: Float + CubeElement> FusedUnet<F> {
     }
 
     /// The 3x3 convolution `layer` on `input` (bordered, an image of `shape` = (batch,
-    /// height, width)): its main loop into `sums`, then its epilogue into `store`.
+    /// height, width)): its main loop into the pass's sums, then its epilogue into `store`.
     fn conv(
         &self,
         layer: &Layer,
         input: &Handle,
         store: Store,
         shape: (usize, usize, usize),
-        sums: &Handle,
+        pass: &mut Pass,
     ) -> Result<(), PredictError> {
+        let started = match pass.times {
+            Some(_) => Some(self.wait(shape.0).map(|()| Instant::now())?),
+            None => None,
+        };
+        let sums = pass.sums;
         let (n, h, w) = shape;
         let bordered = n * (h + 2) * (w + 2);
         let values = n * h * w * layer.outputs;
@@ -403,7 +453,21 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 ),
             }
         };
+        if let (Some(times), Some(started)) = (pass.times.as_deref_mut(), started) {
+            self.wait(n)?;
+            times.push(LayerTime {
+                layer: layer.name.clone(),
+                shape: (n, h, w, layer.inputs, layer.outputs),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
         Ok(())
+    }
+
+    /// Waits for the device to finish what it was given (a batch of `n`).
+    fn wait(&self, n: usize) -> Result<(), PredictError> {
+        cubecl::future::block_on(self.client.sync())
+            .map_err(|source| super::device_error(self.device, n, source))
     }
 
     /// `layer` on `input` (an image of `shape`) into channels `0..` of `output`, twice the

@@ -13,7 +13,7 @@ mod fused;
 
 pub use self::burn::BurnEngine;
 #[cfg(feature = "fused")]
-pub use self::fused::FusedUnet;
+pub use self::fused::{FusedUnet, LayerTime};
 
 use crate::cpu::CpuUnet;
 use crate::patch::{RgbPatch, normalise_into};
