@@ -91,8 +91,9 @@ enum MainLoop {
 }
 
 /// The UNet on a CubeCL device: NHWC activations and weights stored as `F` (`f32` or
-/// `half::f16`), sums in f32, one kernel launch per layer (pooling inside the convolution
-/// before it), no host synchronisation inside a forward.
+/// `half::f16`), sums in f32; per 3x3 convolution a main loop and an epilogue (pooling in
+/// the epilogue of the convolution before it), one kernel per other layer; no host
+/// synchronisation inside a forward.
 pub struct FusedUnet<F> {
     client: Client,
     /// What the client runs on (`wgpu`, `cuda`), for the engine's reports.
