@@ -5,14 +5,17 @@
 #
 #   bash tools/gpu-check.sh            # logs and the table under $OUT (default /tmp/gpu-check)
 #
-# 1. CUDA f32 and f16 outputs of each engine (Burn's, our fused one) against the PyTorch
-#    fixtures (f32 <= 1e-4, f16 <= 5e-3);
-# 2. the full-width model (w = 64) at batch 1, 12, 32 and 64, f32 and f16, each engine
-#    (criterion); 2b. the fused engine against the CPU path on the full-width model;
+# Most important first, each step within its own time limit and all within BUDGET seconds
+# (default 540: a device call may take 600); a step that no longer fits says so and is skipped:
+# 1. each engine's (Burn's, our fused one's) f32 and f16 outputs against the PyTorch fixtures
+#    (f32 <= 1e-4, f16 <= 5e-3; 2e-2 for the ill-conditioned width-4 fixture);
+# 2. our fused engine on the full-width model (w = 64) at batch 1, 12, 32 and 64: ms/patch,
+#    its difference from the CPU path, TFLOP/s per 3x3 layer; f16 with cubek's default
+#    tensor-core algorithm, then with `specialized_tma`, then with the portable loop; f32 once;
 # 3. PyTorch on the same card in the same call (tools/torch_anchor.py), when torch is there;
-# 4. infer end to end on a generated 20000x20000 slide, twice with Burn (the second start
-#    uses the autotune results the first one kept), once with the fused engine;
-# then one table. Made to finish within 6 minutes; each step has its own time limit.
+# 4. criterion, the same model: Burn f32 and f16, ours f16;
+# 5. infer end to end on a generated 20000x20000 slide: Burn twice (the second start uses the
+#    autotune results the first one kept), then ours.
 # DEVICE=cpu runs the same script on a machine without a GPU (a smoke test of the script).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +23,7 @@ OUT="${OUT:-/tmp/gpu-check}"
 DEVICE="${DEVICE:-cuda}"
 SIDE="${SIDE:-512}"
 BATCHES="${BATCHES:-1,12,32,64}"
+BUDGET="${BUDGET:-540}"
 # The engines to compare: on a GPU Burn's and ours; on the CPU (a smoke test) ours and Burn's.
 if [ "$DEVICE" = cuda ]; then ENGINES="${ENGINES:-burn,fused}"; else ENGINES="${ENGINES:-cpu,burn}"; fi
 SLIDE_SIDE="${SLIDE_SIDE:-20000}"
@@ -32,7 +36,15 @@ export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRA
 card=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "no NVIDIA GPU")
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "card: $card; device: $DEVICE; commit: $commit; $(date -u +%FT%TZ)" | tee "$OUT/summary.txt"
-step() { echo "== $1 ($(( SECONDS ))s)" | tee -a "$OUT/summary.txt"; }
+say() { echo "$1" | tee -a "$OUT/summary.txt"; }
+step() { say "== $1 ($(( SECONDS ))s)"; }
+# `limit N`: N seconds, or what is left of the budget (less a margin), whichever is less;
+# fails when under 10 seconds are left.
+limit() {
+  local left=$(( BUDGET - SECONDS - 5 ))
+  [ "$left" -ge 10 ] || { say "(skipped: the ${BUDGET}s budget is spent)" >&2; return 1; }
+  echo $(( $1 < left ? $1 : left ))
+}
 
 step "1. outputs against PyTorch"
 for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
@@ -41,8 +53,9 @@ for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
   for engine in ${ENGINES//,/ }; do
     for precision in f32 f16; do
       [ "$engine" = cpu ] && [ "$precision" = f16 ] && continue
+      t=$(limit 60) || break 3
       npy="/tmp/gpu-work/$case.$engine.$precision.npy"
-      timeout 120 "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "$npy" \
+      timeout "$t" "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "$npy" \
         --device "$DEVICE" --precision "$precision" --engine "$engine" >> "$OUT/outputs.log" 2>&1
       python3 - "$case" "$engine" "$precision" "$npy" "$fx/${case}_expected_f64.npy" <<'PY' | tee -a "$OUT/summary.txt"
 import sys, numpy as np
@@ -54,16 +67,51 @@ try:
     limit = 1e-4 if precision == "f32" else (2e-2 if "w4" in case else 5e-3)
     print(f"| {case} | {engine} | {precision} | max abs {d:.2e} | {'ok' if d <= limit else 'OVER ' + str(limit)} |")
 except Exception as e:
-    print(f"| {case} | {engine} | {precision} | failed: {e} | |")
+    print(f"| {case} | {engine} | {precision} | failed: {e} |")
 PY
     done
   done
 done
 
-step "2. full-width model, criterion"
-UNET_BENCH_DEVICE="$DEVICE" UNET_BENCH_ENGINES="$ENGINES" UNET_BENCH_PRECISIONS=f32,f16 UNET_BENCH_BATCHES="$BATCHES" UNET_BENCH_SIDE="$SIDE" \
-  UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout 240 "$BIN/model-bench" --bench forward > "$OUT/bench.log" 2>&1
-python3 - "$OUT/bench.log" <<'PY' | tee -a "$OUT/summary.txt"
+step "2. our fused engine on the full-width model, against the CPU path"
+"$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
+if [ -x "$BIN/fused-forward" ]; then
+  # cubek's default tensor-core algorithm (and f32, whose loop is always the portable one),
+  # its warp-specialised TMA algorithm, and the portable loop in f16.
+  for run in "default f32,f16" "specialized_tma f16" "portable f16"; do
+    set -- $run
+    t=$(limit 120) || break
+    conv="$1"; [ "$conv" = default ] && conv=""
+    UNET_FUSED_CONV="$conv" timeout "$t" "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" \
+      --batch "$BATCHES" --side "$SIDE" --runs 3 --precision "$2" > "$OUT/fused-$1.log" 2>&1
+    say "-- UNET_FUSED_CONV=${conv:-(default)}"
+    grep -v "^ *$" "$OUT/fused-$1.log" | tail -n 28 | tee -a "$OUT/summary.txt"
+  done
+else
+  say "no fused-forward in this bundle (FEATURES=cuda builds it)"
+fi
+
+step "3. PyTorch on the same card"
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  if t=$(limit 150); then
+    timeout "$t" python3 tools/torch_anchor.py > "$OUT/torch.log" 2>&1
+    tail -n 20 "$OUT/torch.log" | tee -a "$OUT/summary.txt"
+  fi
+else
+  say "no CUDA PyTorch here"
+fi
+
+step "4. the full-width model, criterion"
+# On a GPU: Burn in f32 and f16, ours in f16 (our f32 is the portable reference loop, step 2).
+benches=("burn f32,f16" "fused f16")
+[ "$DEVICE" = cuda ] || benches=("cpu f32" "burn f32")
+for bench in "${benches[@]}"; do
+  set -- $bench
+  t=$(limit 150) || break
+  UNET_BENCH_DEVICE="$DEVICE" UNET_BENCH_ENGINES="$1" UNET_BENCH_PRECISIONS="$2" UNET_BENCH_BATCHES="$BATCHES" \
+    UNET_BENCH_SIDE="$SIDE" UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout "$t" "$BIN/model-bench" --bench forward \
+    > "$OUT/bench-$1.log" 2>&1
+  python3 - "$OUT/bench-$1.log" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
 units = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
 name = None
@@ -78,37 +126,21 @@ for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
         print(f"| {name} | {ms / batch:.2f} ms/patch |")
         name = None
 PY
+done
 
-step "2b. the fused engine on the full-width model against the CPU path"
-if [ -x "$BIN/fused-forward" ]; then
-  "$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
-  # cubek's default tensor-core algorithm, its warp-specialised TMA one, and the portable loop.
-  for conv in "" specialized_tma portable; do
-    UNET_FUSED_CONV="$conv" timeout 150 "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" \
-      --batch "$BATCHES" --side "$SIDE" --runs 3 > "$OUT/fused-${conv:-default}.log" 2>&1
-    tail -n 12 "$OUT/fused-${conv:-default}.log" | tee -a "$OUT/summary.txt"
-  done
-else
-  echo "no fused-forward in this bundle (FEATURES=cuda builds it)" | tee -a "$OUT/summary.txt"
+step "5. infer on a generated ${SLIDE_SIDE}x${SLIDE_SIDE} slide"
+if t=$(limit 120); then
+  timeout "$t" "$BIN/synthetic_slide" /tmp/gpu-work/synthetic.tif --width "$SLIDE_SIDE" --height "$SLIDE_SIDE" >> "$OUT/infer.log" 2>&1
 fi
-
-step "3. PyTorch on the same card"
-if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-  timeout 150 python3 tools/torch_anchor.py > "$OUT/torch.log" 2>&1 && tail -n 20 "$OUT/torch.log" | tee -a "$OUT/summary.txt"
-else
-  echo "no CUDA PyTorch here" | tee -a "$OUT/summary.txt"
-fi
-
-step "4. infer on a generated ${SLIDE_SIDE}x${SLIDE_SIDE} slide"
-timeout 120 "$BIN/synthetic_slide" /tmp/gpu-work/synthetic.tif --width "$SLIDE_SIDE" --height "$SLIDE_SIDE" >> "$OUT/infer.log" 2>&1
 runs="first second"
 [ "$DEVICE" = cuda ] && runs="first second fused"
 for run in $runs; do
+  t=$(limit 150) || break
   mkdir -p "/tmp/gpu-work/$run"
   engine=auto
   [ "$run" = fused ] && engine=fused
-  timeout 240 "$BIN/infer" /tmp/gpu-work/synthetic.tif --model models/unet_demo_w8.bpk --out "/tmp/gpu-work/$run" \
-    --device "$DEVICE" --engine "$engine" --batch 32 --quiet >> "$OUT/infer.log" 2>&1
+  timeout "$t" "$BIN/infer" /tmp/gpu-work/synthetic.tif --model models/unet_demo_w8.bpk --out "/tmp/gpu-work/$run" \
+    --device "$DEVICE" --engine "$engine" --batch 32 --force --quiet >> "$OUT/infer.log" 2>    --device "$DEVICE" --engine "$engine" --batch 32 --quiet >> "$OUT/infer.log" 2>&11
   python3 - "$run" /tmp/gpu-work/$run/synthetic.summary.json <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys
 try:

@@ -1,6 +1,7 @@
 //! Times the kernels' forward on CUDA and checks it against unet-core's f32 CPU path on the
 //! same batch: `cargo run --release -p unet-core --features cuda --example fused_forward --
-//! MODEL.bpk [--batch 12,32,64] [--side 512] [--runs 5]` (`tools/gpu-check.sh` runs it).
+//! MODEL.bpk [--batch 12,32,64] [--side 512] [--runs 5] [--precision f32,f16]`
+//! (`tools/gpu-check.sh` runs it).
 //!
 //! Prints, for f32 and f16 storage and each batch size, ms per patch (median of the runs after
 //! one warm-up, the read-back of the map included) and the largest difference from the CPU
@@ -27,6 +28,9 @@ struct Args {
     side: usize,
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Storage precisions to run (f32 always runs the portable main loop).
+    #[arg(long, value_delimiter = ',', default_value = "f32,f16")]
+    precision: Vec<Precision>,
 }
 
 fn main() -> Result<()> {
@@ -49,20 +53,25 @@ fn main() -> Result<()> {
     );
     println!("storage | batch | ms/patch | max abs difference from the CPU path");
     let client = CudaRuntime::client(&CudaDevice::new(0));
-    time(
-        &FusedUnet::<f32>::new(client.clone(), "cuda", &weights)?,
-        "f32",
-        &args,
-        &patch,
-        &reference,
-    )?;
-    time(
-        &FusedUnet::<half::f16>::new(client, "cuda", &weights)?,
-        "f16",
-        &args,
-        &patch,
-        &reference,
-    )
+    for &precision in &args.precision {
+        match precision {
+            Precision::F16 => time(
+                &FusedUnet::<half::f16>::new(client.clone(), "cuda", &weights)?,
+                "f16",
+                &args,
+                &patch,
+                &reference,
+            )?,
+            _ => time(
+                &FusedUnet::<f32>::new(client.clone(), "cuda", &weights)?,
+                "f32",
+                &args,
+                &patch,
+                &reference,
+            )?,
+        }
+    }
+    Ok(())
 }
 
 fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
