@@ -140,7 +140,7 @@ for run in $runs; do
   engine=auto
   [ "$run" = fused ] && engine=fused
   timeout "$t" "$BIN/infer" /tmp/gpu-work/synthetic.tif --model models/unet_demo_w8.bpk --out "/tmp/gpu-work/$run" \
-    --device "$DEVICE" --engine "$engine" --batch 32 --force --quiet >> "$OUT/infer.log" 2>    --device "$DEVICE" --engine "$engine" --batch 32 --quiet >> "$OUT/infer.log" 2>&11
+    --device "$DEVICE" --engine "$engine" --batch 32 --force --quiet >> "$OUT/infer.log" 2>&1
   python3 - "$run" /tmp/gpu-work/$run/synthetic.summary.json <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys
 try:
