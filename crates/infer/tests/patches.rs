@@ -62,7 +62,8 @@ fn unet_core_checkpoint(pth: &Path, out: &Path) -> std::path::PathBuf {
 }
 
 /// `infer-bench` on a few patches of the demo slide: both paths and the augmented one in the
-/// table, and a PNG chart.
+/// table (the optimised ones on the engine asked for, the original on the default), and a PNG
+/// chart.
 #[test]
 fn bench_compares_both_paths_and_draws_the_chart() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -77,6 +78,8 @@ fn bench_compares_both_paths_and_draws_the_chart() {
             "2",
             "--tta",
             "flips",
+            "--engine",
+            "burn",
         ])
         .arg("--out")
         .arg(out.path())
@@ -90,9 +93,9 @@ fn bench_compares_both_paths_and_draws_the_chart() {
         String::from_utf8_lossy(&output.stderr)
     );
     for row in [
-        "| Original | cpu | f32 | 1 | off | 3 |",
-        "| Optimised | cpu | f32 | 2 | off | 3 |",
-        "| Augmented | cpu | f32 | 2 | flips | 3 |",
+        "| Original | cpu | cpu | f32 | 1 | off | 3 |",
+        "| Optimised | burn | cpu | f32 | 2 | off | 3 |",
+        "| Augmented | burn | cpu | f32 | 2 | flips | 3 |",
     ] {
         assert!(table.contains(row), "no `{row}` in:\n{table}");
     }
