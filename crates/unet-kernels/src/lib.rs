@@ -12,12 +12,12 @@
 //! - [`input_bordered`]: the patches' packed RGB bytes, normalised, into the first buffer;
 //! - [`conv3x3`]: a 3x3 convolution's main loop (BatchNorm folded into it), bias included,
 //!   into a plain NHWC buffer of sums, as cubek's tensor-core convolution writes them; then
-//!   its epilogue, [`relu_bordered`] (ReLU, stored bordered at its channel offset) or
-//!   [`relu_bordered_pool`] (the same, and each 2x2 block's max straight into the next
-//!   level's input: max pooling without a pass of its own);
+//!   its epilogue, [`relu_bordered`]: ReLU, stored bordered at its channel offset, and where
+//!   a level ends each 2x2 block's max straight into the next level's input (max pooling
+//!   without a pass of its own);
 //! - [`up2x2`]: the 2x2 stride-2 transposed convolution, into its half of a concatenation;
 //! - [`head`]: the 1x1 convolution, the sigmoid and the max over channels in one kernel, so
-//!   only the per-pixel map leaves the device ([`head_sigmoid`]: every channel's sigmoid).
+//!   only the per-pixel map leaves the device (or every channel's sigmoid, for the raw output).
 //!
 //! These are the portable variants, one unit per output value (per 2x2 block where pooling),
 //! for any CubeCL runtime and tested on software Vulkan; on CUDA in f16, unet-core's fused
@@ -44,6 +44,24 @@ fn bordered_at(image: usize, y: usize, x: usize, height: usize, width: usize) ->
     (image * (height + 2) + y) * (width + 2) + x
 }
 
+/// The `k`-th (`k` in 0..3) bordered position that repeats position `i` of a side of `side`
+/// pixels: its own, `i + 1`; the leading border, 0, if `i` is the first; the trailing border,
+/// `side + 1`, if `i` is the last; else `side + 2`, none.
+#[cube]
+fn repeated_at(i: usize, side: usize, k: usize) -> usize {
+    let mut at = side + 2;
+    if k == 0 {
+        at = i + 1;
+    }
+    if k == 1 && i == 0 {
+        at = 0;
+    }
+    if k == 2 && i + 1 == side {
+        at = side + 1;
+    }
+    at
+}
+
 /// Stores `value` as pixel `(y, x)`, channel `channel`, of `image` in a bordered buffer of
 /// `stride` channels, and as every border pixel that repeats it (up to three more).
 #[cube]
@@ -59,32 +77,12 @@ fn store_bordered<F: Float>(
     stride: usize,
     channel: usize,
 ) {
-    // The rows (and columns) that repeat this pixel: its own, the top (left) border if it is
-    // in the first row (column), the bottom (right) border if in the last.
     for row in 0..3usize {
-        let mut by = y + 1;
-        let mut wanted = row == 0;
-        if row == 1 && y == 0 {
-            by = 0;
-            wanted = true;
-        }
-        if row == 2 && y + 1 == height {
-            by = height + 1;
-            wanted = true;
-        }
-        if wanted {
+        let by = repeated_at(y, height, row);
+        if by <= height + 1 {
             for column in 0..3usize {
-                let mut bx = x + 1;
-                let mut here = column == 0;
-                if column == 1 && x == 0 {
-                    bx = 0;
-                    here = true;
-                }
-                if column == 2 && x + 1 == width {
-                    bx = width + 1;
-                    here = true;
-                }
-                if here {
+                let bx = repeated_at(x, width, column);
+                if bx <= width + 1 {
                     output[bordered_at(image, by, bx, height, width) * stride + channel] = value;
                 }
             }
@@ -144,7 +142,7 @@ pub fn input_bordered<F: Float>(rgb: &[u32], output: &mut [F], height: usize, wi
 
 /// The portable main loop of a 3x3 convolution: `bias[o] + sum` for every output value, into
 /// `sums`, `[n, height, width, outputs]` (what cubek's convolution writes on tensor cores);
-/// one unit per value. [`relu_bordered`] or [`relu_bordered_pool`] then stores them.
+/// one unit per value. [`relu_bordered`] then stores them.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3<F: Float>(
@@ -173,47 +171,13 @@ pub fn conv3x3<F: Float>(
 }
 
 /// The convolutions' epilogue: `relu(sums)` (`[n, height, width, channels]`) into channels
-/// `offset..offset + channels` of a bordered output of `stride` channels; one unit per value.
+/// `offset..offset + channels` of a bordered output of `stride` channels. With `pool`, one
+/// unit per 2x2 block and channel also stores the block's max into `pooled`, the next level's
+/// bordered input (`channels` channels, half the size): max pooling without a pass of its
+/// own. Without, one unit per value, and `pooled` is not touched.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn relu_bordered<F: Float>(
-    sums: &[F],
-    output: &mut [F],
-    height: usize,
-    width: usize,
-    channels: usize,
-    stride: usize,
-    offset: usize,
-) {
-    let position = ABSOLUTE_POS;
-    if position >= sums.len() {
-        terminate!();
-    }
-    let c = position % channels;
-    let pixel = position / channels;
-    let x = pixel % width;
-    let y = (pixel / width) % height;
-    let image = pixel / (width * height);
-    let value = F::max(sums[position], F::new(0.0));
-    store_bordered(
-        output,
-        value,
-        image,
-        y,
-        x,
-        height,
-        width,
-        stride,
-        offset + c,
-    );
-}
-
-/// [`relu_bordered`] for the 2x2 block at `(2y, 2x)`, and the block's max into `pooled`, the
-/// next level's bordered input (`channels` channels, half the size): 2x2 max pooling without
-/// a pass of its own. One unit per block and channel.
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub fn relu_bordered_pool<F: Float>(
     sums: &[F],
     output: &mut [F],
     pooled: &mut [F],
@@ -222,22 +186,27 @@ pub fn relu_bordered_pool<F: Float>(
     channels: usize,
     stride: usize,
     offset: usize,
+    #[comptime] pool: bool,
 ) {
-    let (half_height, half_width) = (height / 2, width / 2);
+    let mut side = 1usize;
+    if pool {
+        side = 2;
+    }
+    let (blocks_high, blocks_wide) = (height / side, width / side);
     let position = ABSOLUTE_POS;
-    if position >= sums.len() / 4 {
+    if position >= sums.len() / (side * side) {
         terminate!();
     }
     let c = position % channels;
     let block = position / channels;
-    let bx = block % half_width;
-    let by = (block / half_width) % half_height;
-    let image = block / (half_width * half_height);
+    let bx = block % blocks_wide;
+    let by = (block / blocks_wide) % blocks_high;
+    let image = block / (blocks_wide * blocks_high);
     // ReLU's outputs are at least 0, so 0 is the max's identity.
     let mut best = F::new(0.0);
-    for dy in 0..2usize {
-        for dx in 0..2usize {
-            let (y, x) = (2 * by + dy, 2 * bx + dx);
+    for dy in 0..side {
+        for dx in 0..side {
+            let (y, x) = (side * by + dy, side * bx + dx);
             let at = ((image * height + y) * width + x) * channels + c;
             let value = F::max(sums[at], F::new(0.0));
             best = F::max(best, value);
@@ -254,17 +223,19 @@ pub fn relu_bordered_pool<F: Float>(
             );
         }
     }
-    store_bordered(
-        pooled,
-        best,
-        image,
-        by,
-        bx,
-        half_height,
-        half_width,
-        channels,
-        c,
-    );
+    if pool {
+        store_bordered(
+            pooled,
+            best,
+            image,
+            by,
+            bx,
+            blocks_high,
+            blocks_wide,
+            channels,
+            c,
+        );
+    }
 }
 
 /// The 2x2 stride-2 transposed convolution of a bordered input (`height` x `width`) into
@@ -332,59 +303,43 @@ fn head_logit<F: Float>(
     logit
 }
 
-/// The head on a bordered input: `map[pixel] = max over o of sigmoid(logit o)`, the map
-/// unbordered and in f32.
+/// The head on a bordered input: the sigmoid of the 1x1 convolution's logits, in f32,
+/// unbordered. With `every_channel` each output channel's, `[n, outputs, height, width]` (the
+/// raw output PyTorch's model returns); else their max per pixel, `[n, height, width]` (the
+/// probability map), so that only the map leaves the device.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn head<F: Float>(
     input: &[F],
     weight: &[F],
     bias: &[F],
-    map: &mut [f32],
+    result: &mut [f32],
     height: usize,
     width: usize,
     inputs: usize,
     outputs: usize,
-) {
-    let pixel = ABSOLUTE_POS;
-    if pixel >= map.len() {
-        terminate!();
-    }
-    let x = pixel % width;
-    let y = (pixel / width) % height;
-    let image = pixel / (width * height);
-    let source = bordered_at(image, y + 1, x + 1, height, width) * inputs;
-    let mut best = 0.0f32;
-    for o in 0..outputs {
-        let logit = head_logit(input, weight, bias, source, inputs, outputs, o);
-        best = f32::max(best, 1.0 / (1.0 + (0.0 - logit).exp()));
-    }
-    map[pixel] = best;
-}
-
-/// The head's sigmoid of every output channel, `[n, outputs, height, width]` in f32 (the
-/// raw output PyTorch's model returns).
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub fn head_sigmoid<F: Float>(
-    input: &[F],
-    weight: &[F],
-    bias: &[F],
-    sigmoid: &mut [f32],
-    height: usize,
-    width: usize,
-    inputs: usize,
-    outputs: usize,
+    #[comptime] every_channel: bool,
 ) {
     let position = ABSOLUTE_POS;
-    if position >= sigmoid.len() {
+    if position >= result.len() {
         terminate!();
     }
     let x = position % width;
     let y = (position / width) % height;
-    let o = (position / (width * height)) % outputs;
-    let image = position / (width * height * outputs);
+    let mut image = position / (width * height);
+    let (mut first, mut end) = (0usize, outputs);
+    if every_channel {
+        // Planes are (image, channel) pairs: this unit's channel alone.
+        first = image % outputs;
+        end = first + 1;
+        image /= outputs;
+    }
     let source = bordered_at(image, y + 1, x + 1, height, width) * inputs;
-    let logit = head_logit(input, weight, bias, source, inputs, outputs, o);
-    sigmoid[position] = 1.0 / (1.0 + (0.0 - logit).exp());
+    // Sigmoids are above 0, so 0 is the max's identity.
+    let mut best = 0.0f32;
+    for o in first..end {
+        let logit = head_logit(input, weight, bias, source, inputs, outputs, o);
+        best = f32::max(best, 1.0 / (1.0 + (0.0 - logit).exp()));
+    }
+    result[position] = best;
 }

@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use unet_kernels::{
-    conv3x3, head, head_sigmoid, input_bordered, relu_bordered, relu_bordered_pool, up2x2,
-};
+use unet_kernels::{conv3x3, head, input_bordered, relu_bordered, up2x2};
 
 use crate::architecture::{LEVELS, Layer as PlanLayer, UnetConfig};
 use crate::engine::{Batch, Engine, Output};
@@ -105,6 +103,8 @@ pub struct FusedUnet<F> {
     decoder: Vec<[Layer; 3]>,
     head: Layer,
     main_loop: MainLoop,
+    /// Stands in for the pooled output of a convolution that does not pool.
+    nothing: Handle,
     /// The last batch shape's activations, reused while the shape stays.
     buffers: Mutex<Option<Buffers>>,
     storage: PhantomData<F>,
@@ -167,6 +167,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             .collect::<Result<_, WeightsError>>()?;
         let head = layer(&plan.head)?;
         let main_loop = MainLoop::choose(&client, precision_of::<F>());
+        let nothing = upload::<F>(&client, &[0.0]);
         Ok(FusedUnet {
             client,
             device,
@@ -175,6 +176,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             decoder,
             head,
             main_loop,
+            nothing,
             buffers: Mutex::new(None),
             storage: PhantomData,
         })
@@ -346,17 +348,20 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             let weight = BufferArg::from_raw_parts(self.head.weight.clone(), inputs * outputs);
             let bias = BufferArg::from_raw_parts(self.head.bias.clone(), outputs);
             let result = BufferArg::from_raw_parts(result.clone(), values);
-            let cube = CubeDim::new_1d(UNITS);
-            match output {
-                Output::Probability => head::launch_unchecked::<F>(
-                    client, cubes, cube, input, weight, bias, result, height, width, inputs,
-                    outputs,
-                ),
-                Output::Sigmoid => head_sigmoid::launch_unchecked::<F>(
-                    client, cubes, cube, input, weight, bias, result, height, width, inputs,
-                    outputs,
-                ),
-            }
+            head::launch_unchecked::<F>(
+                client,
+                cubes,
+                CubeDim::new_1d(UNITS),
+                input,
+                weight,
+                bias,
+                result,
+                height,
+                width,
+                inputs,
+                outputs,
+                output == Output::Sigmoid,
+            )
         };
         let bytes = self
             .client
@@ -414,45 +419,30 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                     })?
             }
         }
-        let units = match store.pooled {
-            Some(_) => values / 4,
-            None => values,
+        let (units, pooled, pooled_len) = match store.pooled {
+            Some(pooled) => (
+                values / 4,
+                pooled,
+                n * (h / 2 + 2) * (w / 2 + 2) * layer.outputs,
+            ),
+            None => (values, &self.nothing, 1),
         };
-        let (cubes, cube) = (cube_count(units), CubeDim::new_1d(UNITS));
-        // SAFETY: every buffer holds the length given with it (`allocate`).
+        // SAFETY: every buffer holds the length given with it (`allocate`, `nothing`).
         unsafe {
-            let sums = BufferArg::from_raw_parts(sums.clone(), values);
-            let output = BufferArg::from_raw_parts(store.output.clone(), bordered * store.stride);
-            match store.pooled {
-                None => relu_bordered::launch_unchecked::<F>(
-                    &self.client,
-                    cubes,
-                    cube,
-                    sums,
-                    output,
-                    h,
-                    w,
-                    layer.outputs,
-                    store.stride,
-                    store.offset,
-                ),
-                Some(pooled) => relu_bordered_pool::launch_unchecked::<F>(
-                    &self.client,
-                    cubes,
-                    cube,
-                    sums,
-                    output,
-                    BufferArg::from_raw_parts(
-                        pooled.clone(),
-                        n * (h / 2 + 2) * (w / 2 + 2) * layer.outputs,
-                    ),
-                    h,
-                    w,
-                    layer.outputs,
-                    store.stride,
-                    store.offset,
-                ),
-            }
+            relu_bordered::launch_unchecked::<F>(
+                &self.client,
+                cube_count(units),
+                CubeDim::new_1d(UNITS),
+                BufferArg::from_raw_parts(sums.clone(), values),
+                BufferArg::from_raw_parts(store.output.clone(), bordered * store.stride),
+                BufferArg::from_raw_parts(pooled.clone(), pooled_len),
+                h,
+                w,
+                layer.outputs,
+                store.stride,
+                store.offset,
+                store.pooled.is_some(),
+            )
         };
         if let (Some(times), Some(started)) = (pass.times.as_deref_mut(), started) {
             self.wait(n)?;
