@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run on a machine with an NVIDIA GPU where nothing can be built and nothing
 # outside can be reached. From the repo root, with the binaries of tools/build-gpu-bundle.sh in
-# .gpu/ (carried gzipped):
+# .gpu/ (carried xz-compressed):
 #
 #   bash tools/gpu-check.sh            # logs and the table under $OUT (default /tmp/gpu-check)
 #
@@ -30,7 +30,14 @@ SLIDE_SIDE="${SLIDE_SIDE:-20000}"
 mkdir -p "$OUT"
 BIN=/tmp/gpu-bin
 mkdir -p "$BIN" /tmp/gpu-work
-for f in .gpu/*.gz; do gunzip -c "$f" > "$BIN/$(basename "$f" .gz)" && chmod +x "$BIN/$(basename "$f" .gz)"; done
+# The bundle is xz-compressed; Python's lzma unpacks it where xz is missing.
+for f in .gpu/*.xz; do
+  bin="$BIN/$(basename "$f" .xz)"
+  if command -v xz >/dev/null; then xz -dc "$f" > "$bin"
+  else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$f" "$bin"
+  fi
+  chmod +x "$bin"
+done
 export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
 card=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "no NVIDIA GPU")
