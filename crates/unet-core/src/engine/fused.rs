@@ -142,14 +142,15 @@ impl<F: Float + CubeElement> FusedUnet<F> {
     ) -> Result<FusedUnet<F>, WeightsError> {
         let plan = weights.plan();
         let layer = |layer: &PlanLayer| -> Result<Layer, WeightsError> {
+            let tap_major = weights.tap_major(layer)?;
             Ok(Layer {
                 name: layer.path.clone(),
                 inputs: layer.inputs,
                 outputs: layer.outputs,
-                weight: upload::<F>(&client, &weights.tap_major(layer)?.values),
+                weight: upload::<F>(&client, &tap_major.values),
                 bias: upload::<F>(&client, weights.bias(layer)?),
                 #[cfg(feature = "cuda")]
-                weight_ohwi: upload::<F>(&client, &tensor_cores::ohwi(weights, layer)?),
+                weight_ohwi: upload::<F>(&client, &tensor_cores::ohwi(&tap_major)),
             })
         };
         let encoder = plan
@@ -275,25 +276,22 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             times,
         };
 
-        // The bytes, four to a word (the last word padded), so that every runtime reads them.
+        // The bytes as they are, read by the kernel four to a little-endian word (every
+        // runtime reads words), the last word padded.
         let mut bytes: Vec<u8> = Vec::with_capacity(n * batch.plane() * 3 + 3);
         for patch in batch.patches {
             bytes.extend_from_slice(patch.pixels);
         }
         bytes.resize(bytes.len().next_multiple_of(4), 0);
-        let words: Vec<u32> = bytes
-            .chunks_exact(4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-            .collect();
-        let rgb = self.client.create_from_slice(u32::as_bytes(&words));
+        let rgb = self.client.create_from_slice(&bytes);
         let units = n * (height + 2) * (width + 2) * 3;
-        // SAFETY: every buffer holds the length given with it (`allocate`, `words`).
+        // SAFETY: every buffer holds the length given with it (`allocate`, `bytes` in words).
         unsafe {
             input_bordered::launch_unchecked::<F>(
                 &self.client,
                 cube_count(units),
                 CubeDim::new_1d(UNITS),
-                BufferArg::from_raw_parts(rgb, words.len()),
+                BufferArg::from_raw_parts(rgb, bytes.len() / 4),
                 BufferArg::from_raw_parts(buffers.inputs[0].clone(), units),
                 height,
                 width,
@@ -598,8 +596,7 @@ mod tensor_cores {
     use cubek::std::InputBinding;
 
     use super::Layer;
-    use crate::architecture::Layer as PlanLayer;
-    use crate::weights::{FoldedWeights, WeightsError};
+    use crate::weights::TapMajor;
 
     /// `UNET_FUSED_CONV`'s algorithm: cubek's name for it (`specialized_tma`, ...), empty for
     /// the default; `None` for `portable`.
@@ -622,11 +619,9 @@ mod tensor_cores {
         }
     }
 
-    /// A layer's weights as `[output][ky][kx][input]`, from PyTorch's `[output][input][ky][kx]`.
-    pub fn ohwi(weights: &FoldedWeights, layer: &PlanLayer) -> Result<Vec<f32>, WeightsError> {
-        let taps = layer.kind.taps();
-        let tap_major = weights.tap_major(layer)?;
-        let (inputs, outputs) = (layer.inputs, layer.outputs);
+    /// A layer's weights as `[output][ky][kx][input]`, from `[tap][input][output]`.
+    pub fn ohwi(tap_major: &TapMajor) -> Vec<f32> {
+        let (taps, inputs, outputs) = (tap_major.taps, tap_major.inputs, tap_major.outputs);
         let mut values = vec![0.0; taps * inputs * outputs];
         for tap in 0..taps {
             for c in 0..inputs {
@@ -636,7 +631,7 @@ mod tensor_cores {
                 }
             }
         }
-        Ok(values)
+        values
     }
 
     /// A contiguous tensor of `shape` over `handle`.
