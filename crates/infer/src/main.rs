@@ -451,7 +451,7 @@ fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
 
 fn print_summary(summary: &Summary) {
     output_file::outln!(
-        "{} patches of {} run ({} skipped as background) in {:.1} s: {:.2} patches/s, {:.1} ms/patch on {} ({})",
+        "{} patches of {} run ({} skipped as background) in {:.1} s: {:.2} patches/s, {:.1} ms/patch on {} ({}, {})",
         summary.patches_run,
         summary.patches_in_grid,
         summary.patches_in_grid - summary.patches_run,
@@ -459,7 +459,8 @@ fn print_summary(summary: &Summary) {
         summary.patches_per_second,
         summary.ms_per_patch,
         summary.device,
-        summary.precision
+        summary.precision,
+        summary.kernel
     );
     if let (Some(dice), Some(iou)) = (summary.dice, summary.iou) {
         output_file::outln!("Dice {dice:.4}, IoU {iou:.4} against the truth");

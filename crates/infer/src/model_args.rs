@@ -18,11 +18,13 @@ pub struct ModelArgs {
     pub model: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    /// f16 on CUDA and f32 on the CPU by default.
+    /// `f32`, `f16`, `bf16` (the CPU engine, on CPUs with AVX-512-BF16), or `auto`: f16 on
+    /// CUDA and f32 on the CPU.
     #[arg(long, default_value = "auto")]
     pub precision: Precision,
-    /// What runs the model: `fused` (our CUDA engine; CUDA builds), `burn`, `cpu` (our f32
-    /// CPU kernels), or `auto`: the CPU kernels for f32 on the CPU, Burn for the rest.
+    /// What runs the model: `fused` (our CUDA engine; CUDA builds), `burn`, `cpu` (our CPU
+    /// kernels, f32 or bf16), or `auto`: the CPU kernels for f32 and bf16 on the CPU, Burn for
+    /// the rest.
     #[arg(long, default_value = "auto")]
     pub engine: EngineChoice,
     /// Patches per forward pass.

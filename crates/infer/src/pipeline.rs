@@ -133,6 +133,10 @@ pub struct Summary {
     /// What ran the model: `cpu`, `burn`, `fused` (absent from summaries before it).
     #[serde(default)]
     pub engine: String,
+    /// The kernels that ran: the CPU engine's instruction set (`avx512`, `avx512-bf16`, ...),
+    /// else the engine's name (absent from summaries before it).
+    #[serde(default)]
+    pub kernel: String,
     pub device: String,
     pub precision: String,
     pub batch: usize,
@@ -418,6 +422,7 @@ impl Planned {
             slide: job.slide.display().to_string(),
             model: job.model.display().to_string(),
             engine: job.predictor.engine_name().to_string(),
+            kernel: job.predictor.kernel_name().to_string(),
             device: job.predictor.device_name().to_string(),
             precision: job.predictor.precision().to_string(),
             batch: job.batch,

@@ -1,4 +1,4 @@
-//! `predict MODEL INPUT.png OUT.npy [--device cpu|cuda|auto] [--precision f32|f16|auto]
+//! `predict MODEL INPUT.png OUT.npy [--device cpu|cuda|auto] [--precision f32|f16|bf16|auto]
 //! [--engine auto|burn|fused|cpu]`
 //!
 //! Runs one RGB patch through a converted model and writes the raw sigmoid output as a

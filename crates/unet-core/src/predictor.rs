@@ -95,6 +95,12 @@ impl Predictor {
         self.engine.name()
     }
 
+    /// The kernels that run: the CPU engine's instruction set (`avx512`, `avx2`, `portable`,
+    /// `avx512-bf16`), else the engine's name.
+    pub fn kernel_name(&self) -> &'static str {
+        self.engine.kernel()
+    }
+
     /// `"cuda"` or `"cpu"` (or what an outside engine reports).
     pub fn device_name(&self) -> &'static str {
         self.engine.device()

@@ -20,6 +20,9 @@ pub enum Precision {
     Auto,
     F32,
     F16,
+    /// bf16 weights and activations, f32 sums: the CPU engine, where the CPU has bf16
+    /// multiply-adds (AVX-512-BF16).
+    Bf16,
 }
 
 /// Which engine runs the model ([`crate::engine`]).
@@ -33,7 +36,7 @@ pub enum EngineChoice {
     Burn,
     /// Our CUDA engine (unet-kernels' kernels on bordered NHWC buffers): builds with `cuda`.
     Fused,
-    /// Our f32 CPU kernels.
+    /// Our CPU kernels (f32, or bf16).
     Cpu,
 }
 
@@ -65,7 +68,7 @@ macro_rules! parse_choice {
 }
 pub(crate) use parse_choice;
 parse_choice!(DeviceChoice, "device", "auto" => DeviceChoice::Auto, "cpu" => DeviceChoice::Cpu, "cuda" => DeviceChoice::Cuda);
-parse_choice!(Precision, "precision", "auto" => Precision::Auto, "f32" => Precision::F32, "f16" => Precision::F16);
+parse_choice!(Precision, "precision", "auto" => Precision::Auto, "f32" => Precision::F32, "f16" => Precision::F16, "bf16" => Precision::Bf16);
 parse_choice!(EngineChoice, "engine", "auto" => EngineChoice::Auto, "burn" => EngineChoice::Burn, "fused" => EngineChoice::Fused, "cpu" => EngineChoice::Cpu);
 
 /// A device that answered.
@@ -89,7 +92,7 @@ impl Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     pub device: Device,
-    /// F32 or F16.
+    /// F32, F16 or Bf16.
     pub precision: Precision,
 }
 

@@ -34,7 +34,7 @@ use wsi::Slide;
 const PATCH: u64 = 512;
 
 /// The users' original path (tiles one by one, batch 1, f32) against the optimised one
-/// (reader threads, batches, f16 on CUDA), on the same patches: a table and a bar chart.
+/// (reader threads, batches, f16 on CUDA or `--precision`), on the same patches: a table and a bar chart.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -80,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
         model: &model,
         device: cli.model.device,
         engine: cli.model.engine,
+        precision: cli.model.precision,
         patches: cli.patches,
         batch: cli.model.batch,
         tta: cli.tta,
@@ -122,8 +123,10 @@ struct BenchArgs<'a> {
     slide: &'a Path,
     model: &'a Path,
     device: DeviceChoice,
-    /// The optimised (and augmented) path's engine; the original path's is `auto`'s.
+    /// The optimised (and augmented) path's engine and precision; the original path's are
+    /// `auto`'s engine in f32.
     engine: EngineChoice,
+    precision: Precision,
     patches: usize,
     batch: usize,
     tta: Tta,
@@ -149,6 +152,8 @@ fn compare(args: &BenchArgs) -> Result<()> {
                 &args.device.to_string(),
                 "--engine",
                 &args.engine.to_string(),
+                "--precision",
+                &args.precision.to_string(),
                 "--patches",
                 &args.patches.to_string(),
             ])
@@ -186,8 +191,8 @@ fn compare(args: &BenchArgs) -> Result<()> {
 fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
     let (precision, engine, tta) = match path {
         BenchPath::Original => (Precision::F32, EngineChoice::Auto, Tta::Off),
-        BenchPath::Optimised => (Precision::Auto, args.engine, Tta::Off),
-        BenchPath::Augmented => (Precision::Auto, args.engine, args.tta),
+        BenchPath::Optimised => (args.precision, args.engine, Tta::Off),
+        BenchPath::Augmented => (args.precision, args.engine, args.tta),
     };
     let predictor = Predictor::load(args.model, args.device, precision, engine)?;
     let slide = Slide::open_with_cache(args.slide, TILE_CACHE_BYTES)?;

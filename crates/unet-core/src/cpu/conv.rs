@@ -2,53 +2,57 @@
 //! NHWC activations, `taps` shifted 1x1 products summed (9 for a 3x3 convolution, 1 for a
 //! transposed convolution's tap or the head), bias first, ReLU last.
 //!
-//! Each call of [`tile`] keeps `PIXELS x VECTORS` output vectors in registers and, for every
-//! input channel of every tap, broadcasts one input value per pixel against the packed weight
-//! vectors: no im2col copy, no separate bias or ReLU pass. Input and output are addressed by
+//! Each call of [`tile`] keeps `PIXELS x VECTORS` f32 output vectors in registers and, for
+//! every group of input channels (one channel in f32, a pair in bf16) of every tap, broadcasts
+//! the group's input values of each pixel against the packed weight vectors: no im2col copy,
+//! no separate bias or ReLU pass. Input and output are addressed by
 //! row and pixel strides, which is how the transposed convolution stores every second pixel
 //! and how a layer writes into a channel range of a wider (concatenated) buffer.
 
 use rayon::prelude::*;
 
-use super::simd::{Compiled, Simd};
+use super::simd::{Compiled, Element, Kernel, Simd};
 
-/// Input channels per pass over the output: the pass's weights (`9 x 256 x 64` floats with
-/// AVX-512, 590 KB) stay in the per-core L2 cache while all the pass's pixels use them.
-const CHANNEL_BLOCK: usize = 256;
+/// Bytes of input channels' values per pass over the output: the pass's weights (`9 x 256 x
+/// 64` floats with AVX-512, 590 KB; as many bytes of bf16 hold 512 channels) stay in the
+/// per-core L2 cache while all the pass's pixels use them.
+const CHANNEL_BLOCK_BYTES: usize = 256 * 4;
 
 /// A convolution's weights packed for the kernel: for each block of `block` output channels,
-/// `[tap][input channel][block]`, zeros past the last output channel; the bias likewise.
-pub struct Packed {
+/// `[tap][input channel / group][block][input channel % group]`, zeros past the last output
+/// channel; the bias (f32) likewise.
+pub struct Packed<E> {
+    /// Input channels as read: the layer's, rounded up to the kernel's group (the extra ones
+    /// have zero weights).
     pub inputs: usize,
     pub outputs: usize,
     taps: usize,
     block: usize,
-    weights: Vec<f32>,
+    weights: Vec<E>,
     bias: Vec<f32>,
 }
 
-impl Packed {
-    /// `weight(tap, input, output)` gives each weight; `block` is the kernel's output channels
-    /// per call (`VECTORS * LANES` of the instruction set in use).
+impl<E: Element> Packed<E> {
+    /// `weight(tap, input, output)` gives each weight of the layer's `inputs` input channels;
+    /// `block` and `group` are the kernel's output channels per call (`VECTORS * LANES`) and
+    /// input channels per multiply-add (`Kernel::GROUP`).
     pub fn new(
         taps: usize,
-        inputs: usize,
-        outputs: usize,
-        block: usize,
+        (inputs, outputs): (usize, usize),
+        (block, group): (usize, usize),
         weight: impl Fn(usize, usize, usize) -> f32,
         bias: &[f32],
-    ) -> Packed {
+    ) -> Packed<E> {
+        let read = inputs.next_multiple_of(group);
         let blocks = outputs.div_ceil(block);
-        let mut weights = vec![0.0; blocks * taps * inputs * block];
-        for (b, packed) in weights.chunks_exact_mut(taps * inputs * block).enumerate() {
+        let mut weights = vec![E::default(); blocks * taps * read * block];
+        for (b, packed) in weights.chunks_exact_mut(taps * read * block).enumerate() {
             for tap in 0..taps {
                 for input in 0..inputs {
-                    let row = &mut packed[(tap * inputs + input) * block..][..block];
-                    for (j, value) in row.iter_mut().enumerate() {
-                        let output = b * block + j;
-                        if output < outputs {
-                            *value = weight(tap, input, output);
-                        }
+                    let (first, within) = (input - input % group, input % group);
+                    let row = &mut packed[(tap * read + first) * block..][..group * block];
+                    for j in 0..block.min(outputs - b * block) {
+                        row[j * group + within] = E::from_f32(weight(tap, input, b * block + j));
                     }
                 }
             }
@@ -56,7 +60,7 @@ impl Packed {
         let mut padded_bias = bias.to_vec();
         padded_bias.resize(blocks * block, 0.0);
         Packed {
-            inputs,
+            inputs: read,
             outputs,
             taps,
             block,
@@ -74,25 +78,25 @@ impl Packed {
 /// Where a layer reads and writes: pixel `(y, x)` of the output grid reads its taps at
 /// `input[y * input_row + x * input_pixel + tap offset..]` and writes `outputs` values at
 /// `output + y * output_row + x * output_pixel`. Channels are contiguous on both sides.
-pub struct Job<'a> {
-    pub layer: &'a Packed,
+pub struct Job<'a, E> {
+    pub layer: &'a Packed<E>,
     pub rows: usize,
     pub columns: usize,
-    pub input: &'a [f32],
+    pub input: &'a [E],
     pub input_row: usize,
     pub input_pixel: usize,
     /// One offset (in floats, from a pixel's input address) per tap.
     pub taps: &'a [usize],
     /// Writable for `output_len` floats; tasks write disjoint pixels of it at once, so it is
     /// a pointer rather than a slice.
-    pub output: *mut f32,
+    pub output: *mut E,
     pub output_len: usize,
     pub output_row: usize,
     pub output_pixel: usize,
     pub relu: bool,
 }
 
-impl Job<'_> {
+impl<E> Job<'_, E> {
     /// The one bounds check of a call: every read and write the job describes lies inside
     /// `input` and the `output_len` floats at `output`. The kernels' pointer arithmetic
     /// stays inside these bounds (their `SAFETY` notes refer here).
@@ -135,9 +139,9 @@ impl<T: Copy> Shared<T> {
 /// # Safety
 /// `output` is valid for writes of `output_len` floats that nothing else accesses meanwhile,
 /// and no two output pixels overlap (the bounds themselves are checked here).
-pub unsafe fn run<S: Simd>(simd: S, job: &Job) {
+pub unsafe fn run<K: Kernel>(kernel: K, job: &Job<K::Elem>) {
     job.check_bounds();
-    assert_eq!(job.layer.block, S::VECTORS * S::LANES);
+    assert_eq!(job.layer.block, block_of(kernel));
     let blocks = job.layer.outputs.div_ceil(job.layer.block);
     // Enough tasks to balance the cores; rows grouped so each task reuses its weights.
     let groups = (16 * rayon::current_num_threads())
@@ -150,22 +154,28 @@ pub unsafe fn run<S: Simd>(simd: S, job: &Job) {
         let (block, group) = (task % blocks, task / blocks);
         let rows = group * rows_per_group..((group + 1) * rows_per_group).min(job.rows);
         // SAFETY: this task writes only its block's channels of its rows.
-        unsafe { simd.compiled(Rows { job, block, rows }) };
+        unsafe { kernel.compiled(Rows { job, block, rows }) };
     });
 }
 
+/// A kernel's output channels per call.
+pub fn block_of<K: Kernel>(_: K) -> usize {
+    K::Simd::VECTORS * K::Simd::LANES
+}
+
 /// One task of [`run`]: output channel block `block` of output rows `rows`.
-struct Rows<'a> {
-    job: &'a Job<'a>,
+struct Rows<'a, E> {
+    job: &'a Job<'a, E>,
     block: usize,
     rows: std::ops::Range<usize>,
 }
 
-impl Compiled for Rows<'_> {
+impl<E: Element> Compiled for Rows<'_, E> {
+    type Elem = E;
     #[inline(always)]
-    unsafe fn run<S: Simd>(self, simd: S) {
+    unsafe fn run<K: Kernel<Elem = E>>(self, kernel: K) {
         // SAFETY: `run` checked the job's bounds; this task owns its block of its rows.
-        unsafe { run_rows(simd, self.job, self.block, self.rows) }
+        unsafe { run_rows(kernel, self.job, self.block, self.rows) }
     }
 }
 
@@ -175,11 +185,18 @@ impl Compiled for Rows<'_> {
 /// As [`run`], for these rows and channels, after [`Job::check_bounds`]; inline it only into
 /// [`Compiled::run`].
 #[inline(always)]
-pub unsafe fn run_rows<S: Simd>(simd: S, job: &Job, block: usize, rows: std::ops::Range<usize>) {
+pub unsafe fn run_rows<K: Kernel>(
+    kernel: K,
+    job: &Job<K::Elem>,
+    block: usize,
+    rows: std::ops::Range<usize>,
+) {
+    let lanes = K::Simd::LANES;
     let layer = job.layer;
     let first_output = block * layer.block;
     let outputs = layer.block.min(layer.outputs - first_output);
-    let vectors = outputs.div_ceil(S::LANES);
+    let vectors = outputs.div_ceil(lanes);
+    let channel_block = CHANNEL_BLOCK_BYTES / size_of::<K::Elem>();
     // SAFETY (the pointers below): `block` is one of the layer's output blocks, whose packed
     // weights and bias `Packed::new` sized; the rows and columns are the job's, whose reads
     // and writes `Job::check_bounds` kept inside the buffers.
@@ -189,10 +206,10 @@ pub unsafe fn run_rows<S: Simd>(simd: S, job: &Job, block: usize, rows: std::ops
             .as_ptr()
             .add(block * layer.taps * layer.inputs * layer.block)
     };
-    for first_input in (0..layer.inputs).step_by(CHANNEL_BLOCK) {
-        let last_input = (first_input + CHANNEL_BLOCK).min(layer.inputs);
+    for first_input in (0..layer.inputs).step_by(channel_block) {
+        let last_input = (first_input + channel_block).min(layer.inputs);
         for y in rows.clone() {
-            for x in (0..job.columns).step_by(S::PIXELS) {
+            for x in (0..job.columns).step_by(K::Simd::PIXELS) {
                 let tile = Tile {
                     input: unsafe {
                         job.input
@@ -213,28 +230,28 @@ pub unsafe fn run_rows<S: Simd>(simd: S, job: &Job, block: usize, rows: std::ops
                     output_pixel: job.output_pixel,
                     from_bias: first_input == 0,
                     relu: job.relu && last_input == layer.inputs,
-                    last_vector: outputs - (vectors - 1) * S::LANES,
+                    last_vector: outputs - (vectors - 1) * lanes,
                 };
-                let pixels = S::PIXELS.min(job.columns - x);
+                let pixels = K::Simd::PIXELS.min(job.columns - x);
                 // SAFETY: the tile's pixels are columns x..x + pixels of row y, inside the job.
-                unsafe { tile_of_size(simd, pixels, vectors, &tile) };
+                unsafe { tile_of_size(kernel, pixels, vectors, &tile) };
             }
         }
     }
 }
 
 /// One kernel call's operands.
-struct Tile<'a> {
-    input: *const f32,
+struct Tile<'a, E> {
+    input: *const E,
     input_pixel: usize,
     taps: &'a [usize],
     channels: std::ops::Range<usize>,
-    /// Floats between one tap's weights and the next's.
+    /// Values between one tap's weights and the next's.
     tap_stride: usize,
     block: usize,
-    weights: *const f32,
+    weights: *const E,
     bias: *const f32,
-    output: *mut f32,
+    output: *mut E,
     output_pixel: usize,
     /// Start from the bias (the first channel block) rather than the output so far.
     from_bias: bool,
@@ -248,19 +265,19 @@ struct Tile<'a> {
 /// # Safety
 /// As [`tile`]'s, for `pixels <= PIXELS` and `vectors <= VECTORS`.
 #[inline(always)]
-unsafe fn tile_of_size<S: Simd>(simd: S, pixels: usize, vectors: usize, t: &Tile) {
+unsafe fn tile_of_size<K: Kernel>(kernel: K, pixels: usize, vectors: usize, t: &Tile<K::Elem>) {
     // SAFETY (each arm): the caller's contract, with the sizes made constants.
     macro_rules! by_vectors {
         ($pixels:literal) => {
             match vectors {
-                1 => unsafe { tile::<S, $pixels, 1>(simd, t) },
-                2 => unsafe { tile::<S, $pixels, 2>(simd, t) },
-                3 => unsafe { tile::<S, $pixels, 3>(simd, t) },
-                _ => unsafe { tile::<S, $pixels, 4>(simd, t) },
+                1 => unsafe { tile::<K, $pixels, 1>(kernel, t) },
+                2 => unsafe { tile::<K, $pixels, 2>(kernel, t) },
+                3 => unsafe { tile::<K, $pixels, 3>(kernel, t) },
+                _ => unsafe { tile::<K, $pixels, 4>(kernel, t) },
             }
         };
     }
-    const { assert!(S::PIXELS <= 6 && S::VECTORS <= 4) };
+    const { assert!(K::Simd::PIXELS <= 6 && K::Simd::VECTORS <= 4) };
     match pixels {
         1 => by_vectors!(1),
         2 => by_vectors!(2),
@@ -274,21 +291,22 @@ unsafe fn tile_of_size<S: Simd>(simd: S, pixels: usize, vectors: usize, t: &Tile
 /// `P` output pixels by `V` vectors of output channels, over one block of input channels.
 ///
 /// # Safety
-/// `t.input` (at each tap offset) is readable for `P` pixels of `t.channels`; `t.weights`
-/// and `t.bias` hold the block's packed values; `t.output` is writable for `P` pixels of
-/// `V` vectors (the last `t.last_vector` wide).
+/// `t.input` (at each tap offset) is readable for `P` pixels of `t.channels` (a multiple of
+/// the group); `t.weights` and `t.bias` hold the block's packed values; `t.output` is
+/// writable for `P` pixels of `V` vectors (the last `t.last_vector` wide).
 #[inline(always)]
-unsafe fn tile<S: Simd, const P: usize, const V: usize>(simd: S, t: &Tile) {
+unsafe fn tile<K: Kernel, const P: usize, const V: usize>(kernel: K, t: &Tile<K::Elem>) {
     // SAFETY (every pointer below): inside the ranges this function's contract names.
-    let width = |j: usize| if j + 1 == V { t.last_vector } else { S::LANES };
+    let (simd, lanes, group) = (kernel.simd(), K::Simd::LANES, K::GROUP);
+    let width = |j: usize| if j + 1 == V { t.last_vector } else { lanes };
     let mut acc = [[simd.zero(); V]; P];
     for (p, row) in acc.iter_mut().enumerate() {
         for (j, value) in row.iter_mut().enumerate() {
             *value = unsafe {
                 if t.from_bias {
-                    simd.load(t.bias.add(j * S::LANES))
+                    simd.load(t.bias.add(j * lanes))
                 } else {
-                    simd.load_first(t.output.add(p * t.output_pixel + j * S::LANES), width(j))
+                    kernel.load_values(t.output.add(p * t.output_pixel + j * lanes), width(j))
                 }
             };
         }
@@ -296,14 +314,14 @@ unsafe fn tile<S: Simd, const P: usize, const V: usize>(simd: S, t: &Tile) {
     for (tap, &offset) in t.taps.iter().enumerate() {
         let input = unsafe { t.input.add(offset) };
         let weights = unsafe { t.weights.add(tap * t.tap_stride) };
-        for c in t.channels.clone() {
-            let w: [S::V; V] = std::array::from_fn(|j| unsafe {
-                simd.load(weights.add(c * t.block + j * S::LANES))
+        for c in t.channels.clone().step_by(group) {
+            let w: [K::Group; V] = std::array::from_fn(|j| unsafe {
+                kernel.load_group(weights.add(c * t.block + j * lanes * group))
             });
             for (p, row) in acc.iter_mut().enumerate() {
-                let x = simd.splat(unsafe { *input.add(p * t.input_pixel + c) });
+                let x = unsafe { kernel.splat_group(input.add(p * t.input_pixel + c)) };
                 for (value, &w) in row.iter_mut().zip(&w) {
-                    *value = simd.mul_add(x, w, *value);
+                    *value = kernel.dot_add(x, w, *value);
                 }
             }
         }
@@ -316,8 +334,8 @@ unsafe fn tile<S: Simd, const P: usize, const V: usize>(simd: S, t: &Tile) {
                 value
             };
             unsafe {
-                simd.store_first(
-                    t.output.add(p * t.output_pixel + j * S::LANES),
+                kernel.store_values(
+                    t.output.add(p * t.output_pixel + j * lanes),
                     value,
                     width(j),
                 )

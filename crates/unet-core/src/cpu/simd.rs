@@ -1,21 +1,274 @@
-//! The vector operations the convolution kernel needs, for each instruction set it runs on:
-//! AVX-512 (16 lanes), AVX2 with FMA (8 lanes), and plain Rust arrays elsewhere (which the
-//! compiler vectorises for the target, e.g. NEON).
+//! The vector operations the convolution kernel needs, for each instruction set it runs on.
 //!
-//! Each implementation also fixes the kernel's register blocking: `PIXELS` output pixels by
-//! `VECTORS` vectors of output channels stay in registers (AVX-512: 6 x 4 = 24 of its 32
-//! registers, leaving room for the 4 weight vectors and a broadcast).
+//! [`Simd`]: f32 vectors on AVX-512 (16 lanes), AVX2 with FMA (8 lanes), and plain Rust
+//! arrays elsewhere (which the compiler vectorises for the target, e.g. NEON). Each also fixes
+//! the kernel's register blocking: `PIXELS` output pixels by `VECTORS` vectors of output
+//! channels stay in registers (AVX-512: 6 x 4 = 24 of its 32 registers, leaving room for the
+//! 4 weight vectors and a broadcast).
+//!
+//! [`Kernel`]: what the stored weights and activations are ([`Element`]: f32 or bf16) and how
+//! they are multiplied into f32 sums: [`F32`] on any [`Simd`] (one FMA per input channel),
+//! [`Avx512Bf16`] (`vdpbf16ps`: the products of a pair of input channels per lane, twice the
+//! multiply-adds of an FMA per instruction) and [`PortableBf16`] (the same arithmetic in
+//! plain arrays, for CPUs without it: the reference the tests hold the fast one to).
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::thread::LocalKey;
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+use half::bf16;
+use rayon::prelude::*;
 
 /// Work that runs compiled for the instruction set it is given: a kernel's intrinsics
 /// inline only into a function built with their target feature, so each instruction set
 /// gets its own copy of the work (`run` is `#[inline(always)]` in every implementation).
 pub trait Compiled {
+    /// What the work's data is stored as.
+    type Elem: Element;
     /// # Safety
     /// As the work's own contract.
-    unsafe fn run<S: Simd>(self, simd: S);
+    unsafe fn run<K: Kernel<Elem = Self::Elem>>(self, kernel: K);
+}
+
+/// What weights and activations are stored as. Sums are always f32.
+pub trait Element: Copy + Default + PartialOrd + Send + Sync + 'static {
+    /// Rounded to nearest, ties to even.
+    fn from_f32(value: f32) -> Self;
+    /// The values as f32, borrowed where they are f32 already.
+    fn widen(values: &[Self]) -> Cow<'_, [f32]>;
+    /// Each thread's scratch buffers of this type, kept from task to task (a thread-local
+    /// cannot be generic, so each type names its own).
+    fn scratch() -> &'static LocalKey<Scratch<Self>>;
+}
+
+pub type Scratch<E> = RefCell<[Vec<E>; 2]>;
+
+impl Element for f32 {
+    fn from_f32(value: f32) -> f32 {
+        value
+    }
+    fn widen(values: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(values)
+    }
+    fn scratch() -> &'static LocalKey<Scratch<f32>> {
+        thread_local!(static SCRATCH: Scratch<f32> = const { RefCell::new([Vec::new(), Vec::new()]) });
+        &SCRATCH
+    }
+}
+
+impl Element for bf16 {
+    fn from_f32(value: f32) -> bf16 {
+        bf16::from_f32(value)
+    }
+    fn widen(values: &[bf16]) -> Cow<'_, [f32]> {
+        Cow::Owned(values.par_iter().map(|v| v.to_f32()).collect())
+    }
+    fn scratch() -> &'static LocalKey<Scratch<bf16>> {
+        thread_local!(static SCRATCH: Scratch<bf16> = const { RefCell::new([Vec::new(), Vec::new()]) });
+        &SCRATCH
+    }
+}
+
+/// How a convolution multiplies stored weights and activations into f32 sums on one
+/// instruction set.
+pub trait Kernel: Copy + Send + Sync {
+    /// The f32 vectors the sums live in.
+    type Simd: Simd;
+    type Elem: Element;
+    /// Input channels each multiply-add takes per lane.
+    const GROUP: usize;
+    /// `GROUP` stored values per f32 lane.
+    type Group: Copy;
+
+    fn simd(self) -> Self::Simd;
+
+    /// Runs `work` compiled for this instruction set.
+    ///
+    /// # Safety
+    /// As `work`'s.
+    unsafe fn compiled<W: Compiled<Elem = Self::Elem>>(self, work: W);
+
+    /// `LANES x GROUP` values: lane `j` takes values `j * GROUP..(j + 1) * GROUP`.
+    /// # Safety
+    /// `ptr` is valid for `LANES * GROUP` reads.
+    unsafe fn load_group(self, ptr: *const Self::Elem) -> Self::Group;
+    /// The `GROUP` values at `ptr`, in every lane.
+    /// # Safety
+    /// `ptr` is valid for `GROUP` reads.
+    unsafe fn splat_group(self, ptr: *const Self::Elem) -> Self::Group;
+    /// Per lane: `sum + x · w` over the lane's group.
+    fn dot_add(self, x: Self::Group, w: Self::Group, sum: Lanes<Self>) -> Lanes<Self>;
+    /// The first `count` values from `ptr` as f32, zeros after.
+    /// # Safety
+    /// `ptr` is valid for `count` reads.
+    unsafe fn load_values(self, ptr: *const Self::Elem, count: usize) -> Lanes<Self>;
+    /// The first `count` lanes, rounded to the element type.
+    /// # Safety
+    /// `ptr` is valid for `count` writes.
+    unsafe fn store_values(self, ptr: *mut Self::Elem, v: Lanes<Self>, count: usize);
+}
+
+/// A kernel's f32 vector.
+pub type Lanes<K> = <<K as Kernel>::Simd as Simd>::V;
+
+/// f32 weights and activations on any [`Simd`].
+#[derive(Clone, Copy)]
+pub struct F32<S>(pub S);
+
+impl<S: Simd> Kernel for F32<S> {
+    type Simd = S;
+    type Elem = f32;
+    const GROUP: usize = 1;
+    type Group = S::V;
+
+    #[inline(always)]
+    fn simd(self) -> S {
+        self.0
+    }
+    unsafe fn compiled<W: Compiled<Elem = Self::Elem>>(self, work: W) {
+        unsafe { self.0.compiled(self, work) }
+    }
+    #[inline(always)]
+    unsafe fn load_group(self, ptr: *const f32) -> S::V {
+        unsafe { self.0.load(ptr) }
+    }
+    #[inline(always)]
+    unsafe fn splat_group(self, ptr: *const f32) -> S::V {
+        self.0.splat(unsafe { *ptr })
+    }
+    #[inline(always)]
+    fn dot_add(self, x: S::V, w: S::V, sum: S::V) -> S::V {
+        self.0.mul_add(x, w, sum)
+    }
+    #[inline(always)]
+    unsafe fn load_values(self, ptr: *const f32, count: usize) -> S::V {
+        unsafe { self.0.load_first(ptr, count) }
+    }
+    #[inline(always)]
+    unsafe fn store_values(self, ptr: *mut f32, v: S::V, count: usize) {
+        unsafe { self.0.store_first(ptr, v, count) }
+    }
+}
+
+/// bf16 on AVX-512-BF16 (with AVX-512BW/VL for 16-bit masked loads and stores); only
+/// constructed after the CPU was seen to have them.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct Avx512Bf16(Avx512);
+
+#[cfg(target_arch = "x86_64")]
+impl Avx512Bf16 {
+    pub fn detect() -> Option<Avx512Bf16> {
+        let bf16 = is_x86_feature_detected!("avx512bf16")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl");
+        Avx512::detect().filter(|_| bf16).map(Avx512Bf16)
+    }
+}
+
+// SAFETY (all `unsafe` blocks below): an `Avx512Bf16` exists only where the CPU has the
+// features `compiled` enables, and the callers run inside that function; the transmutes are
+// between vector types of one size (bf16 vectors are 16-bit lanes of the same registers).
+#[cfg(target_arch = "x86_64")]
+impl Kernel for Avx512Bf16 {
+    type Simd = Avx512;
+    type Elem = bf16;
+    const GROUP: usize = 2;
+    type Group = __m512bh;
+
+    #[inline(always)]
+    fn simd(self) -> Avx512 {
+        self.0
+    }
+    unsafe fn compiled<W: Compiled<Elem = Self::Elem>>(self, work: W) {
+        #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+        unsafe fn with_avx512_bf16<W: Compiled<Elem = bf16>>(kernel: Avx512Bf16, work: W) {
+            unsafe { work.run(kernel) }
+        }
+        unsafe { with_avx512_bf16(self, work) }
+    }
+    #[inline(always)]
+    unsafe fn load_group(self, ptr: *const bf16) -> __m512bh {
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(ptr.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn splat_group(self, ptr: *const bf16) -> __m512bh {
+        unsafe {
+            let pair = _mm512_set1_epi32(ptr.cast::<i32>().read_unaligned());
+            std::mem::transmute::<__m512i, __m512bh>(pair)
+        }
+    }
+    #[inline(always)]
+    fn dot_add(self, x: __m512bh, w: __m512bh, sum: __m512) -> __m512 {
+        unsafe { _mm512_dpbf16_ps(sum, x, w) }
+    }
+    #[inline(always)]
+    unsafe fn load_values(self, ptr: *const bf16, count: usize) -> __m512 {
+        unsafe {
+            let bits = _mm256_maskz_loadu_epi16(first_lanes(count), ptr.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_values(self, ptr: *mut bf16, v: __m512, count: usize) {
+        unsafe {
+            let bits = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(ptr.cast(), first_lanes(count), bits)
+        }
+    }
+}
+
+/// bf16 in plain arrays, the arithmetic of [`Avx512Bf16`] on any CPU: each pair's products
+/// are exact in f32 and added to the sum in order.
+#[derive(Clone, Copy)]
+pub struct PortableBf16;
+
+impl Kernel for PortableBf16 {
+    type Simd = Portable;
+    type Elem = bf16;
+    const GROUP: usize = 2;
+    type Group = [[f32; 2]; 8];
+
+    #[inline(always)]
+    fn simd(self) -> Portable {
+        Portable
+    }
+    unsafe fn compiled<W: Compiled<Elem = Self::Elem>>(self, work: W) {
+        unsafe { work.run(self) }
+    }
+    #[inline(always)]
+    unsafe fn load_group(self, ptr: *const bf16) -> [[f32; 2]; 8] {
+        let values = unsafe { ptr.cast::<[[bf16; 2]; 8]>().read_unaligned() };
+        values.map(|pair| pair.map(bf16::to_f32))
+    }
+    #[inline(always)]
+    unsafe fn splat_group(self, ptr: *const bf16) -> [[f32; 2]; 8] {
+        let pair = unsafe { ptr.cast::<[bf16; 2]>().read_unaligned() };
+        [pair.map(bf16::to_f32); 8]
+    }
+    #[inline(always)]
+    fn dot_add(self, x: [[f32; 2]; 8], w: [[f32; 2]; 8], sum: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| sum[i] + x[i][0] * w[i][0] + x[i][1] * w[i][1])
+    }
+    #[inline(always)]
+    unsafe fn load_values(self, ptr: *const bf16, count: usize) -> [f32; 8] {
+        std::array::from_fn(|i| {
+            if i < count {
+                unsafe { *ptr.add(i) }.to_f32()
+            } else {
+                0.0
+            }
+        })
+    }
+    #[inline(always)]
+    unsafe fn store_values(self, ptr: *mut bf16, v: [f32; 8], count: usize) {
+        for (i, &value) in v.iter().enumerate().take(count) {
+            unsafe { *ptr.add(i) = bf16::from_f32(value) };
+        }
+    }
 }
 
 pub trait Simd: Copy + Send + Sync {
@@ -27,11 +280,11 @@ pub trait Simd: Copy + Send + Sync {
     const VECTORS: usize;
     type V: Copy;
 
-    /// Runs `work` compiled for this instruction set.
+    /// Runs `work` for `kernel` compiled for this instruction set.
     ///
     /// # Safety
     /// As `work`'s.
-    unsafe fn compiled<W: Compiled>(self, work: W);
+    unsafe fn compiled<K: Kernel, W: Compiled<Elem = K::Elem>>(self, kernel: K, work: W);
 
     fn zero(self) -> Self::V;
     /// # Safety
@@ -73,12 +326,12 @@ impl Simd for Avx512 {
     const VECTORS: usize = 4;
     type V = __m512;
 
-    unsafe fn compiled<W: Compiled>(self, work: W) {
+    unsafe fn compiled<K: Kernel, W: Compiled<Elem = K::Elem>>(self, kernel: K, work: W) {
         #[target_feature(enable = "avx512f")]
-        unsafe fn with_avx512<W: Compiled>(simd: Avx512, work: W) {
-            unsafe { work.run(simd) }
+        unsafe fn with_avx512<K: Kernel, W: Compiled<Elem = K::Elem>>(kernel: K, work: W) {
+            unsafe { work.run(kernel) }
         }
-        unsafe { with_avx512(self, work) }
+        unsafe { with_avx512(kernel, work) }
     }
 
     #[inline(always)]
@@ -145,12 +398,12 @@ impl Simd for Avx2 {
     const VECTORS: usize = 2;
     type V = __m256;
 
-    unsafe fn compiled<W: Compiled>(self, work: W) {
+    unsafe fn compiled<K: Kernel, W: Compiled<Elem = K::Elem>>(self, kernel: K, work: W) {
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn with_avx2<W: Compiled>(simd: Avx2, work: W) {
-            unsafe { work.run(simd) }
+        unsafe fn with_avx2<K: Kernel, W: Compiled<Elem = K::Elem>>(kernel: K, work: W) {
+            unsafe { work.run(kernel) }
         }
-        unsafe { with_avx2(self, work) }
+        unsafe { with_avx2(kernel, work) }
     }
 
     #[inline(always)]
@@ -220,8 +473,8 @@ impl Simd for Portable {
     const VECTORS: usize = 2;
     type V = [f32; 8];
 
-    unsafe fn compiled<W: Compiled>(self, work: W) {
-        unsafe { work.run(self) }
+    unsafe fn compiled<K: Kernel, W: Compiled<Elem = K::Elem>>(self, kernel: K, work: W) {
+        unsafe { work.run(kernel) }
     }
 
     #[inline(always)]

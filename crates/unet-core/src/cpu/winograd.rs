@@ -10,36 +10,34 @@
 //! measured 2e-6 at most). On the w = 64 model it took the 512x512 forward from ~1.57 s to
 //! ~1.48 s here: the products take half the time, the transforms give back most of it.
 
-use std::cell::RefCell;
-
 use rayon::prelude::*;
 
 use super::conv::{self, Job, Packed, Shared};
-use super::simd::{Compiled, Simd};
+use super::simd::{Compiled, Element, Kernel, Simd};
 
-/// Floats of transformed input (or products) per task (2 MB), so that they stay in the
-/// core's L2 cache between the transform and the products...
-const TRANSFORMED_FLOATS: usize = 512 << 10;
+/// Bytes of transformed input (or products) per task (2 MB), so that they stay in the core's
+/// L2 cache between the transform and the products...
+const TRANSFORMED_BYTES: usize = 2 << 20;
 /// ...but at least this many tiles, or the products are too short to reuse their weights.
 const MIN_TILES: usize = 96;
 
-pub struct Winograd {
+pub struct Winograd<E> {
+    /// Input channels as read (see [`Packed::inputs`]).
     pub inputs: usize,
     pub outputs: usize,
     /// `U_ξ` for each of the 16 positions, packed as a 1x1 layer with no bias.
-    transformed: Vec<Packed>,
+    transformed: Vec<Packed<E>>,
     bias: Vec<f32>,
 }
 
-impl Winograd {
-    /// `weight(tap, input, output)` as for [`Packed::new`] with 9 taps (`tap = ky * 3 + kx`).
+impl<E: Element> Winograd<E> {
+    /// As [`Packed::new`] with 9 taps (`tap = ky * 3 + kx`).
     pub fn new(
-        inputs: usize,
-        outputs: usize,
-        block: usize,
+        (inputs, outputs): (usize, usize),
+        kernel: (usize, usize),
         weight: impl Fn(usize, usize, usize) -> f32,
         bias: &[f32],
-    ) -> Winograd {
+    ) -> Winograd<E> {
         // U = G g Gᵀ for every (input, output) pair, position-major.
         const G: [[f64; 3]; 4] = [
             [1.0, 0.0, 0.0],
@@ -68,16 +66,15 @@ impl Winograd {
             .map(|xi| {
                 Packed::new(
                     1,
-                    inputs,
-                    outputs,
-                    block,
+                    (inputs, outputs),
+                    kernel,
                     |_, c, o| u[c * outputs + o][xi],
                     &zeros,
                 )
             })
-            .collect();
+            .collect::<Vec<_>>();
         Winograd {
-            inputs,
+            inputs: transformed[0].inputs,
             outputs,
             transformed,
             bias: bias.to_vec(),
@@ -88,23 +85,23 @@ impl Winograd {
 /// Where a layer reads and writes: output pixel `(y, x)`'s 3x3 neighbourhood starts at
 /// `input + y * input_row + x * input_pixel` (a padded buffer), and its `outputs` channels go
 /// to `output + y * output_row + x * output_pixel`. `height` and `width` are even.
-pub struct Frame<'a> {
+pub struct Frame<'a, E> {
     pub height: usize,
     pub width: usize,
-    pub input: &'a [f32],
+    pub input: &'a [E],
     pub input_row: usize,
     pub input_pixel: usize,
-    /// Writable for `output_len` floats; tasks write disjoint tiles of it at once.
-    pub output: *mut f32,
+    /// Writable for `output_len` values; tasks write disjoint tiles of it at once.
+    pub output: *mut E,
     pub output_len: usize,
     pub output_row: usize,
     pub output_pixel: usize,
 }
 
-impl Frame<'_> {
+impl<E> Frame<'_, E> {
     /// The one bounds check of a call: the last 2x2 block's 4x4 neighbourhood (rows and
     /// columns up to `height + 1`, `width + 1`) and its output lie inside the buffers.
-    fn check_bounds(&self, layer: &Winograd) {
+    fn check_bounds(&self, layer: &Winograd<E>) {
         let read_end =
             (self.height + 1) * self.input_row + (self.width + 1) * self.input_pixel + layer.inputs;
         let write_end = (self.height - 1) * self.output_row
@@ -124,15 +121,15 @@ impl Frame<'_> {
 /// # Safety
 /// `output` is valid for writes of `output_len` floats that nothing else accesses meanwhile
 /// (the bounds themselves are checked here).
-pub unsafe fn run<S: Simd>(simd: S, layer: &Winograd, frame: &Frame) {
+pub unsafe fn run<K: Kernel>(kernel: K, layer: &Winograd<K::Elem>, frame: &Frame<K::Elem>) {
     assert!(frame.height.is_multiple_of(2) && frame.width.is_multiple_of(2));
     if frame.height == 0 || frame.width == 0 {
         return;
     }
     frame.check_bounds(layer);
     let all_tiles = (frame.height / 2) * (frame.width / 2);
-    let tiles_per_task =
-        (TRANSFORMED_FLOATS / (16 * layer.inputs.max(layer.outputs))).max(MIN_TILES);
+    let values = TRANSFORMED_BYTES / size_of::<K::Elem>();
+    let tiles_per_task = (values / (16 * layer.inputs.max(layer.outputs))).max(MIN_TILES);
     let shared = Shared((layer, frame));
     (0..all_tiles.div_ceil(tiles_per_task))
         .into_par_iter()
@@ -141,7 +138,7 @@ pub unsafe fn run<S: Simd>(simd: S, layer: &Winograd, frame: &Frame) {
             let tiles = task * tiles_per_task..((task + 1) * tiles_per_task).min(all_tiles);
             // SAFETY: this task writes only its tiles' output pixels.
             unsafe {
-                simd.compiled(Tiles {
+                kernel.compiled(Tiles {
                     layer,
                     frame,
                     tiles,
@@ -150,23 +147,21 @@ pub unsafe fn run<S: Simd>(simd: S, layer: &Winograd, frame: &Frame) {
         });
 }
 
-thread_local! {
-    /// Each worker's transformed input and products, reused from task to task.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-struct Tiles<'a> {
-    layer: &'a Winograd,
-    frame: &'a Frame<'a>,
+struct Tiles<'a, E> {
+    layer: &'a Winograd<E>,
+    frame: &'a Frame<'a, E>,
     /// Tile `t` is the output block at (2 * (t / (width / 2)), 2 * (t % (width / 2))).
     tiles: std::ops::Range<usize>,
 }
 
-impl Compiled for Tiles<'_> {
+impl<E: Element> Compiled for Tiles<'_, E> {
+    type Elem = E;
     /// # Safety
     /// As [`run`]'s, after its bounds check; this task writes only its tiles.
     #[inline(always)]
-    unsafe fn run<S: Simd>(self, simd: S) {
+    unsafe fn run<K: Kernel<Elem = E>>(self, kernel: K) {
+        let simd = kernel.simd();
+        let lanes = K::Simd::LANES;
         let Tiles {
             layer,
             frame,
@@ -179,21 +174,22 @@ impl Compiled for Tiles<'_> {
             let t = range.start + tile;
             (t / tiles_per_row, t % tiles_per_row)
         };
-        // Taken out rather than used inside `with_borrow_mut`: code in a closure is not
-        // compiled for the instruction set unless it is inlined here.
-        let (mut transformed, mut products) = SCRATCH.take();
+        // Each worker's transformed input and products, reused from task to task; taken out
+        // rather than used inside `with_borrow_mut`: code in a closure is not compiled for
+        // the instruction set unless it is inlined here.
+        let [mut transformed, mut products] = E::scratch().take();
         {
             // Positions' planes a cache line apart from a multiple of 4 KiB: 16 planes at a
             // power-of-two stride would share L1 sets.
             let input_plane = tiles * inputs + 16;
             let output_plane = tiles * outputs + 16;
-            transformed.resize(16 * input_plane, 0.0);
-            products.resize(16 * output_plane, 0.0);
+            transformed.resize(16 * input_plane, E::default());
+            products.resize(16 * output_plane, E::default());
             // V = Bᵀ d B, position-major: V_ξ is `tiles x inputs`.
             for tile in 0..tiles {
                 let (ty, tx) = block_of(tile);
                 // SAFETY: the 4x4 neighbourhood of output block (2ty, 2tx) is inside the input.
-                let d: [[*const f32; 4]; 4] = std::array::from_fn(|i| {
+                let d: [[*const E; 4]; 4] = std::array::from_fn(|i| {
                     std::array::from_fn(|j| unsafe {
                         frame
                             .input
@@ -201,11 +197,11 @@ impl Compiled for Tiles<'_> {
                             .add((2 * ty + i) * frame.input_row + (2 * tx + j) * frame.input_pixel)
                     })
                 });
-                for c in (0..inputs).step_by(S::LANES) {
-                    let lanes = S::LANES.min(inputs - c);
-                    // SAFETY: channels c..c + lanes of each pixel.
+                for c in (0..inputs).step_by(lanes) {
+                    let count = lanes.min(inputs - c);
+                    // SAFETY: channels c..c + count of each pixel.
                     let d = d.map(|row| {
-                        row.map(|pixel| unsafe { simd.load_first(pixel.add(c), lanes) })
+                        row.map(|pixel| unsafe { kernel.load_values(pixel.add(c), count) })
                     });
                     let t = [0, 1, 2, 3].map(|j| {
                         [
@@ -227,7 +223,9 @@ impl Compiled for Tiles<'_> {
                         for (j, v) in v.into_iter().enumerate() {
                             let at = (i * 4 + j) * input_plane + tile * inputs + c;
                             // SAFETY: `transformed` holds 16 planes of tiles * inputs floats.
-                            unsafe { simd.store_first(transformed.as_mut_ptr().add(at), v, lanes) };
+                            unsafe {
+                                kernel.store_values(transformed.as_mut_ptr().add(at), v, count)
+                            };
                         }
                     }
                 }
@@ -252,30 +250,30 @@ impl Compiled for Tiles<'_> {
                 job.check_bounds();
                 for block in 0..outputs.div_ceil(weights.block()) {
                     // SAFETY: both scratch matrices hold `tiles` rows of their channels.
-                    unsafe { conv::run_rows(simd, &job, block, 0..1) };
+                    unsafe { conv::run_rows(kernel, &job, block, 0..1) };
                 }
             }
             // Y = Aᵀ M A, plus bias, ReLU, into the 2x2 output block.
             for tile in 0..tiles {
                 let (ty, tx) = block_of(tile);
                 // SAFETY: output block (2ty, 2tx) lies inside the frame `run` checked.
-                let out: [[*mut f32; 2]; 2] = std::array::from_fn(|a| {
+                let out: [[*mut E; 2]; 2] = std::array::from_fn(|a| {
                     std::array::from_fn(|b| unsafe {
                         frame.output.add(
                             (2 * ty + a) * frame.output_row + (2 * tx + b) * frame.output_pixel,
                         )
                     })
                 });
-                for o in (0..outputs).step_by(S::LANES) {
-                    let lanes = S::LANES.min(outputs - o);
-                    // SAFETY: `products` holds 16 planes of tiles * outputs floats, `bias` outputs.
-                    let m: [[S::V; 4]; 4] = std::array::from_fn(|i| {
+                for o in (0..outputs).step_by(lanes) {
+                    let count = lanes.min(outputs - o);
+                    // SAFETY: `products` holds 16 planes of tiles * outputs values, `bias` outputs.
+                    let m: [[_; 4]; 4] = std::array::from_fn(|i| {
                         std::array::from_fn(|j| unsafe {
                             let at = (i * 4 + j) * output_plane + tile * outputs + o;
-                            simd.load_first(products.as_ptr().add(at), lanes)
+                            kernel.load_values(products.as_ptr().add(at), count)
                         })
                     });
-                    let bias = unsafe { simd.load_first(layer.bias.as_ptr().add(o), lanes) };
+                    let bias = unsafe { simd.load_first(layer.bias.as_ptr().add(o), count) };
                     let r = [0, 1, 2, 3].map(|j| {
                         [
                             simd.add(simd.add(m[0][j], m[1][j]), m[2][j]),
@@ -289,13 +287,13 @@ impl Compiled for Tiles<'_> {
                         ];
                         for (b, y) in y.into_iter().enumerate() {
                             let y = simd.max(simd.add(y, bias), simd.zero());
-                            // SAFETY: output pixel (2ty + a, 2tx + b), channels o..o + lanes.
-                            unsafe { simd.store_first(out[a][b].add(o), y, lanes) };
+                            // SAFETY: output pixel (2ty + a, 2tx + b), channels o..o + count.
+                            unsafe { kernel.store_values(out[a][b].add(o), y, count) };
                         }
                     }
                 }
             }
         }
-        SCRATCH.set((transformed, products));
+        E::scratch().set([transformed, products]);
     }
 }

@@ -45,12 +45,18 @@ impl BurnEngine {
 fn dtype_of(precision: Precision) -> DType {
     match precision {
         Precision::F16 => DType::F16,
-        Precision::F32 | Precision::Auto => DType::F32,
+        Precision::F32 | Precision::Auto | Precision::Bf16 => DType::F32,
     }
 }
 
 impl Engine for BurnEngine {
     fn load(weights: &FoldedWeights, target: Target) -> Result<Self, PredictError> {
+        if target.precision == Precision::Bf16 {
+            return Err(PredictError::Unsupported {
+                engine: "burn",
+                what: "run in bf16 (the CPU engine does: `--engine cpu`)".to_string(),
+            });
+        }
         let device = match target.device {
             Device::Cpu => BurnDevice::flex(),
             Device::Cuda => cuda_device()?,

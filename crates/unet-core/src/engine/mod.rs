@@ -2,7 +2,7 @@
 //! [`Engine`]; each engine walks the [`crate::architecture::Plan`] its own way:
 //!
 //! - [`BurnEngine`]: Burn's modules (CUDA, or f16 on the CPU);
-//! - [`crate::CpuUnet`]: the f32 CPU kernels;
+//! - [`crate::CpuUnet`]: the CPU kernels, f32 or bf16;
 //! - [`FusedUnet`] (feature `fused`): unet-kernels' CubeCL kernels on bordered NHWC buffers.
 //!
 //! A new engine is a new implementation of [`Engine`], and a line in [`load`].
@@ -72,10 +72,16 @@ pub trait Engine: Send {
     /// Short name: `burn`, `cpu`, `fused`.
     fn name(&self) -> &'static str;
 
+    /// The kernels that run, where the engine has a choice of them (the CPU engine's
+    /// instruction set: `avx512`, `avx512-bf16`, ...); else the engine's name.
+    fn kernel(&self) -> &'static str {
+        self.name()
+    }
+
     /// The device it runs on: `cpu`, `cuda`, `wgpu`.
     fn device(&self) -> &'static str;
 
-    /// F32 or F16 (never `Auto`).
+    /// F32, F16 or Bf16 (never `Auto`).
     fn precision(&self) -> Precision;
 
     /// The forward of a checked batch, flattened row-major in `output`'s layout.
@@ -83,7 +89,7 @@ pub trait Engine: Send {
 }
 
 /// The engine `Predictor::load` uses: the one chosen, or for `Auto` the CPU kernels for f32
-/// on the CPU and Burn for the rest.
+/// and bf16 on the CPU and Burn for the rest.
 pub fn load(
     weights: &FoldedWeights,
     target: Target,
@@ -94,7 +100,7 @@ pub fn load(
             EngineChoice::Auto,
             Target {
                 device: Device::Cpu,
-                precision: Precision::F32,
+                precision: Precision::F32 | Precision::Bf16,
             },
         )
         | (EngineChoice::Cpu, _) => Box::new(CpuUnet::load(weights, target)?),
@@ -109,7 +115,13 @@ pub fn load(
 fn load_fused(weights: &FoldedWeights, target: Target) -> Result<Box<dyn Engine>, PredictError> {
     Ok(match target.precision {
         Precision::F16 => Box::new(FusedUnet::<half::f16>::load(weights, target)?),
-        _ => Box::new(FusedUnet::<f32>::load(weights, target)?),
+        Precision::F32 => Box::new(FusedUnet::<f32>::load(weights, target)?),
+        other => {
+            return Err(PredictError::Unsupported {
+                engine: "fused",
+                what: format!("run in {other}"),
+            });
+        }
     })
 }
 
