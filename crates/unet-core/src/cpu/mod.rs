@@ -34,15 +34,11 @@ use winograd::{Frame, Winograd};
 
 /// Levels (0 = full resolution) whose 3x3 convolutions may run as Winograd F(2x2, 3x3): their
 /// sides are always even (patches are multiples of 16). The deepest level's need not be.
+/// Which of them do is each element type's `Isa::WINOGRAD_MIN_CHANNELS`.
 const WINOGRAD_LEVELS: usize = LEVELS - 1;
-/// ...when both sides have at least this many channels. Narrower layers lose more in the
-/// transforms than the products save (w64, 512x512, per layer: 64 -> 64 took 112 ms as
-/// Winograd against 75 ms direct, 128 -> 128 72 against 75, 512 -> 256 111 against 165;
-/// at 8 channels Winograd was 7x slower).
-const WINOGRAD_MIN_CHANNELS: usize = 128;
 
 /// Activation memory a batch may hold at once for images run side by side (see
-/// [`CpuUnet::images_at_once`]): the demo model's 512x512 forward needs ~60 MB, the w = 64
+/// [`Unet::images_at_once`]): the demo model's 512x512 forward needs ~60 MB, the w = 64
 /// model's ~450 MB, which therefore runs one image at a time.
 const CONCURRENT_ACTIVATION_BYTES: usize = 512 << 20;
 
@@ -203,6 +199,9 @@ impl<E: Copy> Padded<'_, E> {
 trait Isa: Copy + Send + Sync + 'static {
     type Elem: Element;
     const PRECISION: Precision;
+    /// 3x3 convolutions above the deepest level run as Winograd F(2x2, 3x3) when both sides
+    /// have at least this many channels.
+    const WINOGRAD_MIN_CHANNELS: usize;
 
     /// The best this CPU has, or why it has none.
     fn detect() -> Result<Self, String>;
@@ -241,6 +240,10 @@ enum F32Isa {
 impl Isa for F32Isa {
     type Elem = f32;
     const PRECISION: Precision = Precision::F32;
+    /// Narrower layers lose more in the transforms than the products save (w64, 512x512, per
+    /// layer: 64 -> 64 took 112 ms as Winograd against 75 ms direct, 128 -> 128 72 against 75,
+    /// 512 -> 256 111 against 165; at 8 channels Winograd was 7x slower).
+    const WINOGRAD_MIN_CHANNELS: usize = 128;
 
     fn detect() -> Result<F32Isa, String> {
         #[cfg(target_arch = "x86_64")]
@@ -312,6 +315,10 @@ enum Bf16Isa {
 impl Isa for Bf16Isa {
     type Elem = bf16;
     const PRECISION: Precision = Precision::Bf16;
+    /// None: with products twice as fast, the transforms cost more than they save (w64,
+    /// 512x512, AMD EPYC with AVX-512-BF16: 1 289 ms a patch from 128 channels, 949 from 512,
+    /// 976 with none; 256 -> 128 at 256x256 took 164 ms as Winograd, ~110 direct).
+    const WINOGRAD_MIN_CHANNELS: usize = usize::MAX;
 
     fn detect() -> Result<Bf16Isa, String> {
         #[cfg(target_arch = "x86_64")]
@@ -377,6 +384,8 @@ struct Unet<I: Isa> {
     /// by up to ~5e-3.
     head: Packed<f32>,
     head_isa: F32Isa,
+    /// The last activation widened to f32 for the head (bf16 only), kept between forwards.
+    widened: BufferPool<f32>,
     buffers: BufferPool<I::Elem>,
 }
 
@@ -387,7 +396,7 @@ struct DecoderLevel<E> {
 }
 
 impl<I: Isa> Unet<I> {
-    /// `winograd_min_channels`: see [`WINOGRAD_MIN_CHANNELS`] (tests lower it to check the
+    /// `winograd_min_channels`: see [`Isa::WINOGRAD_MIN_CHANNELS`] (tests lower it to check the
     /// Winograd path on narrow models).
     fn with(
         weights: &FoldedWeights,
@@ -461,6 +470,7 @@ impl<I: Isa> Unet<I> {
             decoder,
             head,
             head_isa,
+            widened: BufferPool(Mutex::default()),
             buffers: BufferPool(Mutex::default()),
         })
     }
@@ -621,7 +631,8 @@ impl<I: Isa> Unet<I> {
     fn head(&self, x: &Padded<I::Elem>) -> Vec<f32> {
         assert_eq!(x.channels, self.head.inputs);
         let (plane, outputs) = (x.height * x.width, self.head.outputs);
-        let input = Element::widen(&x.data);
+        let mut scratch = self.widened.take(0);
+        let input = Element::widen(&x.data, &mut scratch);
         let mut logits = vec![0.0; plane * outputs];
         let job = pointwise(
             &self.head,
@@ -633,6 +644,7 @@ impl<I: Isa> Unet<I> {
         );
         // SAFETY: logits holds every output pixel's channels (checked by the kernel).
         unsafe { self.head_isa.run(&job) };
+        self.widened.give(scratch);
         let mut chw = vec![0.0; outputs * plane];
         for (p, pixel) in logits.chunks_exact(outputs).enumerate() {
             for (c, &logit) in pixel.iter().enumerate() {
@@ -707,7 +719,7 @@ impl Engine for CpuUnet {
                 engine: "cpu",
                 what: format!("run in {}: {why}", I::PRECISION),
             })?;
-            Ok(Unet::with(weights, isa, WINOGRAD_MIN_CHANNELS)?)
+            Ok(Unet::with(weights, isa, I::WINOGRAD_MIN_CHANNELS)?)
         }
         match target {
             Target {
@@ -786,7 +798,7 @@ fn pointwise<'a, E, X: Copy>(
 
 #[cfg(test)]
 mod tests {
-    use super::{Bf16Isa, F32Isa, Isa, Unet, WINOGRAD_MIN_CHANNELS};
+    use super::{Bf16Isa, F32Isa, Isa, Unet};
     use crate::patch::{RgbPatch, normalise_into};
     use crate::{BurnEngine, Checkpoint, DeviceChoice, FoldedWeights, Precision, Predictor};
     use crate::{UnetConfig, engine::max_over_channels};
@@ -804,16 +816,16 @@ mod tests {
             normalise_into(&RgbPatch::new(width, height, image.as_raw()), &mut input);
             let (_, expected) = case.expected_sigmoid();
             for isa in I::available() {
-                for winograd_min_channels in [WINOGRAD_MIN_CHANNELS, 1] {
+                for winograd_min_channels in [I::WINOGRAD_MIN_CHANNELS, 1] {
                     let model =
                         Unet::with(&checkpoint.weights, isa, winograd_min_channels).unwrap();
                     let output = model.forward_image(&input, height, width);
                     let difference = max_abs_difference(&output, &expected);
-                    let name = format!(
-                        "{} {} winograd from {winograd_min_channels} channels",
-                        case.name,
-                        isa.name()
-                    );
+                    let layers = match winograd_min_channels {
+                        usize::MAX => "all direct".to_string(),
+                        min => format!("winograd from {min} channels"),
+                    };
+                    let name = format!("{} {} {layers}", case.name, isa.name());
                     println!("{name}: {difference:.2e}");
                     assert!(difference <= tolerance(&case), "{name}: {difference}");
                 }
@@ -861,7 +873,7 @@ mod tests {
         normalise_into(&patch, &mut input);
         fn check<I: Isa>(weights: &FoldedWeights, input: &[f32], expected: &[f32], tolerance: f32) {
             for isa in I::available() {
-                let output = Unet::with(weights, isa, WINOGRAD_MIN_CHANNELS)
+                let output = Unet::with(weights, isa, I::WINOGRAD_MIN_CHANNELS)
                     .unwrap()
                     .forward_image(input, 32, 48);
                 let difference = max_abs_difference(&output, expected);

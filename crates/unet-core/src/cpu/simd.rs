@@ -12,7 +12,6 @@
 //! multiply-adds of an FMA per instruction) and [`PortableBf16`] (the same arithmetic in
 //! plain arrays, for CPUs without it: the reference the tests hold the fast one to).
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
@@ -37,8 +36,9 @@ pub trait Compiled {
 pub trait Element: Copy + Default + PartialOrd + Send + Sync + 'static {
     /// Rounded to nearest, ties to even.
     fn from_f32(value: f32) -> Self;
-    /// The values as f32, borrowed where they are f32 already.
-    fn widen(values: &[Self]) -> Cow<'_, [f32]>;
+    fn to_f32(self) -> f32;
+    /// The values as f32: `values` itself where they are f32 already, else `scratch`, filled.
+    fn widen<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
     /// Each thread's scratch buffers of this type, kept from task to task (a thread-local
     /// cannot be generic, so each type names its own).
     fn scratch() -> &'static LocalKey<Scratch<Self>>;
@@ -50,8 +50,11 @@ impl Element for f32 {
     fn from_f32(value: f32) -> f32 {
         value
     }
-    fn widen(values: &[f32]) -> Cow<'_, [f32]> {
-        Cow::Borrowed(values)
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn widen<'a>(values: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
+        values
     }
     fn scratch() -> &'static LocalKey<Scratch<f32>> {
         thread_local!(static SCRATCH: Scratch<f32> = const { RefCell::new([Vec::new(), Vec::new()]) });
@@ -63,8 +66,20 @@ impl Element for bf16 {
     fn from_f32(value: f32) -> bf16 {
         bf16::from_f32(value)
     }
-    fn widen(values: &[bf16]) -> Cow<'_, [f32]> {
-        Cow::Owned(values.par_iter().map(|v| v.to_f32()).collect())
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn widen<'a>(values: &'a [bf16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        scratch.resize(values.len(), 0.0);
+        scratch
+            .par_chunks_mut(1 << 14)
+            .zip(values.par_chunks(1 << 14))
+            .for_each(|(wide, narrow)| {
+                wide.iter_mut()
+                    .zip(narrow)
+                    .for_each(|(w, n)| *w = n.to_f32())
+            });
+        scratch
     }
     fn scratch() -> &'static LocalKey<Scratch<bf16>> {
         thread_local!(static SCRATCH: Scratch<bf16> = const { RefCell::new([Vec::new(), Vec::new()]) });
