@@ -160,7 +160,8 @@ fn a_region_outside_the_slide() {
 }
 
 /// An engine that cannot serve the device and precision: one line naming the engine and
-/// what it cannot do (the fused engine runs on CUDA; the CPU kernels in f32).
+/// what it cannot do (the fused engine runs on CUDA; the CPU kernels in f32 and bf16; Burn's
+/// modules not in bf16).
 #[test]
 fn an_engine_that_cannot_run_here() {
     let (message, left) = fails(&demo(), &["--engine", "fused"]);
@@ -172,6 +173,11 @@ fn an_engine_that_cannot_run_here() {
     let (message, _) = fails(&demo(), &["--engine", "cpu", "--precision", "f16"]);
     assert!(
         message.contains("cpu engine cannot run on cpu in f16"),
+        "{message}"
+    );
+    let (message, _) = fails(&demo(), &["--engine", "burn", "--precision", "bf16"]);
+    assert!(
+        message.contains("burn engine cannot run in bf16"),
         "{message}"
     );
     let (message, _) = fails(&demo(), &["--engine", "gpu"]);

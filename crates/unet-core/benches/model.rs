@@ -5,7 +5,8 @@
 //! - `UNET_BENCH_DEVICE`: `cpu` (default) or `cuda` (a build with `--features cuda`);
 //! - `UNET_BENCH_SIDE`: patch side, default 512 (256 for a quick CPU run);
 //! - `UNET_BENCH_BATCHES`: batch sizes, default `1` (e.g. `1,12,32,64` on a GPU);
-//! - `UNET_BENCH_PRECISIONS`: default `f32` (e.g. `f32,f16`);
+//! - `UNET_BENCH_PRECISIONS`: default `f32` (e.g. `f32,f16`, or `f32,bf16` on a CPU with
+//!   AVX-512-BF16);
 //! - `UNET_BENCH_SECONDS`: measuring time per configuration, default 20.
 
 use std::time::Duration;
@@ -50,14 +51,16 @@ fn forward(c: &mut Criterion) {
         let engines: Vec<(String, Predictor)> =
             setting::<EngineChoice>("UNET_BENCH_ENGINES", "auto,burn")
                 .into_iter()
-                .map(|engine| {
-                    let predictor =
-                        Predictor::from_weights(&weights, device, precision, engine).unwrap();
+                .filter_map(|engine| {
+                    // An engine that cannot serve this precision (Burn in bf16) is left out.
+                    let predictor = Predictor::from_weights(&weights, device, precision, engine)
+                        .inspect_err(|why| eprintln!("{engine} in {precision}: {why}"))
+                        .ok()?;
                     let suffix = match engine {
                         EngineChoice::Auto => String::new(),
                         _ => format!("_{}", predictor.engine_name()),
                     };
-                    (suffix, predictor)
+                    Some((suffix, predictor))
                 })
                 .collect();
         for (engine, predictor) in &engines {

@@ -15,7 +15,9 @@ use super::simd::{Compiled, Element, Kernel, Simd};
 
 /// Bytes of input channels' values per pass over the output: the pass's weights (`9 x 256 x
 /// 64` floats with AVX-512, 590 KB; as many bytes of bf16 hold 512 channels) stay in the
-/// per-core L2 cache while all the pass's pixels use them.
+/// per-core L2 cache while all the pass's pixels use them. A layer with more inputs keeps its
+/// partial sums in its output between passes: in bf16, one more rounding (the w = 64 model's
+/// two 1024-input layers).
 const CHANNEL_BLOCK_BYTES: usize = 256 * 4;
 
 /// A convolution's weights packed for the kernel: for each block of `block` output channels,

@@ -637,7 +637,7 @@ impl<I: Isa> Unet<I> {
         let job = pointwise(
             &self.head,
             x,
-            &input,
+            input,
             &mut logits,
             x.width * outputs,
             outputs,

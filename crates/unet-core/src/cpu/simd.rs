@@ -36,7 +36,6 @@ pub trait Compiled {
 pub trait Element: Copy + Default + PartialOrd + Send + Sync + 'static {
     /// Rounded to nearest, ties to even.
     fn from_f32(value: f32) -> Self;
-    fn to_f32(self) -> f32;
     /// The values as f32: `values` itself where they are f32 already, else `scratch`, filled.
     fn widen<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
     /// Each thread's scratch buffers of this type, kept from task to task (a thread-local
@@ -50,9 +49,6 @@ impl Element for f32 {
     fn from_f32(value: f32) -> f32 {
         value
     }
-    fn to_f32(self) -> f32 {
-        self
-    }
     fn widen<'a>(values: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
         values
     }
@@ -65,9 +61,6 @@ impl Element for f32 {
 impl Element for bf16 {
     fn from_f32(value: f32) -> bf16 {
         bf16::from_f32(value)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
     }
     fn widen<'a>(values: &'a [bf16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
         scratch.resize(values.len(), 0.0);
