@@ -28,7 +28,7 @@ pub enum Precision {
 /// Which engine runs the model ([`crate::engine`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineChoice {
-    /// Our CPU kernels for f32 on the CPU, Burn for the rest, until the fused engine is
+    /// Our CPU kernels for f32 and bf16 on the CPU, Burn for the rest, until the fused engine is
     /// measured faster on a card (issue 12).
     #[default]
     Auto,
