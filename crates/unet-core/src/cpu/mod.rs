@@ -1,6 +1,7 @@
 //! The CPU path: the same UNet on NHWC activations, every layer on one register-blocked
-//! SIMD kernel ([`conv`]): the wide 3x3 convolutions above the deepest level as Winograd
-//! F(2x2, 3x3) ([`winograd`]), the others as direct convolutions; all cores through rayon.
+//! SIMD kernel ([`conv`]): the 3x3 convolutions of at least [`WINOGRAD_MIN_CHANNELS`] as
+//! Winograd F(2x2, 3x3) ([`winograd`]), the others as direct convolutions; all cores through
+//! rayon.
 //! Weights and activations are f32, or bf16 where the CPU multiplies bf16 pairs
 //! (AVX-512-BF16): half the memory traffic and twice the multiply-adds per instruction; sums
 //! are f32 in both, and the head's 1x1 convolution and sigmoid always run in f32.
@@ -23,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::patch::normalise_into;
 
-use crate::architecture::{self, LEVELS, Layer, UnetConfig};
+use crate::architecture::{self, Layer, UnetConfig};
 use crate::engine::{Batch, Engine, Output, max_over_channels};
 use crate::predictor::PredictError;
 use crate::target::{Device, Precision, Target};
@@ -32,10 +33,12 @@ use conv::{Job, Packed};
 use simd::{Element, F32, Kernel, Portable, PortableBf16};
 use winograd::{Frame, Winograd};
 
-/// Levels (0 = full resolution) whose 3x3 convolutions may run as Winograd F(2x2, 3x3): their
-/// sides are always even (patches are multiples of 16). The deepest level's need not be.
-/// Which of them do is each element type's `Isa::WINOGRAD_MIN_CHANNELS`.
-const WINOGRAD_LEVELS: usize = LEVELS - 1;
+/// 3x3 convolutions run as Winograd F(2x2, 3x3) when both sides have at least this many
+/// channels, in f32 and bf16 alike. Measured on an AMD EPYC (Zen 4, 2 cores), ms a 512x512
+/// patch: the w = 64 model 580-640 in bf16 with every layer Winograd against 930-990 all
+/// direct, 1 170-1 240 against 1 850 in f32; the w = 8 demo model at batch 4, 32-34 against
+/// 30-33 in bf16 and 44 against 45-54 in f32 from 16 channels, slower from 8.
+const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 /// Activation memory a batch may hold at once for images run side by side (see
 /// [`Unet::images_at_once`]): the demo model's 512x512 forward needs ~60 MB, the w = 64
@@ -89,7 +92,8 @@ impl<E: Element> Op for (&Winograd<E>, &Frame<'_, E>) {
 }
 
 /// An NHWC activation of one image with a replicated one-pixel border:
-/// `(height + 2) x (width + 2)` pixels of `channels` values. Its memory comes from, and goes
+/// `(height + 2) x (width + 2)` pixels of `channels` values, then a spare row and pixel of
+/// zeros (which Winograd's last tiles read on odd sides). Its memory comes from, and goes
 /// back to, the model's [`BufferPool`].
 struct Padded<'pool, E> {
     height: usize,
@@ -146,7 +150,9 @@ impl<'pool, E: Element> Padded<'pool, E> {
         group: usize,
     ) -> Padded<'pool, E> {
         let stored = channels.next_multiple_of(group);
-        let mut data = pool.take((height + 2) * (width + 2) * stored);
+        let padded = (height + 2) * (width + 2) * stored;
+        let mut data = pool.take(padded + (width + 3) * stored);
+        data[padded..].fill(E::default());
         if stored > channels {
             data.par_chunks_exact_mut(stored)
                 .for_each(|pixel| pixel[channels..].fill(E::default()));
@@ -199,9 +205,6 @@ impl<E: Copy> Padded<'_, E> {
 trait Isa: Copy + Send + Sync + 'static {
     type Elem: Element;
     const PRECISION: Precision;
-    /// 3x3 convolutions above the deepest level run as Winograd F(2x2, 3x3) when both sides
-    /// have at least this many channels.
-    const WINOGRAD_MIN_CHANNELS: usize;
 
     /// The best this CPU has, or why it has none.
     fn detect() -> Result<Self, String>;
@@ -240,10 +243,6 @@ enum F32Isa {
 impl Isa for F32Isa {
     type Elem = f32;
     const PRECISION: Precision = Precision::F32;
-    /// Narrower layers lose more in the transforms than the products save (w64, 512x512, per
-    /// layer: 64 -> 64 took 112 ms as Winograd against 75 ms direct, 128 -> 128 72 against 75,
-    /// 512 -> 256 111 against 165; at 8 channels Winograd was 7x slower).
-    const WINOGRAD_MIN_CHANNELS: usize = 128;
 
     fn detect() -> Result<F32Isa, String> {
         #[cfg(target_arch = "x86_64")]
@@ -315,10 +314,6 @@ enum Bf16Isa {
 impl Isa for Bf16Isa {
     type Elem = bf16;
     const PRECISION: Precision = Precision::Bf16;
-    /// None: with products twice as fast, the transforms cost more than they save (w64,
-    /// 512x512, AMD EPYC with AVX-512-BF16: 1 289 ms a patch from 128 channels, 949 from 512,
-    /// 976 with none; 256 -> 128 at 256x256 took 164 ms as Winograd, ~110 direct).
-    const WINOGRAD_MIN_CHANNELS: usize = usize::MAX;
 
     fn detect() -> Result<Bf16Isa, String> {
         #[cfg(target_arch = "x86_64")]
@@ -396,8 +391,8 @@ struct DecoderLevel<E> {
 }
 
 impl<I: Isa> Unet<I> {
-    /// `winograd_min_channels`: see [`Isa::WINOGRAD_MIN_CHANNELS`] (tests lower it to check the
-    /// Winograd path on narrow models).
+    /// `winograd_min_channels`: see [`WINOGRAD_MIN_CHANNELS`] (tests move it to check every
+    /// layer direct and every layer Winograd).
     fn with(
         weights: &FoldedWeights,
         isa: I,
@@ -405,15 +400,13 @@ impl<I: Isa> Unet<I> {
     ) -> Result<Unet<I>, WeightsError> {
         let plan = weights.plan();
         let shape = isa.shape();
-        let conv3x3 = |layer: &Layer, level: usize| -> Result<Conv3x3<I::Elem>, WeightsError> {
+        let conv3x3 = |layer: &Layer| -> Result<Conv3x3<I::Elem>, WeightsError> {
             let weight = weights.tap_major(layer)?;
             let bias = weights.bias(layer)?;
             let channels = (layer.inputs, layer.outputs);
             let weight = |tap, c, out| weight.get(tap, c, out);
             Ok(
-                if level < WINOGRAD_LEVELS
-                    && layer.inputs.min(layer.outputs) >= winograd_min_channels
-                {
+                if layer.inputs.min(layer.outputs) >= winograd_min_channels {
                     Conv3x3::Winograd(Winograd::new(channels, shape, weight, bias))
                 } else {
                     Conv3x3::Direct(Packed::new(9, channels, shape, weight, bias))
@@ -422,10 +415,7 @@ impl<I: Isa> Unet<I> {
         };
         let double =
             |level: &architecture::DoubleConv| -> Result<[Conv3x3<I::Elem>; 2], WeightsError> {
-                Ok([
-                    conv3x3(&level.convs[0], level.level)?,
-                    conv3x3(&level.convs[1], level.level)?,
-                ])
+                Ok([conv3x3(&level.convs[0])?, conv3x3(&level.convs[1])?])
             };
         // The transposed convolution as a 1x1 layer per tap (output position).
         let up_tap = |layer: &Layer, tap: usize| -> Result<Packed<I::Elem>, WeightsError> {
@@ -722,7 +712,7 @@ impl Engine for CpuUnet {
         fn unet<I: Isa>(weights: &FoldedWeights) -> Result<Unet<I>, PredictError> {
             let isa = I::detect()
                 .map_err(|why| unsupported(format!("run in {}: {why}", I::PRECISION)))?;
-            Ok(Unet::with(weights, isa, I::WINOGRAD_MIN_CHANNELS)?)
+            Ok(Unet::with(weights, isa, WINOGRAD_MIN_CHANNELS)?)
         }
         match target {
             Target {
@@ -801,15 +791,16 @@ fn pointwise<'a, E, X: Copy>(
 
 #[cfg(test)]
 mod tests {
-    use super::{Bf16Isa, F32Isa, Isa, Unet};
+    use super::{Bf16Isa, F32Isa, Isa, Unet, WINOGRAD_MIN_CHANNELS};
     use crate::patch::{RgbPatch, normalise_into};
     use crate::{BurnEngine, Checkpoint, DeviceChoice, FoldedWeights, Precision, Predictor};
     use crate::{UnetConfig, engine::max_over_channels};
     use test_fixtures::{Case, cases, max_abs_difference};
 
     /// Every kernel of `I` this CPU has, not only the one `Predictor` picks, against PyTorch's
-    /// outputs (the fixtures' cases: narrow models, odd channel counts and widths), with the
-    /// layers direct as `Predictor` runs them and with every layer that can be Winograd.
+    /// outputs (the fixtures' cases: narrow models, odd channel counts and widths, odd sides
+    /// at the deepest level), with every layer direct, the layers as `Predictor` runs them,
+    /// and every layer Winograd.
     fn check_against_pytorch<I: Isa>(tolerance: impl Fn(&Case) -> f32) {
         for case in cases() {
             let checkpoint = Checkpoint::read(&case.checkpoint_path()).unwrap();
@@ -819,7 +810,7 @@ mod tests {
             normalise_into(&RgbPatch::new(width, height, image.as_raw()), &mut input);
             let (_, expected) = case.expected_sigmoid();
             for isa in I::available() {
-                for winograd_min_channels in [I::WINOGRAD_MIN_CHANNELS, 1] {
+                for winograd_min_channels in [usize::MAX, WINOGRAD_MIN_CHANNELS, 1] {
                     let model =
                         Unet::with(&checkpoint.weights, isa, winograd_min_channels).unwrap();
                     let output = model.forward_image(&input, height, width);
@@ -851,7 +842,7 @@ mod tests {
     }
 
     /// A wider model (w = 32, layers of up to 512 input channels: more than one channel block
-    /// per pass, full output blocks, Winograd from 128 channels as `Predictor` runs it)
+    /// per pass, full output blocks, odd sides at the deepest level, as `Predictor` runs it)
     /// against Burn's f32 path, itself checked against PyTorch: every f32 kernel within 1e-4,
     /// every bf16 one within 5e-3.
     #[test]
@@ -876,7 +867,7 @@ mod tests {
         normalise_into(&patch, &mut input);
         fn check<I: Isa>(weights: &FoldedWeights, input: &[f32], expected: &[f32], tolerance: f32) {
             for isa in I::available() {
-                let output = Unet::with(weights, isa, I::WINOGRAD_MIN_CHANNELS)
+                let output = Unet::with(weights, isa, WINOGRAD_MIN_CHANNELS)
                     .unwrap()
                     .forward_image(input, 32, 48);
                 let difference = max_abs_difference(&output, expected);

@@ -6,9 +6,10 @@
 //! each of the 16 positions is one product `V_ξ · U_ξ` on the same kernel as the direct
 //! convolution (the weights `U = G g Gᵀ` are transformed once, in f64, when the model loads),
 //! and the products are transformed back (`Y = Aᵀ M A`) with bias and ReLU. The differences
-//! from the direct convolution are rounding only (the PyTorch parity tests hold at 1e-4;
-//! measured 2e-6 at most). On the w = 64 model it took the 512x512 forward from ~1.57 s to
-//! ~1.48 s here: the products take half the time, the transforms give back most of it.
+//! from the direct convolution are rounding only (the PyTorch parity tests hold at 1e-4 in
+//! f32, measured 4e-6 at most; in bf16 the products are rounded once more, before the
+//! output transform). On the w = 64 model (AMD EPYC, Zen 4) it took the 512x512 forward from
+//! ~1.85 s to ~1.2 s in f32 and from ~0.96 s to ~0.6 s in bf16.
 
 use rayon::prelude::*;
 
@@ -84,7 +85,13 @@ impl<E: Element> Winograd<E> {
 
 /// Where a layer reads and writes: output pixel `(y, x)`'s 3x3 neighbourhood starts at
 /// `input + y * input_row + x * input_pixel` (a padded buffer), and its `outputs` channels go
-/// to `output + y * output_row + x * output_pixel`. `height` and `width` are even.
+/// to `output + y * output_row + x * output_pixel`.
+///
+/// On an odd side the last 2x2 blocks stick out by one pixel: their extra outputs land one
+/// pixel past the output (its border, which the caller refreshes after the layer) and their
+/// extra inputs one past the input's border (a spare row the caller provides). Only those
+/// extra outputs depend on those inputs: the transforms never mix row or column 3 of the
+/// input tile into row or column 0 of the output block.
 pub struct Frame<'a, E> {
     pub height: usize,
     pub width: usize,
@@ -99,14 +106,19 @@ pub struct Frame<'a, E> {
 }
 
 impl<E> Frame<'_, E> {
-    /// The one bounds check of a call: the last 2x2 block's 4x4 neighbourhood (rows and
-    /// columns up to `height + 1`, `width + 1`) and its output lie inside the buffers.
+    /// 2x2 blocks down and across.
+    fn blocks(&self) -> (usize, usize) {
+        (self.height.div_ceil(2), self.width.div_ceil(2))
+    }
+
+    /// The one bounds check of a call: the last 2x2 block's 4x4 neighbourhood and its output
+    /// lie inside the buffers.
     fn check_bounds(&self, layer: &Winograd<E>) {
+        let (down, across) = self.blocks();
         let read_end =
-            (self.height + 1) * self.input_row + (self.width + 1) * self.input_pixel + layer.inputs;
-        let write_end = (self.height - 1) * self.output_row
-            + (self.width - 1) * self.output_pixel
-            + layer.outputs;
+            (2 * down + 1) * self.input_row + (2 * across + 1) * self.input_pixel + layer.inputs;
+        let write_end =
+            (2 * down - 1) * self.output_row + (2 * across - 1) * self.output_pixel + layer.outputs;
         assert!(
             read_end <= self.input.len() && write_end <= self.output_len,
             "a Winograd frame reaches past its buffers: reads to {read_end} of {}, writes to {write_end} of {}",
@@ -122,12 +134,12 @@ impl<E> Frame<'_, E> {
 /// `output` is valid for writes of `output_len` floats that nothing else accesses meanwhile
 /// (the bounds themselves are checked here).
 pub unsafe fn run<K: Kernel>(kernel: K, layer: &Winograd<K::Elem>, frame: &Frame<K::Elem>) {
-    assert!(frame.height.is_multiple_of(2) && frame.width.is_multiple_of(2));
     if frame.height == 0 || frame.width == 0 {
         return;
     }
     frame.check_bounds(layer);
-    let all_tiles = (frame.height / 2) * (frame.width / 2);
+    let (down, across) = frame.blocks();
+    let all_tiles = down * across;
     let values = TRANSFORMED_BYTES / size_of::<K::Elem>();
     let tiles_per_task = (values / (16 * layer.inputs.max(layer.outputs))).max(MIN_TILES);
     let shared = Shared((layer, frame));
@@ -150,7 +162,8 @@ pub unsafe fn run<K: Kernel>(kernel: K, layer: &Winograd<K::Elem>, frame: &Frame
 struct Tiles<'a, E> {
     layer: &'a Winograd<E>,
     frame: &'a Frame<'a, E>,
-    /// Tile `t` is the output block at (2 * (t / (width / 2)), 2 * (t % (width / 2))).
+    /// Tile `t` is the output block at (2 * (t / across), 2 * (t % across)), `across` the
+    /// frame's blocks a row.
     tiles: std::ops::Range<usize>,
 }
 
@@ -168,7 +181,7 @@ impl<E: Element> Compiled for Tiles<'_, E> {
             tiles: range,
         } = self;
         let (inputs, outputs) = (layer.inputs, layer.outputs);
-        let tiles_per_row = frame.width / 2;
+        let (_, tiles_per_row) = frame.blocks();
         let tiles = range.len();
         let block_of = |tile: usize| {
             let t = range.start + tile;
@@ -185,44 +198,33 @@ impl<E: Element> Compiled for Tiles<'_, E> {
             let output_plane = tiles * outputs + 16;
             transformed.resize(16 * input_plane, E::default());
             products.resize(16 * output_plane, E::default());
-            // V = Bᵀ d B, position-major: V_ξ is `tiles x inputs`.
+            // V = Bᵀ d B, position-major: V_ξ is `tiles x inputs`. Loops, not closures: a
+            // closure handed to `array::map` or `from_fn` is not compiled for the
+            // instruction set, and each vector operation in it became a call (the w = 64
+            // model's 64 -> 64 layer took 140 ms in bf16 that way, 33 ms now).
             for tile in 0..tiles {
                 let (ty, tx) = block_of(tile);
-                // SAFETY: the 4x4 neighbourhood of output block (2ty, 2tx) is inside the input.
-                let d: [[*const E; 4]; 4] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| unsafe {
-                        frame
-                            .input
-                            .as_ptr()
-                            .add((2 * ty + i) * frame.input_row + (2 * tx + j) * frame.input_pixel)
-                    })
-                });
+                let first = (2 * ty) * frame.input_row + (2 * tx) * frame.input_pixel;
                 for c in (0..inputs).step_by(lanes) {
                     let count = lanes.min(inputs - c);
-                    // SAFETY: channels c..c + count of each pixel.
-                    let d = d.map(|row| {
-                        row.map(|pixel| unsafe { kernel.load_values(pixel.add(c), count) })
-                    });
-                    let t = [0, 1, 2, 3].map(|j| {
-                        [
-                            simd.sub(d[0][j], d[2][j]),
-                            simd.add(d[1][j], d[2][j]),
-                            simd.sub(d[2][j], d[1][j]),
-                            simd.sub(d[1][j], d[3][j]),
-                        ]
-                    });
-                    // t[j][i] is (Bᵀ d)[i][j]; now the same along each row.
-                    #[allow(clippy::needless_range_loop)] // i indexes t's inner arrays
+                    // t[j] is column j of Bᵀ d.
+                    let mut t = [[simd.zero(); 4]; 4];
+                    for (j, column) in t.iter_mut().enumerate() {
+                        for (i, value) in column.iter_mut().enumerate() {
+                            let at = first + i * frame.input_row + j * frame.input_pixel + c;
+                            // SAFETY: the 4x4 neighbourhood of output block (2ty, 2tx),
+                            // channels c..c + count, is inside the input (`run` checked).
+                            *value =
+                                unsafe { kernel.load_values(frame.input.as_ptr().add(at), count) };
+                        }
+                        *column = transform_input(simd, *column);
+                    }
+                    // Row i of V is Bᵀ applied to row i of t, i.e. element i of each column.
                     for i in 0..4 {
-                        let v = [
-                            simd.sub(t[0][i], t[2][i]),
-                            simd.add(t[1][i], t[2][i]),
-                            simd.sub(t[2][i], t[1][i]),
-                            simd.sub(t[1][i], t[3][i]),
-                        ];
-                        for (j, v) in v.into_iter().enumerate() {
+                        let row = transform_input(simd, element(&t, i));
+                        for (j, v) in row.into_iter().enumerate() {
                             let at = (i * 4 + j) * input_plane + tile * inputs + c;
-                            // SAFETY: `transformed` holds 16 planes of tiles * inputs floats.
+                            // SAFETY: `transformed` holds 16 planes of tiles * inputs values.
                             unsafe {
                                 kernel.store_values(transformed.as_mut_ptr().add(at), v, count)
                             };
@@ -256,39 +258,31 @@ impl<E: Element> Compiled for Tiles<'_, E> {
             // Y = Aᵀ M A, plus bias, ReLU, into the 2x2 output block.
             for tile in 0..tiles {
                 let (ty, tx) = block_of(tile);
-                // SAFETY: output block (2ty, 2tx) lies inside the frame `run` checked.
-                let out: [[*mut E; 2]; 2] = std::array::from_fn(|a| {
-                    std::array::from_fn(|b| unsafe {
-                        frame.output.add(
-                            (2 * ty + a) * frame.output_row + (2 * tx + b) * frame.output_pixel,
-                        )
-                    })
-                });
+                let first = (2 * ty) * frame.output_row + (2 * tx) * frame.output_pixel;
                 for o in (0..outputs).step_by(lanes) {
                     let count = lanes.min(outputs - o);
-                    // SAFETY: `products` holds 16 planes of tiles * outputs values, `bias` outputs.
-                    let m: [[_; 4]; 4] = std::array::from_fn(|i| {
-                        std::array::from_fn(|j| unsafe {
+                    // r[j] is column j of Aᵀ M.
+                    let mut r = [[simd.zero(); 2]; 4];
+                    for (j, column) in r.iter_mut().enumerate() {
+                        let mut m = [simd.zero(); 4];
+                        for (i, value) in m.iter_mut().enumerate() {
                             let at = (i * 4 + j) * output_plane + tile * outputs + o;
-                            kernel.load_values(products.as_ptr().add(at), count)
-                        })
-                    });
+                            // SAFETY: `products` holds 16 planes of tiles * outputs values.
+                            *value =
+                                unsafe { kernel.load_values(products.as_ptr().add(at), count) };
+                        }
+                        *column = transform_output(simd, m);
+                    }
+                    // SAFETY: `bias` holds `outputs` values.
                     let bias = unsafe { simd.load_first(layer.bias.as_ptr().add(o), count) };
-                    let r = [0, 1, 2, 3].map(|j| {
-                        [
-                            simd.add(simd.add(m[0][j], m[1][j]), m[2][j]),
-                            simd.sub(simd.sub(m[1][j], m[2][j]), m[3][j]),
-                        ]
-                    });
                     for a in 0..2 {
-                        let y = [
-                            simd.add(simd.add(r[0][a], r[1][a]), r[2][a]),
-                            simd.sub(simd.sub(r[1][a], r[2][a]), r[3][a]),
-                        ];
+                        let y = transform_output(simd, element(&r, a));
                         for (b, y) in y.into_iter().enumerate() {
                             let y = simd.max(simd.add(y, bias), simd.zero());
-                            // SAFETY: output pixel (2ty + a, 2tx + b), channels o..o + count.
-                            unsafe { kernel.store_values(out[a][b].add(o), y, count) };
+                            let at = first + a * frame.output_row + b * frame.output_pixel + o;
+                            // SAFETY: output pixel (2ty + a, 2tx + b), channels o..o + count,
+                            // lies inside the frame `run` checked.
+                            unsafe { kernel.store_values(frame.output.add(at), y, count) };
                         }
                     }
                 }
@@ -296,4 +290,30 @@ impl<E: Element> Compiled for Tiles<'_, E> {
         }
         E::scratch().set([transformed, products]);
     }
+}
+
+/// Element `i` of each of four arrays: a row of a matrix stored as columns.
+#[inline(always)]
+fn element<T: Copy, const N: usize>(columns: &[[T; N]; 4], i: usize) -> [T; 4] {
+    [columns[0][i], columns[1][i], columns[2][i], columns[3][i]]
+}
+
+/// `Bᵀ x` for one column (or row) of a 4x4 input tile.
+#[inline(always)]
+fn transform_input<S: Simd>(simd: S, x: [S::V; 4]) -> [S::V; 4] {
+    [
+        simd.sub(x[0], x[2]),
+        simd.add(x[1], x[2]),
+        simd.sub(x[2], x[1]),
+        simd.sub(x[1], x[3]),
+    ]
+}
+
+/// `Aᵀ m` for one column (or row) of a 4x4 product tile.
+#[inline(always)]
+fn transform_output<S: Simd>(simd: S, m: [S::V; 4]) -> [S::V; 2] {
+    [
+        simd.add(simd.add(m[0], m[1]), m[2]),
+        simd.sub(simd.sub(m[1], m[2]), m[3]),
+    ]
 }
