@@ -133,7 +133,7 @@ pub struct Summary {
     /// What ran the model: `cpu`, `burn`, `fused` (absent from summaries before it).
     #[serde(default)]
     pub engine: String,
-    /// The kernels that ran: the CPU engine's instruction set (`avx512`, `avx512-bf16`, ...),
+    /// The kernels that ran: the CPU engine's instruction set (`avx512`, `avx512-bf16`, `amx-bf16`, ...),
     /// else the engine's name (absent from summaries before it).
     #[serde(default)]
     pub kernel: String,

@@ -62,7 +62,7 @@ impl Predictor {
         precision: Precision,
         engine: EngineChoice,
     ) -> Result<Predictor, PredictError> {
-        let target = Target::resolve(device, precision)?;
+        let target = Target::resolve(device, precision, engine)?;
         Ok(Predictor::from_engine(
             engine::load(weights, target, engine)?,
             weights.config,
@@ -76,7 +76,7 @@ impl Predictor {
         device: DeviceChoice,
         precision: Precision,
     ) -> Result<Predictor, PredictError> {
-        let target = Target::resolve(device, precision)?;
+        let target = Target::resolve(device, precision, E::choice())?;
         let engine = E::load(weights, target)?;
         Ok(Predictor::from_engine(Box::new(engine), weights.config))
     }

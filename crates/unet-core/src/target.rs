@@ -15,13 +15,15 @@ pub enum DeviceChoice {
 /// Float precision of weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// f16 on CUDA (tensor cores), f32 on the CPU (where f16 is emulated and slower).
+    /// f16 on CUDA (tensor cores); on the CPU, bf16 where our CPU engine runs it on AMX tiles,
+    /// else f32 (f16 is emulated there and slower; bf16 on AVX-512-BF16 alone gains at most
+    /// 2x and loses on Intel's).
     #[default]
     Auto,
     F32,
     F16,
     /// bf16 weights and activations, f32 sums: the CPU engine, where the CPU has bf16
-    /// multiply-adds (AVX-512-BF16).
+    /// multiply-adds (AVX-512-BF16, and AMX tiles where it has them).
     Bf16,
 }
 
@@ -98,8 +100,12 @@ pub struct Target {
 
 impl Target {
     /// `Auto` device: CUDA when a GPU answers, else the CPU; `Auto` precision: f16 on CUDA,
-    /// f32 on the CPU.
-    pub fn resolve(device: DeviceChoice, precision: Precision) -> Result<Target, PredictError> {
+    /// on the CPU bf16 where `engine` may be our CPU engine and the CPU has AMX, else f32.
+    pub fn resolve(
+        device: DeviceChoice,
+        precision: Precision,
+        engine: EngineChoice,
+    ) -> Result<Target, PredictError> {
         let device = match device {
             DeviceChoice::Cpu => Device::Cpu,
             DeviceChoice::Cuda => cuda::probe().map(|()| Device::Cuda)?,
@@ -110,7 +116,14 @@ impl Target {
         };
         let precision = match (precision, device) {
             (Precision::Auto, Device::Cuda) => Precision::F16,
-            (Precision::Auto, Device::Cpu) => Precision::F32,
+            (Precision::Auto, Device::Cpu) => {
+                let ours = matches!(engine, EngineChoice::Auto | EngineChoice::Cpu);
+                if ours && crate::cpu::prefers_bf16() {
+                    Precision::Bf16
+                } else {
+                    Precision::F32
+                }
+            }
             (chosen, _) => chosen,
         };
         Ok(Target { device, precision })

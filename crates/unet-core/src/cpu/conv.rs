@@ -75,6 +75,20 @@ impl<E: Element> Packed<E> {
     pub fn block(&self) -> usize {
         self.block
     }
+
+    pub fn taps(&self) -> usize {
+        self.taps
+    }
+
+    /// The packed weights: see [`Packed`].
+    pub fn weights(&self) -> &[E] {
+        &self.weights
+    }
+
+    /// The bias, zeros past the last output channel.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
 }
 
 /// Where a layer reads and writes: pixel `(y, x)` of the output grid reads its taps at
@@ -145,11 +159,8 @@ pub unsafe fn run<K: Kernel>(kernel: K, job: &Job<K::Elem>) {
     job.check_bounds();
     assert_eq!(job.layer.block, block_of(kernel));
     let blocks = job.layer.outputs.div_ceil(job.layer.block);
-    // Enough tasks to balance the cores; rows grouped so each task reuses its weights.
-    let groups = (16 * rayon::current_num_threads())
-        .div_ceil(blocks)
-        .clamp(1, job.rows);
-    let rows_per_group = job.rows.div_ceil(groups);
+    let rows_per_group = row_groups(blocks, job.rows);
+    let groups = job.rows.div_ceil(rows_per_group);
     let shared = Shared(job);
     (0..blocks * groups).into_par_iter().for_each(|task| {
         let job = shared.get();
@@ -158,6 +169,15 @@ pub unsafe fn run<K: Kernel>(kernel: K, job: &Job<K::Elem>) {
         // SAFETY: this task writes only its block's channels of its rows.
         unsafe { kernel.compiled(Rows { job, block, rows }) };
     });
+}
+
+/// Rows (of `rows`) per task when each row is split into `blocks` tasks: enough tasks to
+/// balance the cores, rows grouped so that each task reuses its weights.
+pub fn row_groups(blocks: usize, rows: usize) -> usize {
+    let groups = (16 * rayon::current_num_threads())
+        .div_ceil(blocks)
+        .clamp(1, rows.max(1));
+    rows.div_ceil(groups).max(1)
 }
 
 /// A kernel's output channels per call.

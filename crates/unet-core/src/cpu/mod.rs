@@ -4,7 +4,9 @@
 //! rayon.
 //! Weights and activations are f32, or bf16 where the CPU multiplies bf16 pairs
 //! (AVX-512-BF16): half the memory traffic and twice the multiply-adds per instruction; sums
-//! are f32 in both, and the head's 1x1 convolution and sigmoid always run in f32.
+//! are f32 in both, and the head's 1x1 convolution and sigmoid always run in f32. Where the
+//! CPU also has AMX tiles, the bf16 convolutions whose channels fill them run there
+//! ([`amx`]), directly (no Winograd).
 //!
 //! Burn's flex backend runs NCHW and materialises each replicate pad, ReLU and concatenation
 //! as a pass of its own. Here every activation carries a one-pixel border that repeats its
@@ -13,6 +15,8 @@
 //! the skip concatenation is never copied: the encoder writes each level's output into the
 //! channels of the buffer its decoder level reads, after the transposed convolution's.
 
+#[cfg(any(test, target_arch = "x86_64"))]
+mod amx;
 mod conv;
 mod simd;
 mod winograd;
@@ -27,7 +31,7 @@ use crate::patch::normalise_into;
 use crate::architecture::{self, Layer, UnetConfig};
 use crate::engine::{Batch, Engine, Output, max_over_channels};
 use crate::predictor::PredictError;
-use crate::target::{Device, Precision, Target};
+use crate::target::{Device, EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
 use conv::{Job, Packed};
 use simd::{Element, F32, Kernel, Portable, PortableBf16};
@@ -92,8 +96,9 @@ impl<E: Element> Op for (&Winograd<E>, &Frame<'_, E>) {
 }
 
 /// An NHWC activation of one image with a replicated one-pixel border:
-/// `(height + 2) x (width + 2)` pixels of `channels` values, then a spare row and pixel of
-/// zeros (which Winograd's last tiles read on odd sides). Its memory comes from, and goes
+/// `(height + 2) x (width + 2)` pixels of `channels` values, then spare pixels of zeros: a
+/// row and a pixel, which Winograd's last tiles read on odd sides, and at least 16, which
+/// the last strip of AMX tiles may read. Its memory comes from, and goes
 /// back to, the model's [`BufferPool`].
 struct Padded<'pool, E> {
     height: usize,
@@ -151,7 +156,8 @@ impl<'pool, E: Element> Padded<'pool, E> {
     ) -> Padded<'pool, E> {
         let stored = channels.next_multiple_of(group);
         let padded = (height + 2) * (width + 2) * stored;
-        let mut data = pool.take(padded + (width + 3) * stored);
+        let spare = (width + 3).max(16);
+        let mut data = pool.take(padded + spare * stored);
         data[padded..].fill(E::default());
         if stored > channels {
             data.par_chunks_exact_mut(stored)
@@ -222,6 +228,21 @@ trait Isa: Copy + Send + Sync + 'static {
     /// # Safety
     /// As the operation's.
     unsafe fn run(self, op: &impl Op<Elem = Self::Elem>);
+
+    /// Whether the CPU's matrix tiles run the 3x3 convolutions whose channels fill them (in
+    /// place of Winograd, which would not pay beside them).
+    fn tiles(self, _inputs: usize, _outputs: usize) -> bool {
+        false
+    }
+
+    /// Runs a direct convolution's job: on the matrix tiles where they take it, else as
+    /// [`Isa::run`].
+    ///
+    /// # Safety
+    /// As the job's (`conv::run`).
+    unsafe fn run_job(self, job: &Job<Self::Elem>) {
+        unsafe { self.run(job) }
+    }
 }
 
 fn shape_of<K: Kernel>(kernel: K) -> (usize, usize) {
@@ -301,14 +322,25 @@ impl Isa for F32Isa {
     }
 }
 
-/// The bf16 kernels: AVX-512-BF16, or (for the tests only: it is slower than f32) the same
-/// arithmetic in plain arrays.
+/// The bf16 kernels: AMX tiles for the convolutions that fill them beside AVX-512-BF16 for
+/// the rest, AVX-512-BF16 alone, or (for the tests only: they are slower than f32) the same
+/// arithmetic in plain arrays, and that with emulated tiles.
 #[derive(Clone, Copy)]
 enum Bf16Isa {
     #[cfg(target_arch = "x86_64")]
+    Amx(simd::Avx512Bf16),
+    #[cfg(target_arch = "x86_64")]
     Avx512(simd::Avx512Bf16),
+    #[cfg(test)]
+    EmulatedAmx(PortableBf16),
     #[cfg_attr(not(test), allow(dead_code))]
     Portable(PortableBf16),
+}
+
+/// Whether `auto` runs the CPU in bf16: where AMX tiles make it several times faster than f32
+/// (on AVX-512-BF16 alone it gains at most 2x, and on Intel's it loses; see `Precision`).
+pub fn prefers_bf16() -> bool {
+    matches!(Bf16Isa::detect(), Ok(isa) if isa.has_tiles())
 }
 
 impl Isa for Bf16Isa {
@@ -318,7 +350,11 @@ impl Isa for Bf16Isa {
     fn detect() -> Result<Bf16Isa, String> {
         #[cfg(target_arch = "x86_64")]
         if let Some(kernel) = simd::Avx512Bf16::detect() {
-            return Ok(Bf16Isa::Avx512(kernel));
+            return Ok(if amx::usable(kernel) {
+                Bf16Isa::Amx(kernel)
+            } else {
+                Bf16Isa::Avx512(kernel)
+            });
         }
         Err("this CPU has no bf16 multiply-adds (AVX-512-BF16); use f32".to_string())
     }
@@ -327,7 +363,11 @@ impl Isa for Bf16Isa {
     fn available() -> Vec<Bf16Isa> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        all.extend(simd::Avx512Bf16::detect().map(Bf16Isa::Avx512));
+        if let Some(kernel) = simd::Avx512Bf16::detect() {
+            all.extend(amx::usable(kernel).then_some(Bf16Isa::Amx(kernel)));
+            all.push(Bf16Isa::Avx512(kernel));
+        }
+        all.push(Bf16Isa::EmulatedAmx(PortableBf16));
         all.push(Bf16Isa::Portable(PortableBf16));
         all
     }
@@ -335,7 +375,11 @@ impl Isa for Bf16Isa {
     fn name(self) -> &'static str {
         match self {
             #[cfg(target_arch = "x86_64")]
+            Bf16Isa::Amx(_) => "amx-bf16",
+            #[cfg(target_arch = "x86_64")]
             Bf16Isa::Avx512(_) => "avx512-bf16",
+            #[cfg(test)]
+            Bf16Isa::EmulatedAmx(_) => "emulated-amx-bf16",
             Bf16Isa::Portable(_) => "portable-bf16",
         }
     }
@@ -343,7 +387,9 @@ impl Isa for Bf16Isa {
     fn shape(self) -> (usize, usize) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Bf16Isa::Avx512(k) => shape_of(k),
+            Bf16Isa::Amx(k) | Bf16Isa::Avx512(k) => shape_of(k),
+            #[cfg(test)]
+            Bf16Isa::EmulatedAmx(k) => shape_of(k),
             Bf16Isa::Portable(k) => shape_of(k),
         }
     }
@@ -352,9 +398,41 @@ impl Isa for Bf16Isa {
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                Bf16Isa::Avx512(k) => op.run(k),
+                Bf16Isa::Amx(k) | Bf16Isa::Avx512(k) => op.run(k),
+                #[cfg(test)]
+                Bf16Isa::EmulatedAmx(k) => op.run(k),
                 Bf16Isa::Portable(k) => op.run(k),
             }
+        }
+    }
+
+    fn tiles(self, inputs: usize, outputs: usize) -> bool {
+        self.has_tiles() && amx::fits_channels(inputs, outputs)
+    }
+
+    unsafe fn run_job(self, job: &Job<bf16>) {
+        // SAFETY (each arm): the caller's contract is the job's; `Amx` exists only where
+        // `amx::usable` said the tiles work.
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Bf16Isa::Amx(k) if amx::fits(job) => amx::run::<_, amx::Hardware>(k, job),
+                #[cfg(test)]
+                Bf16Isa::EmulatedAmx(k) if amx::fits(job) => amx::run::<_, amx::Emulated>(k, job),
+                _ => self.run(job),
+            }
+        }
+    }
+}
+
+impl Bf16Isa {
+    fn has_tiles(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Isa::Amx(_) => true,
+            #[cfg(test)]
+            Bf16Isa::EmulatedAmx(_) => true,
+            _ => false,
         }
     }
 }
@@ -405,13 +483,14 @@ impl<I: Isa> Unet<I> {
             let bias = weights.bias(layer)?;
             let channels = (layer.inputs, layer.outputs);
             let weight = |tap, c, out| weight.get(tap, c, out);
-            Ok(
-                if layer.inputs.min(layer.outputs) >= winograd_min_channels {
-                    Conv3x3::Winograd(Winograd::new(channels, shape, weight, bias))
-                } else {
-                    Conv3x3::Direct(Packed::new(9, channels, shape, weight, bias))
-                },
-            )
+            let stored_inputs = layer.inputs.next_multiple_of(shape.1);
+            let winograd = layer.inputs.min(layer.outputs) >= winograd_min_channels
+                && !isa.tiles(stored_inputs, layer.outputs);
+            Ok(if winograd {
+                Conv3x3::Winograd(Winograd::new(channels, shape, weight, bias))
+            } else {
+                Conv3x3::Direct(Packed::new(9, channels, shape, weight, bias))
+            })
         };
         let double =
             |level: &architecture::DoubleConv| -> Result<[Conv3x3<I::Elem>; 2], WeightsError> {
@@ -578,7 +657,7 @@ impl<I: Isa> Unet<I> {
                     output_pixel: out.channels,
                     relu: true,
                 };
-                unsafe { self.isa.run(&job) };
+                unsafe { self.isa.run_job(&job) };
             }
             Conv3x3::Winograd(layer) => {
                 let frame = Frame {
@@ -615,7 +694,7 @@ impl<I: Isa> Unet<I> {
             let job = pointwise(layer, x, &x.data, output, output_row, output_pixel);
             // SAFETY: input pixel (y, x) writes output pixel (2y + dy, 2x + dx), inside out
             // (checked by the kernel), which is borrowed mutably here.
-            unsafe { self.isa.run(&job) };
+            unsafe { self.isa.run_job(&job) };
         }
         out.fill_border(0..layers[0].outputs);
     }
@@ -735,7 +814,11 @@ impl Engine for CpuUnet {
         "cpu"
     }
 
-    /// `avx512`, `avx2`, `portable`, `avx512-bf16`.
+    fn choice() -> EngineChoice {
+        EngineChoice::Cpu
+    }
+
+    /// `avx512`, `avx2`, `portable`, `avx512-bf16`, `amx-bf16`.
     fn kernel(&self) -> &'static str {
         match &self.0 {
             Kernels::F32(unet) => unet.isa.name(),

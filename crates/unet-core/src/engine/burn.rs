@@ -5,7 +5,7 @@ use burn::tensor::{DType, Device as BurnDevice, Tensor, TensorCreationOptions, T
 use super::{Batch, Engine, Output};
 use crate::model::Unet;
 use crate::predictor::PredictError;
-use crate::target::{Device, Precision, Target};
+use crate::target::{Device, EngineChoice, Precision, Target};
 use crate::weights::FoldedWeights;
 
 pub struct BurnEngine {
@@ -72,6 +72,10 @@ impl Engine for BurnEngine {
 
     fn name(&self) -> &'static str {
         "burn"
+    }
+
+    fn choice() -> EngineChoice {
+        EngineChoice::Burn
     }
 
     fn device(&self) -> &'static str {

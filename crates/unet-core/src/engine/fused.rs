@@ -13,7 +13,7 @@ use unet_kernels::{conv3x3, head, input_bordered, relu_bordered, up2x2};
 use crate::architecture::{LEVELS, Layer as PlanLayer, UnetConfig};
 use crate::engine::{Batch, Engine, Output};
 use crate::predictor::PredictError;
-use crate::target::{Precision, Target};
+use crate::target::{EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
 
 /// Units per cube for every kernel.
@@ -524,6 +524,10 @@ impl<F: Float + CubeElement> Engine for FusedUnet<F> {
 
     fn name(&self) -> &'static str {
         "fused"
+    }
+
+    fn choice() -> EngineChoice {
+        EngineChoice::Fused
     }
 
     fn device(&self) -> &'static str {

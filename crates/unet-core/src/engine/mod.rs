@@ -72,6 +72,11 @@ pub trait Engine: Send {
     /// Short name: `burn`, `cpu`, `fused`.
     fn name(&self) -> &'static str;
 
+    /// The choice that names this engine.
+    fn choice() -> EngineChoice
+    where
+        Self: Sized;
+
     /// The kernels that run, where the engine has a choice of them (the CPU engine's
     /// instruction set: `avx512`, `avx512-bf16`, ...); else the engine's name.
     fn kernel(&self) -> &'static str {
