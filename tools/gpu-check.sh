@@ -15,7 +15,9 @@
 # 3. PyTorch on the same card in the same call (tools/torch_anchor.py), when torch is there;
 # 4. criterion, the same model: Burn f32 and f16, ours f16;
 # 5. infer end to end on a generated 20000x20000 slide: Burn twice (the second start uses the
-#    autotune results the first one kept), then ours.
+#    autotune results the first one kept), then ours;
+# 6. the host CPU's bf16 path: where it has AMX (which no build machine exposes), the tiles'
+#    outputs against the PyTorch fixtures, and the full-width model in f32 and bf16.
 # DEVICE=cpu runs the same script on a machine without a GPU (a smoke test of the script).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -158,4 +160,35 @@ except Exception as e:
     print(f"| infer {sys.argv[1]} run | failed: {e} |")
 PY
 done
+step "6. the host CPU's bf16 path"
+amx=$(grep -o -w 'amx_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')
+say "host CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-); AMX flags: ${amx:-none}"
+if [ -n "$amx" ]; then
+  for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
+    t=$(limit 30) || break
+    fx=tests/fixtures/pytorch
+    npy="/tmp/gpu-work/$case.cpu.bf16.npy"
+    timeout "$t" "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "$npy" \
+      --device cpu --precision bf16 --engine cpu > "/tmp/gpu-work/$case.bf16.log" 2>&1
+    cat "/tmp/gpu-work/$case.bf16.log" >> "$OUT/outputs.log"
+    python3 - "$case" "$npy" "$fx/${case}_expected_f64.npy" "/tmp/gpu-work/$case.bf16.log" <<'PY' | tee -a "$OUT/summary.txt"
+import sys, numpy as np
+case, ours, expected, log = sys.argv[1:]
+try:
+    kernel = open(log).read().strip().splitlines()[-1].rsplit(", ", 1)[-1].rstrip(")")
+    d = float(np.abs(np.load(ours) - np.load(expected)).max())
+    # The CPU tests' bars: 5e-3, and PyTorch's own bf16 error on the width-4 fixture.
+    limit = 8.6e-2 if "w4" in case else 5e-3
+    print(f"| {case} | cpu | bf16 ({kernel}) | max abs {d:.2e} | {'ok' if d <= limit else 'OVER ' + str(limit)} |")
+except Exception as e:
+    print(f"| {case} | cpu | bf16 | failed: {e} |")
+PY
+  done
+  if t=$(limit 120); then
+    UNET_BENCH_DEVICE=cpu UNET_BENCH_ENGINES=cpu UNET_BENCH_PRECISIONS=f32,bf16 UNET_BENCH_BATCHES=1 \
+      UNET_BENCH_SIDE="$SIDE" UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout "$t" "$BIN/model-bench" --bench forward \
+      > "$OUT/bench-cpu-amx.log" 2>&1
+    grep -E "^forward_w64|time:" "$OUT/bench-cpu-amx.log" | tee -a "$OUT/summary.txt"
+  fi
+fi
 step "done"

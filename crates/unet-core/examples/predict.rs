@@ -54,10 +54,11 @@ fn main() -> Result<()> {
     };
     write().with_context(|| format!("{}: cannot write", args.output.display()))?;
     println!(
-        "{}: [{channels}, {height}, {width}] sigmoid output on {} ({})",
+        "{}: [{channels}, {height}, {width}] sigmoid output on {} ({}, {})",
         args.output.display(),
         predictor.device_name(),
-        predictor.precision()
+        predictor.precision(),
+        predictor.kernel_name()
     );
     Ok(())
 }
