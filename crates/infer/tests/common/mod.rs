@@ -15,14 +15,18 @@ pub fn fixtures() -> PathBuf {
 
 /// `infer ARGS...` from the repository's root.
 pub fn infer<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args(args)
+    infer_command().args(args).output().unwrap()
+}
+
+/// `infer`, run from the repository root.
+pub fn infer_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_infer"));
+    command
         // A job scheduler's shard, should the tests run inside one, is not theirs.
         .env_remove("SLURM_ARRAY_TASK_ID")
         .env_remove("JOB_COMPLETION_INDEX")
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .output()
-        .unwrap()
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    command
 }
 
 /// `infer ARGS...`, which must succeed.

@@ -44,6 +44,17 @@ use winograd::{Frame, Winograd};
 /// 30-33 in bf16 and 44 against 45-54 in f32 from 16 channels, slower from 8.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
 
+/// Set to `portable`, runs the plain-Rust kernels whatever the CPU has: slow, but bf16 on
+/// any CPU (the tests check the bf16 pipeline so where the CPU lacks AVX-512-BF16), and the
+/// same arithmetic everywhere.
+pub const KERNEL_VARIABLE: &str = "UNET_CPU_KERNEL";
+
+/// Whether [`KERNEL_VARIABLE`] asks for the portable kernels (`CpuUnet::load` refuses any
+/// other value).
+fn portable_forced() -> bool {
+    std::env::var(KERNEL_VARIABLE).is_ok_and(|value| value == "portable")
+}
+
 /// Activation memory a batch may hold at once for images run side by side (see
 /// [`Unet::images_at_once`]): the demo model's 512x512 forward needs ~60 MB, the w = 64
 /// model's ~450 MB, which therefore runs one image at a time.
@@ -266,6 +277,9 @@ impl Isa for F32Isa {
     const PRECISION: Precision = Precision::F32;
 
     fn detect() -> Result<F32Isa, String> {
+        if portable_forced() {
+            return Ok(F32Isa::Portable(F32(Portable)));
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(avx512) = simd::Avx512::detect() {
             return Ok(F32Isa::Avx512(F32(avx512)));
@@ -323,8 +337,9 @@ impl Isa for F32Isa {
 }
 
 /// The bf16 kernels: AMX tiles for the convolutions that fill them beside AVX-512-BF16 for
-/// the rest, AVX-512-BF16 alone, or (for the tests only: they are slower than f32) the same
-/// arithmetic in plain arrays, and that with emulated tiles.
+/// the rest, AVX-512-BF16 alone, or (slower than f32: where [`KERNEL_VARIABLE`] asks, and in
+/// the tests) the same arithmetic in plain arrays, and (in the tests) that with emulated
+/// tiles.
 #[derive(Clone, Copy)]
 enum Bf16Isa {
     #[cfg(target_arch = "x86_64")]
@@ -333,7 +348,6 @@ enum Bf16Isa {
     Avx512(simd::Avx512Bf16),
     #[cfg(test)]
     EmulatedAmx(PortableBf16),
-    #[cfg_attr(not(test), allow(dead_code))]
     Portable(PortableBf16),
 }
 
@@ -348,6 +362,9 @@ impl Isa for Bf16Isa {
     const PRECISION: Precision = Precision::Bf16;
 
     fn detect() -> Result<Bf16Isa, String> {
+        if portable_forced() {
+            return Ok(Bf16Isa::Portable(PortableBf16));
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(kernel) = simd::Avx512Bf16::detect() {
             return Ok(if amx::usable(kernel) {
@@ -356,7 +373,9 @@ impl Isa for Bf16Isa {
                 Bf16Isa::Avx512(kernel)
             });
         }
-        Err("this CPU has no bf16 multiply-adds (AVX-512-BF16); use f32".to_string())
+        Err(format!(
+            "this CPU has no bf16 multiply-adds (AVX-512-BF16); use f32 (or {KERNEL_VARIABLE}=portable: slow)"
+        ))
     }
 
     #[cfg(test)]
@@ -787,6 +806,13 @@ impl Engine for CpuUnet {
                 engine: "cpu",
                 what,
             }
+        }
+        if let Ok(value) = std::env::var(KERNEL_VARIABLE)
+            && value != "portable"
+        {
+            return Err(unsupported(format!(
+                "run the kernel {KERNEL_VARIABLE}={value} names: only `portable` can be forced"
+            )));
         }
         fn unet<I: Isa>(weights: &FoldedWeights) -> Result<Unet<I>, PredictError> {
             let isa = I::detect()
