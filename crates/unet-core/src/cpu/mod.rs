@@ -1,7 +1,7 @@
 //! The CPU path: the same UNet on NHWC activations, every layer on one register-blocked
 //! SIMD kernel ([`conv`]): the 3x3 convolutions of at least [`WINOGRAD_MIN_CHANNELS`] as
-//! Winograd F(2x2, 3x3) ([`winograd`]), the others as direct convolutions; all cores through
-//! rayon.
+//! Winograd F(4x4, 3x3) or F(2x2, 3x3) ([`winograd`]), the others as direct convolutions; all
+//! cores through rayon.
 //! Weights and activations are f32, or bf16 where the CPU multiplies bf16 pairs
 //! (AVX-512-BF16): half the memory traffic and twice the multiply-adds per instruction; sums
 //! are f32 in both, and the head's 1x1 convolution and sigmoid always run in f32. Where the
@@ -35,7 +35,7 @@ use crate::target::{Device, EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
 use conv::{Job, Packed};
 use simd::{Element, F32, Kernel, Portable, PortableBf16};
-use winograd::{Frame, Winograd};
+use winograd::{Frame, Transform, Winograd};
 
 /// 3x3 convolutions run as Winograd F(2x2, 3x3) when both sides have at least this many
 /// channels, in f32 and bf16 alike. Measured on an AMD EPYC (Zen 4, 2 cores), ms a 512x512
@@ -54,6 +54,14 @@ pub const KERNEL_VARIABLE: &str = "UNET_CPU_KERNEL";
 fn portable_forced() -> bool {
     std::env::var(KERNEL_VARIABLE).is_ok_and(|value| value == "portable")
 }
+
+/// f32 Winograd layers with at most this many channels on either side use F(4x4, 3x3) (bf16
+/// always F(2x2, 3x3): the larger transform's values, rounded to bf16, would break its
+/// accuracy). Measured on the w = 64 model in f32 (AMD EPYC, Zen 4, 2 cores; ms a 512x512
+/// patch, peak memory): F(2x2) everywhere 1 000-1 100, 670 MB; F(4x4) up to 256 channels
+/// ~860, 691 MB; up to 512 ~785, 756 MB; everywhere ~775, 952 MB (the 1 024-channel layers
+/// hold 36 transformed copies of their weights for no time saved).
+const F4X4_MAX_CHANNELS: usize = 512;
 
 /// Activation memory a batch may hold at once for images run side by side (see
 /// [`Unet::images_at_once`]): the demo model's 512x512 forward needs ~60 MB, the w = 64
@@ -107,9 +115,9 @@ impl<E: Element> Op for (&Winograd<E>, &Frame<'_, E>) {
 }
 
 /// An NHWC activation of one image with a replicated one-pixel border:
-/// `(height + 2) x (width + 2)` pixels of `channels` values, then spare pixels of zeros: a
-/// row and a pixel, which Winograd's last tiles read on odd sides, and at least 16, which
-/// the last strip of AMX tiles may read. Its memory comes from, and goes
+/// `(height + 2) x (width + 2)` pixels of `channels` values, then spare pixels of zeros: three
+/// rows and three pixels, which Winograd's last 4x4 blocks read where a side is not a
+/// multiple of 4, and at least 16, which the last strip of AMX tiles may read. Its memory comes from, and goes
 /// back to, the model's [`BufferPool`].
 struct Padded<'pool, E> {
     height: usize,
@@ -167,7 +175,7 @@ impl<'pool, E: Element> Padded<'pool, E> {
     ) -> Padded<'pool, E> {
         let stored = channels.next_multiple_of(group);
         let padded = (height + 2) * (width + 2) * stored;
-        let spare = (width + 3).max(16);
+        let spare = (3 * (width + 2) + 3).max(16);
         let mut data = pool.take(padded + spare * stored);
         data[padded..].fill(E::default());
         if stored > channels {
@@ -505,8 +513,15 @@ impl<I: Isa> Unet<I> {
             let stored_inputs = layer.inputs.next_multiple_of(shape.1);
             let winograd = layer.inputs.min(layer.outputs) >= winograd_min_channels
                 && !isa.tiles(stored_inputs, layer.outputs);
+            let transform = if I::PRECISION == Precision::F32
+                && layer.inputs.max(layer.outputs) <= F4X4_MAX_CHANNELS
+            {
+                Transform::F4x4
+            } else {
+                Transform::F2x2
+            };
             Ok(if winograd {
-                Conv3x3::Winograd(Winograd::new(channels, shape, weight, bias))
+                Conv3x3::Winograd(Winograd::new(channels, shape, weight, bias, transform))
             } else {
                 Conv3x3::Direct(Packed::new(9, channels, shape, weight, bias))
             })

@@ -1,15 +1,17 @@
-//! 3x3 convolutions as Winograd F(2x2, 3x3) (Lavin and Gray, 2015): each 2x2 block of output
-//! pixels comes from its 4x4 input neighbourhood with 16 multiplies per input/output channel
-//! pair instead of 36, so the layers that dominate the forward do 2.25x fewer multiplies.
+//! 3x3 convolutions as Winograd convolutions (Lavin and Gray, 2015): each block of output
+//! pixels comes from its input tile with one multiply per tile position and input/output
+//! channel pair: F(2x2, 3x3), 16 multiplies for 2x2 outputs where a direct convolution does
+//! 36 (2.25x fewer); F(4x4, 3x3), 36 for 4x4 outputs (4x fewer).
 //!
-//! Per range of 2x2 output blocks (tiles): the input tiles are transformed (`V = Bᵀ d B`, additions only),
-//! each of the 16 positions is one product `V_ξ · U_ξ` on the same kernel as the direct
+//! Per range of output blocks (tiles): the input tiles are transformed (`V = Bᵀ d B`), each
+//! position of the tile is one product `V_ξ · U_ξ` on the same kernel as the direct
 //! convolution (the weights `U = G g Gᵀ` are transformed once, in f64, when the model loads),
 //! and the products are transformed back (`Y = Aᵀ M A`) with bias and ReLU. The differences
 //! from the direct convolution are rounding only (the PyTorch parity tests hold at 1e-4 in
-//! f32, measured 4e-6 at most; in bf16 the products are rounded once more, before the
-//! output transform). On the w = 64 model (AMD EPYC, Zen 4) it took the 512x512 forward from
-//! ~1.85 s to ~1.2 s in f32 and from ~0.96 s to ~0.6 s in bf16.
+//! f32, measured 5.4e-6 at most with F(4x4, 3x3); in bf16, F(2x2, 3x3) only, the products are
+//! rounded once more, before the output transform). On the w = 64 model (AMD EPYC, Zen 4)
+//! F(2x2, 3x3) took the 512x512 forward from ~1.85 s to ~1.0 s in f32 and from ~0.96 s to
+//! ~0.52 s in bf16, and F(4x4, 3x3) the f32 one on to ~0.78 s.
 
 use rayon::prelude::*;
 
@@ -22,11 +24,57 @@ const TRANSFORMED_BYTES: usize = 2 << 20;
 /// ...but at least this many tiles, or the products are too short to reuse their weights.
 const MIN_TILES: usize = 96;
 
+/// Which Winograd transform: output blocks of 2x2 or 4x4 pixels from input tiles of 4x4 or
+/// 6x6. F(4x4, 3x3) does 36 products per 16 outputs where F(2x2, 3x3) does 16 per 4 (1.8x
+/// fewer) but its transforms scale values by up to 100 before the products: fine in f32,
+/// too coarse for bf16's 8 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    F2x2,
+    F4x4,
+}
+
+impl Transform {
+    /// Output pixels a block has per side.
+    fn block(self) -> usize {
+        match self {
+            Transform::F2x2 => 2,
+            Transform::F4x4 => 4,
+        }
+    }
+
+    /// Input pixels a tile has per side, and positions per tile side.
+    fn tile(self) -> usize {
+        self.block() + 2
+    }
+
+    /// `G`, which takes a 3-tap kernel to the tile's positions.
+    fn g(self) -> &'static [[f64; 3]] {
+        match self {
+            Transform::F2x2 => &[
+                [1.0, 0.0, 0.0],
+                [0.5, 0.5, 0.5],
+                [0.5, -0.5, 0.5],
+                [0.0, 0.0, 1.0],
+            ],
+            Transform::F4x4 => &[
+                [1.0 / 4.0, 0.0, 0.0],
+                [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+                [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+                [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+                [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+                [0.0, 0.0, 1.0],
+            ],
+        }
+    }
+}
+
 pub struct Winograd<E> {
     /// Input channels as read (see [`Packed::inputs`]).
     pub inputs: usize,
     pub outputs: usize,
-    /// `U_ξ` for each of the 16 positions, packed as a 1x1 layer with no bias.
+    transform: Transform,
+    /// `U_ξ` for each position of the tile (16 or 36), packed as a 1x1 layer with no bias.
     transformed: Vec<Packed<E>>,
     bias: Vec<f32>,
 }
@@ -38,24 +86,21 @@ impl<E: Element> Winograd<E> {
         kernel: (usize, usize),
         weight: impl Fn(usize, usize, usize) -> f32,
         bias: &[f32],
+        transform: Transform,
     ) -> Winograd<E> {
         // U = G g Gᵀ for every (input, output) pair, position-major.
-        const G: [[f64; 3]; 4] = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
-        ];
-        let mut u = vec![[0.0f32; 16]; inputs * outputs];
+        let (g, n) = (transform.g(), transform.tile());
+        let mut u = vec![0.0f32; inputs * outputs * n * n];
         for c in 0..inputs {
             for o in 0..outputs {
-                let g = |ky: usize, kx: usize| f64::from(weight(ky * 3 + kx, c, o));
-                for (xi, value) in u[c * outputs + o].iter_mut().enumerate() {
-                    let (i, j) = (xi / 4, xi % 4);
+                let kernel = |ky: usize, kx: usize| f64::from(weight(ky * 3 + kx, c, o));
+                let positions = &mut u[(c * outputs + o) * n * n..][..n * n];
+                for (xi, value) in positions.iter_mut().enumerate() {
+                    let (i, j) = (xi / n, xi % n);
                     let mut sum = 0.0;
-                    for (ky, gy) in G[i].iter().enumerate() {
-                        for (kx, gx) in G[j].iter().enumerate() {
-                            sum += gy * g(ky, kx) * gx;
+                    for (ky, gy) in g[i].iter().enumerate() {
+                        for (kx, gx) in g[j].iter().enumerate() {
+                            sum += gy * kernel(ky, kx) * gx;
                         }
                     }
                     *value = sum as f32;
@@ -63,13 +108,13 @@ impl<E: Element> Winograd<E> {
             }
         }
         let zeros = vec![0.0; outputs];
-        let transformed = (0..16)
+        let transformed = (0..n * n)
             .map(|xi| {
                 Packed::new(
                     1,
                     (inputs, outputs),
                     kernel,
-                    |_, c, o| u[c * outputs + o][xi],
+                    |_, c, o| u[(c * outputs + o) * n * n + xi],
                     &zeros,
                 )
             })
@@ -77,6 +122,7 @@ impl<E: Element> Winograd<E> {
         Winograd {
             inputs: transformed[0].inputs,
             outputs,
+            transform,
             transformed,
             bias: bias.to_vec(),
         }
@@ -87,11 +133,11 @@ impl<E: Element> Winograd<E> {
 /// `input + y * input_row + x * input_pixel` (a padded buffer), and its `outputs` channels go
 /// to `output + y * output_row + x * output_pixel`.
 ///
-/// On an odd side the last 2x2 blocks stick out by one pixel: their extra outputs land one
-/// pixel past the output (its border, which the caller refreshes after the layer) and their
-/// extra inputs one past the input's border (a spare row the caller provides). Only those
-/// extra outputs depend on those inputs: the transforms never mix row or column 3 of the
-/// input tile into row or column 0 of the output block.
+/// Where a side is not a multiple of the block, the last blocks stick out: their extra
+/// outputs are not stored, and their extra inputs lie past the input's border (the next
+/// row's first pixels, or spare rows the caller provides: finite values). In exact
+/// arithmetic no stored output depends on them; in floating point they reach it only as
+/// rounding, as every input of a tile does.
 pub struct Frame<'a, E> {
     pub height: usize,
     pub width: usize,
@@ -106,19 +152,22 @@ pub struct Frame<'a, E> {
 }
 
 impl<E> Frame<'_, E> {
-    /// 2x2 blocks down and across.
-    fn blocks(&self) -> (usize, usize) {
-        (self.height.div_ceil(2), self.width.div_ceil(2))
+    /// Blocks of `block x block` outputs down and across.
+    fn blocks(&self, block: usize) -> (usize, usize) {
+        (self.height.div_ceil(block), self.width.div_ceil(block))
     }
 
-    /// The one bounds check of a call: the last 2x2 block's 4x4 neighbourhood and its output
+    /// The one bounds check of a call: the last block's input tile and the last output pixel
     /// lie inside the buffers.
     fn check_bounds(&self, layer: &Winograd<E>) {
-        let (down, across) = self.blocks();
-        let read_end =
-            (2 * down + 1) * self.input_row + (2 * across + 1) * self.input_pixel + layer.inputs;
-        let write_end =
-            (2 * down - 1) * self.output_row + (2 * across - 1) * self.output_pixel + layer.outputs;
+        let block = layer.transform.block();
+        let (down, across) = self.blocks(block);
+        let read_end = (block * down + 1) * self.input_row
+            + (block * across + 1) * self.input_pixel
+            + layer.inputs;
+        let write_end = (self.height - 1) * self.output_row
+            + (self.width - 1) * self.output_pixel
+            + layer.outputs;
         assert!(
             read_end <= self.input.len() && write_end <= self.output_len,
             "a Winograd frame reaches past its buffers: reads to {read_end} of {}, writes to {write_end} of {}",
@@ -128,7 +177,7 @@ impl<E> Frame<'_, E> {
     }
 }
 
-/// Runs the layer on all cores, a range of 2x2 output tiles (row-major) per task.
+/// Runs the layer on all cores, a range of output blocks (row-major) per task.
 ///
 /// # Safety
 /// `output` is valid for writes of `output_len` floats that nothing else accesses meanwhile
@@ -138,36 +187,47 @@ pub unsafe fn run<K: Kernel>(kernel: K, layer: &Winograd<K::Elem>, frame: &Frame
         return;
     }
     frame.check_bounds(layer);
-    let (down, across) = frame.blocks();
+    let (down, across) = frame.blocks(layer.transform.block());
     let all_tiles = down * across;
     let values = TRANSFORMED_BYTES / size_of::<K::Elem>();
-    let tiles_per_task = (values / (16 * layer.inputs.max(layer.outputs))).max(MIN_TILES);
+    let positions = layer.transformed.len();
+    let tiles_per_task = (values / (positions * layer.inputs.max(layer.outputs))).max(MIN_TILES);
     let shared = Shared((layer, frame));
     (0..all_tiles.div_ceil(tiles_per_task))
         .into_par_iter()
         .for_each(|task| {
             let (layer, frame) = shared.get();
             let tiles = task * tiles_per_task..((task + 1) * tiles_per_task).min(all_tiles);
-            // SAFETY: this task writes only its tiles' output pixels.
-            unsafe {
-                kernel.compiled(Tiles {
-                    layer,
-                    frame,
-                    tiles,
-                })
-            };
+            // SAFETY (both arms): this task writes only its tiles' output pixels.
+            match layer.transform {
+                Transform::F2x2 => unsafe {
+                    kernel.compiled(Tiles::<_, 4, 2> {
+                        layer,
+                        frame,
+                        tiles,
+                    })
+                },
+                Transform::F4x4 => unsafe {
+                    kernel.compiled(Tiles::<_, 6, 4> {
+                        layer,
+                        frame,
+                        tiles,
+                    })
+                },
+            }
         });
 }
 
-struct Tiles<'a, E> {
+/// A task's output blocks for a transform of `N x N` tiles and `M x M` blocks.
+struct Tiles<'a, E, const N: usize, const M: usize> {
     layer: &'a Winograd<E>,
     frame: &'a Frame<'a, E>,
-    /// Tile `t` is the output block at (2 * (t / across), 2 * (t % across)), `across` the
+    /// Tile `t` is the output block at (M * (t / across), M * (t % across)), `across` the
     /// frame's blocks a row.
     tiles: std::ops::Range<usize>,
 }
 
-impl<E: Element> Compiled for Tiles<'_, E> {
+impl<E: Element, const N: usize, const M: usize> Compiled for Tiles<'_, E, N, M> {
     type Elem = E;
     /// # Safety
     /// As [`run`]'s, after its bounds check; this task writes only its tiles.
@@ -181,7 +241,7 @@ impl<E: Element> Compiled for Tiles<'_, E> {
             tiles: range,
         } = self;
         let (inputs, outputs) = (layer.inputs, layer.outputs);
-        let (_, tiles_per_row) = frame.blocks();
+        let (_, tiles_per_row) = frame.blocks(M);
         let tiles = range.len();
         let block_of = |tile: usize| {
             let t = range.start + tile;
@@ -196,35 +256,35 @@ impl<E: Element> Compiled for Tiles<'_, E> {
             // power-of-two stride would share L1 sets.
             let input_plane = tiles * inputs + 16;
             let output_plane = tiles * outputs + 16;
-            transformed.resize(16 * input_plane, E::default());
-            products.resize(16 * output_plane, E::default());
+            transformed.resize(N * N * input_plane, E::default());
+            products.resize(N * N * output_plane, E::default());
             // V = Bᵀ d B, position-major: V_ξ is `tiles x inputs`. Loops, not closures: a
             // closure handed to `array::map` or `from_fn` is not compiled for the
             // instruction set, and each vector operation in it became a call (the w = 64
             // model's 64 -> 64 layer took 140 ms in bf16 that way, 33 ms now).
             for tile in 0..tiles {
                 let (ty, tx) = block_of(tile);
-                let first = (2 * ty) * frame.input_row + (2 * tx) * frame.input_pixel;
+                let first = (M * ty) * frame.input_row + (M * tx) * frame.input_pixel;
                 for c in (0..inputs).step_by(lanes) {
                     let count = lanes.min(inputs - c);
                     // t[j] is column j of Bᵀ d.
-                    let mut t = [[simd.zero(); 4]; 4];
+                    let mut t = [[simd.zero(); N]; N];
                     for (j, column) in t.iter_mut().enumerate() {
                         for (i, value) in column.iter_mut().enumerate() {
                             let at = first + i * frame.input_row + j * frame.input_pixel + c;
-                            // SAFETY: the 4x4 neighbourhood of output block (2ty, 2tx),
-                            // channels c..c + count, is inside the input (`run` checked).
+                            // SAFETY: the input tile of output block (ty, tx), channels
+                            // c..c + count, is inside the input (`run` checked).
                             *value =
                                 unsafe { kernel.load_values(frame.input.as_ptr().add(at), count) };
                         }
                         *column = transform_input(simd, *column);
                     }
                     // Row i of V is Bᵀ applied to row i of t, i.e. element i of each column.
-                    for i in 0..4 {
+                    for i in 0..N {
                         let row = transform_input(simd, element(&t, i));
                         for (j, v) in row.into_iter().enumerate() {
-                            let at = (i * 4 + j) * input_plane + tile * inputs + c;
-                            // SAFETY: `transformed` holds 16 planes of tiles * inputs values.
+                            let at = (i * N + j) * input_plane + tile * inputs + c;
+                            // SAFETY: `transformed` holds N² planes of tiles * inputs values.
                             unsafe {
                                 kernel.store_values(transformed.as_mut_ptr().add(at), v, count)
                             };
@@ -255,19 +315,21 @@ impl<E: Element> Compiled for Tiles<'_, E> {
                     unsafe { conv::run_rows(kernel, &job, block, 0..1) };
                 }
             }
-            // Y = Aᵀ M A, plus bias, ReLU, into the 2x2 output block.
+            // Y = Aᵀ M A, plus bias, ReLU, into the output block (its pixels inside the frame).
             for tile in 0..tiles {
                 let (ty, tx) = block_of(tile);
-                let first = (2 * ty) * frame.output_row + (2 * tx) * frame.output_pixel;
+                let first = (M * ty) * frame.output_row + (M * tx) * frame.output_pixel;
+                let rows = M.min(frame.height - M * ty);
+                let columns = M.min(frame.width - M * tx);
                 for o in (0..outputs).step_by(lanes) {
                     let count = lanes.min(outputs - o);
                     // r[j] is column j of Aᵀ M.
-                    let mut r = [[simd.zero(); 2]; 4];
+                    let mut r = [[simd.zero(); M]; N];
                     for (j, column) in r.iter_mut().enumerate() {
-                        let mut m = [simd.zero(); 4];
+                        let mut m = [simd.zero(); N];
                         for (i, value) in m.iter_mut().enumerate() {
-                            let at = (i * 4 + j) * output_plane + tile * outputs + o;
-                            // SAFETY: `products` holds 16 planes of tiles * outputs values.
+                            let at = (i * N + j) * output_plane + tile * outputs + o;
+                            // SAFETY: `products` holds N² planes of tiles * outputs values.
                             *value =
                                 unsafe { kernel.load_values(products.as_ptr().add(at), count) };
                         }
@@ -275,13 +337,13 @@ impl<E: Element> Compiled for Tiles<'_, E> {
                     }
                     // SAFETY: `bias` holds `outputs` values.
                     let bias = unsafe { simd.load_first(layer.bias.as_ptr().add(o), count) };
-                    for a in 0..2 {
-                        let y = transform_output(simd, element(&r, a));
-                        for (b, y) in y.into_iter().enumerate() {
+                    for a in 0..rows {
+                        let y: [_; M] = transform_output(simd, element(&r, a));
+                        for (b, y) in y.into_iter().enumerate().take(columns) {
                             let y = simd.max(simd.add(y, bias), simd.zero());
                             let at = first + a * frame.output_row + b * frame.output_pixel + o;
-                            // SAFETY: output pixel (2ty + a, 2tx + b), channels o..o + count,
-                            // lies inside the frame `run` checked.
+                            // SAFETY: output pixel (M ty + a, M tx + b), channels
+                            // o..o + count, lies inside the frame `run` checked.
                             unsafe { kernel.store_values(frame.output.add(at), y, count) };
                         }
                     }
@@ -292,28 +354,61 @@ impl<E: Element> Compiled for Tiles<'_, E> {
     }
 }
 
-/// Element `i` of each of four arrays: a row of a matrix stored as columns.
+/// Element `i` of each of `N` arrays: a row of a matrix stored as columns.
 #[inline(always)]
-fn element<T: Copy, const N: usize>(columns: &[[T; N]; 4], i: usize) -> [T; 4] {
-    [columns[0][i], columns[1][i], columns[2][i], columns[3][i]]
+fn element<T: Copy, const N: usize, const K: usize>(columns: &[[T; K]; N], i: usize) -> [T; N] {
+    let mut row = [columns[0][i]; N];
+    for (value, column) in row.iter_mut().zip(columns) {
+        *value = column[i];
+    }
+    row
 }
 
-/// `Bᵀ x` for one column (or row) of a 4x4 input tile.
+/// `Bᵀ x` for one column (or row) of an input tile: of 4 points (F(2x2, 3x3)) or 6
+/// (F(4x4, 3x3), Lavin and Gray's matrices).
 #[inline(always)]
-fn transform_input<S: Simd>(simd: S, x: [S::V; 4]) -> [S::V; 4] {
-    [
-        simd.sub(x[0], x[2]),
-        simd.add(x[1], x[2]),
-        simd.sub(x[2], x[1]),
-        simd.sub(x[1], x[3]),
-    ]
+fn transform_input<S: Simd, const N: usize>(simd: S, x: [S::V; N]) -> [S::V; N] {
+    let mut y = x;
+    if N == 4 {
+        y[0] = simd.sub(x[0], x[2]);
+        y[1] = simd.add(x[1], x[2]);
+        y[2] = simd.sub(x[2], x[1]);
+        y[3] = simd.sub(x[1], x[3]);
+    } else {
+        let (two, four, minus_four, minus_five) = (
+            simd.splat(2.0),
+            simd.splat(4.0),
+            simd.splat(-4.0),
+            simd.splat(-5.0),
+        );
+        let x4_minus_x2 = simd.sub(x[4], x[2]);
+        y[0] = simd.mul_add(x[0], four, simd.mul_add(x[2], minus_five, x[4]));
+        y[1] = simd.mul_add(simd.add(x[1], x[2]), minus_four, simd.add(x[3], x[4]));
+        y[2] = simd.mul_add(simd.sub(x[1], x[2]), four, simd.sub(x[4], x[3]));
+        y[3] = simd.mul_add(simd.sub(x[3], x[1]), two, x4_minus_x2);
+        y[4] = simd.mul_add(simd.sub(x[1], x[3]), two, x4_minus_x2);
+        y[5] = simd.mul_add(x[1], four, simd.mul_add(x[3], minus_five, x[5]));
+    }
+    y
 }
 
-/// `Aᵀ m` for one column (or row) of a 4x4 product tile.
+/// `Aᵀ m` for one column (or row) of a product tile: 4 points to 2, or 6 to 4.
 #[inline(always)]
-fn transform_output<S: Simd>(simd: S, m: [S::V; 4]) -> [S::V; 2] {
-    [
-        simd.add(simd.add(m[0], m[1]), m[2]),
-        simd.sub(simd.sub(m[1], m[2]), m[3]),
-    ]
+fn transform_output<S: Simd, const N: usize, const M: usize>(simd: S, m: [S::V; N]) -> [S::V; M] {
+    let mut y = [simd.zero(); M];
+    if N == 4 {
+        y[0] = simd.add(simd.add(m[0], m[1]), m[2]);
+        y[1] = simd.sub(simd.sub(m[1], m[2]), m[3]);
+    } else {
+        let (sum12, difference12) = (simd.add(m[1], m[2]), simd.sub(m[1], m[2]));
+        let (sum34, difference34) = (simd.add(m[3], m[4]), simd.sub(m[3], m[4]));
+        y[0] = simd.add(simd.add(m[0], sum12), sum34);
+        y[1] = simd.mul_add(difference34, simd.splat(2.0), difference12);
+        y[2] = simd.mul_add(sum34, simd.splat(4.0), sum12);
+        y[3] = simd.add(
+            simd.mul_add(difference34, simd.splat(8.0), difference12),
+            m[5],
+        );
+    }
+    y
 }
