@@ -55,14 +55,6 @@ fn portable_forced() -> bool {
     std::env::var(KERNEL_VARIABLE).is_ok_and(|value| value == "portable")
 }
 
-/// f32 Winograd layers with at most this many channels on either side use F(4x4, 3x3) (bf16
-/// always F(2x2, 3x3): the larger transform's values, rounded to bf16, would break its
-/// accuracy). Measured on the w = 64 model in f32 (AMD EPYC, Zen 4, 2 cores; ms a 512x512
-/// patch, peak memory): F(2x2) everywhere 1 000-1 100, 670 MB; F(4x4) up to 256 channels
-/// ~860, 691 MB; up to 512 ~785, 756 MB; everywhere ~775, 952 MB (the 1 024-channel layers
-/// hold 36 transformed copies of their weights for no time saved).
-const F4X4_MAX_CHANNELS: usize = 512;
-
 /// Activation memory a batch may hold at once for images run side by side (see
 /// [`Unet::images_at_once`]): the demo model's 512x512 forward needs ~60 MB, the w = 64
 /// model's ~450 MB, which therefore runs one image at a time.
@@ -505,7 +497,8 @@ impl<I: Isa> Unet<I> {
     ) -> Result<Unet<I>, WeightsError> {
         let plan = weights.plan();
         let shape = isa.shape();
-        let conv3x3 = |layer: &Layer| -> Result<Conv3x3<I::Elem>, WeightsError> {
+        // `deepest`: a layer of the deepest level (1/16 of the patch's side).
+        let conv3x3 = |layer: &Layer, deepest: bool| -> Result<Conv3x3<I::Elem>, WeightsError> {
             let weight = weights.tap_major(layer)?;
             let bias = weights.bias(layer)?;
             let channels = (layer.inputs, layer.outputs);
@@ -513,9 +506,14 @@ impl<I: Isa> Unet<I> {
             let stored_inputs = layer.inputs.next_multiple_of(shape.1);
             let winograd = layer.inputs.min(layer.outputs) >= winograd_min_channels
                 && !isa.tiles(stored_inputs, layer.outputs);
-            let transform = if I::PRECISION == Precision::F32
-                && layer.inputs.max(layer.outputs) <= F4X4_MAX_CHANNELS
-            {
+            // F(4x4, 3x3) in f32 but at the deepest level, where a 512x512 patch gives 8x8
+            // blocks, too few to pay for 36 transformed copies of the widest weights. Measured
+            // on the w = 64 model (AMD EPYC, Zen 4, 2 cores), ms a 512x512 patch and peak
+            // memory: F(2x2) everywhere 1 000-1 100, 670 MB; F(4x4) up to 512 channels either
+            // side ~780, 756 MB; where the smaller side has up to 512 ~760, 864 MB (the
+            // deepest level's 512 -> 1 024 gained 2 ms of 26 for 75 MB); everywhere ~775,
+            // 952 MB. bf16 keeps F(2x2, 3x3): see `Transform`.
+            let transform = if I::PRECISION == Precision::F32 && !deepest {
                 Transform::F4x4
             } else {
                 Transform::F2x2
@@ -526,10 +524,14 @@ impl<I: Isa> Unet<I> {
                 Conv3x3::Direct(Packed::new(9, channels, shape, weight, bias))
             })
         };
-        let double =
-            |level: &architecture::DoubleConv| -> Result<[Conv3x3<I::Elem>; 2], WeightsError> {
-                Ok([conv3x3(&level.convs[0])?, conv3x3(&level.convs[1])?])
-            };
+        let double = |level: &architecture::DoubleConv,
+                      deepest: bool|
+         -> Result<[Conv3x3<I::Elem>; 2], WeightsError> {
+            Ok([
+                conv3x3(&level.convs[0], deepest)?,
+                conv3x3(&level.convs[1], deepest)?,
+            ])
+        };
         // The transposed convolution as a 1x1 layer per tap (output position).
         let up_tap = |layer: &Layer, tap: usize| -> Result<Packed<I::Elem>, WeightsError> {
             let weight = weights.tap_major(layer)?;
@@ -550,7 +552,7 @@ impl<I: Isa> Unet<I> {
                 let [a, b, c, d] = [0, 1, 2, 3].map(|tap| up_tap(&level.up, tap));
                 Ok(DecoderLevel {
                     up: [a?, b?, c?, d?],
-                    convs: double(&level.convs)?,
+                    convs: double(&level.convs, false)?,
                 })
             })
             .collect::<Result<_, WeightsError>>()?;
@@ -572,7 +574,9 @@ impl<I: Isa> Unet<I> {
         Ok(Unet {
             config: weights.config,
             isa,
-            encoder: plan.encoder.iter().map(double).collect::<Result<_, _>>()?,
+            encoder: (plan.encoder.iter().enumerate())
+                .map(|(level, convs)| double(convs, level + 1 == plan.encoder.len()))
+                .collect::<Result<_, _>>()?,
             decoder,
             head,
             head_isa,

@@ -11,7 +11,7 @@
 //! f32, measured 5.4e-6 at most with F(4x4, 3x3); in bf16, F(2x2, 3x3) only, the products are
 //! rounded once more, before the output transform). On the w = 64 model (AMD EPYC, Zen 4)
 //! F(2x2, 3x3) took the 512x512 forward from ~1.85 s to ~1.0 s in f32 and from ~0.96 s to
-//! ~0.52 s in bf16, and F(4x4, 3x3) the f32 one on to ~0.78 s.
+//! ~0.52 s in bf16, and F(4x4, 3x3) the f32 one on to ~0.75 s.
 
 use rayon::prelude::*;
 
