@@ -92,10 +92,11 @@ pub fn fits_channels(inputs: usize, outputs: usize) -> bool {
     inputs.is_multiple_of(CHANNELS) && outputs.is_multiple_of(OUTPUTS)
 }
 
-/// Input pixels from the job's first output pixel to its last, border columns included.
+/// Input pixels from the job's first output pixel to its last, border columns included (a
+/// job of at least one row: `fits` checks that first).
 fn line_length(job: &Job<bf16>) -> usize {
     let span = job.input_row / job.input_pixel;
-    (job.rows.max(1) - 1) * span + job.columns
+    (job.rows - 1) * span + job.columns
 }
 
 /// Runs `job` on all cores: each task one pair of B tiles (32 output channels) over a run

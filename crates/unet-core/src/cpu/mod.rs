@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::patch::normalise_into;
 
-use crate::architecture::{self, Layer, UnetConfig};
+use crate::architecture::{self, LEVELS, Layer, UnetConfig};
 use crate::engine::{Batch, Engine, Output, max_over_channels};
 use crate::predictor::PredictError;
 use crate::target::{Device, EngineChoice, Precision, Target};
@@ -37,9 +37,9 @@ use conv::{Job, Packed};
 use simd::{Element, F32, Kernel, Portable, PortableBf16};
 use winograd::{Frame, Transform, Winograd};
 
-/// 3x3 convolutions run as Winograd F(2x2, 3x3) when both sides have at least this many
-/// channels, in f32 and bf16 alike. Measured on an AMD EPYC (Zen 4, 2 cores), ms a 512x512
-/// patch: the w = 64 model 580-640 in bf16 with every layer Winograd against 930-990 all
+/// 3x3 convolutions run as Winograd convolutions when both sides have at least this many
+/// channels, in f32 and bf16 alike. Measured with F(2x2, 3x3) on an AMD EPYC (Zen 4, 2
+/// cores), ms a 512x512 patch: the w = 64 model 580-640 in bf16 with every layer Winograd against 930-990 all
 /// direct, 1 170-1 240 against 1 850 in f32; the w = 8 demo model at batch 4, 32-34 against
 /// 30-33 in bf16 and 44 against 45-54 in f32 from 16 channels, slower from 8.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -109,8 +109,8 @@ impl<E: Element> Op for (&Winograd<E>, &Frame<'_, E>) {
 /// An NHWC activation of one image with a replicated one-pixel border:
 /// `(height + 2) x (width + 2)` pixels of `channels` values, then spare pixels of zeros: three
 /// rows and three pixels, which Winograd's last 4x4 blocks read where a side is not a
-/// multiple of 4, and at least 16, which the last strip of AMX tiles may read. Its memory comes from, and goes
-/// back to, the model's [`BufferPool`].
+/// multiple of 4, and at least 16, which the last strip of AMX tiles may read. Its memory
+/// comes from, and goes back to, the model's [`BufferPool`].
 struct Padded<'pool, E> {
     height: usize,
     width: usize,
@@ -497,8 +497,7 @@ impl<I: Isa> Unet<I> {
     ) -> Result<Unet<I>, WeightsError> {
         let plan = weights.plan();
         let shape = isa.shape();
-        // `deepest`: a layer of the deepest level (1/16 of the patch's side).
-        let conv3x3 = |layer: &Layer, deepest: bool| -> Result<Conv3x3<I::Elem>, WeightsError> {
+        let conv3x3 = |layer: &Layer, level: usize| -> Result<Conv3x3<I::Elem>, WeightsError> {
             let weight = weights.tap_major(layer)?;
             let bias = weights.bias(layer)?;
             let channels = (layer.inputs, layer.outputs);
@@ -513,7 +512,7 @@ impl<I: Isa> Unet<I> {
             // side ~780, 756 MB; where the smaller side has up to 512 ~760, 864 MB (the
             // deepest level's 512 -> 1 024 gained 2 ms of 26 for 75 MB); everywhere ~775,
             // 952 MB. bf16 keeps F(2x2, 3x3): see `Transform`.
-            let transform = if I::PRECISION == Precision::F32 && !deepest {
+            let transform = if I::PRECISION == Precision::F32 && level < LEVELS - 1 {
                 Transform::F4x4
             } else {
                 Transform::F2x2
@@ -524,14 +523,13 @@ impl<I: Isa> Unet<I> {
                 Conv3x3::Direct(Packed::new(9, channels, shape, weight, bias))
             })
         };
-        let double = |level: &architecture::DoubleConv,
-                      deepest: bool|
-         -> Result<[Conv3x3<I::Elem>; 2], WeightsError> {
-            Ok([
-                conv3x3(&level.convs[0], deepest)?,
-                conv3x3(&level.convs[1], deepest)?,
-            ])
-        };
+        let double =
+            |level: &architecture::DoubleConv| -> Result<[Conv3x3<I::Elem>; 2], WeightsError> {
+                Ok([
+                    conv3x3(&level.convs[0], level.level)?,
+                    conv3x3(&level.convs[1], level.level)?,
+                ])
+            };
         // The transposed convolution as a 1x1 layer per tap (output position).
         let up_tap = |layer: &Layer, tap: usize| -> Result<Packed<I::Elem>, WeightsError> {
             let weight = weights.tap_major(layer)?;
@@ -552,7 +550,7 @@ impl<I: Isa> Unet<I> {
                 let [a, b, c, d] = [0, 1, 2, 3].map(|tap| up_tap(&level.up, tap));
                 Ok(DecoderLevel {
                     up: [a?, b?, c?, d?],
-                    convs: double(&level.convs, false)?,
+                    convs: double(&level.convs)?,
                 })
             })
             .collect::<Result<_, WeightsError>>()?;
@@ -574,9 +572,7 @@ impl<I: Isa> Unet<I> {
         Ok(Unet {
             config: weights.config,
             isa,
-            encoder: (plan.encoder.iter().enumerate())
-                .map(|(level, convs)| double(convs, level + 1 == plan.encoder.len()))
-                .collect::<Result<_, _>>()?,
+            encoder: plan.encoder.iter().map(double).collect::<Result<_, _>>()?,
             decoder,
             head,
             head_isa,
