@@ -10,12 +10,13 @@
 # 1. each engine's (Burn's, our fused one's) f32 and f16 outputs against the PyTorch fixtures
 #    (f32 <= 1e-4, f16 <= 5e-3; 2e-2 for the ill-conditioned width-4 fixture);
 # 2. our fused engine on the full-width model (w = 64) at batch 1, 12, 32 and 64: ms/patch,
-#    its difference from the CPU path, TFLOP/s per 3x3 layer; f16 with cubek's default
-#    tensor-core algorithm, then with `specialized_tma`, then with the portable loop; f32 once;
+#    its difference from the CPU path, the main loop and TFLOP/s of each 3x3 layer; f16 with
+#    each layer's main loop tuned (the first forward's seconds), again in a second process
+#    that reads the tuning back from disk; f32 once;
 # 3. PyTorch on the same card in the same call (tools/torch_anchor.py), when torch is there;
 # 4. criterion, the same model: Burn f32 and f16, ours f16;
-# 5. infer end to end on a generated 20000x20000 slide: Burn twice (the second start uses the
-#    autotune results the first one kept), then ours;
+# 5. infer end to end on a generated 20000x20000 slide: ours twice (the second start uses the
+#    tuning the first one kept), then Burn;
 # 6. the host CPU's bf16 path: where it has AMX (which no build machine exposes), the tiles'
 #    outputs against the PyTorch fixtures, and the full-width model in f32 and bf16.
 # DEVICE=cpu runs the same script on a machine without a GPU (a smoke test of the script).
@@ -62,7 +63,8 @@ for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
   for engine in ${ENGINES//,/ }; do
     for precision in f32 f16; do
       [ "$engine" = cpu ] && [ "$precision" = f16 ] && continue
-      t=$(limit 60) || break 3
+      # Our fused engine tunes each new layer shape's f16 main loop on its first forward.
+      t=$(limit 90) || break 3
       npy="/tmp/gpu-work/$case.$engine.$precision.npy"
       timeout "$t" "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "$npy" \
         --device "$DEVICE" --precision "$precision" --engine "$engine" >> "$OUT/outputs.log" 2>&1
@@ -85,16 +87,16 @@ done
 step "2. our fused engine on the full-width model, against the CPU path"
 "$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
 if [ -x "$BIN/fused-forward" ]; then
-  # cubek's default tensor-core algorithm (and f32, whose loop is always the portable one),
-  # its warp-specialised TMA algorithm, and the portable loop in f16.
-  for run in "default f32,f16" "specialized_tma f16" "portable f16"; do
+  # f16 as users get it: each layer shape's main loop tuned on the first forward and kept on
+  # disk (target/environment here), then a second process, which must find the results kept
+  # (its first forward within seconds); f32, whose loop is always the portable one, once.
+  for run in "tuned-first f16,f32 240" "tuned-second f16 120"; do
     set -- $run
-    t=$(limit 120) || break
-    conv="$1"; [ "$conv" = default ] && conv=""
-    UNET_FUSED_CONV="$conv" timeout "$t" "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" \
+    t=$(limit "$3") || break
+    timeout "$t" "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" \
       --batch "$BATCHES" --side "$SIDE" --runs 3 --precision "$2" > "$OUT/fused-$1.log" 2>&1
-    say "-- UNET_FUSED_CONV=${conv:-(default)}"
-    grep -v "^ *$" "$OUT/fused-$1.log" | tail -n 28 | tee -a "$OUT/summary.txt"
+    say "-- $1 process"
+    grep -v "^ *$" "$OUT/fused-$1.log" | tail -n 50 | tee -a "$OUT/summary.txt"
   done
 else
   say "no fused-forward in this bundle (FEATURES=cuda builds it)"
@@ -142,12 +144,12 @@ if t=$(limit 120); then
   timeout "$t" "$BIN/synthetic_slide" /tmp/gpu-work/synthetic.tif --width "$SLIDE_SIDE" --height "$SLIDE_SIDE" >> "$OUT/infer.log" 2>&1
 fi
 runs="first second"
-[ "$DEVICE" = cuda ] && runs="first second fused"
+[ "$DEVICE" = cuda ] && runs="fused-first fused-second burn"
 for run in $runs; do
   t=$(limit 150) || break
   mkdir -p "/tmp/gpu-work/$run"
   engine=auto
-  [ "$run" = fused ] && engine=fused
+  case "$run" in fused-*) engine=fused ;; burn) engine=burn ;; esac
   timeout "$t" "$BIN/infer" /tmp/gpu-work/synthetic.tif --model models/unet_demo_w8.bpk --out "/tmp/gpu-work/$run" \
     --device "$DEVICE" --engine "$engine" --batch 32 --force --quiet >> "$OUT/infer.log" 2>&1
   python3 - "$run" /tmp/gpu-work/$run/synthetic.summary.json <<'PY' | tee -a "$OUT/summary.txt"

@@ -3,10 +3,11 @@
 //! MODEL.bpk [--batch 12,32,64] [--side 512] [--runs 5] [--precision f32,f16]`
 //! (`tools/gpu-check.sh` runs it).
 //!
-//! Prints, for f32 and f16 storage and each batch size, ms per patch (median of the runs after
-//! one warm-up, the read-back of the map included) and the largest difference from the CPU
-//! path on the batch's first patch; then each 3x3 convolution's time and TFLOP/s at the
-//! largest batch.
+//! Prints, for f32 and f16 storage and each batch size, the seconds of the first forward (which
+//! tunes each new layer shape's main loop, unless a cache on disk already holds it), ms per
+//! patch (median of the runs after it, the read-back of the map included) and the largest
+//! difference from the CPU path on the batch's first patch; then each 3x3 convolution's main
+//! loop, time and TFLOP/s at the largest batch.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -49,9 +50,9 @@ fn main() -> Result<()> {
     let patch = RgbPatch::new(side, side, &pixels);
     let reference = cpu.predict_batch(&[patch])?.remove(0).values;
     println!(
-        "the fused engine (sums in f32) on CUDA, {side}x{side}; UNET_FUSED_CONV picks the f16 main loop"
+        "the fused engine (sums in f32) on CUDA, {side}x{side}; f16's main loop: UNET_FUSED_CONV, by default tuned per layer shape"
     );
-    println!("storage | batch | ms/patch | max abs difference from the CPU path");
+    println!("storage | batch | first forward s | ms/patch | max abs difference from the CPU path");
     let client = CudaRuntime::client(&CudaDevice::new(0));
     for &precision in &args.precision {
         match precision {
@@ -89,7 +90,9 @@ fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
             width: side,
             height: side,
         };
+        let start = Instant::now();
         let maps = gpu.forward(&input, Output::Probability)?;
+        let first = start.elapsed().as_secs_f64();
         if batch == args.batch[0] {
             println!("{storage}: 3x3 convolutions on {}", gpu.main_loop());
         }
@@ -106,7 +109,7 @@ fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
         }
         times.sort_by(f64::total_cmp);
         let ms = 1000.0 * times[times.len() / 2] / batch as f64;
-        println!("{storage:>7} | {batch:>5} | {ms:>8.2} | {difference:.2e}");
+        println!("{storage:>7} | {batch:>5} | {first:>15.2} | {ms:>8.2} | {difference:.2e}");
     }
     // Each 3x3 convolution at the largest batch, the device waited for around each.
     let batch = args.batch.iter().copied().max().unwrap_or(1);
@@ -116,12 +119,13 @@ fn time<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
         width: side,
         height: side,
     };
-    println!("{storage}, batch {batch}: layer | n x h x w x in -> out | ms | TFLOP/s");
+    println!("{storage}, batch {batch}: layer | n x h x w x in -> out | main loop | ms | TFLOP/s");
     for layer in gpu.profile(&input)? {
         let (n, h, w, inputs, outputs) = layer.shape;
         println!(
-            "{:>14} | {n} x {h} x {w} x {inputs} -> {outputs} | {:.3} | {:.1}",
+            "{:>14} | {n} x {h} x {w} x {inputs} -> {outputs} | {} | {:.3} | {:.1}",
             layer.layer,
+            layer.main_loop,
             1000.0 * layer.seconds,
             layer.tflops()
         );

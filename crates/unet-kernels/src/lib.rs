@@ -16,6 +16,8 @@
 //!   a level ends each 2x2 block's max straight into the next level's input (max pooling
 //!   without a pass of its own);
 //! - [`up2x2`]: the 2x2 stride-2 transposed convolution, into its half of a concatenation;
+//!   or, where a GEMM computed its products (one 1x1 convolution to four times the channels),
+//!   [`scatter2x2`], which only places them;
 //! - [`head`]: the 1x1 convolution, the sigmoid and the max over channels in one kernel, so
 //!   only the per-pixel map leaves the device (or every channel's sigmoid, for the raw output).
 //!
@@ -238,6 +240,58 @@ pub fn relu_bordered<F: Float>(
     }
 }
 
+/// Output value `position` of a 2x2 stride-2 transposed convolution of an input `height` x
+/// `width` (one unit per output value, `outputs` channels innermost): the bordered input pixel
+/// it comes from.
+#[cube]
+fn up_source(position: usize, height: usize, width: usize, outputs: usize) -> usize {
+    let pixel = position / outputs;
+    let x = pixel % (2 * width);
+    let y = (pixel / (2 * width)) % (2 * height);
+    let image = pixel / (4 * width * height);
+    bordered_at(image, y / 2 + 1, x / 2 + 1, height, width)
+}
+
+/// Output value `position`'s tap, `dy * 2 + dx` (as in [`up_source`]).
+#[cube]
+fn up_tap(position: usize, width: usize, outputs: usize) -> usize {
+    let pixel = position / outputs;
+    let x = pixel % (2 * width);
+    let y = pixel / (2 * width);
+    (y % 2) * 2 + x % 2
+}
+
+/// Stores `value` as output value `position` of the transposed convolution (as in
+/// [`up_source`]): channel `position % outputs` of a bordered output of `stride` channels,
+/// twice the size.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_up<F: Float>(
+    output: &mut [F],
+    value: F,
+    position: usize,
+    height: usize,
+    width: usize,
+    outputs: usize,
+    stride: usize,
+) {
+    let pixel = position / outputs;
+    let x = pixel % (2 * width);
+    let y = (pixel / (2 * width)) % (2 * height);
+    let image = pixel / (4 * width * height);
+    store_bordered(
+        output,
+        value,
+        image,
+        y,
+        x,
+        2 * height,
+        2 * width,
+        stride,
+        position % outputs,
+    );
+}
+
 /// The 2x2 stride-2 transposed convolution of a bordered input (`height` x `width`) into
 /// channels `0..outputs` of a bordered output of `stride` channels, twice the size; weights
 /// `[(dy * 2 + dx) * inputs + c][o]`.
@@ -260,28 +314,47 @@ pub fn up2x2<F: Float>(
         terminate!();
     }
     let o = position % outputs;
-    let pixel = position / outputs;
-    let x = pixel % (2 * width);
-    let y = (pixel / (2 * width)) % (2 * height);
-    let image = pixel / (4 * width * height);
-    let source = bordered_at(image, y / 2 + 1, x / 2 + 1, height, width) * inputs;
-    let tap = (y % 2) * 2 + x % 2;
+    let source = up_source(position, height, width, outputs) * inputs;
+    let tap = up_tap(position, width, outputs);
     let mut sum = f32::cast_from(bias[o]);
     for c in 0..inputs {
         sum += f32::cast_from(input[source + c])
             * f32::cast_from(weight[(tap * inputs + c) * outputs + o]);
     }
-    store_bordered(
+    store_up(
         output,
         F::cast_from(sum),
-        image,
-        y,
-        x,
-        2 * height,
-        2 * width,
+        position,
+        height,
+        width,
+        outputs,
         stride,
-        o,
     );
+}
+
+/// The 2x2 stride-2 transposed convolution's scatter, when its products come from a GEMM:
+/// `sums` holds, for every pixel of the bordered input (`height` x `width`), the four output
+/// pixels it makes, `[(dy * 2 + dx) * outputs + o]`, bias included (a 1x1 convolution to
+/// `4 * outputs` channels); each goes to pixel `(2y + dy, 2x + dx)`, channel `o`, of the
+/// bordered output (`stride` channels, twice the size), as [`up2x2`] stores it.
+#[cube(launch_unchecked)]
+pub fn scatter2x2<F: Float>(
+    sums: &[F],
+    output: &mut [F],
+    units: usize,
+    height: usize,
+    width: usize,
+    outputs: usize,
+    stride: usize,
+) {
+    let position = ABSOLUTE_POS;
+    if position >= units {
+        terminate!();
+    }
+    let source = up_source(position, height, width, outputs) * 4 * outputs;
+    let tap = up_tap(position, width, outputs);
+    let value = sums[source + tap * outputs + position % outputs];
+    store_up(output, value, position, height, width, outputs, stride);
 }
 
 /// The head's logit for output channel `o` at `source`, the first channel of a pixel in a

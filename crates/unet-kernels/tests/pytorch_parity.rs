@@ -56,16 +56,31 @@ fn check<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
         );
         let alone = predictor.predict_batch(&patches[..1]).unwrap();
         assert_eq!(alone[0], maps[0], "{}: a batch of one", case.name);
-        // Profiled: every 3x3 convolution of the plan timed, in plan order.
-        let profile = engine_profile(&checkpoint, &client, &patches);
+        // Profiled: every 3x3 and transposed convolution timed, in the order they run, with
+        // what ran it.
+        let profile = engine_profile::<F>(&checkpoint, &client, &patches);
         assert_eq!(
             profile.len(),
-            18,
-            "{}: 2 per level, encoder and decoder",
+            22,
+            "{}: 2 per level, encoder and decoder, and the decoder's 4 transposed",
             case.name
         );
         assert_eq!(profile[0].layer, "conv1.first");
+        assert_eq!((profile[10].layer.as_str(), profile[10].taps), ("up6", 4));
         assert!(profile.iter().all(|l| l.seconds > 0.0 && l.tflops() > 0.0));
+        // f16 is tuned per layer shape among cubek's tensor-core algorithms and the portable
+        // loop; a device without tensor cores (lavapipe) can run only the portable one, which
+        // the tuner must find rather than fail. f32 always runs the portable loop.
+        let tensor_cores = client.properties().features.matmul.cmma.iter().next();
+        for layer in &profile {
+            if tensor_cores.is_none() {
+                assert_eq!(
+                    layer.main_loop, "portable",
+                    "{}: {}",
+                    case.name, layer.layer
+                );
+            }
+        }
         // Every channel's sigmoid (the `predict` example's raw output).
         let raw = predictor.predict_raw(&patches[..1]).unwrap();
         let (_, expected_raw) = case.expected_sigmoid();
@@ -91,12 +106,21 @@ fn check<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
 }
 
 /// Each 3x3 convolution's time in one forward of `patches` on a fresh engine.
-fn engine_profile(
+fn engine_profile<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
     checkpoint: &Checkpoint,
     client: &cubecl::prelude::Client,
     patches: &[RgbPatch],
 ) -> Vec<unet_core::engine::LayerTime> {
-    let engine = FusedUnet::<f32>::new(client.clone(), "wgpu", &checkpoint.weights).unwrap();
+    let engine = FusedUnet::<F>::new(client.clone(), "wgpu", &checkpoint.weights).unwrap();
+    let tuned = size_of::<F>() == 2;
+    assert_eq!(
+        engine.main_loop(),
+        if tuned {
+            "tuned per layer shape"
+        } else {
+            "portable"
+        }
+    );
     let (width, height) = (patches[0].width, patches[0].height);
     let batch = unet_core::engine::Batch {
         patches,

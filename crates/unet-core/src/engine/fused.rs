@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use unet_kernels::{conv3x3, head, input_bordered, relu_bordered, up2x2};
+use unet_kernels::{head, input_bordered, relu_bordered};
+
+use self::main_loop::{Candidate, Conv, MainLoop, Op};
 
 use crate::architecture::{LEVELS, Layer as PlanLayer, UnetConfig};
 use crate::engine::{Batch, Engine, Output};
@@ -16,10 +18,13 @@ use crate::predictor::PredictError;
 use crate::target::{EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
 
+mod main_loop;
+
 /// Units per cube for every kernel.
 const UNITS: u32 = 256;
 
 /// A layer's weights (`[tap][input][output]`) and bias on the device, as `F`.
+#[derive(Clone)]
 struct Layer {
     /// Its path in the plan (`conv1.first`).
     name: String,
@@ -27,9 +32,9 @@ struct Layer {
     outputs: usize,
     weight: Handle,
     bias: Handle,
-    /// The weights as cubek's convolution reads them, `[output][ky][kx][input]`.
-    #[cfg(feature = "cuda")]
-    weight_ohwi: Handle,
+    /// Its weights and bias as cubek's convolution reads them (`main_loop::gemm_form`).
+    gemm_weight: Handle,
+    gemm_bias: Handle,
 }
 
 /// What a forward's convolutions share: the buffer of sums, and where their times go when
@@ -39,13 +44,18 @@ struct Pass<'a> {
     times: Option<&'a mut Vec<LayerTime>>,
 }
 
-/// One 3x3 convolution's time in [`FusedUnet::profile`].
+/// One convolution's time in [`FusedUnet::profile`].
 #[derive(Debug, Clone)]
 pub struct LayerTime {
-    /// Its path in the plan (`conv1.first`).
+    /// Its path in the plan (`conv1.first`, `up6`).
     pub layer: String,
-    /// (batch, height, width, input channels, output channels).
+    /// (batch, height, width, input channels, output channels), the height and width of its
+    /// input.
     pub shape: (usize, usize, usize, usize, usize),
+    /// Kernel taps: 9 for a 3x3 convolution, 4 for the 2x2 transposed one.
+    pub taps: usize,
+    /// What computed its products: `portable`, or cubek's algorithm and tile kind.
+    pub main_loop: String,
     pub seconds: f64,
 }
 
@@ -53,7 +63,7 @@ impl LayerTime {
     /// Multiply-adds counted twice, per second, in units of 10^12.
     pub fn tflops(&self) -> f64 {
         let (n, h, w, inputs, outputs) = self.shape;
-        2.0 * (n * h * w * 9 * inputs * outputs) as f64 / self.seconds / 1e12
+        2.0 * (n * h * w * self.taps * inputs * outputs) as f64 / self.seconds / 1e12
     }
 }
 
@@ -78,19 +88,10 @@ impl<'a> Store<'a> {
     }
 }
 
-/// What computes the 3x3 convolutions' sums.
-#[derive(Debug, Clone, Copy)]
-enum MainLoop {
-    /// unet-kernels' portable kernel: any runtime, one unit per output value.
-    Portable,
-    /// cubek's implicit GEMM on tensor cores (f16 on CUDA), with the algorithm given.
-    #[cfg(feature = "cuda")]
-    TensorCores(cubek::convolution::ConvAlgorithm),
-}
-
 /// The UNet on a CubeCL device: NHWC activations and weights stored as `F` (`f32` or
 /// `half::f16`), sums in f32; per 3x3 convolution a main loop and an epilogue (pooling in
-/// the epilogue of the convolution before it), one kernel per other layer; no host
+/// the epilogue of the convolution before it), per transposed convolution a main loop (direct,
+/// or a GEMM and a scatter: `fused/main_loop.rs`), one kernel for the input and one for the head; no host
 /// synchronisation inside a forward.
 pub struct FusedUnet<F> {
     client: Client,
@@ -122,7 +123,8 @@ struct Buffers {
     joins: Vec<Handle>,
     /// The level's last output: the encoder's at the deepest level, the decoder's above.
     outputs: Vec<Handle>,
-    /// A convolution's sums before its epilogue, `[batch, h, w, outputs]`, the largest's size.
+    /// A convolution's sums before its epilogue, `[batch, h, w, outputs]`, or a transposed
+    /// convolution's products on tensor cores: the largest's size.
     sums: Handle,
 }
 
@@ -139,18 +141,26 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         client: Client,
         device: &'static str,
         weights: &FoldedWeights,
-    ) -> Result<FusedUnet<F>, WeightsError> {
+    ) -> Result<FusedUnet<F>, PredictError> {
+        let main_loop = MainLoop::choose(&client, device, precision_of::<F>()).map_err(|what| {
+            PredictError::Unsupported {
+                engine: "fused",
+                what,
+            }
+        })?;
         let plan = weights.plan();
         let layer = |layer: &PlanLayer| -> Result<Layer, WeightsError> {
             let tap_major = weights.tap_major(layer)?;
+            let bias = weights.bias(layer)?;
+            let (gemm_weight, gemm_bias) = main_loop::gemm_form(layer.kind, &tap_major, bias);
             Ok(Layer {
                 name: layer.path.clone(),
                 inputs: layer.inputs,
                 outputs: layer.outputs,
                 weight: upload::<F>(&client, &tap_major.values),
-                bias: upload::<F>(&client, weights.bias(layer)?),
-                #[cfg(feature = "cuda")]
-                weight_ohwi: upload::<F>(&client, &tensor_cores::ohwi(&tap_major)),
+                bias: upload::<F>(&client, bias),
+                gemm_weight: upload::<F>(&client, &gemm_weight),
+                gemm_bias: upload::<F>(&client, &gemm_bias),
             })
         };
         let encoder = plan
@@ -167,7 +177,6 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             })
             .collect::<Result<_, WeightsError>>()?;
         let head = layer(&plan.head)?;
-        let main_loop = MainLoop::choose(&client, precision_of::<F>());
         let nothing = upload::<F>(&client, &[0.0]);
         Ok(FusedUnet {
             client,
@@ -187,13 +196,10 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         self.config
     }
 
-    /// What computes the 3x3 convolutions: `portable`, or cubek's algorithm on tensor cores.
+    /// What computes the convolutions' products: `tuned per layer shape` (what each ran is in
+    /// [`FusedUnet::profile`]), `portable`, or cubek's algorithm and tile kind.
     pub fn main_loop(&self) -> String {
-        match self.main_loop {
-            MainLoop::Portable => "portable".to_string(),
-            #[cfg(feature = "cuda")]
-            MainLoop::TensorCores(algorithm) => format!("tensor cores, {algorithm}"),
-        }
+        self.main_loop.to_string()
     }
 
     /// The decoder level that goes back up to `level`.
@@ -232,7 +238,17 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 (0..LEVELS)
                     .map(|l| {
                         let widest = self.encoder[l].iter().map(|c| c.outputs).max();
-                        (height >> l) * (width >> l) * widest.unwrap_or(0)
+                        let conv = (height >> l) * (width >> l) * widest.unwrap_or(0);
+                        // The transposed convolution up from level l + 1, on tensor cores:
+                        // four products per output channel at every bordered input pixel.
+                        let up = match l {
+                            l if l == LEVELS - 1 => 0,
+                            l => {
+                                let (h, w) = (height >> (l + 1), width >> (l + 1));
+                                (h + 2) * (w + 2) * 4 * self.decoder_at(l)[0].outputs
+                            }
+                        };
+                        conv.max(up)
                     })
                     .max()
                     .unwrap_or(0)
@@ -248,8 +264,9 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         self.run(batch, output, None)
     }
 
-    /// The time of each 3x3 convolution (main loop and epilogue) in a forward of `batch`,
-    /// in plan order, the device waited for before and after each.
+    /// The time of each 3x3 convolution (main loop and epilogue) and transposed convolution
+    /// in a forward of `batch`, in the order they run, the device waited for before and after
+    /// each.
     pub fn profile(&self, batch: &Batch) -> Result<Vec<LayerTime>, PredictError> {
         let mut times = Vec::new();
         self.run(batch, Output::Probability, Some(&mut times))?;
@@ -322,7 +339,8 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             let shape = (n, height >> level, width >> level);
             let join = &buffers.joins[level];
             let below = (n, shape.1 / 2, shape.2 / 2);
-            self.up2x2(up, &buffers.outputs[level + 1], join, below, first.inputs);
+            let below_output = &buffers.outputs[level + 1];
+            self.up2x2(up, below_output, join, below, first.inputs, &mut pass)?;
             let middle = Store::whole(&buffers.middles[level], first);
             self.conv(first, join, middle, shape, &mut pass)?;
             let output = Store::whole(&buffers.outputs[level], second);
@@ -378,89 +396,43 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         shape: (usize, usize, usize),
         pass: &mut Pass,
     ) -> Result<(), PredictError> {
-        let started = match pass.times {
-            Some(_) => Some(self.wait(shape.0).map(|()| Instant::now())?),
-            None => None,
-        };
-        let sums = pass.sums;
-        let (n, h, w) = shape;
-        let bordered = n * (h + 2) * (w + 2);
-        let values = n * h * w * layer.outputs;
-        match &self.main_loop {
-            MainLoop::Portable => {
-                // SAFETY: every buffer holds the length given with it (`allocate`).
-                unsafe {
-                    conv3x3::launch_unchecked::<F>(
-                        &self.client,
-                        cube_count(values),
-                        CubeDim::new_1d(UNITS),
-                        BufferArg::from_raw_parts(input.clone(), bordered * layer.inputs),
-                        BufferArg::from_raw_parts(
-                            layer.weight.clone(),
-                            9 * layer.inputs * layer.outputs,
-                        ),
-                        BufferArg::from_raw_parts(layer.bias.clone(), layer.outputs),
-                        BufferArg::from_raw_parts(sums.clone(), values),
-                        h,
-                        w,
-                        layer.inputs,
-                        layer.outputs,
-                    )
-                }
-            }
-            #[cfg(feature = "cuda")]
-            MainLoop::TensorCores(algorithm) => {
-                tensor_cores::conv3x3::<F>(&self.client, *algorithm, input, layer, sums, shape)
-                    .map_err(|reason| PredictError::Inference {
-                        device: self.device,
-                        source: reason.into(),
-                    })?
-            }
-        }
-        let (units, pooled, pooled_len) = match store.pooled {
-            Some(pooled) => (
-                values / 4,
-                pooled,
-                n * (h / 2 + 2) * (w / 2 + 2) * layer.outputs,
-            ),
-            None => (values, &self.nothing, 1),
-        };
-        // SAFETY: every buffer holds the length given with it (`allocate`, `nothing`).
-        unsafe {
-            relu_bordered::launch_unchecked::<F>(
-                &self.client,
-                cube_count(units),
-                CubeDim::new_1d(UNITS),
-                BufferArg::from_raw_parts(sums.clone(), values),
-                BufferArg::from_raw_parts(store.output.clone(), bordered * store.stride),
-                BufferArg::from_raw_parts(pooled.clone(), pooled_len),
-                h,
-                w,
-                layer.outputs,
-                store.stride,
-                store.offset,
-                store.pooled.is_some(),
-            )
-        };
-        if let (Some(times), Some(started)) = (pass.times.as_deref_mut(), started) {
-            self.wait(n)?;
-            times.push(LayerTime {
-                layer: layer.name.clone(),
-                shape: (n, h, w, layer.inputs, layer.outputs),
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
-        Ok(())
+        let sums = pass.sums.clone();
+        self.timed(layer, shape, 9, pass, || {
+            let (n, h, w) = shape;
+            let bordered = n * (h + 2) * (w + 2);
+            let values = n * h * w * layer.outputs;
+            let ran = self.launch_main_loop(layer, input, &sums, shape, Op::Conv3x3)?;
+            let (units, pooled, pooled_len) = match store.pooled {
+                Some(pooled) => (
+                    values / 4,
+                    pooled,
+                    n * (h / 2 + 2) * (w / 2 + 2) * layer.outputs,
+                ),
+                None => (values, &self.nothing, 1),
+            };
+            // SAFETY: every buffer holds the length given with it (`allocate`, `nothing`).
+            unsafe {
+                relu_bordered::launch_unchecked::<F>(
+                    &self.client,
+                    cube_count(units),
+                    CubeDim::new_1d(UNITS),
+                    BufferArg::from_raw_parts(sums.clone(), values),
+                    BufferArg::from_raw_parts(store.output.clone(), bordered * store.stride),
+                    BufferArg::from_raw_parts(pooled.clone(), pooled_len),
+                    h,
+                    w,
+                    layer.outputs,
+                    store.stride,
+                    store.offset,
+                    store.pooled.is_some(),
+                )
+            };
+            Ok(ran)
+        })
     }
 
-    /// Waits for the device to finish what it was given (a batch of `n`).
-    fn wait(&self, n: usize) -> Result<(), PredictError> {
-        cubecl::future::block_on(self.client.sync())
-            .map_err(|source| super::device_error(self.device, n, source))
-    }
-
-    /// `layer` on `input` (an image of `shape`) into channels `0..` of `output`, twice the
-    /// size, whose pixels hold `stride` channels.
+    /// The transposed convolution `layer` on `input` (an image of `shape`) into channels `0..`
+    /// of `output`, twice the size, whose pixels hold `stride` channels.
     fn up2x2(
         &self,
         layer: &Layer,
@@ -468,27 +440,75 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         output: &Handle,
         shape: (usize, usize, usize),
         stride: usize,
-    ) {
-        let (n, h, w) = shape;
-        let units = 4 * n * h * w * layer.outputs;
-        // SAFETY: every buffer holds the length given with it (`allocate`).
-        unsafe {
-            up2x2::launch_unchecked::<F>(
-                &self.client,
-                cube_count(units),
-                CubeDim::new_1d(UNITS),
-                BufferArg::from_raw_parts(input.clone(), n * (h + 2) * (w + 2) * layer.inputs),
-                BufferArg::from_raw_parts(layer.weight.clone(), 4 * layer.inputs * layer.outputs),
-                BufferArg::from_raw_parts(layer.bias.clone(), layer.outputs),
-                BufferArg::from_raw_parts(output.clone(), n * (2 * h + 2) * (2 * w + 2) * stride),
-                units,
-                h,
-                w,
-                layer.inputs,
-                layer.outputs,
-                stride,
-            )
+        pass: &mut Pass,
+    ) -> Result<(), PredictError> {
+        let sums = pass.sums.clone();
+        let op = Op::Up2x2 {
+            output: output.clone(),
+            stride,
         };
+        self.timed(layer, shape, 4, pass, || {
+            self.launch_main_loop(layer, input, &sums, shape, op)
+        })
+    }
+
+    /// Launches `layer`'s main loop for `op`; returns what ran it.
+    fn launch_main_loop(
+        &self,
+        layer: &Layer,
+        input: &Handle,
+        sums: &Handle,
+        shape: (usize, usize, usize),
+        op: Op,
+    ) -> Result<Candidate, PredictError> {
+        let conv = Conv {
+            client: self.client.clone(),
+            layer: layer.clone(),
+            input: input.clone(),
+            sums: sums.clone(),
+            shape,
+            op,
+        };
+        self.main_loop
+            .run::<F>(conv)
+            .map_err(|reason| PredictError::Inference {
+                device: self.device,
+                source: reason.into(),
+            })
+    }
+
+    /// Runs `launch` (`layer`, on an input of `shape`, a kernel of `taps` taps), timed into
+    /// the pass's times when profiling: the device waited for before and after.
+    fn timed(
+        &self,
+        layer: &Layer,
+        shape: (usize, usize, usize),
+        taps: usize,
+        pass: &mut Pass,
+        launch: impl FnOnce() -> Result<Candidate, PredictError>,
+    ) -> Result<(), PredictError> {
+        let (n, h, w) = shape;
+        let Some(times) = pass.times.as_deref_mut() else {
+            return launch().map(|_| ());
+        };
+        self.wait(n)?;
+        let started = Instant::now();
+        let ran = launch()?;
+        self.wait(n)?;
+        times.push(LayerTime {
+            layer: layer.name.clone(),
+            shape: (n, h, w, layer.inputs, layer.outputs),
+            taps,
+            main_loop: ran.to_string(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    }
+
+    /// Waits for the device to finish what it was given (a batch of `n`).
+    fn wait(&self, n: usize) -> Result<(), PredictError> {
+        cubecl::future::block_on(self.client.sync())
+            .map_err(|source| super::device_error(self.device, n, source))
     }
 }
 
@@ -557,141 +577,4 @@ fn cube_count(units: usize) -> CubeCount {
     let cubes = units.div_ceil(UNITS as usize) as u32;
     let x = cubes.min(65_535);
     CubeCount::Static(x, cubes.div_ceil(x), 1)
-}
-
-impl MainLoop {
-    /// cubek's tensor cores for f16 on CUDA (algorithm `UNET_FUSED_CONV`, by default
-    /// `simple_sync_cyclic`; `portable` for unet-kernels' loop), else the portable loop.
-    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-    fn choose(client: &Client, precision: Precision) -> MainLoop {
-        #[cfg(feature = "cuda")]
-        if precision == Precision::F16
-            && client
-                .properties()
-                .features
-                .matmul
-                .cmma
-                .iter()
-                .next()
-                .is_some()
-        {
-            let asked = std::env::var("UNET_FUSED_CONV").unwrap_or_default();
-            if let Some(algorithm) = tensor_cores::algorithm(&asked) {
-                return MainLoop::TensorCores(algorithm);
-            }
-        }
-        MainLoop::Portable
-    }
-}
-
-/// The 3x3 convolutions' main loop on tensor cores: cubek's implicit GEMM, reading the
-/// bordered input with no padding (the border is the padding) and writing the sums, bias
-/// included, for the shared epilogue.
-#[cfg(feature = "cuda")]
-mod tensor_cores {
-    use cubecl::prelude::*;
-    use cubecl::server::Handle;
-    use cubecl::zspace::{Shape, Strides};
-    use cubek::convolution::{
-        AcceleratedTileKind, ConvAlgorithm, ConvolutionArgs, ConvolutionInputs, Strategy,
-        launch_ref,
-    };
-    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
-    use cubek::std::InputBinding;
-
-    use super::Layer;
-    use crate::weights::TapMajor;
-
-    /// `UNET_FUSED_CONV`'s algorithm: cubek's name for it (`specialized_tma`, ...), empty for
-    /// the default; `None` for `portable`.
-    pub fn algorithm(name: &str) -> Option<ConvAlgorithm> {
-        use ConvAlgorithm::*;
-        let all = [
-            SimpleSyncCyclic,
-            SimpleSyncStrided,
-            SimpleSyncTilewise,
-            SimpleAsyncCyclic,
-            SimpleAsyncStrided,
-            SimpleAsyncTma,
-            SpecializedAsyncCyclic,
-            SpecializedAsyncStrided,
-            SpecializedTma,
-        ];
-        match name {
-            "" => Some(SimpleSyncCyclic),
-            name => all.into_iter().find(|a| a.to_string() == name),
-        }
-    }
-
-    /// A layer's weights as `[output][ky][kx][input]`, from `[tap][input][output]`.
-    pub fn ohwi(tap_major: &TapMajor) -> Vec<f32> {
-        let (taps, inputs, outputs) = (tap_major.taps, tap_major.inputs, tap_major.outputs);
-        let mut values = vec![0.0; taps * inputs * outputs];
-        for tap in 0..taps {
-            for c in 0..inputs {
-                for o in 0..outputs {
-                    values[(o * taps + tap) * inputs + c] =
-                        tap_major.values[(tap * inputs + c) * outputs + o];
-                }
-            }
-        }
-        values
-    }
-
-    /// A contiguous tensor of `shape` over `handle`.
-    fn tensor<const D: usize>(handle: &Handle, shape: [usize; D]) -> TensorBinding {
-        let mut strides = [1usize; D];
-        for d in (0..D.saturating_sub(1)).rev() {
-            strides[d] = strides[d + 1] * shape[d + 1];
-        }
-        TensorBinding {
-            handle: handle.clone().binding(),
-            strides: Strides::new(&strides),
-            shape: Shape::new(shape),
-            tiling: Default::default(),
-        }
-    }
-
-    /// `layer` on the bordered `input` of `shape` = (batch, height, width) into `sums`,
-    /// `[batch, height, width, outputs]`.
-    pub fn conv3x3<F: Float + CubeElement>(
-        client: &Client,
-        algorithm: ConvAlgorithm,
-        input: &Handle,
-        layer: &Layer,
-        sums: &Handle,
-        (n, h, w): (usize, usize, usize),
-    ) -> Result<(), String> {
-        let elem = F::elem_type_native();
-        launch_ref::<2>(
-            &Strategy::Inferred {
-                algorithm,
-                tile_kind: AcceleratedTileKind::Cmma,
-            },
-            client,
-            ConvolutionInputs::Forward {
-                input: InputBinding::new(tensor(input, [n, h + 2, w + 2, layer.inputs]), elem),
-                weight: InputBinding::new(
-                    tensor(&layer.weight_ohwi, [layer.outputs, 3, 3, layer.inputs]),
-                    elem,
-                ),
-                bias: Some(InputBinding::new(
-                    tensor(&layer.bias, [layer.outputs]),
-                    elem,
-                )),
-                out: tensor(sums, [n, h, w, layer.outputs]),
-            },
-            ConvolutionArgs {
-                stride: [1, 1],
-                padding: [0, 0],
-                dilation: [1, 1],
-            },
-            MatmulElems::from_globals(&MatmulGlobalElems {
-                lhs: elem,
-                rhs: elem,
-                out: elem,
-            }),
-        )
-        .map_err(|err| format!("cubek's convolution ({algorithm}): {err:?}"))
-    }
 }

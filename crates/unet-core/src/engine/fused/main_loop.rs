@@ -1,0 +1,501 @@
+//! What computes the fused engine's products, its *main loops*: for a 3x3 convolution its
+//! sums (the epilogue after them is shared), for a 2x2 stride-2 transposed convolution its
+//! output. Either runs on unet-kernels' portable kernels, or on cubek's implicit GEMM on
+//! tensor cores, in one of cubek's algorithms and tile kinds (the transposed convolution as one
+//! 1x1 convolution to four times the channels, then a scatter). In f16 every layer shape runs
+//! the fastest of them that runs at all, measured on the shape's first use by cubecl's
+//! autotune and kept on disk where cubecl's `persistence` is built in (the `cuda` feature), so
+//! a second process starts without the search. `UNET_FUSED_CONV` names one candidate for every
+//! layer instead.
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use cubecl::AutotuneKey;
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use cubecl::tune::{LocalTuner, Tunable, TunableSet, TuneGroup, local_tuner};
+use cubek::convolution::{AcceleratedTileKind, ConvAlgorithm};
+use serde::{Deserialize, Serialize};
+use unet_kernels::{conv3x3, scatter2x2, up2x2};
+
+use super::{Layer, UNITS, cube_count};
+use crate::architecture::Kind;
+use crate::target::Precision;
+use crate::weights::TapMajor;
+
+/// One main loop to run: `layer` on the bordered `input`, an image of `shape` = (batch,
+/// height, width), as `op` says; `sums` is the engine's scratch buffer.
+#[derive(Clone)]
+pub(super) struct Conv {
+    pub client: Client,
+    pub layer: Layer,
+    pub input: Handle,
+    pub sums: Handle,
+    pub shape: (usize, usize, usize),
+    pub op: Op,
+}
+
+/// What a main loop computes.
+#[derive(Clone)]
+pub(super) enum Op {
+    /// A 3x3 convolution's sums, bias included, into `sums`, `[batch, height, width,
+    /// outputs]`, for the epilogue.
+    Conv3x3,
+    /// A 2x2 stride-2 transposed convolution, bias included, into channels `0..outputs` of
+    /// `output`: bordered, twice the size, pixels of `stride` channels (the decoder's
+    /// concatenation). On tensor cores its products pass through `sums`, `[batch, height + 2,
+    /// width + 2, 4 * outputs]`.
+    Up2x2 { output: Handle, stride: usize },
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Conv3x3 => "conv3x3",
+            Op::Up2x2 { .. } => "up2x2",
+        }
+    }
+}
+
+/// One way to run a main loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Candidate {
+    /// unet-kernels' kernels, one unit per output value: any runtime, any shape.
+    Portable,
+    /// cubek's implicit GEMM on tensor cores, reading the border as the padding.
+    TensorCores(ConvAlgorithm, AcceleratedTileKind),
+}
+
+impl fmt::Display for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Candidate::Portable => f.write_str("portable"),
+            Candidate::TensorCores(algorithm, tile) => write!(f, "{algorithm}_{tile}"),
+        }
+    }
+}
+
+impl Candidate {
+    /// Every candidate: the portable loop, and cubek's forward algorithms with each tile
+    /// kind (`wmma`, or `mma.sync` with `ldmatrix`).
+    fn all() -> impl Iterator<Item = Candidate> {
+        use ConvAlgorithm::*;
+        let algorithms = [
+            SimpleSyncCyclic,
+            SimpleSyncStrided,
+            SimpleSyncTilewise,
+            SimpleAsyncCyclic,
+            SimpleAsyncStrided,
+            SimpleAsyncTma,
+            SpecializedAsyncCyclic,
+            SpecializedAsyncStrided,
+            SpecializedTma,
+        ];
+        let tensor_cores = algorithms.into_iter().flat_map(|algorithm| {
+            [AcceleratedTileKind::Cmma, AcceleratedTileKind::Mma]
+                .map(|tile| Candidate::TensorCores(algorithm, tile))
+        });
+        std::iter::once(Candidate::Portable).chain(tensor_cores)
+    }
+
+    /// What the tuner measures on tensor cores: one algorithm per way of loading (synchronous,
+    /// asynchronous, TMA; single-stage or warp-specialised), each with both tile kinds. Each
+    /// costs a kernel compilation per layer shape on the first run; the strided and tilewise
+    /// loaders left out differ from the cyclic ones only in how the threads share a tile's loads.
+    fn tuned() -> impl Iterator<Item = Candidate> {
+        use ConvAlgorithm::*;
+        [
+            SpecializedTma,
+            SpecializedAsyncCyclic,
+            SimpleAsyncTma,
+            SimpleSyncCyclic,
+        ]
+        .into_iter()
+        .flat_map(|algorithm| {
+            [AcceleratedTileKind::Mma, AcceleratedTileKind::Cmma]
+                .map(|tile| Candidate::TensorCores(algorithm, tile))
+        })
+    }
+
+    /// The candidate `name`d as [`Candidate`]'s `Display` writes it.
+    fn named(name: &str) -> Option<Candidate> {
+        Candidate::all().find(|candidate| candidate.to_string() == name)
+    }
+
+    /// Launches `conv` (no wait for the device); the error says why the candidate cannot run
+    /// this shape here.
+    fn run<F: Float + CubeElement>(self, conv: &Conv) -> Result<(), String> {
+        let (n, h, w) = conv.shape;
+        let layer = &conv.layer;
+        let bordered = n * (h + 2) * (w + 2);
+        let input_len = bordered * layer.inputs;
+        match (self, &conv.op) {
+            (Candidate::Portable, Op::Conv3x3) => {
+                let values = n * h * w * layer.outputs;
+                // SAFETY: every buffer holds the length given with it (the engine's `allocate`).
+                unsafe {
+                    conv3x3::launch_unchecked::<F>(
+                        &conv.client,
+                        cube_count(values),
+                        CubeDim::new_1d(UNITS),
+                        BufferArg::from_raw_parts(conv.input.clone(), input_len),
+                        BufferArg::from_raw_parts(
+                            layer.weight.clone(),
+                            9 * layer.inputs * layer.outputs,
+                        ),
+                        BufferArg::from_raw_parts(layer.bias.clone(), layer.outputs),
+                        BufferArg::from_raw_parts(conv.sums.clone(), values),
+                        h,
+                        w,
+                        layer.inputs,
+                        layer.outputs,
+                    )
+                };
+                Ok(())
+            }
+            (Candidate::Portable, Op::Up2x2 { output, stride }) => {
+                let units = 4 * n * h * w * layer.outputs;
+                // SAFETY: every buffer holds the length given with it (the engine's `allocate`).
+                unsafe {
+                    up2x2::launch_unchecked::<F>(
+                        &conv.client,
+                        cube_count(units),
+                        CubeDim::new_1d(UNITS),
+                        BufferArg::from_raw_parts(conv.input.clone(), input_len),
+                        BufferArg::from_raw_parts(
+                            layer.weight.clone(),
+                            4 * layer.inputs * layer.outputs,
+                        ),
+                        BufferArg::from_raw_parts(layer.bias.clone(), layer.outputs),
+                        BufferArg::from_raw_parts(
+                            output.clone(),
+                            n * (2 * h + 2) * (2 * w + 2) * stride,
+                        ),
+                        units,
+                        h,
+                        w,
+                        layer.inputs,
+                        layer.outputs,
+                        *stride,
+                    )
+                };
+                Ok(())
+            }
+            (Candidate::TensorCores(algorithm, tile), op) => {
+                tensor_cores::conv::<F>(algorithm, tile, conv)
+                    .map_err(|err| format!("cubek's convolution ({self}): {err}"))?;
+                if let Op::Up2x2 { output, stride } = op {
+                    let units = 4 * n * h * w * layer.outputs;
+                    // SAFETY: every buffer holds the length given with it (the engine's
+                    // `allocate` sizes `sums` for the bordered products too).
+                    unsafe {
+                        scatter2x2::launch_unchecked::<F>(
+                            &conv.client,
+                            cube_count(units),
+                            CubeDim::new_1d(UNITS),
+                            BufferArg::from_raw_parts(
+                                conv.sums.clone(),
+                                bordered * 4 * layer.outputs,
+                            ),
+                            BufferArg::from_raw_parts(
+                                output.clone(),
+                                n * (2 * h + 2) * (2 * w + 2) * stride,
+                            ),
+                            units,
+                            h,
+                            w,
+                            layer.outputs,
+                            *stride,
+                        )
+                    };
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How the engine picks each convolution's main loop.
+#[derive(Debug, Clone)]
+pub(super) enum MainLoop {
+    /// The fastest candidate per layer shape, tuned on the device `tune_id` names.
+    Tuned { tune_id: String },
+    /// One candidate for every layer.
+    Fixed(Candidate),
+}
+
+impl MainLoop {
+    /// `UNET_FUSED_CONV`: unset, empty or `tuned` tunes f16 per layer shape; `portable` or a
+    /// candidate's name (`specialized_tma_mma`) runs that one everywhere. f32 always runs the
+    /// portable loop: tensor cores take f32 only as TF32 (10-bit mantissas), and f32 is the
+    /// engine's reference.
+    pub fn choose(client: &Client, device: &str, precision: Precision) -> Result<MainLoop, String> {
+        if precision != Precision::F16 {
+            return Ok(MainLoop::Fixed(Candidate::Portable));
+        }
+        match std::env::var("UNET_FUSED_CONV")
+            .unwrap_or_default()
+            .as_str()
+        {
+            "" | "tuned" => {
+                // The card as cubecl knows it (its name and what kernels compile for), so a
+                // cache kept on disk never answers for another card.
+                let identity = &client.properties().identity;
+                let id = format!("{device}-{}-{}", identity.name, identity.fingerprint);
+                let tune_id = id
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                Ok(MainLoop::Tuned { tune_id })
+            }
+            name => Candidate::named(name).map(MainLoop::Fixed).ok_or_else(|| {
+                let names: Vec<String> = Candidate::all().map(|c| c.to_string()).collect();
+                format!(
+                    "UNET_FUSED_CONV={name} names no main loop (expected tuned, or one of: {})",
+                    names.join(", ")
+                )
+            }),
+        }
+    }
+
+    /// Launches `conv`'s main loop; returns the candidate that ran.
+    pub fn run<F: Float + CubeElement>(&self, conv: Conv) -> Result<Candidate, String> {
+        match self {
+            MainLoop::Fixed(candidate) => candidate.run::<F>(&conv).map(|()| *candidate),
+            MainLoop::Tuned { tune_id } => tuned::<F>(tune_id, conv),
+        }
+    }
+}
+
+impl fmt::Display for MainLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MainLoop::Tuned { .. } => f.write_str("tuned per layer shape"),
+            MainLoop::Fixed(candidate) => write!(f, "{candidate}"),
+        }
+    }
+}
+
+/// What a tuned choice holds for: one main loop's op, shape and storage. The batch is rounded
+/// to a power of two, so batches of 9 to 16 share what batch 16 measured.
+#[derive(Hash, Eq, PartialEq, Debug, Clone, Serialize, Deserialize, AutotuneKey)]
+pub(super) struct ConvKey {
+    op: String,
+    #[autotune(anchor)]
+    batch: usize,
+    height: usize,
+    width: usize,
+    inputs: usize,
+    outputs: usize,
+    storage: String,
+}
+
+static TUNER: LocalTuner<ConvKey, String> = local_tuner!("main-loop");
+
+/// Runs the fastest candidate for `conv`'s shape on the device `tune_id` names, tuning the
+/// shape first if neither this process nor the cache on disk has.
+fn tuned<F: Float + CubeElement>(tune_id: &String, conv: Conv) -> Result<Candidate, String> {
+    let candidates = TUNER.init(tune_id, || {
+        let storage = super::precision_of::<F>().to_string();
+        let key = move |conv: &Conv| {
+            let (n, h, w) = conv.shape;
+            let layer = &conv.layer;
+            let op = conv.op.name().to_string();
+            ConvKey::new(op, n, h, w, layer.inputs, layer.outputs, storage.clone())
+        };
+        // The portable loop is measured only where no tensor-core candidate runs the shape:
+        // it is a fallback, never the fastest where tensor cores exist.
+        let tensor_cores = TuneGroup::<ConvKey>::new("tensor cores", |_| 1);
+        let fallback = TuneGroup::<ConvKey>::new("portable", |_| 0);
+        let set = TunableSet::<ConvKey, Conv, (), Candidate>::new_cloning_inputs(key);
+        let set = Candidate::tuned().fold(set, |set, candidate| {
+            set.with(
+                Tunable::identified(candidate, move |conv: Conv| candidate.run::<F>(&conv))
+                    .group(&tensor_cores, |_| 1),
+            )
+        });
+        set.with(
+            Tunable::identified(Candidate::Portable, |conv: Conv| {
+                Candidate::Portable.run::<F>(&conv)
+            })
+            .group(&fallback, |_| 1),
+        )
+    });
+    let key = candidates.generate_key(&conv);
+    let client = conv.client.clone();
+    // cubecl's tuner panics where a candidate it chose fails to run after all; that must
+    // reach the user as an error.
+    catch_unwind(AssertUnwindSafe(|| {
+        TUNER.execute(tune_id, &client, candidates.clone(), conv)
+    }))
+    .map_err(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no reason given");
+        format!("cubecl's autotune of {key}: {reason}")
+    })?;
+    TUNER
+        .fastest_identity(tune_id, &candidates, &key)
+        .ok_or_else(|| format!("cubecl's autotune settled on no main loop for {key}"))
+}
+
+/// A layer's weights and bias as cubek's convolution reads them (its *GEMM form*), from
+/// `[tap][input][output]`: a 3x3 convolution's as `[output][ky][kx][input]`; a transposed
+/// convolution's as a 1x1 convolution to four times the channels, `[(dy * 2 + dx) * outputs +
+/// o][input]`, its bias repeated for each of the four.
+pub(super) fn gemm_form(kind: Kind, tap_major: &TapMajor, bias: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (taps, inputs, outputs) = (tap_major.taps, tap_major.inputs, tap_major.outputs);
+    let mut values = vec![0.0; taps * inputs * outputs];
+    for tap in 0..taps {
+        for c in 0..inputs {
+            for o in 0..outputs {
+                let at = match kind {
+                    Kind::UpConv2x2 => (tap * outputs + o) * inputs + c,
+                    _ => (o * taps + tap) * inputs + c,
+                };
+                values[at] = tap_major.get(tap, c, o);
+            }
+        }
+    }
+    let bias = match kind {
+        Kind::UpConv2x2 => bias.repeat(4),
+        _ => bias.to_vec(),
+    };
+    (values, bias)
+}
+
+/// cubek's implicit GEMM, reading the bordered input with no padding (the border is the
+/// padding) and writing the sums, bias included.
+mod tensor_cores {
+    use cubecl::prelude::*;
+    use cubecl::server::Handle;
+    use cubecl::zspace::{Shape, Strides};
+    use cubek::convolution::{
+        AcceleratedTileKind, ConvAlgorithm, ConvolutionArgs, ConvolutionInputs, Strategy,
+        launch_ref,
+    };
+    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+    use cubek::std::InputBinding;
+
+    use super::{Conv, Op};
+
+    /// A contiguous tensor of `shape` over `handle`.
+    fn tensor<const D: usize>(handle: &Handle, shape: [usize; D]) -> TensorBinding {
+        let mut strides = [1usize; D];
+        for d in (0..D.saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        TensorBinding {
+            handle: handle.clone().binding(),
+            strides: Strides::new(&strides),
+            shape: Shape::new(shape),
+            tiling: Default::default(),
+        }
+    }
+
+    /// `conv`'s layer in its GEMM form into `conv.sums`: a 3x3 convolution's sums, or a
+    /// transposed convolution's products at every bordered pixel (the border's are unused).
+    pub fn conv<F: Float + CubeElement>(
+        algorithm: ConvAlgorithm,
+        tile_kind: AcceleratedTileKind,
+        conv: &Conv,
+    ) -> Result<(), String> {
+        let (n, h, w) = conv.shape;
+        let layer = &conv.layer;
+        let elem = F::elem_type_native();
+        let (kernel, out) = match conv.op {
+            Op::Conv3x3 => (3, [n, h, w, layer.outputs]),
+            Op::Up2x2 { .. } => (1, [n, h + 2, w + 2, 4 * layer.outputs]),
+        };
+        launch_ref::<2>(
+            &Strategy::Inferred {
+                algorithm,
+                tile_kind,
+            },
+            &conv.client,
+            ConvolutionInputs::Forward {
+                input: InputBinding::new(
+                    tensor(&conv.input, [n, h + 2, w + 2, layer.inputs]),
+                    elem,
+                ),
+                weight: InputBinding::new(
+                    tensor(&layer.gemm_weight, [out[3], kernel, kernel, layer.inputs]),
+                    elem,
+                ),
+                bias: Some(InputBinding::new(tensor(&layer.gemm_bias, [out[3]]), elem)),
+                out: tensor(&conv.sums, out),
+            },
+            ConvolutionArgs {
+                stride: [1, 1],
+                padding: [0, 0],
+                dilation: [1, 1],
+            },
+            MatmulElems::from_globals(&MatmulGlobalElems {
+                lhs: elem,
+                rhs: elem,
+                out: elem,
+            }),
+        )
+        .map_err(|err| format!("{err:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_candidate_is_found_by_its_name_alone() {
+        let names: Vec<String> = Candidate::all().map(|c| c.to_string()).collect();
+        assert_eq!(names.len(), 19);
+        for candidate in Candidate::all() {
+            assert_eq!(Candidate::named(&candidate.to_string()), Some(candidate));
+        }
+        assert_eq!(
+            Candidate::named("specialized_tma_mma"),
+            Some(Candidate::TensorCores(
+                ConvAlgorithm::SpecializedTma,
+                AcceleratedTileKind::Mma
+            ))
+        );
+        assert_eq!(Candidate::named("specialized_tma"), None);
+        assert!(Candidate::tuned().all(|c| Candidate::all().any(|a| a == c)));
+    }
+
+    /// The layouts cubek is given: OHWI for a 3x3 convolution; for a transposed one, a 1x1
+    /// convolution whose output `tap * outputs + o` is output channel `o` at sub-pixel `tap`
+    /// (what unet-kernels' `scatter2x2` reads), with the bias repeated.
+    #[test]
+    fn gemm_form_lays_out_what_cubek_and_the_scatter_read() {
+        let (inputs, outputs) = (3, 5);
+        for (kind, taps) in [(Kind::Conv3x3, 9), (Kind::UpConv2x2, 4)] {
+            let tap_major = TapMajor {
+                taps,
+                inputs,
+                outputs,
+                values: (0..taps * inputs * outputs).map(|i| i as f32).collect(),
+            };
+            let bias: Vec<f32> = (0..outputs).map(|o| 100.0 + o as f32).collect();
+            let (weight, gemm_bias) = gemm_form(kind, &tap_major, &bias);
+            for tap in 0..taps {
+                for c in 0..inputs {
+                    for o in 0..outputs {
+                        let at = match kind {
+                            Kind::UpConv2x2 => ((tap * outputs) + o) * inputs + c,
+                            _ => (o * 9 + tap) * inputs + c,
+                        };
+                        assert_eq!(weight[at], tap_major.get(tap, c, o));
+                    }
+                }
+            }
+            let expected_bias = match kind {
+                Kind::UpConv2x2 => [&bias[..], &bias, &bias, &bias].concat(),
+                _ => bias.clone(),
+            };
+            assert_eq!(gemm_bias, expected_bias);
+        }
+    }
+}
