@@ -5,11 +5,14 @@
 //! 1x1 convolution to four times the channels, then a scatter). In f16 every layer shape runs
 //! the fastest of them that runs at all, measured on the shape's first use by cubecl's
 //! autotune and kept on disk where cubecl's `persistence` is built in (the `cuda` feature), so
-//! a second process starts without the search. `UNET_FUSED_CONV` names one candidate for every
-//! layer instead.
+//! a second process starts without the search. Each process checks a tuned winner's values once
+//! against the portable loop's before trusting it with a shape. `UNET_FUSED_CONV` names one
+//! candidate for every layer instead.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{LazyLock, Mutex};
 
 use cubecl::AutotuneKey;
 use cubecl::prelude::*;
@@ -124,8 +127,15 @@ impl Candidate {
     }
 
     /// Launches `conv` (no wait for the device); the error says why the candidate cannot run
-    /// this shape here.
+    /// this shape here. A panic inside cubecl or cubek (a kernel that fails to compile for
+    /// this card, say) is such an error too: while tuning, it rules the candidate out instead
+    /// of ending the search.
     fn run<F: Float + CubeElement>(self, conv: &Conv) -> Result<(), String> {
+        catch_unwind(AssertUnwindSafe(|| self.launch::<F>(conv)))
+            .map_err(|panic| format!("{self} panicked: {}", panic_message(&*panic)))?
+    }
+
+    fn launch<F: Float + CubeElement>(self, conv: &Conv) -> Result<(), String> {
         let (n, h, w) = conv.shape;
         let layer = &conv.layer;
         let bordered = n * (h + 2) * (w + 2);
@@ -323,23 +333,105 @@ fn tuned<F: Float + CubeElement>(tune_id: &String, conv: Conv) -> Result<Candida
         )
     });
     let key = candidates.generate_key(&conv);
-    let client = conv.client.clone();
-    // cubecl's tuner panics where a candidate it chose fails to run after all; that must
-    // reach the user as an error.
+    // cubecl's tuner panics where every candidate fails, or where the one it chose fails to
+    // run after all; that must reach the user as an error.
     catch_unwind(AssertUnwindSafe(|| {
-        TUNER.execute(tune_id, &client, candidates.clone(), conv)
+        TUNER.execute(tune_id, &conv.client, candidates.clone(), conv.clone())
     }))
-    .map_err(|panic| {
-        let reason = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("no reason given");
-        format!("cubecl's autotune of {key}: {reason}")
-    })?;
-    TUNER
+    .map_err(|panic| format!("cubecl's autotune of {key}: {}", panic_message(&*panic)))?;
+    let winner = TUNER
         .fastest_identity(tune_id, &candidates, &key)
-        .ok_or_else(|| format!("cubecl's autotune settled on no main loop for {key}"))
+        .ok_or_else(|| format!("cubecl's autotune settled on no main loop for {key}"))?;
+    let checked = (tune_id.clone(), key);
+    let verdict = CHECKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&checked)
+        .copied();
+    match verdict {
+        Some(runs) if runs == winner => Ok(winner),
+        Some(runs) => {
+            // Found wrong earlier in this process: what it wrote is replaced.
+            runs.run::<F>(&conv)?;
+            Ok(runs)
+        }
+        None if winner == Candidate::Portable => Ok(winner),
+        None => {
+            let runs = check_against_portable::<F>(winner, &conv, &checked.1)?;
+            let mut verdicts = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+            verdicts.insert(checked, runs);
+            Ok(runs)
+        }
+    }
+}
+
+/// What runs each tuned key in this process, by device and key, once its winner was checked
+/// against the portable loop.
+static CHECKED: LazyLock<Mutex<HashMap<(String, ConvKey), Candidate>>> =
+    LazyLock::new(Default::default);
+
+/// What should run `key`: the tuner's `winner` if its values (just computed for `conv`)
+/// agree with the portable loop's on the batch's first image (the images share every
+/// instruction), else, said in one line, the portable loop. Leaves the portable loop's values
+/// in place. The tuner measures speed only; this guards against a candidate that runs fast and
+/// wrong on a layout no test outside a GPU can reach.
+fn check_against_portable<F: Float + CubeElement>(
+    winner: Candidate,
+    conv: &Conv,
+    key: &ConvKey,
+) -> Result<Candidate, String> {
+    let theirs = first_image::<F>(conv)?;
+    Candidate::Portable.run::<F>(conv)?;
+    let ours = first_image::<F>(conv)?;
+    let scale = ours.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let difference = theirs
+        .iter()
+        .zip(&ours)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    // Both sum in f32 and round once to the storage type: they differ by about one rounding
+    // (5e-4 of a value in f16); a wrong layout differs by the values' own size. NaN fails.
+    if difference <= 1e-2 * scale {
+        Ok(winner)
+    } else {
+        eprintln!(
+            "unet-core: cubek's {winner} differs from the portable loop by {difference:.3e} (values up to {scale:.3e}) on {key}; that layer shape runs the portable loop"
+        );
+        Ok(Candidate::Portable)
+    }
+}
+
+/// The values `conv` wrote for the batch's first image, as f32.
+fn first_image<F: Float + CubeElement>(conv: &Conv) -> Result<Vec<f32>, String> {
+    let (_, h, w) = conv.shape;
+    let (handle, values) = match &conv.op {
+        Op::Conv3x3 => (&conv.sums, h * w * conv.layer.outputs),
+        Op::Up2x2 { output, stride } => (output, (2 * h + 2) * (2 * w + 2) * stride),
+    };
+    let bytes = (values * size_of::<F>()) as u64;
+    let first = handle.clone().offset_end(handle.size() - bytes);
+    let read = conv
+        .client
+        .read_one(first)
+        .map_err(|err| format!("reading a main loop's values back: {err}"))?;
+    Ok(match size_of::<F>() {
+        2 => read
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => read
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    })
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no reason given")
 }
 
 /// A layer's weights and bias as cubek's convolution reads them (its *GEMM form*), from
@@ -446,6 +538,69 @@ mod tensor_cores {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cubecl::wgpu::{WgpuDevice, WgpuDeviceKind, WgpuRuntime};
+    use cubecl_runtime::runtime::Runtime;
+
+    /// A tuned winner is trusted only where its values are the portable loop's: here the
+    /// "winner's" values are the portable loop's own (agree), then garbage in the first image
+    /// (disagree: the portable loop takes over and its values replace the garbage), on a
+    /// 3x3 layer over a batch of two in f32, on lavapipe.
+    #[test]
+    fn a_winner_that_disagrees_with_the_portable_loop_is_replaced() {
+        let client = <WgpuRuntime>::client(&WgpuDevice::new(WgpuDeviceKind::Cpu));
+        let (n, h, w, inputs, outputs) = (2, 5, 7, 3, 4);
+        let values = |count: usize, salt: usize| -> Vec<f32> {
+            (0..count)
+                .map(|i| ((i * 7919 + salt * 104_729) % 1013) as f32 / 1013.0 - 0.5)
+                .collect()
+        };
+        let upload = |v: &[f32]| client.create_from_slice(f32::as_bytes(v));
+        let weight = upload(&values(9 * inputs * outputs, 1));
+        let bias = upload(&values(outputs, 2));
+        let layer = Layer {
+            name: "conv".into(),
+            inputs,
+            outputs,
+            weight: weight.clone(),
+            bias: bias.clone(),
+            gemm_weight: weight,
+            gemm_bias: bias,
+        };
+        let sums_len = n * h * w * outputs;
+        let conv = Conv {
+            client: client.clone(),
+            layer,
+            input: upload(&values(n * (h + 2) * (w + 2) * inputs, 3)),
+            sums: upload(&vec![0.0; sums_len]),
+            shape: (n, h, w),
+            op: Op::Conv3x3,
+        };
+        let key = ConvKey::new("conv3x3".into(), n, h, w, inputs, outputs, "f32".into());
+        let winner =
+            Candidate::TensorCores(ConvAlgorithm::SpecializedTma, AcceleratedTileKind::Mma);
+        let read =
+            |sums: &Handle| f32::from_bytes(&client.read_one(sums.clone()).unwrap()).to_vec();
+
+        Candidate::Portable.run::<f32>(&conv).unwrap();
+        let portable = read(&conv.sums);
+        assert_eq!(first_image::<f32>(&conv).unwrap(), portable[..sums_len / n]);
+        assert_eq!(
+            check_against_portable::<f32>(winner, &conv, &key),
+            Ok(winner)
+        );
+
+        let mut garbage = portable.clone();
+        garbage[sums_len / n - 1] += 1.0;
+        let conv = Conv {
+            sums: upload(&garbage),
+            ..conv
+        };
+        assert_eq!(
+            check_against_portable::<f32>(winner, &conv, &key),
+            Ok(Candidate::Portable)
+        );
+        assert_eq!(read(&conv.sums), portable);
+    }
 
     #[test]
     fn every_candidate_is_found_by_its_name_alone() {
