@@ -18,7 +18,7 @@ use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cubecl_runtime::runtime::Runtime;
 use unet_core::engine::{Batch, Output};
 use unet_core::patch::RgbPatch;
-use unet_core::{DeviceChoice, EngineChoice, FusedUnet, Precision, Predictor, model_file};
+use unet_core::{DeviceChoice, EngineChoice, FusedUnet, Precision, Predictor, Target, model_file};
 
 #[derive(Parser)]
 struct Args {
@@ -36,6 +36,8 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // cubecl panics where no CUDA driver loads; the probe says why instead.
+    Target::resolve(DeviceChoice::Cuda, Precision::F16, EngineChoice::Fused)?;
     let weights = model_file::read_weights(&args.model)?;
     let cpu = Predictor::load(
         &args.model,
