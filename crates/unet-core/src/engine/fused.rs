@@ -12,7 +12,7 @@ use unet_kernels::{head, input_bordered, relu_bordered};
 
 use self::main_loop::{Candidate, Conv, MainLoop, Op};
 
-use crate::architecture::{LEVELS, Layer as PlanLayer, UnetConfig};
+use crate::architecture::{Kind, LEVELS, Layer as PlanLayer, UnetConfig};
 use crate::engine::{Batch, Engine, Output};
 use crate::predictor::PredictError;
 use crate::target::{EngineChoice, Precision, Target};
@@ -32,9 +32,9 @@ struct Layer {
     outputs: usize,
     weight: Handle,
     bias: Handle,
-    /// Its weights and bias as cubek's convolution reads them (`main_loop::gemm_form`).
-    gemm_weight: Handle,
-    gemm_bias: Handle,
+    /// Its weights and bias as cubek's convolution reads them (`main_loop::gemm_form`), where
+    /// the main loop may run on tensor cores (not in f32, nor for the head).
+    gemm: Option<(Handle, Handle)>,
 }
 
 /// What a forward's convolutions share: the buffer of sums, and where their times go when
@@ -152,15 +152,18 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         let layer = |layer: &PlanLayer| -> Result<Layer, WeightsError> {
             let tap_major = weights.tap_major(layer)?;
             let bias = weights.bias(layer)?;
-            let (gemm_weight, gemm_bias) = main_loop::gemm_form(layer.kind, &tap_major, bias);
+            let gemm =
+                (main_loop.may_use_tensor_cores() && layer.kind != Kind::Head1x1).then(|| {
+                    let (weight, bias) = main_loop::gemm_form(layer.kind, &tap_major, bias);
+                    (upload::<F>(&client, &weight), upload::<F>(&client, &bias))
+                });
             Ok(Layer {
                 name: layer.path.clone(),
                 inputs: layer.inputs,
                 outputs: layer.outputs,
                 weight: upload::<F>(&client, &tap_major.values),
                 bias: upload::<F>(&client, bias),
-                gemm_weight: upload::<F>(&client, &gemm_weight),
-                gemm_bias: upload::<F>(&client, &gemm_bias),
+                gemm,
             })
         };
         let encoder = plan

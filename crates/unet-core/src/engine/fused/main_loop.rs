@@ -269,6 +269,11 @@ impl MainLoop {
         }
     }
 
+    /// Whether any layer may run on cubek's tensor cores, which read the layers' GEMM form.
+    pub fn may_use_tensor_cores(&self) -> bool {
+        !matches!(self, MainLoop::Fixed(Candidate::Portable))
+    }
+
     /// Launches `conv`'s main loop; returns the candidate that ran.
     pub fn run<F: Float + CubeElement>(&self, conv: Conv) -> Result<Candidate, String> {
         match self {
@@ -502,6 +507,10 @@ mod tensor_cores {
             Op::Conv3x3 => (3, [n, h, w, layer.outputs]),
             Op::Up2x2 { .. } => (1, [n, h + 2, w + 2, 4 * layer.outputs]),
         };
+        let (gemm_weight, gemm_bias) = layer
+            .gemm
+            .as_ref()
+            .ok_or("the layer has no GEMM form (its main loop is the portable one)")?;
         launch_ref::<2>(
             &Strategy::Inferred {
                 algorithm,
@@ -514,10 +523,10 @@ mod tensor_cores {
                     elem,
                 ),
                 weight: InputBinding::new(
-                    tensor(&layer.gemm_weight, [out[3], kernel, kernel, layer.inputs]),
+                    tensor(gemm_weight, [out[3], kernel, kernel, layer.inputs]),
                     elem,
                 ),
-                bias: Some(InputBinding::new(tensor(&layer.gemm_bias, [out[3]]), elem)),
+                bias: Some(InputBinding::new(tensor(gemm_bias, [out[3]]), elem)),
                 out: tensor(&conv.sums, out),
             },
             ConvolutionArgs {
@@ -563,8 +572,7 @@ mod tests {
             outputs,
             weight: weight.clone(),
             bias: bias.clone(),
-            gemm_weight: weight,
-            gemm_bias: bias,
+            gemm: None,
         };
         let sums_len = n * h * w * outputs;
         let conv = Conv {
