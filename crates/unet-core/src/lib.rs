@@ -39,7 +39,7 @@ pub use checkpoint::{Checkpoint, CheckpointError};
 pub use cpu::CpuUnet;
 #[cfg(feature = "fused")]
 pub use engine::FusedUnet;
-pub use engine::{BurnEngine, Engine};
+pub use engine::{BurnEngine, Engine, Fastest};
 pub use model::Unet;
 pub use model_file::{MODEL_EXTENSION, ModelFileError};
 pub use patch::{ProbabilityMap, RgbPatch, probability_to_u8};

@@ -30,8 +30,8 @@ pub enum Precision {
 /// Which engine runs the model ([`crate::engine`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineChoice {
-    /// Our CPU kernels for f32 and bf16 on the CPU, Burn for the rest, until the fused engine is
-    /// measured faster on a card (issue 12).
+    /// Our CPU kernels for f32 and bf16 on the CPU; on CUDA the faster of Burn and the fused
+    /// engine, measured on the first batch ([`crate::engine::Fastest`]); Burn for f16 on the CPU.
     #[default]
     Auto,
     /// Burn's modules: CUDA, or f16 on the CPU.

@@ -6,7 +6,9 @@
 use cubecl::wgpu::{WgpuDevice, WgpuDeviceKind, WgpuRuntime};
 use cubecl_runtime::runtime::Runtime;
 use test_fixtures::{Case, cases, max_abs_difference};
-use unet_core::{Checkpoint, FusedUnet, Predictor, RgbPatch};
+use unet_core::{
+    Checkpoint, CpuUnet, Device, Engine, Fastest, FusedUnet, Precision, Predictor, RgbPatch, Target,
+};
 
 /// The software Vulkan device: the same on every machine, GPU or not.
 fn client() -> cubecl::prelude::Client {
@@ -102,6 +104,51 @@ fn check<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
             "{} {precision}: {difference} > {tolerance}",
             case.name
         );
+    }
+}
+
+/// `--engine auto`'s measured choice, here between the CPU engine and the fused one on
+/// lavapipe: whichever the first batch finds faster, every batch's map is PyTorch's.
+#[test]
+fn the_fastest_engine_of_the_first_batch_computes_what_pytorch_computes() {
+    let client = client();
+    for case in cases() {
+        let weights = Checkpoint::read(&case.checkpoint_path()).unwrap().weights;
+        let cpu = Target {
+            device: Device::Cpu,
+            precision: Precision::F32,
+        };
+        let candidates: Vec<Box<dyn Engine>> = vec![
+            Box::new(CpuUnet::load(&weights, cpu).unwrap()),
+            Box::new(FusedUnet::<f32>::new(client.clone(), "wgpu", &weights).unwrap()),
+        ];
+        let predictor = Predictor::from_engine(Box::new(Fastest::new(candidates)), weights.config);
+        assert_eq!(predictor.engine_name(), "auto");
+        let image = case.input_image();
+        let patch = RgbPatch::new(case.width, case.height, image.as_raw());
+        let expected = case.expected_probability();
+        let first = predictor.predict_batch(&[patch]).unwrap();
+        let chosen = predictor.engine_name();
+        assert!(
+            ["cpu", "fused"].contains(&chosen),
+            "{}: {chosen}",
+            case.name
+        );
+        let second = predictor.predict_batch(&[patch, patch]).unwrap();
+        assert_eq!(
+            predictor.engine_name(),
+            chosen,
+            "{}: chosen once",
+            case.name
+        );
+        for map in first.iter().chain(&second) {
+            let difference = max_abs_difference(&map.values, &expected);
+            assert!(
+                difference <= 1e-4,
+                "{} on {chosen}: {difference}",
+                case.name
+            );
+        }
     }
 }
 

@@ -3,15 +3,18 @@
 //!
 //! - [`BurnEngine`]: Burn's modules (CUDA, or f16 on the CPU);
 //! - [`crate::CpuUnet`]: the CPU kernels, f32 or bf16;
-//! - [`FusedUnet`] (feature `fused`): unet-kernels' CubeCL kernels on bordered NHWC buffers.
+//! - [`FusedUnet`] (feature `fused`): unet-kernels' CubeCL kernels on bordered NHWC buffers;
+//! - [`Fastest`]: `auto` on CUDA, the faster of the fused engine and Burn's on the first batch.
 //!
 //! A new engine is a new implementation of [`Engine`], and a line in [`load`].
 
 mod burn;
+mod fastest;
 #[cfg(feature = "fused")]
 mod fused;
 
 pub use self::burn::BurnEngine;
+pub use self::fastest::Fastest;
 #[cfg(feature = "fused")]
 pub use self::fused::{FusedUnet, LayerTime};
 
@@ -94,7 +97,8 @@ pub trait Engine: Send {
 }
 
 /// The engine `Predictor::load` uses: the one chosen, or for `Auto` the CPU kernels for f32
-/// and bf16 on the CPU and Burn for the rest.
+/// and bf16 on the CPU, on CUDA the faster of Burn's and the fused engine as the first batch
+/// measures them, and Burn for the rest (f16 on the CPU).
 pub fn load(
     weights: &FoldedWeights,
     target: Target,
@@ -109,6 +113,13 @@ pub fn load(
             },
         )
         | (EngineChoice::Cpu, _) => Box::new(CpuUnet::load(weights, target)?),
+        (
+            EngineChoice::Auto,
+            Target {
+                device: Device::Cuda,
+                ..
+            },
+        ) => Fastest::load(weights, target, &[EngineChoice::Burn, EngineChoice::Fused])?,
         (EngineChoice::Auto | EngineChoice::Burn, _) => {
             Box::new(BurnEngine::load(weights, target)?)
         }
