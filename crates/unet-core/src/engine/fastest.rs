@@ -6,10 +6,11 @@
 //! batch (a kernel that does not build for the card, memory) is left out with its reason said;
 //! a batch fails only where every candidate fails it, and the next batch measures them again.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Batch, Engine, Output};
+use super::{Batch, Engine, Output, panic_message};
 use crate::predictor::PredictError;
 use crate::target::{EngineChoice, Precision, Target};
 use crate::weights::FoldedWeights;
@@ -154,16 +155,26 @@ impl Engine for Fastest {
 }
 
 /// `engine`'s second forward of `batch`, timed (the first compiles and tunes), and its values.
+/// A panic inside the engine (cubecl's, on a card it cannot serve) is an error here: the
+/// engine is left out, and the job goes on on the others.
 fn time_warm(
     engine: &dyn Engine,
     batch: &Batch,
     output: Output,
 ) -> Result<(Duration, Vec<f32>), PredictError> {
-    engine.forward(batch, output)?;
-    // Every engine's forward ends with its values on the host: the device has finished.
-    let start = Instant::now();
-    let values = engine.forward(batch, output)?;
-    Ok((start.elapsed(), values))
+    let run = || {
+        engine.forward(batch, output)?;
+        // Every engine's forward ends with its values on the host: the device has finished.
+        let start = Instant::now();
+        let values = engine.forward(batch, output)?;
+        Ok((start.elapsed(), values))
+    };
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+        Err(PredictError::Inference {
+            device: engine.device(),
+            source: format!("{} panicked: {}", engine.name(), panic_message(&*panic)).into(),
+        })
+    })
 }
 
 /// The index of the shortest of `times`, the earliest on a tie; `None` where there are none.
@@ -187,8 +198,15 @@ mod tests {
         name: &'static str,
         value: f32,
         delay: Duration,
-        fails: bool,
+        fails: Failure,
         forwards: Arc<AtomicUsize>,
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Failure {
+        None,
+        Error,
+        Panic,
     }
 
     impl Fake {
@@ -202,18 +220,18 @@ mod tests {
                 name,
                 value,
                 delay: Duration::from_millis(delay_ms),
-                fails: false,
+                fails: Failure::None,
                 forwards: forwards.clone(),
             };
             (Box::new(fake), forwards)
         }
 
-        fn failing(name: &'static str) -> Box<dyn Engine> {
+        fn failing(name: &'static str, fails: Failure) -> Box<dyn Engine> {
             Box::new(Fake {
                 name,
                 value: 0.0,
                 delay: Duration::ZERO,
-                fails: true,
+                fails,
                 forwards: Default::default(),
             })
         }
@@ -237,7 +255,10 @@ mod tests {
         }
         fn forward(&self, batch: &Batch, _: Output) -> Result<Vec<f32>, PredictError> {
             self.forwards.fetch_add(1, Ordering::SeqCst);
-            if self.fails {
+            if self.fails == Failure::Panic {
+                panic!("{} cannot run here", self.name);
+            }
+            if self.fails == Failure::Error {
                 return Err(PredictError::OutOfMemory {
                     device: "test",
                     batch: batch.len(),
@@ -277,16 +298,23 @@ mod tests {
     }
 
     #[test]
-    fn an_engine_that_fails_the_first_batch_is_left_out() {
+    fn an_engine_that_fails_or_panics_on_the_first_batch_is_left_out() {
         let (slow, _) = Fake::boxed("slow", 1.0, 20);
-        let fastest = Fastest::new(vec![Fake::failing("broken"), slow]);
+        let fastest = Fastest::new(vec![
+            Fake::failing("broken", Failure::Error),
+            slow,
+            Fake::failing("panics", Failure::Panic),
+        ]);
         assert_eq!(forward(&fastest).unwrap(), vec![1.0; 256]);
         assert_eq!(fastest.name(), "slow");
     }
 
     #[test]
     fn where_every_engine_fails_the_first_error_is_the_answer() {
-        let fastest = Fastest::new(vec![Fake::failing("one"), Fake::failing("two")]);
+        let fastest = Fastest::new(vec![
+            Fake::failing("one", Failure::Error),
+            Fake::failing("two", Failure::Panic),
+        ]);
         for _ in 0..2 {
             assert!(matches!(
                 forward(&fastest),

@@ -170,6 +170,15 @@ pub(crate) fn device_error(
     }
 }
 
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no reason given")
+}
+
 /// `[N, channels, plane]` sigmoid outputs to `[N, plane]` probabilities.
 pub fn max_over_channels(sigmoid: &[f32], channels: usize, plane: usize) -> Vec<f32> {
     sigmoid

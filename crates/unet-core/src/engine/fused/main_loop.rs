@@ -24,6 +24,7 @@ use unet_kernels::{conv3x3, scatter2x2, up2x2};
 
 use super::{Layer, UNITS, cube_count};
 use crate::architecture::Kind;
+use crate::engine::panic_message;
 use crate::target::Precision;
 use crate::weights::TapMajor;
 
@@ -428,15 +429,6 @@ fn first_image<F: Float + CubeElement>(conv: &Conv) -> Result<Vec<f32>, String> 
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
     })
-}
-
-/// What a caught panic said.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("no reason given")
 }
 
 /// A layer's weights and bias as cubek's convolution reads them (its *GEMM form*), from
