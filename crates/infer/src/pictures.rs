@@ -21,18 +21,31 @@ pub struct LowResolutionMap {
     height: usize,
     sum: Vec<u32>,
     count: Vec<u32>,
+    /// Where each map column's run of region columns starts, and past the last one's end:
+    /// a row is summed run by run.
+    runs: Vec<usize>,
 }
 
 impl LowResolutionMap {
     pub fn new(region_width: u64, region_height: u64, downsample: f64) -> Self {
         let width = ((region_width as f64 / downsample).ceil() as usize).max(1);
         let height = ((region_height as f64 / downsample).ceil() as usize).max(1);
+        // Column x falls in map column floor(x / downsample), the last one taking the rest;
+        // the columns never decrease along a row, so each map column takes one run.
+        let mut runs = vec![0usize; width + 1];
+        for x in 0..region_width {
+            runs[((x as f64 / downsample) as usize).min(width - 1) + 1] += 1;
+        }
+        for mx in 1..=width {
+            runs[mx] += runs[mx - 1];
+        }
         Self {
             downsample,
             width,
             height,
             sum: vec![0; width * height],
             count: vec![0; width * height],
+            runs,
         }
     }
 
@@ -40,10 +53,12 @@ impl LowResolutionMap {
     pub fn add_row(&mut self, y: u64, row: &[u8]) {
         let my = ((y as f64 / self.downsample) as usize).min(self.height - 1);
         let line = my * self.width;
-        for (x, &value) in row.iter().enumerate() {
-            let mx = ((x as f64 / self.downsample) as usize).min(self.width - 1);
-            self.sum[line + mx] += value as u32;
-            self.count[line + mx] += 1;
+        let sum = &mut self.sum[line..line + self.width];
+        let count = &mut self.count[line..line + self.width];
+        for (mx, run) in self.runs.windows(2).enumerate() {
+            let pixels = &row[run[0].min(row.len())..run[1].min(row.len())];
+            sum[mx] += pixels.iter().map(|&v| v as u32).sum::<u32>();
+            count[mx] += pixels.len() as u32;
         }
     }
 
@@ -66,21 +81,26 @@ pub fn jet(value: u8) -> [u8; 3] {
     [channel(3.0), channel(2.0), channel(1.0)]
 }
 
-/// The jet-coloured map at 60 % over the slide at 40 %.
+/// The jet-coloured map at 60 % over the slide at 40 % (the map scaled to the slide's size
+/// where it has another).
 pub fn heatmap(slide: &RgbImage, map: &GrayImage) -> RgbImage {
-    let map = image::imageops::resize(
-        map,
-        slide.width(),
-        slide.height(),
-        image::imageops::FilterType::Triangle,
-    );
-    RgbImage::from_fn(slide.width(), slide.height(), |x, y| {
-        let colour = jet(map.get_pixel(x, y).0[0]);
-        let under = slide.get_pixel(x, y).0;
-        image::Rgb(
-            [0, 1, 2].map(|c| (0.6 * colour[c] as f32 + 0.4 * under[c] as f32).round() as u8),
-        )
-    })
+    let map = wsi::resize(map, slide.width(), slide.height());
+    let colours: Vec<[u8; 3]> = (0..=255).map(jet).collect();
+    let mut out = RgbImage::new(slide.width(), slide.height());
+    for ((pixel, under), &value) in out
+        .as_mut()
+        .chunks_exact_mut(3)
+        .zip(slide.as_raw().chunks_exact(3))
+        .zip(map.as_raw())
+    {
+        let colour = colours[value as usize];
+        for c in 0..3 {
+            // round(0.6 colour + 0.4 under), in integers: (6 colour + 4 under) is even, so
+            // never halfway, and the float formula's rounding errors cannot change it.
+            pixel[c] = ((6 * colour[c] as u16 + 4 * under[c] as u16 + 5) / 10) as u8;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -96,5 +116,53 @@ mod tests {
             middle[1] == 255 && middle[0] > 100 && middle[2] > 100,
             "{middle:?}"
         );
+    }
+
+    /// The heatmap's integer blend is `round(0.6 colour + 0.4 under)` for every pair of levels.
+    #[test]
+    fn heatmap_blends_sixty_forty() {
+        let under = RgbImage::from_fn(256, 256, |x, _| image::Rgb([x as u8; 3]));
+        let map = GrayImage::from_fn(256, 256, |_, y| image::Luma([y as u8]));
+        let blended = heatmap(&under, &map);
+        for (x, y, pixel) in blended.enumerate_pixels() {
+            let colour = jet(y as u8);
+            for c in 0..3 {
+                let expected = (0.6 * colour[c] as f32 + 0.4 * x as f32).round() as u8;
+                assert_eq!(pixel.0[c], expected, "colour {colour:?} over {x}");
+            }
+        }
+    }
+
+    /// Each map pixel is the rounded mean of the region pixels `floor(x / downsample)` and
+    /// `floor(y / downsample)` put in it (the last column and row taking the rest; one that
+    /// none falls in is 0).
+    #[test]
+    fn low_resolution_map_averages_the_pixels_that_fall_in_it() {
+        let (width, height, downsample) = (103u64, 41u64, 4.88);
+        let value = |x: u64, y: u64| ((x * 31 + y * 17) % 256) as u8;
+        let mut map = LowResolutionMap::new(width, height, downsample);
+        for y in 0..height {
+            let row: Vec<u8> = (0..width).map(|x| value(x, y)).collect();
+            map.add_row(y, &row);
+        }
+        let image = map.to_image();
+        let (map_width, map_height) = (image.width() as usize, image.height() as usize);
+        assert_eq!((map_width, map_height), (22, 9));
+        let mut sum = vec![0u32; map_width * map_height];
+        let mut count = vec![0u32; map_width * map_height];
+        for y in 0..height {
+            for x in 0..width {
+                let mx = ((x as f64 / downsample) as usize).min(map_width - 1);
+                let my = ((y as f64 / downsample) as usize).min(map_height - 1);
+                sum[my * map_width + mx] += value(x, y) as u32;
+                count[my * map_width + mx] += 1;
+            }
+        }
+        let expected: Vec<u8> = sum
+            .iter()
+            .zip(&count)
+            .map(|(&s, &c)| (s + c / 2).checked_div(c).unwrap_or(0) as u8)
+            .collect();
+        assert_eq!(image.as_raw(), &expected);
     }
 }

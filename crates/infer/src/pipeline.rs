@@ -795,12 +795,7 @@ fn low_level_view_of_region(
         (scale(region.width) as u32).max(1),
         (scale(region.height) as u32).max(1),
     )?;
-    Ok(image::imageops::resize(
-        &view,
-        width,
-        height,
-        image::imageops::FilterType::Triangle,
-    ))
+    Ok(wsi::resize(&view, width, height))
 }
 
 /// `STEM` for the outputs of `slide` (a DICOM folder's whole name; a file's name without its

@@ -162,10 +162,15 @@ impl Stitcher {
         let pixels = count * self.width;
         let out: Vec<u8> = match &self.band {
             // The users' `uint8(sum / count)`.
+            // A pixel under one patch (every pixel, without overlap) needs no division.
             Band::Counts { sum, count } => sum[..pixels]
                 .iter()
                 .zip(&count[..pixels])
-                .map(|(&sum, &count)| sum.checked_div(count as u16).unwrap_or(0) as u8)
+                .map(|(&sum, &count)| match count {
+                    0 => 0,
+                    1 => sum as u8,
+                    _ => (sum / count as u16) as u8,
+                })
                 .collect(),
             Band::Weights { sum, weight } => sum[..pixels]
                 .iter()
@@ -200,9 +205,11 @@ impl Stitcher {
     }
 }
 
-/// The users' quantisation of a probability: `floor(255 p)`, within 0..=255.
+/// The users' quantisation of a probability: `floor(255 p)`, within 0..=255 (NaN: 0). The
+/// cast truncates, which is the floor of a value clamped to be non-negative, without the
+/// library call `floor` is on the baseline x86-64.
 fn level(p: f32) -> u16 {
-    (255.0 * p).clamp(0.0, 255.0).floor() as u16
+    (255.0 * p).clamp(0.0, 255.0) as u16
 }
 
 /// Drops the first `by` values, moves the rest to the front and zeroes the tail.

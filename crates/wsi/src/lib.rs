@@ -23,6 +23,7 @@ mod dicom;
 mod directory;
 mod error;
 mod metadata;
+pub mod resize;
 mod slide;
 mod tiled_slide;
 #[cfg(feature = "openslide")]
@@ -30,5 +31,6 @@ mod vendor;
 pub mod writer;
 
 pub use error::{DecodeError, Result, WsiError};
+pub use resize::resize;
 pub use slide::{BACKGROUND, DEFAULT_CACHE_BYTES, Level, MAX_REGION_BYTES, Slide};
 pub use writer::{Channels, Layout, PyramidWriter, WriterOptions};

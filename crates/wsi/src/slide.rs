@@ -260,12 +260,7 @@ impl Slide {
             ((width as f64 * scale).round() as u32).max(1),
             ((height as f64 * scale).round() as u32).max(1),
         );
-        Ok(image::imageops::resize(
-            &whole,
-            w,
-            h,
-            image::imageops::FilterType::Triangle,
-        ))
+        Ok(crate::resize(&whole, w, h))
     }
 
     fn bad_request(&self, reason: String) -> WsiError {
