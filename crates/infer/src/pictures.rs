@@ -19,11 +19,15 @@ pub struct LowResolutionMap {
     pub downsample: f64,
     width: usize,
     height: usize,
+    region_height: u64,
     sum: Vec<u32>,
     count: Vec<u32>,
-    /// Where each map column's run of region columns starts, and past the last one's end:
-    /// a row is summed run by run.
+    /// Where each map column's run of region columns starts, and past the last one's end.
     runs: Vec<usize>,
+    /// The region rows of the map row being built, summed column by column (one vector add
+    /// a row; the runs are summed once a map row).
+    rows: Vec<u32>,
+    rows_added: u32,
 }
 
 impl LowResolutionMap {
@@ -43,23 +47,38 @@ impl LowResolutionMap {
             downsample,
             width,
             height,
+            region_height,
             sum: vec![0; width * height],
             count: vec![0; width * height],
             runs,
+            rows: vec![0; region_width as usize],
+            rows_added: 0,
         }
     }
 
-    /// Adds region row `y` (level-0 pixels from the region's left edge).
+    /// The map row of region row `y`: `floor(y / downsample)`, the last one taking the rest.
+    fn map_row(&self, y: u64) -> usize {
+        ((y as f64 / self.downsample) as usize).min(self.height - 1)
+    }
+
+    /// Adds region row `y` (the region's width of level-0 pixels from its left edge); rows
+    /// come top to bottom, each once.
     pub fn add_row(&mut self, y: u64, row: &[u8]) {
-        let my = ((y as f64 / self.downsample) as usize).min(self.height - 1);
-        let line = my * self.width;
-        let sum = &mut self.sum[line..line + self.width];
-        let count = &mut self.count[line..line + self.width];
-        for (mx, run) in self.runs.windows(2).enumerate() {
-            let pixels = &row[run[0].min(row.len())..run[1].min(row.len())];
-            sum[mx] += pixels.iter().map(|&v| v as u32).sum::<u32>();
-            count[mx] += pixels.len() as u32;
+        for (sum, &value) in self.rows.iter_mut().zip(row) {
+            *sum += value as u32;
         }
+        self.rows_added += 1;
+        let my = self.map_row(y);
+        if y + 1 < self.region_height && self.map_row(y + 1) == my {
+            return;
+        }
+        let line = my * self.width;
+        for (mx, run) in self.runs.windows(2).enumerate() {
+            self.sum[line + mx] += self.rows[run[0]..run[1]].iter().sum::<u32>();
+            self.count[line + mx] += (run[1] - run[0]) as u32 * self.rows_added;
+        }
+        self.rows.fill(0);
+        self.rows_added = 0;
     }
 
     pub fn to_image(&self) -> GrayImage {

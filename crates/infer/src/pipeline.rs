@@ -675,8 +675,10 @@ impl PatchReader<'_> {
     }
 }
 
-/// The stitcher thread's work: blends patches into rows, streams them into the pyramid
-/// writer, the low-resolution map and the Dice counts.
+/// The stitcher thread's work: blends patches into rows, and hands each finished band of rows
+/// to a thread of its own that streams it into the pyramid writer, the low-resolution map and
+/// the Dice counts (the two halves take about as long: one thread for both was the stream's
+/// critical path once the model is fast).
 struct StitchJob<'a> {
     grid: Grid,
     blend: Blend,
@@ -701,56 +703,87 @@ impl StitchJob<'_> {
             grid,
             blend,
             skipped,
-            mut writer,
+            writer,
             truth,
             downsample,
         } = self;
         let region = grid.region;
-        let mut stitcher = Stitcher::new(grid, blend);
-        let mut low = LowResolutionMap::new(region.width, region.height, downsample);
-        let mut overlap = Overlap::default();
-        let mut tally = Tally::default();
+        let sink = RowSink {
+            writer,
+            low: LowResolutionMap::new(region.width, region.height, downsample),
+            overlap: Overlap::default(),
+            tally: Tally::default(),
+            truth,
+            region,
+        };
+        // Handed over, not queued: one band being written while the next is stitched, one
+        // more band of memory than a single thread (51 MB at Camelyon's 100000 pixels wide).
+        let (band_tx, band_rx) = sync_channel::<Vec<u8>>(0);
+        std::thread::scope(|scope| {
+            let sink = scope.spawn(move || sink.run(band_rx));
+            let mut stitcher = Stitcher::new(grid, blend);
+            // A failed sink has dropped its end: the stitcher goes on draining the patches
+            // so that nothing upstream blocks, and the sink's error is reported below.
+            let mut emit = |rows: Vec<u8>| {
+                let _ = band_tx.send(rows);
+            };
+            for index in skipped {
+                stitcher.add(index, None, &mut emit);
+            }
+            for (index, values) in patches.iter() {
+                stitcher.add(index, Some(values), &mut emit);
+            }
+            drop(band_tx);
+            let sunk = sink.join().expect("the row sink does not panic")?;
+            if !stitcher.is_complete() {
+                // The input ended early (an error or Ctrl-C upstream): dropping the writer removes its file.
+                bail!("stopped before every patch was stitched");
+            }
+            Ok(Stitched {
+                prob_file: sunk.writer.finish_temporary()?,
+                overlap: sunk.overlap,
+                low_resolution: sunk.low,
+                tally: sunk.tally,
+            })
+        })
+    }
+}
+
+/// Where the stitched map's rows go, in order: the pyramid, the low-resolution map, the
+/// counts, and the overlap with the truth where there is one.
+struct RowSink<'a> {
+    writer: PyramidWriter,
+    low: LowResolutionMap,
+    overlap: Overlap,
+    tally: Tally,
+    truth: Option<&'a Truth>,
+    region: Rect,
+}
+
+impl RowSink<'_> {
+    /// Takes bands of whole rows until the stitcher hangs up; stops at the first write error.
+    fn run(mut self, bands: Receiver<Vec<u8>>) -> Result<Self> {
+        let width = self.region.width as usize;
         let mut next_row = 0u64;
         let mut truth_row = Vec::new();
-        let mut failure: Option<anyhow::Error> = None;
-        let width = region.width as usize;
-        let mut emit = |rows: &[u8]| {
-            if failure.is_some() {
-                return;
-            }
-            if let Err(err) = writer.write_rows(rows) {
-                failure = Some(err.into());
-                return;
-            }
+        for rows in bands {
+            self.writer.write_rows(&rows)?;
             for row in rows.chunks_exact(width) {
-                low.add_row(next_row, row);
-                tally.add_row(row);
-                if let Some(truth) = truth {
-                    truth.row(region.x, region.y + next_row, width, &mut truth_row);
-                    overlap.add_row(row, &truth_row);
+                self.low.add_row(next_row, row);
+                self.tally.add_row(row);
+                if let Some(truth) = self.truth {
+                    truth.row(
+                        self.region.x,
+                        self.region.y + next_row,
+                        width,
+                        &mut truth_row,
+                    );
+                    self.overlap.add_row(row, &truth_row);
                 }
                 next_row += 1;
             }
-        };
-        for index in skipped {
-            stitcher.add(index, None, &mut emit);
         }
-        for (index, values) in patches.iter() {
-            stitcher.add(index, Some(values), &mut emit);
-        }
-        if let Some(err) = failure {
-            return Err(err);
-        }
-        if !stitcher.is_complete() {
-            // The input ended early (an error or Ctrl-C upstream): dropping the writer removes its file.
-            bail!("stopped before every patch was stitched");
-        }
-        Ok(Stitched {
-            prob_file: writer.finish_temporary()?,
-            overlap,
-            low_resolution: low,
-            tally,
-        })
+        Ok(self)
     }
 }
 

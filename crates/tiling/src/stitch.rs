@@ -78,13 +78,13 @@ impl Stitcher {
     }
 
     /// Adds patch `index`'s probabilities (`patch` x `patch`, row-major), or `None` for a
-    /// patch that was not run (no tissue). Calls `emit` with every run of finished region rows
+    /// patch that was not run (no tissue). Hands `emit` every run of finished region rows
     /// (u8, `width` per row), top to bottom.
     pub fn add(
         &mut self,
         index: usize,
         probabilities: Option<Vec<f32>>,
-        emit: &mut dyn FnMut(&[u8]),
+        emit: &mut dyn FnMut(Vec<u8>),
     ) {
         self.pending.insert(index, probabilities);
         while let Some(probabilities) = self.pending.remove(&self.next_index) {
@@ -147,7 +147,7 @@ impl Stitcher {
         }
     }
 
-    fn finish_patch_row(&mut self, row: usize, emit: &mut dyn FnMut(&[u8])) {
+    fn finish_patch_row(&mut self, row: usize, emit: &mut dyn FnMut(Vec<u8>)) {
         let stride = self.grid.stride as usize;
         let last = row + 1 == self.grid.rows;
         let done_until = if last {
@@ -189,7 +189,7 @@ impl Stitcher {
                 })
                 .collect(),
         };
-        emit(&out);
+        emit(out);
         // Move the band down: the rows not yet finished go to the top, the rest is cleared.
         match &mut self.band {
             Band::Counts { sum, count } => {
@@ -263,7 +263,7 @@ mod tests {
         let area = (grid.patch * grid.patch) as usize;
         for &i in order {
             let patch = value(i).map(|v| vec![v; area]);
-            stitcher.add(i, patch, &mut |rows| map.extend_from_slice(rows));
+            stitcher.add(i, patch, &mut |rows| map.extend(rows));
         }
         assert!(stitcher.is_complete() && stitcher.waiting() == 0);
         map
