@@ -1,6 +1,6 @@
 //! The whole-slide job: read patches on worker threads, run them through the model in
-//! batches, stitch and write on a thread of its own, all joined by bounded channels, so memory
-//! stays bounded whatever the slide's size.
+//! batches, stitch on a thread of its own and write the stitched rows on another, all joined
+//! by bounded channels, so memory stays bounded whatever the slide's size.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
