@@ -59,27 +59,28 @@ mod tests {
             ])
         });
         for (w, h) in [(40, 25), (150, 90), (97, 61)] {
-            let ours = resize(&rgb, w, h);
-            let theirs = image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle);
-            assert_eq!(ours.dimensions(), (w, h));
-            let most = ours
-                .as_raw()
-                .iter()
-                .zip(theirs.as_raw())
-                .map(|(a, b)| a.abs_diff(*b))
-                .max();
-            assert!(most <= Some(1), "{w}x{h}: {most:?}");
+            assert_within_one_level(&rgb, w, h);
         }
         let grey = GrayImage::from_fn(64, 48, |x, y| Luma([((x + 3 * y) % 256) as u8]));
-        let ours = resize(&grey, 16, 12);
-        let theirs = image::imageops::resize(&grey, 16, 12, image::imageops::FilterType::Triangle);
+        assert_within_one_level(&grey, 16, 12);
+        assert_eq!(resize(&RgbImage::new(0, 0), 3, 2), RgbImage::new(3, 2));
+    }
+
+    /// `resize` and `image`'s triangle filter give the same size and values within one level.
+    fn assert_within_one_level<P: Resizable + 'static>(
+        image: &ImageBuffer<P, Vec<u8>>,
+        w: u32,
+        h: u32,
+    ) {
+        let ours = resize(image, w, h);
+        let theirs = image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
+        assert_eq!(ours.dimensions(), (w, h));
         let most = ours
             .as_raw()
             .iter()
             .zip(theirs.as_raw())
             .map(|(a, b)| a.abs_diff(*b))
             .max();
-        assert!(most <= Some(1), "{most:?}");
-        assert_eq!(resize(&RgbImage::new(0, 0), 3, 2), RgbImage::new(3, 2));
+        assert!(most <= Some(1), "{w}x{h}: {most:?}");
     }
 }
