@@ -20,8 +20,8 @@ pub struct LowResolutionMap {
     width: usize,
     height: usize,
     region_height: u64,
-    sum: Vec<u32>,
-    count: Vec<u32>,
+    /// The map, row-major: each map row is written once, when its last region row arrives.
+    pixels: Vec<u8>,
     /// Where each map column's run of region columns starts, and past the last one's end.
     runs: Vec<usize>,
     /// The region rows of the map row being built, summed column by column (one vector add
@@ -48,8 +48,7 @@ impl LowResolutionMap {
             width,
             height,
             region_height,
-            sum: vec![0; width * height],
-            count: vec![0; width * height],
+            pixels: vec![0; width * height],
             runs,
             rows: vec![0; region_width as usize],
             rows_added: 0,
@@ -72,23 +71,20 @@ impl LowResolutionMap {
         if y + 1 < self.region_height && self.map_row(y + 1) == my {
             return;
         }
-        let line = my * self.width;
-        for (mx, run) in self.runs.windows(2).enumerate() {
-            self.sum[line + mx] += self.rows[run[0]..run[1]].iter().sum::<u32>();
-            self.count[line + mx] += (run[1] - run[0]) as u32 * self.rows_added;
+        let line = &mut self.pixels[my * self.width..][..self.width];
+        for (pixel, run) in line.iter_mut().zip(self.runs.windows(2)) {
+            // The rounded mean; a map pixel no region pixel falls in stays 0.
+            let sum = self.rows[run[0]..run[1]].iter().sum::<u32>();
+            let count = (run[1] - run[0]) as u32 * self.rows_added;
+            *pixel = (sum + count / 2).checked_div(count).unwrap_or(0) as u8;
         }
         self.rows.fill(0);
         self.rows_added = 0;
     }
 
     pub fn to_image(&self) -> GrayImage {
-        let pixels = self
-            .sum
-            .iter()
-            .zip(&self.count)
-            .map(|(&s, &c)| (s + c / 2).checked_div(c).unwrap_or(0) as u8)
-            .collect();
-        GrayImage::from_raw(self.width as u32, self.height as u32, pixels).expect("sized")
+        GrayImage::from_raw(self.width as u32, self.height as u32, self.pixels.clone())
+            .expect("sized")
     }
 }
 

@@ -269,7 +269,7 @@ impl PyramidWriter {
                 &reused[..rows * width * channels],
                 width,
                 rows,
-                channels,
+                self.channels,
                 next_width,
             );
             reused.clear();
@@ -425,11 +425,10 @@ fn deflate(pixels: &[u8], level: u32) -> Vec<u8> {
 
 /// 2x2 mean (rounded) of `rows` rows of `width` pixels into rows of `out_width` pixels
 /// (`out_width <= width / 2`).
-fn halve(band: &[u8], width: usize, rows: usize, channels: usize, out_width: usize) -> Vec<u8> {
+fn halve(band: &[u8], width: usize, rows: usize, channels: Channels, out_width: usize) -> Vec<u8> {
     match channels {
-        1 => halve_pixels::<1>(band, width, rows, out_width),
-        3 => halve_pixels::<3>(band, width, rows, out_width),
-        other => unreachable!("{other} channels: Channels has Grey and Rgb"),
+        Channels::Grey => halve_pixels::<1>(band, width, rows, out_width),
+        Channels::Rgb => halve_pixels::<3>(band, width, rows, out_width),
     }
 }
 
