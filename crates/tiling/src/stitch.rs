@@ -21,11 +21,13 @@ pub enum Blend {
     Gaussian,
 }
 
-/// The band's accumulators. `Mean` sums whole u8 levels: u16 sums and u8 counts (3 bytes a
-/// pixel, where f32 sums and weights take 8: 154 MB rather than 410 for a band 100000 pixels
-/// wide), while each pixel is covered by at most 255 patches; weighted blends, and means over
-/// more patches, sum f32.
+/// The band's accumulators. `Mean` without overlap writes each pixel's level once (the map's
+/// own bytes, handed on as they are). `Mean` with overlap sums whole u8 levels: u16 sums and
+/// u8 counts (3 bytes a pixel, where f32 sums and weights take 8: 154 MB rather than 410 for a
+/// band 100000 pixels wide), while each pixel is covered by at most 255 patches; weighted
+/// blends, and means over more patches, sum f32.
 enum Band {
+    Levels { level: Vec<u8> },
     Counts { sum: Vec<u16>, count: Vec<u8> },
     Weights { sum: Vec<f32>, weight: Vec<f32> },
 }
@@ -53,7 +55,11 @@ impl Stitcher {
             Blend::Gaussian => gaussian_kernel(patch),
         };
         let most_covering = (grid.patch.div_ceil(grid.stride)).pow(2);
-        let band = if blend == Blend::Mean && most_covering <= u8::MAX as u64 {
+        let band = if blend == Blend::Mean && grid.stride == grid.patch {
+            Band::Levels {
+                level: vec![0; patch * width],
+            }
+        } else if blend == Blend::Mean && most_covering <= u8::MAX as u64 {
             Band::Counts {
                 sum: vec![0; patch * width],
                 count: vec![0; patch * width],
@@ -122,12 +128,17 @@ impl Stitcher {
             let src = row * patch;
             let values = &probabilities[src..src + cols];
             match &mut self.band {
+                Band::Levels { level: levels } => {
+                    for (out, &value) in levels[dst..dst + cols].iter_mut().zip(values) {
+                        *out = level(value) as u8;
+                    }
+                }
                 Band::Counts { sum, count } => {
-                    let sums = &mut sum[dst..dst + cols];
-                    let counts = &mut count[dst..dst + cols];
-                    for i in 0..cols {
-                        sums[i] += level(values[i]);
-                        counts[i] += 1;
+                    for (sum, &value) in sum[dst..dst + cols].iter_mut().zip(values) {
+                        *sum += level(value);
+                    }
+                    for count in &mut count[dst..dst + cols] {
+                        *count += 1;
                     }
                 }
                 Band::Weights { sum, weight } => {
@@ -160,38 +171,43 @@ impl Stitcher {
             return;
         }
         let pixels = count * self.width;
-        let out: Vec<u8> = match &self.band {
-            // The users' `uint8(sum / count)`.
-            // A pixel under one patch (every pixel, without overlap) needs no division.
+        let out: Vec<u8> = match &mut self.band {
+            // Without overlap every row of the band is finished at once: the band itself goes,
+            // and a zeroed one (the level of patches not run) takes its place.
+            Band::Levels { level } => {
+                let mut rows = std::mem::replace(level, vec![0; level.len()]);
+                rows.truncate(pixels);
+                rows
+            }
+            // The users' `uint8(sum / count)`, in f32, which vectorises where u16 division does
+            // not: f32 division of integers below 2^16 is off the exact quotient (at most 255)
+            // by at most 255 * 2^-24, while a quotient that is not an integer is at least 1/255
+            // from the next one (the divisor is below 256), so the floor is the same; 0 / 0 is
+            // NaN, which makes 0.
             Band::Counts { sum, count } => sum[..pixels]
                 .iter()
                 .zip(&count[..pixels])
-                .map(|(&sum, &count)| match count {
-                    0 => 0,
-                    1 => sum as u8,
-                    _ => (sum / count as u16) as u8,
-                })
+                .map(|(&sum, &count)| floor_level(sum as f32 / count as f32) as u8)
                 .collect(),
             Band::Weights { sum, weight } => sum[..pixels]
                 .iter()
                 .zip(&weight[..pixels])
                 .map(|(&sum, &weight)| {
-                    if weight == 0.0 {
-                        return 0;
-                    }
+                    // No weight (no patch run here): 0 / 0, NaN, which makes 0.
                     let blended = sum / weight;
-                    match self.blend {
-                        Blend::Mean => blended.floor() as u8,
+                    (match self.blend {
+                        Blend::Mean => floor_level(blended),
                         // The weighted mean of equal values comes back a few ulps low: nudge
                         // before flooring, so that a constant stays that constant.
-                        Blend::Gaussian => (255.0 * blended + 1e-3).clamp(0.0, 255.0) as u8,
-                    }
+                        Blend::Gaussian => floor_level(255.0 * blended + 1e-3),
+                    }) as u8
                 })
                 .collect(),
         };
         emit(out);
         // Move the band down: the rows not yet finished go to the top, the rest is cleared.
         match &mut self.band {
+            Band::Levels { .. } => {}
             Band::Counts { sum, count } => {
                 shift_up(sum, pixels);
                 shift_up(count, pixels);
@@ -205,11 +221,24 @@ impl Stitcher {
     }
 }
 
-/// The users' quantisation of a probability: `floor(255 p)`, within 0..=255 (NaN: 0). The
-/// cast truncates, which is the floor of a value clamped to be non-negative, without the
-/// library call `floor` is on the baseline x86-64.
+/// The users' quantisation of a probability: `floor(255 p)`, within 0..=255 (NaN: 0).
 fn level(p: f32) -> u16 {
-    (255.0 * p).clamp(0.0, 255.0) as u16
+    floor_level(255.0 * p)
+}
+
+/// `floor(x)` within 0..=255 (NaN: 0).
+///
+/// Written so that it vectorises on the baseline x86-64 (SSE2), where a float-to-integer
+/// cast does not (it saturates, element by element) and `floor` is a library call: adding
+/// 2^23 to a value in 0..=255 rounds it to the nearest integer and leaves that integer in the
+/// low bits; one less where that rounded up is the floor.
+fn floor_level(x: f32) -> u16 {
+    const TO_INTEGER: f32 = 8_388_608.0;
+    // Not `clamp`, which keeps NaN: `max` returns the other operand when one is NaN.
+    #[expect(clippy::manual_clamp, reason = "NaN must become 0")]
+    let x = x.max(0.0).min(255.0);
+    let rounded = x + TO_INTEGER;
+    (rounded.to_bits() as u16) - u16::from(rounded - TO_INTEGER > x)
 }
 
 /// Drops the first `by` values, moves the rest to the front and zeroes the tail.
@@ -322,6 +351,43 @@ mod tests {
                 map.iter().all(|&v| (51..=229).contains(&v)),
                 "overlap {overlap}"
             );
+        }
+    }
+
+    /// Without overlap each pixel is its own patch's level, written once; patches not run
+    /// leave 0, and the last column and row of patches are cut at the region's edge.
+    #[test]
+    fn without_overlap_each_pixel_is_its_patchs_level() {
+        let grid = grid(10, 7, 4, 0);
+        let order: Vec<usize> = (0..grid.len()).rev().collect();
+        let value = |i: usize| (i != 4).then_some(0.07 * i as f32 + 0.01);
+        let map = stitch(grid, Blend::Mean, &order, value);
+        assert_eq!(map.len(), 70);
+        for (i, &pixel) in map.iter().enumerate() {
+            let (x, y) = (i % 10, i / 10);
+            let patch = (y / 4) * grid.cols + x / 4;
+            let expected = value(patch).map_or(0, |p| (255.0 * p).floor() as u8);
+            assert_eq!(pixel, expected, "pixel ({x}, {y}) of patch {patch}");
+        }
+    }
+
+    /// `floor_level` is `floor` clamped to 0..=255 (NaN: 0) for values all over that range,
+    /// just beside each integer, and outside it.
+    #[test]
+    fn floor_level_is_the_clamped_floor() {
+        let mut values: Vec<f32> = (-80..=2400).map(|i| i as f32 / 8.0).collect();
+        for k in 0..=256 {
+            let k = k as f32;
+            values.extend([k.next_down(), k, k.next_up()]);
+        }
+        values.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30]);
+        for x in values {
+            let expected = if x.is_nan() {
+                0
+            } else {
+                x.clamp(0.0, 255.0).floor() as u16
+            };
+            assert_eq!(floor_level(x), expected, "{x:e}");
         }
     }
 
