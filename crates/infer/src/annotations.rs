@@ -37,14 +37,63 @@ fn ring_area(ring: &[[f64; 2]]) -> f64 {
     twice.abs() / 2.0
 }
 
+/// The smallest level of `p >= 0.5` in the u8 map (`v / 255 >= 0.5`).
+const TUMOUR_LEVEL: u8 = 128;
+
 /// Contours of `p >= 0.5` on a map whose pixel `(x, y)` covers level-0 pixels from
 /// `origin + (x, y) * downsample`; vertices rounded to whole level-0 pixels, regions left
 /// with no area dropped.
+///
+/// Only the rectangle around the tumour pixels is traced (most of a slide has none): the
+/// rings are those of the whole map, since marching squares (smoothed or not) reads no pixel
+/// beyond the first one below the level on each side.
 pub fn tumour_regions(map: &GrayImage, downsample: f64, origin: (u64, u64)) -> Result<Vec<Region>> {
-    let values: Vec<f64> = map.pixels().map(|p| p.0[0] as f64 / 255.0).collect();
-    let builder = ContourBuilder::new(map.width() as usize, map.height() as usize, true)
-        .x_origin(origin.0 as f64)
-        .y_origin(origin.1 as f64)
+    match tumour_bounds(map) {
+        Some(bounds) => trace(map, bounds, downsample, origin),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// `[x, y, width, height]` of the smallest rectangle holding every tumour pixel, grown by one
+/// pixel on each side where the map has one; `None` without tumour.
+fn tumour_bounds(map: &GrayImage) -> Option<[usize; 4]> {
+    let (width, height) = (map.width() as usize, map.height() as usize);
+    let (mut left, mut right, mut top, mut bottom) = (usize::MAX, 0, usize::MAX, 0);
+    for (y, row) in map.as_raw().chunks_exact(width).enumerate() {
+        if let Some(first) = row.iter().position(|&v| v >= TUMOUR_LEVEL) {
+            let last = row
+                .iter()
+                .rposition(|&v| v >= TUMOUR_LEVEL)
+                .unwrap_or(first);
+            (left, right) = (left.min(first), right.max(last));
+            (top, bottom) = (top.min(y), y);
+        }
+    }
+    if top == usize::MAX {
+        return None;
+    }
+    let (x0, y0) = (left.saturating_sub(1), top.saturating_sub(1));
+    let (x1, y1) = ((right + 1).min(width - 1), (bottom + 1).min(height - 1));
+    Some([x0, y0, x1 - x0 + 1, y1 - y0 + 1])
+}
+
+/// The regions traced in the rectangle `[x, y, width, height]` of `map`.
+fn trace(
+    map: &GrayImage,
+    [x, y, width, height]: [usize; 4],
+    downsample: f64,
+    origin: (u64, u64),
+) -> Result<Vec<Region>> {
+    let values: Vec<f64> = map
+        .as_raw()
+        .chunks_exact(map.width() as usize)
+        .skip(y)
+        .take(height)
+        .flat_map(|row| row[x..x + width].iter().map(|&v| v as f64 / 255.0))
+        .collect();
+    let builder = ContourBuilder::new(width, height, true)
+        .x_origin(origin.0 as f64 + x as f64 * downsample)
+        .y_origin(origin.1 as f64 + y as f64 * downsample)
         .x_step(downsample)
         .y_step(downsample);
     let contours = builder
@@ -171,6 +220,37 @@ mod tests {
             "{}",
             region.area()
         );
+    }
+
+    /// Tracing only around the tumour gives the rings of the whole map: a blob inside, with
+    /// soft values beside it, and with more tumour in a corner and on an edge; no tumour, no
+    /// region.
+    #[test]
+    fn tracing_around_the_tumour_is_tracing_the_whole_map() {
+        let with = |pixels: &[(u32, u32, u8)]| {
+            let mut map = blob_with_hole();
+            for &(x, y, value) in pixels {
+                map.put_pixel(x, y, image::Luma([value]));
+            }
+            map
+        };
+        let soft = [(12, 7, 127), (3, 6, 100), (11, 10, 60)];
+        let cases = [
+            (blob_with_hole(), [3, 4, 10, 7]),
+            (with(&soft), [3, 4, 10, 7]),
+            (with(&[(0, 0, 200), (1, 0, 140)]), [0, 0, 13, 11]),
+            (with(&[(19, 12, 255), (18, 12, 90)]), [3, 4, 17, 10]),
+        ];
+        for (map, bounds) in cases {
+            assert_eq!(tumour_bounds(&map), Some(bounds));
+            assert_eq!(
+                tumour_regions(&map, 4.88, (1000, 2000)).unwrap(),
+                trace(&map, [0, 0, 20, 20], 4.88, (1000, 2000)).unwrap(),
+                "bounds {bounds:?}"
+            );
+        }
+        let below = GrayImage::from_pixel(20, 20, image::Luma([TUMOUR_LEVEL - 1]));
+        assert_eq!(tumour_regions(&below, 4.88, (0, 0)).unwrap(), []);
     }
 
     #[test]

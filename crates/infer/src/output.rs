@@ -75,10 +75,8 @@ impl Staged {
         P: image::PixelWithColorType,
         [P::Subpixel]: image::EncodableLayout,
     {
-        // The PNG encoder wants to seek: encode in memory, then write.
-        let mut png = std::io::Cursor::new(Vec::new());
-        picture.write_to(&mut png, image::ImageFormat::Png)?;
-        self.write(name, |out| Ok(out.write_all(png.get_ref())?))
+        let png = png_bytes(picture)?;
+        self.write(name, |out| Ok(out.write_all(&png)?))
     }
 
     /// Renames every file to its final name; if one fails, those already renamed are removed.
@@ -108,4 +106,15 @@ impl Drop for Staged {
             }
         }
     }
+}
+
+/// `picture` encoded as a PNG file (in memory: the encoder wants to seek).
+pub fn png_bytes<P>(picture: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Result<Vec<u8>>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
+    let mut png = std::io::Cursor::new(Vec::new());
+    picture.write_to(&mut png, image::ImageFormat::Png)?;
+    Ok(png.into_inner())
 }

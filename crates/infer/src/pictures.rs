@@ -82,6 +82,11 @@ impl LowResolutionMap {
         self.rows_added = 0;
     }
 
+    /// The map's width and height in its pixels.
+    pub fn dimensions(&self) -> (u32, u32) {
+        (self.width as u32, self.height as u32)
+    }
+
     pub fn to_image(&self) -> GrayImage {
         GrayImage::from_raw(self.width as u32, self.height as u32, self.pixels.clone())
             .expect("sized")

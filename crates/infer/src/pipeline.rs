@@ -1,6 +1,8 @@
 //! The whole-slide job: read patches on worker threads, run them through the model in
 //! batches, stitch on a thread of its own and write the stitched rows on another, all joined
-//! by bounded channels, so memory stays bounded whatever the slide's size.
+//! by bounded channels, so memory stays bounded whatever the slide's size. What the report
+//! needs of the slide is read meanwhile: beside a GPU, whatever runs after the last patch is
+//! time the GPU waits.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -20,7 +22,7 @@ use unet_core::{Predictor, RgbPatch, Tta};
 use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
 
 use crate::annotations::{asap_xml, qupath_geojson, tumour_regions};
-use crate::output::Staged;
+use crate::output::{Staged, png_bytes};
 use crate::pictures::{LowResolutionMap, heatmap};
 use crate::resolution::Analysis;
 use crate::truth::{Overlap, Truth};
@@ -253,6 +255,8 @@ struct Planned {
 struct Streamed {
     overlap: Overlap,
     low_resolution: LowResolutionMap,
+    /// The slide under the low-resolution map, at its size: the heatmap's background.
+    background: RgbImage,
     tally: Tally,
     first_batch: Option<Instant>,
 }
@@ -335,13 +339,17 @@ impl Planned {
         let writer = self.writer.take().expect("the stream runs once");
         let progress = progress_bar(job.progress, self.to_run.len());
         let (stitch_tx, stitch_rx) = sync_channel::<Stitch>(2 * job.batch);
+        let low_resolution =
+            LowResolutionMap::new(self.region.width, self.region.height, self.downsample);
+        let (map_width, map_height) = low_resolution.dimensions();
+        let region0 = self.analysis.to_level0(self.region);
         let stitch = StitchJob {
             grid: self.grid,
             blend: job.options.blend,
             skipped: self.skipped(),
             writer,
             truth: self.truth.as_ref(),
-            downsample: self.downsample,
+            low_resolution,
         };
         let stream = PatchStream {
             slide: &self.slide,
@@ -354,22 +362,29 @@ impl Planned {
             progress: &progress,
             stop: &job.stop,
         };
+        let slide = &self.slide;
         let outcome = std::thread::scope(|scope| {
-            let stitcher = scope.spawn(move || stitch.run(stitch_rx));
+            // Read while the patches stream, not after: beside a GPU the CPU has time to spare.
+            let background = spawn_named(scope, "heatmap-background", move || {
+                low_level_view_of_region(slide, region0, map_width, map_height)
+            })?;
+            let stitcher = spawn_named(scope, "stitcher", move || stitch.run(stitch_rx))?;
             let streamed = stream.run(stitch_tx);
             let stitched = stitcher.join().expect("the stitcher does not panic");
+            let background = background.join().expect("reading a region does not panic");
             let first_batch = streamed?;
             if job.stop.load(Ordering::Relaxed) {
                 bail!("interrupted");
             }
-            stitched.map(|stitched| (stitched, first_batch))
+            Ok((stitched?, background?, first_batch))
         });
         progress.finish_and_clear();
-        let (stitched, first_batch) = outcome?;
+        let (stitched, background, first_batch) = outcome?;
         self.staged.keep(stitched.prob_file, &self.prob_name);
         Ok(Streamed {
             overlap: stitched.overlap,
             low_resolution: stitched.low_resolution,
+            background,
             tally: stitched.tally,
             first_batch,
         })
@@ -387,15 +402,25 @@ impl Planned {
         let stem = &self.stem;
         let map = streamed.low_resolution.to_image();
         let region0 = self.analysis.to_level0(self.region);
-        let view = low_level_view_of_region(&self.slide, region0, map.width(), map.height())?;
-        self.staged
-            .write_png(&format!("{stem}.heatmap.png"), &heatmap(&view, &map))?;
-        // Contours in level-0 pixels, whatever the analysis resolution.
-        let regions = tumour_regions(
-            &map,
-            self.downsample * self.analysis.scale,
-            (region0.x, region0.y),
-        )?;
+        // The heatmap's PNG and the contours take about as long: the first on a thread of its own.
+        let (heatmap_png, regions) = std::thread::scope(|scope| {
+            let heatmap_png = spawn_named(scope, "heatmap", || {
+                png_bytes(&heatmap(&streamed.background, &map))
+            })?;
+            // Contours in level-0 pixels, whatever the analysis resolution.
+            let regions = tumour_regions(
+                &map,
+                self.downsample * self.analysis.scale,
+                (region0.x, region0.y),
+            );
+            let heatmap_png = heatmap_png
+                .join()
+                .expect("drawing the heatmap does not panic");
+            anyhow::Ok((heatmap_png?, regions?))
+        })?;
+        self.staged.write(&format!("{stem}.heatmap.png"), |out| {
+            Ok(out.write_all(&heatmap_png)?)
+        })?;
         let geojson = qupath_geojson(&regions, self.slide.mpp());
         self.staged
             .write(&format!("{stem}.tumour.geojson"), |out| {
@@ -567,7 +592,9 @@ impl PatchStream<'_> {
             for _ in 0..readers {
                 let patch_tx = patch_tx.clone();
                 let (reader, next, read_error) = (&reader, &next, &read_error);
-                scope.spawn(move || reader.read_patches(next, patch_tx, read_error));
+                spawn_named(scope, "patch-reader", move || {
+                    reader.read_patches(next, patch_tx, read_error)
+                })?;
             }
             drop(patch_tx);
             self.infer_batches(patch_rx, results)
@@ -686,7 +713,7 @@ struct StitchJob<'a> {
     skipped: Vec<usize>,
     writer: PyramidWriter,
     truth: Option<&'a Truth>,
-    downsample: f64,
+    low_resolution: LowResolutionMap,
 }
 
 /// What the stitcher leaves: the complete map's file and what was counted on the way.
@@ -705,12 +732,12 @@ impl StitchJob<'_> {
             skipped,
             writer,
             truth,
-            downsample,
+            low_resolution,
         } = self;
         let region = grid.region;
         let sink = RowSink {
             writer,
-            low: LowResolutionMap::new(region.width, region.height, downsample),
+            low: low_resolution,
             overlap: Overlap::default(),
             tally: Tally::default(),
             truth,
@@ -720,7 +747,7 @@ impl StitchJob<'_> {
         // more band of memory than a single thread (51 MB at Camelyon's 100000 pixels wide).
         let (band_tx, band_rx) = sync_channel::<Vec<u8>>(0);
         std::thread::scope(|scope| {
-            let sink = scope.spawn(move || sink.run(band_rx));
+            let sink = spawn_named(scope, "row-sink", move || sink.run(band_rx))?;
             let mut stitcher = Stitcher::new(grid, blend);
             // A failed sink has dropped its end: the stitcher goes on draining the patches
             // so that nothing upstream blocks, and the sink's error is reported below.
@@ -785,6 +812,19 @@ impl RowSink<'_> {
         }
         Ok(self)
     }
+}
+
+/// Starts `work` on a thread of `scope` called `name`, which `top -H`, profilers and panic
+/// messages show.
+fn spawn_named<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'scope,
+) -> Result<std::thread::ScopedJoinHandle<'scope, T>> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn_scoped(scope, work)
+        .with_context(|| format!("cannot start the {name} thread"))
 }
 
 pub fn progress_bar(visible: bool, total: usize) -> ProgressBar {
