@@ -1,6 +1,6 @@
-//! The stitcher's cost per patch: two rows of 512x512 patches across a 20480-pixel-wide
-//! region, without overlap and with 64 pixels of it. Beside a GPU that runs the model in
-//! about 1 ms a patch, the stitcher's one thread must keep well ahead of that.
+//! The stitcher's cost per patch: two rows of forty 512x512 patches (20480 pixels wide
+//! without overlap), without overlap and with 64 pixels of it. Beside a GPU that runs the
+//! model in about 1 ms a patch, the stitcher's one thread must keep well ahead of that.
 
 use std::time::Duration;
 
