@@ -75,8 +75,12 @@ impl Staged {
         P: image::PixelWithColorType,
         [P::Subpixel]: image::EncodableLayout,
     {
-        let png = png_bytes(picture)?;
-        self.write(name, |out| Ok(out.write_all(&png)?))
+        self.write_bytes(name, &png_bytes(picture)?)
+    }
+
+    /// Writes `bytes` as `name`.
+    pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.write(name, |out| Ok(out.write_all(bytes)?))
     }
 
     /// Renames every file to its final name; if one fails, those already renamed are removed.

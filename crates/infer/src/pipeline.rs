@@ -418,17 +418,15 @@ impl Planned {
                 .expect("drawing the heatmap does not panic");
             anyhow::Ok((heatmap_png?, regions?))
         })?;
-        self.staged.write(&format!("{stem}.heatmap.png"), |out| {
-            Ok(out.write_all(&heatmap_png)?)
-        })?;
+        self.staged
+            .write_bytes(&format!("{stem}.heatmap.png"), &heatmap_png)?;
         let geojson = qupath_geojson(&regions, self.slide.mpp());
         self.staged
             .write(&format!("{stem}.tumour.geojson"), |out| {
                 Ok(serde_json::to_writer_pretty(out, &geojson)?)
             })?;
-        self.staged.write(&format!("{stem}.tumour.xml"), |out| {
-            Ok(out.write_all(asap_xml(&regions).as_bytes())?)
-        })?;
+        self.staged
+            .write_bytes(&format!("{stem}.tumour.xml"), asap_xml(&regions).as_bytes())?;
         let summary = self.summary(job, &streamed, started.elapsed().as_secs_f64());
         self.staged.write(&format!("{stem}.summary.json"), |out| {
             Ok(serde_json::to_writer_pretty(out, &summary)?)
