@@ -5,6 +5,10 @@
 //!
 //! A synthetic slide (deflate tiles, every patch run: tissue detection off), side
 //! `INFER_BENCH_SIDE` (default 8192: 256 patches of 512). Throughput in patches.
+//!
+//! `INFER_BENCH_MS_PER_PATCH=T` makes the engine take T ms a patch, sleeping, as a GPU would
+//! leave the CPU to the rest: the model alone would take T x patches, and end to end over
+//! that is the share of the model's throughput `infer` keeps (issue 12's bar: 90 %).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,15 +24,18 @@ use unet_core::{
 };
 use wsi::{Channels, PyramidWriter, WriterOptions};
 
-/// An engine that answers at once: the probability is the patch's red level.
-struct Instantly;
+/// An engine that answers in `ms_per_patch` a patch (at once, if 0), sleeping meanwhile: the
+/// probability is the patch's red level.
+struct Paced {
+    ms_per_patch: f64,
+}
 
-impl Engine for Instantly {
+impl Engine for Paced {
     fn load(_: &FoldedWeights, _: Target) -> Result<Self, PredictError> {
-        Ok(Instantly)
+        Ok(Paced { ms_per_patch: 0.0 })
     }
     fn name(&self) -> &'static str {
-        "instant"
+        "paced"
     }
     fn choice() -> EngineChoice {
         EngineChoice::Auto
@@ -40,11 +47,15 @@ impl Engine for Instantly {
         Precision::F32
     }
     fn forward(&self, batch: &Batch, _: Output) -> Result<Vec<f32>, PredictError> {
-        Ok(batch
+        let started = Instant::now();
+        let maps = batch
             .patches
             .iter()
             .flat_map(|patch| patch.pixels.chunks_exact(3).map(|p| p[0] as f32 / 255.0))
-            .collect())
+            .collect();
+        let pace = Duration::from_secs_f64(self.ms_per_patch * batch.len() as f64 / 1000.0);
+        std::thread::sleep(pace.saturating_sub(started.elapsed()));
+        Ok(maps)
     }
 }
 
@@ -70,19 +81,19 @@ fn synthetic_slide(path: &Path, side: u64) {
 }
 
 fn whole_slide(c: &mut Criterion) {
-    let side: u64 = std::env::var("INFER_BENCH_SIDE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8192);
+    let setting = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
+    let side = setting("INFER_BENCH_SIDE").unwrap_or(8192.0) as u64;
+    let ms_per_patch = setting("INFER_BENCH_MS_PER_PATCH").unwrap_or(0.0);
     let dir = tempfile::tempdir().unwrap();
     let slide = dir.path().join("synthetic.tif");
     synthetic_slide(&slide, side);
-    let predictor = Predictor::from_engine(Box::new(Instantly), UnetConfig::new(3, 3, 8));
+    let predictor =
+        Predictor::from_engine(Box::new(Paced { ms_per_patch }), UnetConfig::new(3, 3, 8));
     let job = SlideJob {
         slide,
         stem: "synthetic".to_string(),
         predictor: &predictor,
-        model: "instant".into(),
+        model: "paced".into(),
         out_dir: dir.path().join("out"),
         batch: 32,
         options: Options {
@@ -110,7 +121,12 @@ fn whole_slide(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(20))
         .throughput(Throughput::Elements(patches));
-    group.bench_function(format!("instant_engine_{side}x{side}"), |b| {
+    let engine = if ms_per_patch > 0.0 {
+        format!("engine_{ms_per_patch}ms_a_patch")
+    } else {
+        "instant_engine".to_string()
+    };
+    group.bench_function(format!("{engine}_{side}x{side}"), |b| {
         b.iter(|| pipeline::run(&job).unwrap())
     });
     group.finish();
