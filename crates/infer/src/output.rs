@@ -113,7 +113,7 @@ impl Drop for Staged {
 }
 
 /// `picture` encoded as a PNG file (in memory: the encoder wants to seek).
-pub fn png_bytes<P>(picture: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Result<Vec<u8>>
+fn png_bytes<P>(picture: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Result<Vec<u8>>
 where
     P: image::PixelWithColorType,
     [P::Subpixel]: image::EncodableLayout,

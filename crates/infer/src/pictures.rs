@@ -1,6 +1,9 @@
 //! What a person looks at: the probability map at low resolution, the heatmap overlay, and
 //! the charts' font.
 
+use std::io::Write;
+
+use anyhow::Context;
 use image::{GrayImage, RgbImage};
 use plotters::style::FontStyle;
 
@@ -61,15 +64,16 @@ impl LowResolutionMap {
     }
 
     /// Adds region row `y` (the region's width of level-0 pixels from its left edge); rows
-    /// come top to bottom, each once.
-    pub fn add_row(&mut self, y: u64, row: &[u8]) {
+    /// come top to bottom, each once. Returns the map row it finished, with its index, if it
+    /// finished one.
+    pub fn add_row(&mut self, y: u64, row: &[u8]) -> Option<(usize, &[u8])> {
         for (sum, &value) in self.rows.iter_mut().zip(row) {
             *sum += value as u32;
         }
         self.rows_added += 1;
         let my = self.map_row(y);
         if y + 1 < self.region_height && self.map_row(y + 1) == my {
-            return;
+            return None;
         }
         let line = &mut self.pixels[my * self.width..][..self.width];
         for (pixel, run) in line.iter_mut().zip(self.runs.windows(2)) {
@@ -80,6 +84,7 @@ impl LowResolutionMap {
         }
         self.rows.fill(0);
         self.rows_added = 0;
+        Some((my, line))
     }
 
     /// The map's width and height in its pixels.
@@ -105,14 +110,67 @@ pub fn jet(value: u8) -> [u8; 3] {
 /// where it has another).
 pub fn heatmap(slide: &RgbImage, map: &GrayImage) -> RgbImage {
     let map = wsi::resize(map, slide.width(), slide.height());
-    let colours: Vec<[u8; 3]> = (0..=255).map(jet).collect();
     let mut out = RgbImage::new(slide.width(), slide.height());
-    for ((pixel, under), &value) in out
-        .as_mut()
-        .chunks_exact_mut(3)
-        .zip(slide.as_raw().chunks_exact(3))
-        .zip(map.as_raw())
-    {
+    blend(&jet_colours(), map.as_raw(), slide.as_raw(), &mut out);
+    out
+}
+
+/// [`heatmap`]'s PNG, encoded row by row as the map's rows are finished, so that it is ready
+/// when the last one is: `map_rows` gives finished rows of a map the slide's size, with their
+/// indices, in order. A row never given is 0, as it stays in the map.
+pub fn heatmap_png(
+    slide: &RgbImage,
+    map_rows: impl IntoIterator<Item = (usize, Vec<u8>)>,
+) -> anyhow::Result<Vec<u8>> {
+    let (width, height) = slide.dimensions();
+    let mut png = Vec::new();
+    // image's PNG encoder's settings (`heatmap`'s picture through `output::png_bytes`).
+    let mut encoder = png::Encoder::new(&mut png, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Balanced);
+    encoder.set_filter(png::Filter::Adaptive);
+    let mut header = encoder.write_header()?;
+    let mut stream = header.stream_writer()?;
+    let colours = jet_colours();
+    let row_bytes = 3 * width as usize;
+    let mut rows = slide.as_raw().chunks_exact(row_bytes);
+    let mut pixels = vec![0; row_bytes];
+    let unfinished = vec![0; width as usize];
+    let mut put = |map_row: &[u8]| -> anyhow::Result<()> {
+        let under = rows.next().context("more map rows than the heatmap has")?;
+        blend(&colours, map_row, under, &mut pixels);
+        Ok(stream.write_all(&pixels)?)
+    };
+    let mut next = 0;
+    for (index, map_row) in map_rows {
+        anyhow::ensure!(
+            index >= next && map_row.len() == width as usize,
+            "map row {index} ({} wide) does not follow row {next} of a {width}-wide heatmap",
+            map_row.len()
+        );
+        for _ in next..index {
+            put(&unfinished)?;
+        }
+        put(&map_row)?;
+        next = index + 1;
+    }
+    for _ in next..height as usize {
+        put(&unfinished)?;
+    }
+    stream.finish()?;
+    header.finish()?;
+    Ok(png)
+}
+
+/// OpenCV's jet for every level.
+fn jet_colours() -> Vec<[u8; 3]> {
+    (0..=255).map(jet).collect()
+}
+
+/// `out` (RGB) = the colour of each of `map`'s levels at 60 % over `under` (RGB) at 40 %.
+fn blend(colours: &[[u8; 3]], map: &[u8], under: &[u8], out: &mut [u8]) {
+    for ((pixel, under), &value) in out.chunks_exact_mut(3).zip(under.chunks_exact(3)).zip(map) {
         let colour = colours[value as usize];
         for c in 0..3 {
             // round(0.6 colour + 0.4 under), in integers: (6 colour + 4 under) is even, so
@@ -120,7 +178,6 @@ pub fn heatmap(slide: &RgbImage, map: &GrayImage) -> RgbImage {
             pixel[c] = ((6 * colour[c] as u16 + 4 * under[c] as u16 + 5) / 10) as u8;
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -153,6 +210,37 @@ mod tests {
         }
     }
 
+    /// The heatmap encoded from streamed map rows decodes to `heatmap` of the whole map; rows
+    /// not given (here the second and the last two) are level 0 in both.
+    #[test]
+    fn streamed_heatmap_png_is_the_heatmap() {
+        let (width, height) = (37, 11);
+        let under = RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(7 * x + y) as u8, (3 * y) as u8, (x * y) as u8])
+        });
+        let mut map =
+            GrayImage::from_fn(width, height, |x, y| image::Luma([(x * 29 + y * 53) as u8]));
+        let given: Vec<usize> = vec![0, 2, 3, 4, 5, 6, 7, 8];
+        for y in 0..height {
+            if !given.contains(&(y as usize)) {
+                (0..width).for_each(|x| map.put_pixel(x, y, image::Luma([0])));
+            }
+        }
+        let rows = given.iter().map(|&y| {
+            let row = &map.as_raw()[y * width as usize..][..width as usize];
+            (y, row.to_vec())
+        });
+        let png = heatmap_png(&under, rows).unwrap();
+        let decoded = image::load_from_memory_with_format(&png, image::ImageFormat::Png)
+            .unwrap()
+            .into_rgb8();
+        assert_eq!(decoded, heatmap(&under, &map));
+        // Rows out of order, or of another width, are an error, not a picture.
+        let backwards = [(3, vec![0; width as usize]), (2, vec![0; width as usize])];
+        assert!(heatmap_png(&under, backwards).is_err());
+        assert!(heatmap_png(&under, [(0, vec![0; 5])]).is_err());
+    }
+
     /// Each map pixel is the rounded mean of the region pixels `floor(x / downsample)` and
     /// `floor(y / downsample)` put in it (the last column and row taking the rest; one that
     /// none falls in is 0).
@@ -161,11 +249,21 @@ mod tests {
         let (width, height, downsample) = (103u64, 41u64, 4.88);
         let value = |x: u64, y: u64| ((x * 31 + y * 17) % 256) as u8;
         let mut map = LowResolutionMap::new(width, height, downsample);
+        let mut finished = Vec::new();
         for y in 0..height {
             let row: Vec<u8> = (0..width).map(|x| value(x, y)).collect();
-            map.add_row(y, &row);
+            if let Some((index, line)) = map.add_row(y, &row) {
+                finished.push((index, line.to_vec()));
+            }
         }
         let image = map.to_image();
+        // Each map row is handed out once, in order, as it stays in the map.
+        let rows: Vec<(usize, Vec<u8>)> = image
+            .rows()
+            .enumerate()
+            .map(|(index, row)| (index, row.map(|pixel| pixel.0[0]).collect()))
+            .collect();
+        assert_eq!(finished, rows);
         let (map_width, map_height) = (image.width() as usize, image.height() as usize);
         assert_eq!((map_width, map_height), (22, 9));
         let mut sum = vec![0u32; map_width * map_height];

@@ -1,13 +1,13 @@
 //! The whole-slide job: read patches on worker threads, run them through the model in
 //! batches, stitch on a thread of its own and write the stitched rows on another, all joined
-//! by bounded channels, so memory stays bounded whatever the slide's size. What the report
-//! needs of the slide is read meanwhile: beside a GPU, whatever runs after the last patch is
-//! time the GPU waits.
+//! by bounded channels, so memory stays bounded whatever the slide's size. The heatmap is
+//! drawn and encoded meanwhile, row by row: beside a GPU, whatever runs after the last patch
+//! is time the GPU waits.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,12 +18,12 @@ use output_file::NamedTempFile;
 use serde::Serialize;
 use sha2::Digest;
 use tiling::{Blend, Grid, Rect, Stitcher, TissueMask};
-use unet_core::{Predictor, RgbPatch, Tta};
+use unet_core::{Predictor, ProbabilityMaps, RgbPatch, Tta};
 use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
 
 use crate::annotations::{asap_xml, qupath_geojson, tumour_regions};
-use crate::output::{Staged, png_bytes};
-use crate::pictures::{LowResolutionMap, heatmap};
+use crate::output::Staged;
+use crate::pictures::{LowResolutionMap, heatmap_png};
 use crate::resolution::Analysis;
 use crate::truth::{Overlap, Truth};
 
@@ -181,7 +181,20 @@ struct ReadPatch {
 }
 
 /// What the stitcher receives: a patch's grid index and probabilities.
-pub type Stitch = (usize, Vec<f32>);
+pub type Stitch = (usize, PatchMap);
+
+/// One patch's probabilities: its place in its batch's output, which the batch's patches
+/// share, so that the model's thread hands them on without a copy.
+pub struct PatchMap {
+    batch: Arc<ProbabilityMaps>,
+    index: usize,
+}
+
+impl AsRef<[f32]> for PatchMap {
+    fn as_ref(&self) -> &[f32] {
+        self.batch.map(self.index)
+    }
+}
 
 /// Decoded tiles kept while reading patches. Each patch is read once, and overlapping
 /// neighbours share a few tiles, so a small cache serves whatever the slide's size.
@@ -255,8 +268,8 @@ struct Planned {
 struct Streamed {
     overlap: Overlap,
     low_resolution: LowResolutionMap,
-    /// The slide under the low-resolution map, at its size: the heatmap's background.
-    background: RgbImage,
+    /// The heatmap's PNG file, encoded as the map's rows were finished.
+    heatmap_png: Vec<u8>,
     tally: Tally,
     first_batch: Option<Instant>,
 }
@@ -343,6 +356,9 @@ impl Planned {
             LowResolutionMap::new(self.region.width, self.region.height, self.downsample);
         let (map_width, map_height) = low_resolution.dimensions();
         let region0 = self.analysis.to_level0(self.region);
+        // Finished rows of the low-resolution map, for the heatmap (unbounded: at most the
+        // map, which is small; the heatmap waits for its background before the first row).
+        let (map_rows_tx, map_rows_rx) = channel();
         let stitch = StitchJob {
             grid: self.grid,
             blend: job.options.blend,
@@ -350,6 +366,7 @@ impl Planned {
             writer,
             truth: self.truth.as_ref(),
             low_resolution,
+            map_rows: map_rows_tx,
         };
         let stream = PatchStream {
             slide: &self.slide,
@@ -364,27 +381,29 @@ impl Planned {
         };
         let slide = &self.slide;
         let outcome = std::thread::scope(|scope| {
-            // Read while the patches stream, not after: beside a GPU the CPU has time to spare.
-            let background = spawn_named(scope, "heatmap-background", move || {
-                low_level_view_of_region(slide, region0, map_width, map_height)
+            // Drawn and encoded while the patches stream, not after: beside a GPU the CPU has
+            // time to spare, and whatever runs after the last patch is time the GPU waits.
+            let heatmap = spawn_named(scope, "heatmap", move || {
+                let background = low_level_view_of_region(slide, region0, map_width, map_height)?;
+                heatmap_png(&background, map_rows_rx)
             })?;
             let stitcher = spawn_named(scope, "stitcher", move || stitch.run(stitch_rx))?;
             let streamed = stream.run(stitch_tx);
             let stitched = stitcher.join().expect("the stitcher does not panic");
-            let background = background.join().expect("reading a region does not panic");
+            let heatmap_png = heatmap.join().expect("drawing the heatmap does not panic");
             let first_batch = streamed?;
             if job.stop.load(Ordering::Relaxed) {
                 bail!("interrupted");
             }
-            Ok((stitched?, background?, first_batch))
+            Ok((stitched?, heatmap_png?, first_batch))
         });
         progress.finish_and_clear();
-        let (stitched, background, first_batch) = outcome?;
+        let (stitched, heatmap_png, first_batch) = outcome?;
         self.staged.keep(stitched.prob_file, &self.prob_name);
         Ok(Streamed {
             overlap: stitched.overlap,
             low_resolution: stitched.low_resolution,
-            background,
+            heatmap_png,
             tally: stitched.tally,
             first_batch,
         })
@@ -402,24 +421,14 @@ impl Planned {
         let stem = &self.stem;
         let map = streamed.low_resolution.to_image();
         let region0 = self.analysis.to_level0(self.region);
-        // The heatmap's PNG and the contours take about as long: the first on a thread of its own.
-        let (heatmap_png, regions) = std::thread::scope(|scope| {
-            let heatmap_png = spawn_named(scope, "heatmap", || {
-                png_bytes(&heatmap(&streamed.background, &map))
-            })?;
-            // Contours in level-0 pixels, whatever the analysis resolution.
-            let regions = tumour_regions(
-                &map,
-                self.downsample * self.analysis.scale,
-                (region0.x, region0.y),
-            );
-            let heatmap_png = heatmap_png
-                .join()
-                .expect("drawing the heatmap does not panic");
-            anyhow::Ok((heatmap_png?, regions?))
-        })?;
+        // Contours in level-0 pixels, whatever the analysis resolution.
+        let regions = tumour_regions(
+            &map,
+            self.downsample * self.analysis.scale,
+            (region0.x, region0.y),
+        )?;
         self.staged
-            .write_bytes(&format!("{stem}.heatmap.png"), &heatmap_png)?;
+            .write_bytes(&format!("{stem}.heatmap.png"), &streamed.heatmap_png)?;
         let geojson = qupath_geojson(&regions, self.slide.mpp());
         self.staged
             .write(&format!("{stem}.tumour.geojson"), |out| {
@@ -638,11 +647,15 @@ impl PatchStream<'_> {
                 RgbPatch::new(width as usize, height as usize, p.pixels.as_raw())
             })
             .collect();
-        let maps = self.predictor.predict_batch_with(&inputs, self.tta)?;
+        let maps = Arc::new(self.predictor.predict_maps_with(&inputs, self.tta)?);
         drop(inputs);
         let count = batch.len() as u64;
-        for (patch, map) in batch.drain(..).zip(maps) {
-            if stitch.send((patch.index, map.values)).is_err() {
+        for (index, patch) in batch.drain(..).enumerate() {
+            let map = PatchMap {
+                batch: Arc::clone(&maps),
+                index,
+            };
+            if stitch.send((patch.index, map)).is_err() {
                 bail!("the stitcher stopped");
             }
         }
@@ -712,6 +725,8 @@ struct StitchJob<'a> {
     writer: PyramidWriter,
     truth: Option<&'a Truth>,
     low_resolution: LowResolutionMap,
+    /// Where the low-resolution map's rows go as they are finished.
+    map_rows: Sender<(usize, Vec<u8>)>,
 }
 
 /// What the stitcher leaves: the complete map's file and what was counted on the way.
@@ -731,11 +746,13 @@ impl StitchJob<'_> {
             writer,
             truth,
             low_resolution,
+            map_rows,
         } = self;
         let region = grid.region;
         let sink = RowSink {
             writer,
             low: low_resolution,
+            map_rows,
             overlap: Overlap::default(),
             tally: Tally::default(),
             truth,
@@ -779,6 +796,7 @@ impl StitchJob<'_> {
 struct RowSink<'a> {
     writer: PyramidWriter,
     low: LowResolutionMap,
+    map_rows: Sender<(usize, Vec<u8>)>,
     overlap: Overlap,
     tally: Tally,
     truth: Option<&'a Truth>,
@@ -794,7 +812,10 @@ impl RowSink<'_> {
         for rows in bands {
             self.writer.write_rows(&rows)?;
             for row in rows.chunks_exact(width) {
-                self.low.add_row(next_row, row);
+                if let Some((index, map_row)) = self.low.add_row(next_row, row) {
+                    // A heatmap that failed has hung up; its error is reported when joined.
+                    let _ = self.map_rows.send((index, map_row.to_vec()));
+                }
                 self.tally.add_row(row);
                 if let Some(truth) = self.truth {
                     truth.row(

@@ -32,7 +32,9 @@ enum Band {
     Weights { sum: Vec<f32>, weight: Vec<f32> },
 }
 
-pub struct Stitcher {
+/// `P` is how a patch's probabilities are held: anything that lends them as a slice (a slice
+/// of a whole batch's output, shared, spares the model's thread a copy per patch).
+pub struct Stitcher<P = Vec<f32>> {
     grid: Grid,
     blend: Blend,
     width: usize,
@@ -43,11 +45,11 @@ pub struct Stitcher {
     band: Band,
     band_top: usize,
     next_index: usize,
-    pending: BTreeMap<usize, Option<Vec<f32>>>,
+    pending: BTreeMap<usize, Option<P>>,
 }
 
-impl Stitcher {
-    pub fn new(grid: Grid, blend: Blend) -> Stitcher {
+impl<P: AsRef<[f32]>> Stitcher<P> {
+    pub fn new(grid: Grid, blend: Blend) -> Stitcher<P> {
         let patch = grid.patch as usize;
         let width = grid.region.width as usize;
         let kernel = match blend {
@@ -86,16 +88,11 @@ impl Stitcher {
     /// Adds patch `index`'s probabilities (`patch` x `patch`, row-major), or `None` for a
     /// patch that was not run (no tissue). Hands `emit` every run of finished region rows
     /// (u8, `width` per row), top to bottom.
-    pub fn add(
-        &mut self,
-        index: usize,
-        probabilities: Option<Vec<f32>>,
-        emit: &mut dyn FnMut(Vec<u8>),
-    ) {
+    pub fn add(&mut self, index: usize, probabilities: Option<P>, emit: &mut dyn FnMut(Vec<u8>)) {
         self.pending.insert(index, probabilities);
         while let Some(probabilities) = self.pending.remove(&self.next_index) {
             if let Some(probabilities) = probabilities {
-                self.accumulate(self.next_index, &probabilities);
+                self.accumulate(self.next_index, probabilities.as_ref());
             }
             let position = self.grid.position(self.next_index);
             self.next_index += 1;

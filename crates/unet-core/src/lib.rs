@@ -42,7 +42,7 @@ pub use engine::FusedUnet;
 pub use engine::{BurnEngine, Engine, Fastest};
 pub use model::Unet;
 pub use model_file::{MODEL_EXTENSION, ModelFileError};
-pub use patch::{ProbabilityMap, RgbPatch, probability_to_u8};
+pub use patch::{ProbabilityMap, ProbabilityMaps, RgbPatch, probability_to_u8};
 pub use predictor::{PredictError, Predictor};
 pub use target::{Device, DeviceChoice, EngineChoice, Precision, Target};
 pub use tta::Tta;

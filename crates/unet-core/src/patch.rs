@@ -50,6 +50,49 @@ impl ProbabilityMap {
     }
 }
 
+/// A batch's tumour probabilities as the engine returns them, one patch after another
+/// (`[N, H, W]`, row-major): lent patch by patch rather than copied into a map each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbabilityMaps {
+    pub width: usize,
+    pub height: usize,
+    /// Row-major, in [0, 1].
+    pub values: Vec<f32>,
+}
+
+impl ProbabilityMaps {
+    /// Patches in the batch.
+    pub fn len(&self) -> usize {
+        self.values.len() / (self.width * self.height)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Patch `index`'s probabilities, row-major.
+    pub fn map(&self, index: usize) -> &[f32] {
+        let plane = self.width * self.height;
+        &self.values[index * plane..][..plane]
+    }
+
+    /// Each patch's probabilities, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[f32]> {
+        self.values.chunks_exact(self.width * self.height)
+    }
+
+    /// A map of its own for each patch.
+    pub fn into_maps(self) -> Vec<ProbabilityMap> {
+        self.iter()
+            .map(|values| ProbabilityMap {
+                width: self.width,
+                height: self.height,
+                values: values.to_vec(),
+            })
+            .collect()
+    }
+}
+
 /// `floor(255 p)`, clamped to the u8 range.
 pub fn probability_to_u8(p: f32) -> u8 {
     (255.0 * p).clamp(0.0, 255.0) as u8

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::architecture::{SIDE_MULTIPLE, UnetConfig};
 use crate::engine::{self, Batch, Engine, Output};
 use crate::model_file::{self, ModelFileError};
-use crate::patch::{ProbabilityMap, RgbPatch};
+use crate::patch::{ProbabilityMap, ProbabilityMaps, RgbPatch};
 use crate::target::{DeviceChoice, EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
 
@@ -113,16 +113,17 @@ impl Predictor {
 
     /// The tumour probability of every pixel of every patch (max over output channels).
     pub fn predict_batch(&self, patches: &[RgbPatch]) -> Result<Vec<ProbabilityMap>, PredictError> {
+        Ok(self.predict_maps(patches)?.into_maps())
+    }
+
+    /// [`Predictor::predict_batch`] as the engine returns it, one buffer for the batch.
+    pub fn predict_maps(&self, patches: &[RgbPatch]) -> Result<ProbabilityMaps, PredictError> {
         let batch = check_batch(patches, &self.config)?;
-        let values = self.engine.forward(&batch, Output::Probability)?;
-        Ok(values
-            .chunks_exact(batch.plane())
-            .map(|chunk| ProbabilityMap {
-                width: batch.width,
-                height: batch.height,
-                values: chunk.to_vec(),
-            })
-            .collect())
+        Ok(ProbabilityMaps {
+            width: batch.width,
+            height: batch.height,
+            values: self.engine.forward(&batch, Output::Probability)?,
+        })
     }
 
     /// The raw sigmoid output, `[N, out_channels, H, W]` flattened row-major.

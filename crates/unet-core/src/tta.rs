@@ -3,7 +3,7 @@
 //! any rounding. The UNet is not exactly equivariant (its training saw tissue in every
 //! orientation, its arithmetic does not), so the average is steadier at boundaries.
 
-use crate::patch::{ProbabilityMap, RgbPatch};
+use crate::patch::{ProbabilityMaps, RgbPatch};
 use crate::predictor::{PredictError, Predictor};
 use crate::target::parse_choice;
 
@@ -94,30 +94,30 @@ impl Symmetry {
     }
 
     /// Adds the copy's map, mapped back onto the patch, to `sum`.
-    fn add_back(self, copy: &ProbabilityMap, width: usize, height: usize, sum: &mut [f32]) {
+    fn add_back(self, copy: &[f32], width: usize, height: usize, sum: &mut [f32]) {
         for y in 0..height {
             for x in 0..width {
-                sum[y * width + x] += copy.values[self.place(x, y, width, height)];
+                sum[y * width + x] += copy[self.place(x, y, width, height)];
             }
         }
     }
 }
 
 impl Predictor {
-    /// [`Predictor::predict_batch`] averaged over the augmentation's copies of each patch
-    /// (one forward per copy, a batch of the same size); `Tta::Off` is `predict_batch`.
-    pub fn predict_batch_with(
+    /// [`Predictor::predict_maps`] averaged over the augmentation's copies of each patch (one
+    /// forward per copy, a batch of the same size); `Tta::Off` is `predict_maps`.
+    pub fn predict_maps_with(
         &self,
         patches: &[RgbPatch],
         tta: Tta,
-    ) -> Result<Vec<ProbabilityMap>, PredictError> {
-        if tta == Tta::Off {
-            return self.predict_batch(patches);
-        }
-        let mut sums: Vec<Vec<f32>> = patches
-            .iter()
-            .map(|p| vec![0.0; p.width * p.height])
-            .collect();
+    ) -> Result<ProbabilityMaps, PredictError> {
+        let first = match patches.first() {
+            Some(first) if tta != Tta::Off => *first,
+            // No copies to average, or no patch (which `predict_maps` refuses).
+            _ => return self.predict_maps(patches),
+        };
+        let (width, height) = (first.width, first.height);
+        let mut sums = vec![0.0; patches.len() * width * height];
         for &symmetry in tta.symmetries() {
             let pixels: Vec<Vec<u8>> = patches.iter().map(|p| symmetry.apply(p)).collect();
             let copies: Vec<RgbPatch> = patches
@@ -128,24 +128,19 @@ impl Predictor {
                     RgbPatch::new(width, height, pixels)
                 })
                 .collect();
-            let maps = self.predict_batch(&copies)?;
-            for ((patch, map), sum) in patches.iter().zip(&maps).zip(&mut sums) {
-                symmetry.add_back(map, patch.width, patch.height, sum);
+            // Every patch is `width x height`: the forward refuses a batch of mixed sizes.
+            let maps = self.predict_maps(&copies)?;
+            for (map, sum) in maps.iter().zip(sums.chunks_exact_mut(width * height)) {
+                symmetry.add_back(map, width, height, sum);
             }
         }
         let copies = tta.copies() as f32;
-        Ok(patches
-            .iter()
-            .zip(sums)
-            .map(|(patch, mut values)| {
-                values.iter_mut().for_each(|v| *v /= copies);
-                ProbabilityMap {
-                    width: patch.width,
-                    height: patch.height,
-                    values,
-                }
-            })
-            .collect())
+        sums.iter_mut().for_each(|v| *v /= copies);
+        Ok(ProbabilityMaps {
+            width,
+            height,
+            values: sums,
+        })
     }
 }
 
@@ -161,13 +156,8 @@ mod tests {
         let patch = RgbPatch::new(width, height, &pixels);
         for &symmetry in Tta::D4.symmetries() {
             let copy = symmetry.apply(&patch);
-            let (copy_width, copy_height) = symmetry.size(width, height);
             // The copy's red channel as a "map", mapped back, is the patch's red channel.
-            let map = ProbabilityMap {
-                width: copy_width,
-                height: copy_height,
-                values: copy.chunks_exact(3).map(|p| p[0] as f32).collect(),
-            };
+            let map: Vec<f32> = copy.chunks_exact(3).map(|p| p[0] as f32).collect();
             let mut back = vec![0.0; width * height];
             symmetry.add_back(&map, width, height, &mut back);
             let red: Vec<f32> = pixels.chunks_exact(3).map(|p| p[0] as f32).collect();
