@@ -81,6 +81,8 @@ fn synthetic_slide(path: &Path, side: u64) {
 }
 
 fn whole_slide(c: &mut Criterion) {
+    // As `infer` does.
+    unet_core::memory::reuse_large_buffers();
     let setting = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
     let side = setting("INFER_BENCH_SIDE").unwrap_or(8192.0) as u64;
     let ms_per_patch = setting("INFER_BENCH_MS_PER_PATCH").unwrap_or(0.0);

@@ -145,6 +145,8 @@ fn parse_region(text: &str) -> Result<[u64; 4], String> {
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    // Each batch's maps are a buffer of 32 MiB at batch 32: reused, not faulted in afresh.
+    unet_core::memory::reuse_large_buffers();
     // `stop` ends the pipeline early (Ctrl-C, or a reader's error stopping the others);
     // `interrupted` says that it was Ctrl-C, so that a damaged slide is reported as damaged.
     let stop = Arc::new(AtomicBool::new(false));

@@ -25,6 +25,7 @@ pub mod architecture;
 pub mod checkpoint;
 mod cpu;
 pub mod engine;
+pub mod memory;
 pub mod model;
 pub mod model_file;
 pub mod patch;

@@ -57,6 +57,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // As `infer` does.
+    unet_core::memory::reuse_large_buffers();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

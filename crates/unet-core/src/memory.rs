@@ -1,0 +1,23 @@
+//! The allocator's handling of large buffers, for programs that run many batches.
+//!
+//! glibc serves and frees every allocation of 32 MiB or more (at most: its threshold grows
+//! to the largest one freed, up to 32 MiB) with mmap and munmap, so a buffer of that size
+//! allocated per batch is faulted in afresh each time: a batch of 32 probability maps of
+//! 512x512 in f32 is exactly 32 MiB. Measured on the 2-core Xeon: 17.7 ms to allocate and fill
+//! such a buffer anew, 3.7 ms once freed memory is reused, 2.5 ms to refill a kept one.
+
+/// Largest buffer served from the heap, and most free memory kept at its top.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const KEPT_BYTES: i32 = 256 << 20;
+
+/// Has the allocator reuse freed buffers up to 256 MiB rather than return them to the OS (on
+/// glibc; elsewhere nothing changes). Call it first thing in `main`, before any thread starts.
+pub fn reuse_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets two of the allocator's parameters, under its own lock; both
+    // values are in range (positive, below 2 GiB).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, KEPT_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEPT_BYTES);
+    }
+}
