@@ -124,7 +124,7 @@ pub fn heatmap_png(
 ) -> anyhow::Result<Vec<u8>> {
     let (width, height) = slide.dimensions();
     let mut png = Vec::new();
-    // image's PNG encoder's settings (`heatmap`'s picture through `output::png_bytes`).
+    // image's PNG encoder's own settings, with which `Staged::write_png` writes the others.
     let mut encoder = png::Encoder::new(&mut png, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);

@@ -18,8 +18,10 @@
 //! - [`model_file`]: the converted model in Burn's burnpack format.
 //! - [`engine`]: the [`Engine`] seam; [`model`] (Burn's modules), the CPU kernels and the
 //!   fused GPU engine (feature `fused`, and `cuda`) behind it.
-//! - [`Predictor`]: a model on an engine; `predict_batch` on RGB patches, optionally averaged
-//!   over flipped and rotated copies ([`Tta`]).
+//! - [`Predictor`]: a model on an engine; `predict_batch` on RGB patches (`predict_maps`: the
+//!   batch's maps in the engine's one buffer), optionally averaged over flipped and rotated
+//!   copies (`predict_maps_with`, [`Tta`]).
+//! - [`memory`]: large buffers kept for reuse, for programs that run many batches.
 
 pub mod architecture;
 pub mod checkpoint;
