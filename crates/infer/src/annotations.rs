@@ -1,14 +1,16 @@
-//! The tumour as shapes other programs open: contours of `p >= 0.5` traced once, written as
-//! QuPath's GeoJSON and as ASAP's XML (the format of Camelyon's annotations), both in level-0
-//! pixels of the slide.
+//! The tumour as shapes other programs open: contours of `p >= 0.5` traced once, as the
+//! low-resolution map streams (d3-contour's marching squares, as the contour crate has them:
+//! `rings`), written as QuPath's GeoJSON and as ASAP's XML (the format of Camelyon's
+//! annotations), both in level-0 pixels of the slide.
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
-use contour::ContourBuilder;
-use geo_types::LineString;
 use image::GrayImage;
 use serde_json::{Value, json};
+
+use rings::RingTracer;
+
+mod rings;
 
 /// The class every shape carries, as Camelyon's annotations and QuPath's built-in class name it.
 const CLASS: &str = "Tumor";
@@ -41,77 +43,58 @@ fn ring_area(ring: &[[f64; 2]]) -> f64 {
 const TUMOUR_LEVEL: u8 = 128;
 
 /// Contours of `p >= 0.5` on a map whose pixel `(x, y)` covers level-0 pixels from
-/// `origin + (x, y) * downsample`; vertices rounded to whole level-0 pixels, regions left
-/// with no area dropped.
-///
-/// Only the rectangle around the tumour pixels is traced (most of a slide has none): the
-/// rings are those of the whole map, since marching squares (smoothed or not) reads no pixel
-/// beyond the first one below the level on each side.
-pub fn tumour_regions(map: &GrayImage, downsample: f64, origin: (u64, u64)) -> Result<Vec<Region>> {
-    match tumour_bounds(map) {
-        Some(bounds) => trace(map, bounds, downsample, origin),
-        None => Ok(Vec::new()),
-    }
-}
-
-/// `[x, y, width, height]` of the smallest rectangle holding every tumour pixel, grown by one
-/// pixel on each side where the map has one; `None` without tumour.
-fn tumour_bounds(map: &GrayImage) -> Option<[usize; 4]> {
-    let (width, height) = (map.width() as usize, map.height() as usize);
-    let (mut left, mut right, mut top, mut bottom) = (usize::MAX, 0, usize::MAX, 0);
-    for (y, row) in map.as_raw().chunks_exact(width).enumerate() {
-        if let Some(first) = row.iter().position(|&v| v >= TUMOUR_LEVEL) {
-            let last = row
-                .iter()
-                .rposition(|&v| v >= TUMOUR_LEVEL)
-                .unwrap_or(first);
-            (left, right) = (left.min(first), right.max(last));
-            (top, bottom) = (top.min(y), y);
-        }
-    }
-    if top == usize::MAX {
-        return None;
-    }
-    let (x0, y0) = (left.saturating_sub(1), top.saturating_sub(1));
-    let (x1, y1) = ((right + 1).min(width - 1), (bottom + 1).min(height - 1));
-    Some([x0, y0, x1 - x0 + 1, y1 - y0 + 1])
-}
-
-/// The regions traced in the rectangle `[x, y, width, height]` of `map`.
-fn trace(
-    map: &GrayImage,
-    [x, y, width, height]: [usize; 4],
+/// `origin + (x, y) * downsample`, traced as the map's rows arrive (top to bottom, each
+/// once): when the last one has, only its cells are left. Vertices are rounded to whole
+/// level-0 pixels; regions left with no area are dropped.
+pub struct TumourTracer {
+    rings: RingTracer,
     downsample: f64,
     origin: (u64, u64),
-) -> Result<Vec<Region>> {
-    let values: Vec<f64> = map
-        .as_raw()
-        .chunks_exact(map.width() as usize)
-        .skip(y)
-        .take(height)
-        .flat_map(|row| row[x..x + width].iter().map(|&v| v as f64 / 255.0))
-        .collect();
-    let builder = ContourBuilder::new(width, height, true)
-        .x_origin(origin.0 as f64 + x as f64 * downsample)
-        .y_origin(origin.1 as f64 + y as f64 * downsample)
-        .x_step(downsample)
-        .y_step(downsample);
-    let contours = builder
-        .contours(&values, &[0.5])
-        .map_err(|e| anyhow::anyhow!("contours: {e:?}"))?;
-    let ring = |line: &LineString| -> Vec<[f64; 2]> {
-        line.coords().map(|c| [c.x.round(), c.y.round()]).collect()
-    };
-    Ok(contours
-        .iter()
-        .flat_map(|c| c.geometry().0.iter())
-        .map(|polygon| Region {
-            exterior: ring(polygon.exterior()),
-            holes: polygon.interiors().iter().map(ring).collect(),
-        })
-        // A one-pixel speck can round to a line: no outline to draw.
-        .filter(|region| region.area() >= 1.0)
-        .collect())
+}
+
+impl TumourTracer {
+    /// For a map `width` wide.
+    pub fn new(width: usize, downsample: f64, origin: (u64, u64)) -> TumourTracer {
+        TumourTracer {
+            rings: RingTracer::new(width, TUMOUR_LEVEL),
+            downsample,
+            origin,
+        }
+    }
+
+    /// The map's next row.
+    pub fn add_row(&mut self, row: &[u8]) {
+        self.rings.add_row(row);
+    }
+
+    /// The regions of the rows added (all of the map's, unless it was cut short).
+    pub fn finish(self) -> Vec<Region> {
+        let origin = [self.origin.0 as f64, self.origin.1 as f64];
+        let round = |ring: Vec<[f64; 2]>| -> Vec<[f64; 2]> {
+            ring.into_iter()
+                .map(|p| [p[0].round(), p[1].round()])
+                .collect()
+        };
+        rings::polygons(self.rings.finish(), self.downsample, origin)
+            .into_iter()
+            .map(|(outline, holes)| Region {
+                exterior: round(outline),
+                holes: holes.into_iter().map(round).collect(),
+            })
+            // A one-pixel speck can round to a line: no outline to draw.
+            .filter(|region| region.area() >= 1.0)
+            .collect()
+    }
+}
+
+/// [`TumourTracer`] over a whole map.
+pub fn tumour_regions(map: &GrayImage, downsample: f64, origin: (u64, u64)) -> Vec<Region> {
+    let width = map.width() as usize;
+    let mut tracer = TumourTracer::new(width, downsample, origin);
+    for row in map.as_raw().chunks_exact(width) {
+        tracer.add_row(row);
+    }
+    tracer.finish()
 }
 
 /// A GeoJSON FeatureCollection as QuPath exports annotations: one feature per region,
@@ -202,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_blob_becomes_one_region_in_level_0_pixels_with_its_hole() {
-        let regions = tumour_regions(&blob_with_hole(), 16.0, (1000, 2000)).unwrap();
+        let regions = tumour_regions(&blob_with_hole(), 16.0, (1000, 2000));
         assert_eq!(regions.len(), 1);
         let region = &regions[0];
         assert_eq!(region.holes.len(), 1);
@@ -222,40 +205,93 @@ mod tests {
         );
     }
 
-    /// Tracing only around the tumour gives the rings of the whole map: a blob inside, with
-    /// soft values beside it, and with more tumour in a corner and on an edge; no tumour, no
-    /// region.
+    /// The contour crate's regions (its smoothed rings of the whole map, scaled, rounded,
+    /// specks dropped), as `infer` traced them before it traced row by row: on maps of noise,
+    /// of two levels, and of soft blobs with and without holes, touching the edges or not, at
+    /// two scales.
     #[test]
-    fn tracing_around_the_tumour_is_tracing_the_whole_map() {
-        let with = |pixels: &[(u32, u32, u8)]| {
-            let mut map = blob_with_hole();
-            for &(x, y, value) in pixels {
-                map.put_pixel(x, y, image::Luma([value]));
-            }
-            map
+    fn regions_are_the_contour_crates() {
+        let reference = |map: &GrayImage, downsample: f64, origin: (u64, u64)| {
+            let (width, height) = (map.width() as usize, map.height() as usize);
+            let values: Vec<f64> = map.as_raw().iter().map(|&v| v as f64 / 255.0).collect();
+            let contours = contour::ContourBuilder::new(width, height, true)
+                .x_origin(origin.0 as f64)
+                .y_origin(origin.1 as f64)
+                .x_step(downsample)
+                .y_step(downsample)
+                .contours(&values, &[0.5])
+                .unwrap();
+            let ring = |line: &geo_types::LineString| -> Vec<[f64; 2]> {
+                line.coords().map(|c| [c.x.round(), c.y.round()]).collect()
+            };
+            contours[0]
+                .geometry()
+                .0
+                .iter()
+                .map(|polygon| Region {
+                    exterior: ring(polygon.exterior()),
+                    holes: polygon.interiors().iter().map(ring).collect(),
+                })
+                .filter(|region| region.area() >= 1.0)
+                .collect::<Vec<_>>()
         };
-        let soft = [(12, 7, 127), (3, 6, 100), (11, 10, 60)];
-        let cases = [
-            (blob_with_hole(), [3, 4, 10, 7]),
-            (with(&soft), [3, 4, 10, 7]),
-            (with(&[(0, 0, 200), (1, 0, 140)]), [0, 0, 13, 11]),
-            (with(&[(19, 12, 255), (18, 12, 90)]), [3, 4, 17, 10]),
-        ];
-        for (map, bounds) in cases {
-            assert_eq!(tumour_bounds(&map), Some(bounds));
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        let mut regions = 0;
+        for trial in 0..400 {
+            let (width, height) = (1 + random(40) as u32, 1 + random(40) as u32);
+            let blobs: Vec<[f64; 3]> = (0..1 + random(6))
+                .map(|_| {
+                    let x = random(width as u64 + 1) as f64;
+                    let y = random(height as u64 + 1) as f64;
+                    [x, y, 1.0 + random(12) as f64]
+                })
+                .collect();
+            let map = GrayImage::from_fn(width, height, |x, y| {
+                let distance = blobs
+                    .iter()
+                    .map(|[bx, by, r]| (x as f64 - bx).hypot(y as f64 - by) / r)
+                    .fold(f64::MAX, f64::min);
+                image::Luma([match trial % 4 {
+                    0 => random(256) as u8,
+                    1 => [40, 40, 200][random(3) as usize],
+                    3 if distance < 0.4 => 30,
+                    _ => (255.0 * (1.2 - 0.7 * distance)).clamp(0.0, 255.0) as u8,
+                }])
+            });
+            let (downsample, origin) = [(1.0, (0, 0)), (4.88, (1000, 2000))][trial % 2];
+            let expected = reference(&map, downsample, origin);
             assert_eq!(
-                tumour_regions(&map, 4.88, (1000, 2000)).unwrap(),
-                trace(&map, [0, 0, 20, 20], 4.88, (1000, 2000)).unwrap(),
-                "bounds {bounds:?}"
+                tumour_regions(&map, downsample, origin),
+                expected,
+                "trial {trial}"
             );
+            regions += expected.len();
         }
+        assert!(regions > 1000, "{regions} regions: the maps test little");
+        // A map cut short (a stream stopped) is traced as the map it is.
+        let map = GrayImage::from_fn(30, 30, |x, y| {
+            image::Luma([((x * 37 + y * 11) % 256) as u8])
+        });
+        let mut tracer = TumourTracer::new(30, 4.88, (0, 0));
+        map.as_raw()
+            .chunks_exact(30)
+            .take(17)
+            .for_each(|row| tracer.add_row(row));
+        let top = GrayImage::from_raw(30, 17, map.as_raw()[..30 * 17].to_vec()).unwrap();
+        assert_eq!(tracer.finish(), reference(&top, 4.88, (0, 0)));
         let below = GrayImage::from_pixel(20, 20, image::Luma([TUMOUR_LEVEL - 1]));
-        assert_eq!(tumour_regions(&below, 4.88, (0, 0)).unwrap(), []);
+        assert_eq!(tumour_regions(&below, 4.88, (0, 0)), []);
     }
 
     #[test]
     fn geojson_has_qupaths_fields_and_the_area_in_square_microns() {
-        let regions = tumour_regions(&blob_with_hole(), 16.0, (0, 0)).unwrap();
+        let regions = tumour_regions(&blob_with_hole(), 16.0, (0, 0));
         let geojson = qupath_geojson(&regions, Some(0.5));
         let feature = &geojson["features"][0];
         assert_eq!(feature["properties"]["objectType"], "annotation");
@@ -275,7 +311,7 @@ mod tests {
 
     #[test]
     fn asap_xml_parses_with_outline_and_hole_groups() {
-        let regions = tumour_regions(&blob_with_hole(), 16.0, (0, 0)).unwrap();
+        let regions = tumour_regions(&blob_with_hole(), 16.0, (0, 0));
         let xml = asap_xml(&regions);
         let document = roxmltree::Document::parse(&xml).unwrap();
         let groups: Vec<&str> = document

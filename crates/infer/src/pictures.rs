@@ -2,6 +2,7 @@
 //! the charts' font.
 
 use std::io::Write;
+use std::ops::Range;
 
 use anyhow::Context;
 use image::{GrayImage, RgbImage};
@@ -31,6 +32,8 @@ pub struct LowResolutionMap {
     /// a row; the runs are summed once a map row).
     rows: Vec<u32>,
     rows_added: u32,
+    /// Map rows final so far (handed out by `add_row`).
+    finished: usize,
 }
 
 impl LowResolutionMap {
@@ -55,6 +58,7 @@ impl LowResolutionMap {
             runs,
             rows: vec![0; region_width as usize],
             rows_added: 0,
+            finished: 0,
         }
     }
 
@@ -64,16 +68,17 @@ impl LowResolutionMap {
     }
 
     /// Adds region row `y` (the region's width of level-0 pixels from its left edge); rows
-    /// come top to bottom, each once. Returns the map row it finished, with its index, if it
-    /// finished one.
-    pub fn add_row(&mut self, y: u64, row: &[u8]) -> Option<(usize, &[u8])> {
+    /// come top to bottom, each once. Returns the map rows now final (usually none): the one
+    /// it completed, after any that no region row falls in (they stay 0), and after the
+    /// region's last row, all the rest.
+    pub fn add_row(&mut self, y: u64, row: &[u8]) -> Range<usize> {
         for (sum, &value) in self.rows.iter_mut().zip(row) {
             *sum += value as u32;
         }
         self.rows_added += 1;
         let my = self.map_row(y);
         if y + 1 < self.region_height && self.map_row(y + 1) == my {
-            return None;
+            return self.finished..self.finished;
         }
         let line = &mut self.pixels[my * self.width..][..self.width];
         for (pixel, run) in line.iter_mut().zip(self.runs.windows(2)) {
@@ -84,17 +89,23 @@ impl LowResolutionMap {
         }
         self.rows.fill(0);
         self.rows_added = 0;
-        Some((my, line))
+        let start = self.finished;
+        self.finished = if y + 1 == self.region_height {
+            self.height
+        } else {
+            my + 1
+        };
+        start..self.finished
+    }
+
+    /// Map row `index`.
+    pub fn row(&self, index: usize) -> &[u8] {
+        &self.pixels[index * self.width..][..self.width]
     }
 
     /// The map's width and height in its pixels.
     pub fn dimensions(&self) -> (u32, u32) {
         (self.width as u32, self.height as u32)
-    }
-
-    pub fn to_image(&self) -> GrayImage {
-        GrayImage::from_raw(self.width as u32, self.height as u32, self.pixels.clone())
-            .expect("sized")
     }
 }
 
@@ -116,11 +127,10 @@ pub fn heatmap(slide: &RgbImage, map: &GrayImage) -> RgbImage {
 }
 
 /// [`heatmap`]'s PNG, encoded row by row as the map's rows are finished, so that it is ready
-/// when the last one is: `map_rows` gives finished rows of a map the slide's size, with their
-/// indices, in order. A row never given is 0, as it stays in the map.
+/// when the last one is: `map_rows` gives every row of a map the slide's size, in order.
 pub fn heatmap_png(
     slide: &RgbImage,
-    map_rows: impl IntoIterator<Item = (usize, Vec<u8>)>,
+    map_rows: impl IntoIterator<Item = Vec<u8>>,
 ) -> anyhow::Result<Vec<u8>> {
     let (width, height) = slide.dimensions();
     let mut png = Vec::new();
@@ -136,28 +146,23 @@ pub fn heatmap_png(
     let row_bytes = 3 * width as usize;
     let mut rows = slide.as_raw().chunks_exact(row_bytes);
     let mut pixels = vec![0; row_bytes];
-    let unfinished = vec![0; width as usize];
-    let mut put = |map_row: &[u8]| -> anyhow::Result<()> {
-        let under = rows.next().context("more map rows than the heatmap has")?;
-        blend(&colours, map_row, under, &mut pixels);
-        Ok(stream.write_all(&pixels)?)
-    };
-    let mut next = 0;
-    for (index, map_row) in map_rows {
+    for map_row in map_rows {
+        let under = rows
+            .next()
+            .with_context(|| format!("more map rows than the heatmap's {height}"))?;
         anyhow::ensure!(
-            index >= next && map_row.len() == width as usize,
-            "map row {index} ({} wide) does not follow row {next} of a {width}-wide heatmap",
+            map_row.len() == width as usize,
+            "a map row {} wide for a heatmap {width} wide",
             map_row.len()
         );
-        for _ in next..index {
-            put(&unfinished)?;
-        }
-        put(&map_row)?;
-        next = index + 1;
+        blend(&colours, &map_row, under, &mut pixels);
+        stream.write_all(&pixels)?;
     }
-    for _ in next..height as usize {
-        put(&unfinished)?;
-    }
+    anyhow::ensure!(
+        rows.len() == 0,
+        "the map ended {} rows short of the heatmap's {height}",
+        rows.len()
+    );
     stream.finish()?;
     header.finish()?;
     Ok(png)
@@ -210,35 +215,28 @@ mod tests {
         }
     }
 
-    /// The heatmap encoded from streamed map rows decodes to `heatmap` of the whole map; rows
-    /// not given (here the second and the last two) are level 0 in both.
+    /// The heatmap encoded from streamed map rows decodes to `heatmap` of the whole map; too
+    /// few rows, too many, or one of another width are an error, not a picture.
     #[test]
     fn streamed_heatmap_png_is_the_heatmap() {
         let (width, height) = (37, 11);
         let under = RgbImage::from_fn(width, height, |x, y| {
             image::Rgb([(7 * x + y) as u8, (3 * y) as u8, (x * y) as u8])
         });
-        let mut map =
-            GrayImage::from_fn(width, height, |x, y| image::Luma([(x * 29 + y * 53) as u8]));
-        let given: Vec<usize> = vec![0, 2, 3, 4, 5, 6, 7, 8];
-        for y in 0..height {
-            if !given.contains(&(y as usize)) {
-                (0..width).for_each(|x| map.put_pixel(x, y, image::Luma([0])));
-            }
-        }
-        let rows = given.iter().map(|&y| {
-            let row = &map.as_raw()[y * width as usize..][..width as usize];
-            (y, row.to_vec())
-        });
-        let png = heatmap_png(&under, rows).unwrap();
+        let map = GrayImage::from_fn(width, height, |x, y| image::Luma([(x * 29 + y * 53) as u8]));
+        let rows = || {
+            map.as_raw()
+                .chunks_exact(width as usize)
+                .map(<[u8]>::to_vec)
+        };
+        let png = heatmap_png(&under, rows()).unwrap();
         let decoded = image::load_from_memory_with_format(&png, image::ImageFormat::Png)
             .unwrap()
             .into_rgb8();
         assert_eq!(decoded, heatmap(&under, &map));
-        // Rows out of order, or of another width, are an error, not a picture.
-        let backwards = [(3, vec![0; width as usize]), (2, vec![0; width as usize])];
-        assert!(heatmap_png(&under, backwards).is_err());
-        assert!(heatmap_png(&under, [(0, vec![0; 5])]).is_err());
+        assert!(heatmap_png(&under, rows().take(10)).is_err());
+        assert!(heatmap_png(&under, rows().chain([vec![0; width as usize]])).is_err());
+        assert!(heatmap_png(&under, [vec![0; 5]]).is_err());
     }
 
     /// Each map pixel is the rounded mean of the region pixels `floor(x / downsample)` and
@@ -252,18 +250,16 @@ mod tests {
         let mut finished = Vec::new();
         for y in 0..height {
             let row: Vec<u8> = (0..width).map(|x| value(x, y)).collect();
-            if let Some((index, line)) = map.add_row(y, &row) {
-                finished.push((index, line.to_vec()));
+            for index in map.add_row(y, &row) {
+                finished.push(map.row(index).to_vec());
             }
         }
-        let image = map.to_image();
+        let (map_width, map_height) = map.dimensions();
+        let image = GrayImage::from_raw(map_width, map_height, finished.concat()).unwrap();
         // Each map row is handed out once, in order, as it stays in the map.
-        let rows: Vec<(usize, Vec<u8>)> = image
-            .rows()
-            .enumerate()
-            .map(|(index, row)| (index, row.map(|pixel| pixel.0[0]).collect()))
-            .collect();
-        assert_eq!(finished, rows);
+        for (index, row) in finished.iter().enumerate() {
+            assert_eq!(row, map.row(index));
+        }
         let (map_width, map_height) = (image.width() as usize, image.height() as usize);
         assert_eq!((map_width, map_height), (22, 9));
         let mut sum = vec![0u32; map_width * map_height];
@@ -282,5 +278,19 @@ mod tests {
             .map(|(&s, &c)| (s + c / 2).checked_div(c).unwrap_or(0) as u8)
             .collect();
         assert_eq!(image.as_raw(), &expected);
+    }
+
+    /// A map row no region row falls in (10 rows at 3.3 a map row: rows 0-3, 4-6, 7-9 and
+    /// none for the fourth) is handed out with the last, as 0.
+    #[test]
+    fn every_map_row_is_handed_out_once_in_order() {
+        let mut map = LowResolutionMap::new(1, 10, 3.3);
+        let finished: Vec<(u64, Vec<usize>)> = (0..10)
+            .map(|y| (y, map.add_row(y, &[200]).collect::<Vec<_>>()))
+            .filter(|(_, rows)| !rows.is_empty())
+            .collect();
+        assert_eq!(finished, [(3, vec![0]), (6, vec![1]), (9, vec![2, 3])]);
+        assert_eq!(map.row(2), [200]);
+        assert_eq!(map.row(3), [0]);
     }
 }

@@ -21,7 +21,7 @@ use tiling::{Blend, Grid, Rect, Stitcher, TissueMask};
 use unet_core::{Predictor, ProbabilityMaps, RgbPatch, Tta};
 use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
 
-use crate::annotations::{asap_xml, qupath_geojson, tumour_regions};
+use crate::annotations::{Region, TumourTracer, asap_xml, qupath_geojson};
 use crate::output::Staged;
 use crate::pictures::{LowResolutionMap, heatmap_png};
 use crate::resolution::Analysis;
@@ -267,9 +267,10 @@ struct Planned {
 /// What the stream leaves for the report.
 struct Streamed {
     overlap: Overlap,
-    low_resolution: LowResolutionMap,
-    /// The heatmap's PNG file, encoded as the map's rows were finished.
+    /// The heatmap's PNG file and the tumour's contours (in level-0 pixels), made as the
+    /// low-resolution map's rows were finished.
     heatmap_png: Vec<u8>,
+    regions: Vec<Region>,
     tally: Tally,
     first_batch: Option<Instant>,
 }
@@ -356,9 +357,17 @@ impl Planned {
             LowResolutionMap::new(self.region.width, self.region.height, self.downsample);
         let (map_width, map_height) = low_resolution.dimensions();
         let region0 = self.analysis.to_level0(self.region);
-        // Finished rows of the low-resolution map, for the heatmap (unbounded: at most the
-        // map, which is small; the heatmap waits for its background before the first row).
-        let (map_rows_tx, map_rows_rx) = channel();
+        // Finished rows of the low-resolution map, for the heatmap and the contours
+        // (unbounded: at most the map, which is small; the heatmap waits for its background
+        // before the first row).
+        let (heatmap_rows, heatmap_rows_rx) = channel();
+        let (contour_rows, contour_rows_rx) = channel::<Vec<u8>>();
+        // Contours in level-0 pixels, whatever the analysis resolution.
+        let mut tracer = TumourTracer::new(
+            map_width as usize,
+            self.downsample * self.analysis.scale,
+            (region0.x, region0.y),
+        );
         let stitch = StitchJob {
             grid: self.grid,
             blend: job.options.blend,
@@ -366,7 +375,7 @@ impl Planned {
             writer,
             truth: self.truth.as_ref(),
             low_resolution,
-            map_rows: map_rows_tx,
+            map_rows: [heatmap_rows, contour_rows],
         };
         let stream = PatchStream {
             slide: &self.slide,
@@ -385,25 +394,30 @@ impl Planned {
             // time to spare, and whatever runs after the last patch is time the GPU waits.
             let heatmap = spawn_named(scope, "heatmap", move || {
                 let background = low_level_view_of_region(slide, region0, map_width, map_height)?;
-                heatmap_png(&background, map_rows_rx)
+                heatmap_png(&background, heatmap_rows_rx)
+            })?;
+            let contours = spawn_named(scope, "contours", move || {
+                contour_rows_rx.iter().for_each(|row| tracer.add_row(&row));
+                tracer.finish()
             })?;
             let stitcher = spawn_named(scope, "stitcher", move || stitch.run(stitch_rx))?;
             let streamed = stream.run(stitch_tx);
             let stitched = stitcher.join().expect("the stitcher does not panic");
             let heatmap_png = heatmap.join().expect("drawing the heatmap does not panic");
+            let regions = contours.join().expect("tracing contours does not panic");
             let first_batch = streamed?;
             if job.stop.load(Ordering::Relaxed) {
                 bail!("interrupted");
             }
-            Ok((stitched?, heatmap_png?, first_batch))
+            Ok((stitched?, heatmap_png?, regions, first_batch))
         });
         progress.finish_and_clear();
-        let (stitched, heatmap_png, first_batch) = outcome?;
+        let (stitched, heatmap_png, regions, first_batch) = outcome?;
         self.staged.keep(stitched.prob_file, &self.prob_name);
         Ok(Streamed {
             overlap: stitched.overlap,
-            low_resolution: stitched.low_resolution,
             heatmap_png,
+            regions,
             tally: stitched.tally,
             first_batch,
         })
@@ -419,23 +433,16 @@ impl Planned {
     /// The pictures and the summary, then every output renamed into place.
     fn report(mut self, job: &SlideJob, streamed: Streamed, started: Instant) -> Result<Summary> {
         let stem = &self.stem;
-        let map = streamed.low_resolution.to_image();
-        let region0 = self.analysis.to_level0(self.region);
-        // Contours in level-0 pixels, whatever the analysis resolution.
-        let regions = tumour_regions(
-            &map,
-            self.downsample * self.analysis.scale,
-            (region0.x, region0.y),
-        )?;
+        let regions = &streamed.regions;
         self.staged
             .write_bytes(&format!("{stem}.heatmap.png"), &streamed.heatmap_png)?;
-        let geojson = qupath_geojson(&regions, self.slide.mpp());
+        let geojson = qupath_geojson(regions, self.slide.mpp());
         self.staged
             .write(&format!("{stem}.tumour.geojson"), |out| {
                 Ok(serde_json::to_writer_pretty(out, &geojson)?)
             })?;
         self.staged
-            .write_bytes(&format!("{stem}.tumour.xml"), asap_xml(&regions).as_bytes())?;
+            .write_bytes(&format!("{stem}.tumour.xml"), asap_xml(regions).as_bytes())?;
         let summary = self.summary(job, &streamed, started.elapsed().as_secs_f64());
         self.staged.write(&format!("{stem}.summary.json"), |out| {
             Ok(serde_json::to_writer_pretty(out, &summary)?)
@@ -725,15 +732,14 @@ struct StitchJob<'a> {
     writer: PyramidWriter,
     truth: Option<&'a Truth>,
     low_resolution: LowResolutionMap,
-    /// Where the low-resolution map's rows go as they are finished.
-    map_rows: Sender<(usize, Vec<u8>)>,
+    /// Where the low-resolution map's rows go as they are finished: the heatmap, the contours.
+    map_rows: [Sender<Vec<u8>>; 2],
 }
 
 /// What the stitcher leaves: the complete map's file and what was counted on the way.
 struct Stitched {
     prob_file: NamedTempFile,
     overlap: Overlap,
-    low_resolution: LowResolutionMap,
     tally: Tally,
 }
 
@@ -784,7 +790,6 @@ impl StitchJob<'_> {
             Ok(Stitched {
                 prob_file: sunk.writer.finish_temporary()?,
                 overlap: sunk.overlap,
-                low_resolution: sunk.low,
                 tally: sunk.tally,
             })
         })
@@ -796,7 +801,7 @@ impl StitchJob<'_> {
 struct RowSink<'a> {
     writer: PyramidWriter,
     low: LowResolutionMap,
-    map_rows: Sender<(usize, Vec<u8>)>,
+    map_rows: [Sender<Vec<u8>>; 2],
     overlap: Overlap,
     tally: Tally,
     truth: Option<&'a Truth>,
@@ -812,9 +817,11 @@ impl RowSink<'_> {
         for rows in bands {
             self.writer.write_rows(&rows)?;
             for row in rows.chunks_exact(width) {
-                if let Some((index, map_row)) = self.low.add_row(next_row, row) {
-                    // A heatmap that failed has hung up; its error is reported when joined.
-                    let _ = self.map_rows.send((index, map_row.to_vec()));
+                for index in self.low.add_row(next_row, row) {
+                    for rows in &self.map_rows {
+                        // A heatmap that failed has hung up; its error is reported when joined.
+                        let _ = rows.send(self.low.row(index).to_vec());
+                    }
                 }
                 self.tally.add_row(row);
                 if let Some(truth) = self.truth {
