@@ -11,7 +11,8 @@
 const KEPT_BYTES: i32 = 256 << 20;
 
 /// Has the allocator reuse freed buffers up to 256 MiB rather than return them to the OS (on
-/// glibc; elsewhere nothing changes). Call it first thing in `main`, before any thread starts.
+/// glibc; elsewhere nothing changes). Call it early in `main`: it applies to what is
+/// allocated after it.
 pub fn reuse_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets two of the allocator's parameters, under its own lock; both

@@ -61,15 +61,6 @@ pub struct ProbabilityMaps {
 }
 
 impl ProbabilityMaps {
-    /// Patches in the batch.
-    pub fn len(&self) -> usize {
-        self.values.len() / (self.width * self.height)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
     /// Patch `index`'s probabilities, row-major.
     pub fn map(&self, index: usize) -> &[f32] {
         let plane = self.width * self.height;
