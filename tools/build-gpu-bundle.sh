@@ -40,7 +40,9 @@ for pair in "infer:$CARGO_TARGET_DIR/release/infer" "convert:$CARGO_TARGET_DIR/r
   name=${pair%%:*}; path=${pair#*:}
   strip -o ".gpu/$name" "$path" && xz -9e -T0 -f ".gpu/$name"
 done
+# What the binaries were built from, for the figures tools/gpu-check.sh reports.
+git describe --always --dirty > .gpu/commit
 ls -la .gpu
-total=$(du -cb .gpu/*.xz | tail -n 1 | cut -f1)
-echo "bundle: $(( total / 1024 / 1024 )) MiB of the 64 MiB a device call carries"
-[ "$total" -le $(( 64 * 1024 * 1024 )) ] || { echo "the bundle is over 64 MiB: it cannot be carried" >&2; exit 1; }
+total=$(du -cb .gpu/* | tail -n 1 | cut -f1)
+echo "bundle: $(( total / 1024 / 1024 )) MiB; a device call carries 64 MiB with the tracked tree, which tools/gpu-tree.sh leans to ~8 MiB"
+[ "$total" -le $(( 56 * 1024 * 1024 )) ] || { echo "the bundle is over 56 MiB: with the lean tree it cannot be carried" >&2; exit 1; }

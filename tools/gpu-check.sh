@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # One prepared run on a machine with an NVIDIA GPU where nothing can be built and nothing
 # outside can be reached. From the repo root, with the binaries of tools/build-gpu-bundle.sh in
-# .gpu/ (carried xz-compressed):
+# .gpu/ (carried xz-compressed; `bash tools/gpu-tree.sh lean` first, so that the tracked tree
+# and the bundle fit the 64 MiB a call carries, and `restore` after):
 #
-#   bash tools/gpu-check.sh            # logs and the table under $OUT (default /tmp/gpu-check)
+#   bash tools/gpu-check.sh    # the table in $OUT/summary.txt (default /tmp/gpu-check), logs beside it
 #
 # Most important first, each step within its own time limit and all within BUDGET seconds
 # (default 540: a device call may take 600); a step that no longer fits says so and is skipped:
+# 0. our fused engine's f16 forward (portable loops) on the full-width model at growing sizes,
+#    up to 512x512 at batch 12; compute-sanitizer on the smallest that fails (on the first
+#    H200 run, 2026-12-04, 512x512 at batch 12 ended in an illegal address, 64x64 did not);
 # 1. each engine's (Burn's, our fused one's) f32 and f16 outputs against the PyTorch fixtures
 #    (f32 <= 1e-4, f16 <= 5e-3; 2e-2 for the ill-conditioned width-4 fixture);
 # 2. our fused engine on the full-width model (w = 64) at batch 1, 12, 32 and 64: ms/patch,
@@ -22,6 +26,9 @@
 # 6. the host CPU's bf16 path: where it has AMX (which no build machine exposes), the tiles'
 #    outputs against the PyTorch fixtures, and the full-width model in f32 and bf16.
 # DEVICE=cpu runs the same script on a machine without a GPU (a smoke test of the script).
+# A short device lease can run part of it: STEPS=1,2,3 (the default is every step), ENGINES
+# (step 1's engines), FUSED_PRECISIONS (step 2's first process: f16,f32), CRITERION (step 4's "engine:precisions" pairs), INFER_RUNS (step 5's runs),
+# ANCHOR_QUICK=1 (step 3: only the rows issue 12 compares with).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-check}"
@@ -35,23 +42,39 @@ BUDGET="${BUDGET:-540}"
 # The engines to compare: on a GPU Burn's and ours; on the CPU (a smoke test) ours and Burn's.
 if [ "$DEVICE" = cuda ]; then ENGINES="${ENGINES:-burn,fused}"; else ENGINES="${ENGINES:-cpu,burn}"; fi
 SLIDE_SIDE="${SLIDE_SIDE:-20000}"
-mkdir -p "$OUT"
+STEPS="${STEPS:-0,1,2,3,4,5,6}"
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
+# The summary, and every log in one archive at the end: a device call brings back 8 files.
+LOGS="$OUT/logs"
+mkdir -p "$OUT" "$LOGS"
+trap 'tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"' EXIT
 BIN=/tmp/gpu-bin
 mkdir -p "$BIN" /tmp/gpu-work
-# The bundle is xz-compressed; Python's lzma unpacks it where xz is missing.
+# The bundle is xz-compressed; Python's lzma unpacks it where xz is missing. All at once, and
+# only what a run before this one (STEPS) did not unpack already.
 for f in .gpu/*.xz; do
   bin="$BIN/$(basename "$f" .xz)"
-  if command -v xz >/dev/null; then xz -dc "$f" > "$bin"
-  else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$f" "$bin"
-  fi
-  chmod +x "$bin"
+  [ "$bin" -nt "$f" ] && continue
+  {
+    if command -v xz >/dev/null; then xz -dc "$f" > "$bin.partial"
+    else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$f" "$bin.partial"
+    fi
+    chmod +x "$bin.partial" && mv "$bin.partial" "$bin"
+  } &
 done
+wait
 export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
+# cubecl compiles its kernels with NVRTC, loaded at run time, and CUDA's headers.
+for dir in $(find /usr/local -maxdepth 6 -name 'libnvrtc.so*' -printf '%h\n' 2>/dev/null | sort -u); do
+  LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$dir"
+done
 card=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "no NVIDIA GPU")
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The bundle's commit (tools/build-gpu-bundle.sh), which the tree's may not be.
+commit=$(cat .gpu/commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "card: $card; device: $DEVICE; commit: $commit; $(date -u +%FT%TZ)" | tee "$OUT/summary.txt"
 say() { echo "$1" | tee -a "$OUT/summary.txt"; }
+[ "$DEVICE" = cuda ] && say "NVRTC: $(find /usr/local -maxdepth 6 -name 'libnvrtc.so*' 2>/dev/null | head -n 3 | tr '\n' ' '); CUDA headers: $(ls "$CUDA_PATH/include/cuda_fp16.h" 2>&1)"
 step() { say "== $1 ($(( SECONDS ))s)"; }
 # `limit N`: N seconds, or what is left of the budget (less a margin), whichever is less;
 # fails when under 10 seconds are left.
@@ -61,8 +84,32 @@ limit() {
   echo $(( $1 < left ? $1 : left ))
 }
 
-step "1. outputs against PyTorch"
-for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
+# The full-width model of steps 2, 4 and 5: random weights, made here (no GPU needed).
+"$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
+
+want 0 && step "0. the fused engine's forward at growing sizes"
+failing=
+if want 0 && [ -x "$BIN/fused-forward" ]; then
+  for size in "64 1" "256 1" "512 1" "512 4" "512 12"; do
+    set -- $size
+    t=$(limit 40) || break
+    UNET_FUSED_CONV=portable timeout "$t" "$BIN/fused-forward" /tmp/gpu-work/w64.bpk --side "$1" \
+      --batch "$2" --runs 1 --precision f16 > "$LOGS/sizes-$1-$2.log" 2>&1
+    row=$(grep -m1 "^ *f16 |" "$LOGS/sizes-$1-$2.log")
+    say "| ${1}x$1 batch $2 | ${row:-failed: $(grep -m1 -i "error\|illegal\|status" "$LOGS/sizes-$1-$2.log")} |"
+    [ -n "$row" ] || { failing="$1 $2"; break; }
+  done
+fi
+if [ -n "$failing" ] && command -v compute-sanitizer >/dev/null && t=$(limit 150); then
+  set -- $failing
+  UNET_FUSED_CONV=portable timeout "$t" compute-sanitizer --tool memcheck --print-limit 10 \
+    "$BIN/fused-forward" /tmp/gpu-work/w64.bpk --side "$1" --batch "$2" --runs 1 --precision f16 \
+    > "$LOGS/sanitizer.log" 2>&1
+  grep -E "^=========" "$LOGS/sanitizer.log" | head -n 30 | tee -a "$OUT/summary.txt"
+fi
+
+want 1 && step "1. outputs against PyTorch"
+want 1 && for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
   fx=tests/fixtures/pytorch
   "$BIN/convert" "$fx/$case.pth" --out "/tmp/gpu-work/$case.bpk" > /dev/null
   for engine in ${ENGINES//,/ }; do
@@ -72,7 +119,7 @@ for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
       t=$(limit 90) || break 3
       npy="/tmp/gpu-work/$case.$engine.$precision.npy"
       timeout "$t" "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "$npy" \
-        --device "$DEVICE" --precision "$precision" --engine "$engine" >> "$OUT/outputs.log" 2>&1
+        --device "$DEVICE" --precision "$precision" --engine "$engine" >> "$LOGS/outputs.log" 2>&1
       python3 - "$case" "$engine" "$precision" "$npy" "$fx/${case}_expected_f64.npy" <<'PY' | tee -a "$OUT/summary.txt"
 import sys, numpy as np
 case, engine, precision, ours, expected = sys.argv[1:]
@@ -89,45 +136,45 @@ PY
   done
 done
 
-step "2. our fused engine on the full-width model, against the CPU path"
-"$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
-if [ -x "$BIN/fused-forward" ]; then
+want 2 && step "2. our fused engine on the full-width model, against the CPU path"
+if ! want 2; then :
+elif [ -x "$BIN/fused-forward" ]; then
   # f16 as users get it: each layer shape's main loop tuned on the first forward and kept on
   # disk (target/environment here), then a second process, which must find the results kept
   # (its first forward within seconds); f32, whose loop is always the portable one, once.
-  for run in "tuned-first f16,f32 240" "tuned-second f16 120"; do
+  for run in "tuned-first ${FUSED_PRECISIONS:-f16,f32} 240" "tuned-second f16 120"; do
     set -- $run
     t=$(limit "$3") || break
     timeout "$t" "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" \
-      --batch "$FUSED_BATCHES" --side "$SIDE" --runs 3 --precision "$2" > "$OUT/fused-$1.log" 2>&1
+      --batch "$FUSED_BATCHES" --side "$SIDE" --runs 3 --precision "$2" > "$LOGS/fused-$1.log" 2>&1
     say "-- $1 process"
-    grep -v "^ *$" "$OUT/fused-$1.log" | tail -n 50 | tee -a "$OUT/summary.txt"
+    grep -v "^ *$" "$LOGS/fused-$1.log" | tail -n 50 | tee -a "$OUT/summary.txt"
   done
 else
   say "no fused-forward in this bundle (FEATURES=cuda builds it)"
 fi
 
-step "3. PyTorch on the same card"
-if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+want 3 && step "3. PyTorch on the same card"
+if ! want 3; then :
+elif python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   if t=$(limit 150); then
-    timeout "$t" python3 tools/torch_anchor.py > "$OUT/torch.log" 2>&1
-    tail -n 20 "$OUT/torch.log" | tee -a "$OUT/summary.txt"
+    OUT="$LOGS" timeout "$t" python3 tools/torch_anchor.py > "$LOGS/torch.log" 2>&1
+    tail -n 20 "$LOGS/torch.log" | tee -a "$OUT/summary.txt"
   fi
 else
   say "no CUDA PyTorch here"
 fi
 
-step "4. the full-width model, criterion"
+want 4 && step "4. the full-width model, criterion"
 # On a GPU: Burn in f32 and f16, ours in f16 (our f32 is the portable reference loop, step 2).
-benches=("burn f32,f16" "fused f16")
-[ "$DEVICE" = cuda ] || benches=("cpu f32" "burn f32")
-for bench in "${benches[@]}"; do
-  set -- $bench
+if [ "$DEVICE" = cuda ]; then CRITERION="${CRITERION:-burn:f32,f16 fused:f16}"; else CRITERION="${CRITERION:-cpu:f32 burn:f32}"; fi
+want 4 && for bench in $CRITERION; do
+  set -- ${bench/:/ }
   t=$(limit 150) || break
   UNET_BENCH_DEVICE="$DEVICE" UNET_BENCH_ENGINES="$1" UNET_BENCH_PRECISIONS="$2" UNET_BENCH_BATCHES="$BATCHES" \
     UNET_BENCH_SIDE="$SIDE" UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout "$t" "$BIN/model-bench" --bench forward \
-    > "$OUT/bench-$1.log" 2>&1
-  python3 - "$OUT/bench-$1.log" <<'PY' | tee -a "$OUT/summary.txt"
+    > "$LOGS/bench-$1.log" 2>&1
+  python3 - "$LOGS/bench-$1.log" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
 units = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
 name = None
@@ -144,9 +191,9 @@ for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
 PY
 done
 
-step "5. infer on a generated ${SLIDE_SIDE}x${SLIDE_SIDE} slide"
-if t=$(limit 120); then
-  timeout "$t" "$BIN/synthetic_slide" /tmp/gpu-work/synthetic.tif --width "$SLIDE_SIDE" --height "$SLIDE_SIDE" >> "$OUT/infer.log" 2>&1
+want 5 && step "5. infer on a generated ${SLIDE_SIDE}x${SLIDE_SIDE} slide"
+if want 5 && t=$(limit 120); then
+  timeout "$t" "$BIN/synthetic_slide" /tmp/gpu-work/synthetic.tif --width "$SLIDE_SIDE" --height "$SLIDE_SIDE" >> "$LOGS/infer.log" 2>&1
 fi
 runs="first second"
 # The users' model is full width: with the demo's width 8 a GPU would wait on the CPU, and the
@@ -158,13 +205,15 @@ if [ "$DEVICE" = cuda ]; then
   runs="fused-first fused-second auto"
   model="${W64_MODEL:-/tmp/gpu-work/w64.bpk}"
 fi
+runs="${INFER_RUNS:-$runs}"
+want 5 || runs=
 for run in $runs; do
   t=$(limit 150) || break
   mkdir -p "/tmp/gpu-work/$run"
   engine=auto
   case "$run" in fused-*) engine=fused ;; esac
   timeout "$t" "$BIN/infer" /tmp/gpu-work/synthetic.tif --model "$model" --out "/tmp/gpu-work/$run" \
-    --device "$DEVICE" --engine "$engine" --batch 32 --force --quiet >> "$OUT/infer.log" 2>&1
+    --device "$DEVICE" --engine "$engine" --batch 32 --force --quiet >> "$LOGS/infer.log" 2>&1
   python3 - "$run" /tmp/gpu-work/$run/synthetic.summary.json <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys
 try:
@@ -175,9 +224,9 @@ except Exception as e:
     print(f"| infer {sys.argv[1]} run | failed: {e} |")
 PY
 done
-grep -h "engine auto" "$OUT/infer.log" | sed 's/^/| /; s/$/ |/' | tee -a "$OUT/summary.txt" || true
+want 5 && grep -h "engine auto" "$LOGS/infer.log" | sed 's/^/| /; s/$/ |/' | tee -a "$OUT/summary.txt" || true
 # The bar: end to end at least 90 % of the model alone, the same engine, precision and batch.
-python3 - /tmp/gpu-work/fused-second/synthetic.summary.json "$OUT/fused-tuned-second.log" <<'PY' | tee -a "$OUT/summary.txt"
+want 5 && python3 - /tmp/gpu-work/fused-second/synthetic.summary.json "$LOGS/fused-tuned-second.log" <<'PY' | tee -a "$OUT/summary.txt"
 import json, re, sys
 try:
     s = json.load(open(sys.argv[1]))
@@ -188,17 +237,17 @@ try:
 except Exception as e:
     print(f"| infer end to end / model only | not measured: {e!r} |")
 PY
-step "6. the host CPU's bf16 path"
+want 6 && step "6. the host CPU's bf16 path"
 amx=$(grep -o -w 'amx_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')
-say "host CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-); AMX flags: ${amx:-none}"
-if [ -n "$amx" ]; then
+want 6 && say "host CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-); AMX flags: ${amx:-none}"
+if want 6 && [ -n "$amx" ]; then
   for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
     t=$(limit 30) || break
     fx=tests/fixtures/pytorch
     npy="/tmp/gpu-work/$case.cpu.bf16.npy"
     timeout "$t" "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "$npy" \
       --device cpu --precision bf16 --engine cpu > "/tmp/gpu-work/$case.bf16.log" 2>&1
-    cat "/tmp/gpu-work/$case.bf16.log" >> "$OUT/outputs.log"
+    cat "/tmp/gpu-work/$case.bf16.log" >> "$LOGS/outputs.log"
     python3 - "$case" "$npy" "$fx/${case}_expected_f64.npy" "/tmp/gpu-work/$case.bf16.log" <<'PY' | tee -a "$OUT/summary.txt"
 import sys, numpy as np
 case, ours, expected, log = sys.argv[1:]
@@ -215,8 +264,8 @@ PY
   if t=$(limit 120); then
     UNET_BENCH_DEVICE=cpu UNET_BENCH_ENGINES=cpu UNET_BENCH_PRECISIONS=f32,bf16 UNET_BENCH_BATCHES=1 \
       UNET_BENCH_SIDE="$SIDE" UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout "$t" "$BIN/model-bench" --bench forward \
-      > "$OUT/bench-cpu-amx.log" 2>&1
-    grep -E "^forward_w64|time:" "$OUT/bench-cpu-amx.log" | tee -a "$OUT/summary.txt"
+      > "$LOGS/bench-cpu-amx.log" 2>&1
+    grep -E "^forward_w64|time:" "$LOGS/bench-cpu-amx.log" | tee -a "$OUT/summary.txt"
   fi
 fi
 step "done"

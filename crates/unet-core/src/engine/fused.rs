@@ -152,11 +152,13 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         let layer = |layer: &PlanLayer| -> Result<Layer, WeightsError> {
             let tap_major = weights.tap_major(layer)?;
             let bias = weights.bias(layer)?;
-            let gemm =
-                (main_loop.may_use_tensor_cores() && layer.kind != Kind::Head1x1).then(|| {
-                    let (weight, bias) = main_loop::gemm_form(layer.kind, &tap_major, bias);
-                    (upload::<F>(&client, &weight), upload::<F>(&client, &bias))
-                });
+            let gemm = (main_loop.may_use_tensor_cores()
+                && layer.kind != Kind::Head1x1
+                && main_loop::tensor_cores_take(layer.inputs))
+            .then(|| {
+                let (weight, bias) = main_loop::gemm_form(layer.kind, &tap_major, bias);
+                (upload::<F>(&client, &weight), upload::<F>(&client, &bias))
+            });
             Ok(Layer {
                 name: layer.path.clone(),
                 inputs: layer.inputs,

@@ -275,8 +275,14 @@ impl MainLoop {
         !matches!(self, MainLoop::Fixed(Candidate::Portable))
     }
 
-    /// Launches `conv`'s main loop; returns the candidate that ran.
+    /// Launches `conv`'s main loop; returns the candidate that ran. A layer without a GEMM
+    /// form (f32, or inputs tensor cores do not take) has the portable loop alone.
     pub fn run<F: Float + CubeElement>(&self, conv: Conv) -> Result<Candidate, String> {
+        if conv.layer.gemm.is_none() {
+            return Candidate::Portable
+                .run::<F>(&conv)
+                .map(|()| Candidate::Portable);
+        }
         match self {
             MainLoop::Fixed(candidate) => candidate.run::<F>(&conv).map(|()| *candidate),
             MainLoop::Tuned { tune_id } => tuned::<F>(tune_id, conv),
@@ -429,6 +435,14 @@ fn first_image<F: Float + CubeElement>(conv: &Conv) -> Result<Vec<f32>, String> 
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
     })
+}
+
+/// Whether cubek's convolution is given a layer of `inputs` channels: a multiple of 8, so that
+/// each pixel's channels are whole 16-byte lines in f16, what its loaders (TMA's above all) and
+/// the tensor cores' K steps read. The input layer's 3 channels are not, and that layer
+/// (K = 27, memory-bound) gains nothing from tensor cores; the portable loop runs it.
+pub(super) fn tensor_cores_take(inputs: usize) -> bool {
+    inputs.is_multiple_of(8)
 }
 
 /// A layer's weights and bias as cubek's convolution reads them (its *GEMM form*), from
