@@ -18,7 +18,7 @@ use output_file::NamedTempFile;
 use serde::Serialize;
 use sha2::Digest;
 use tiling::{Blend, Grid, Rect, Stitcher, TissueMask};
-use unet_core::{Predictor, ProbabilityMaps, RgbPatch, Tta};
+use unet_core::{PendingMaps, Predictor, ProbabilityMaps, RgbPatch, Tta};
 use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
 
 use crate::annotations::{Region, TumourTracer, asap_xml, qupath_geojson};
@@ -585,7 +585,7 @@ pub struct PatchStream<'a> {
     pub stop: &'a AtomicBool,
 }
 
-impl PatchStream<'_> {
+impl<'a> PatchStream<'a> {
     /// Runs every patch; returns when the first batch's results were out.
     pub fn run(&self, results: SyncSender<Stitch>) -> Result<Option<Instant>> {
         let (patch_tx, patch_rx) = sync_channel::<ReadPatch>(2 * self.batch);
@@ -620,33 +620,45 @@ impl PatchStream<'_> {
         }
     }
 
-    /// The model's loop: batches of read patches in, probabilities out to the stitcher.
+    /// The model's loop: batches of read patches in, probabilities out to the stitcher. One
+    /// batch stays in flight: the next is gathered and submitted before the last one's maps are
+    /// waited for, so that a GPU computes while this thread reads its results back and hands
+    /// them on.
     fn infer_batches(
         &self,
         patches: Receiver<ReadPatch>,
         stitch: SyncSender<Stitch>,
     ) -> Result<Option<Instant>> {
         let mut first_batch = None;
+        let mut in_flight: Option<Submitted> = None;
         let mut batch: Vec<ReadPatch> = Vec::with_capacity(self.batch);
-        for patch in patches.iter() {
-            if self.stop.load(Ordering::Relaxed) {
+        let mut patches = patches.iter();
+        loop {
+            let stopped = self.stop.load(Ordering::Relaxed);
+            let next = if stopped { None } else { patches.next() };
+            let ended = next.is_none();
+            batch.extend(next);
+            let full = batch.len() == self.batch;
+            if full || (ended && !stopped && !batch.is_empty()) {
+                let submitted = self.submit(&mut batch)?;
+                if let Some(previous) = in_flight.replace(submitted) {
+                    self.hand_on(previous, &stitch)?;
+                    first_batch.get_or_insert_with(Instant::now);
+                }
+            }
+            if ended {
                 break;
             }
-            batch.push(patch);
-            if batch.len() == self.batch {
-                self.run_batch(&mut batch, &stitch)?;
-                first_batch.get_or_insert_with(Instant::now);
-            }
         }
-        if !batch.is_empty() && !self.stop.load(Ordering::Relaxed) {
-            self.run_batch(&mut batch, &stitch)?;
+        if let Some(last) = in_flight {
+            self.hand_on(last, &stitch)?;
             first_batch.get_or_insert_with(Instant::now);
         }
         Ok(first_batch)
     }
 
-    /// One forward; the batch's patches go on to the stitcher and leave `batch` empty.
-    fn run_batch(&self, batch: &mut Vec<ReadPatch>, stitch: &SyncSender<Stitch>) -> Result<()> {
+    /// `batch`'s forward submitted; leaves `batch` empty.
+    fn submit(&self, batch: &mut Vec<ReadPatch>) -> Result<Submitted<'a>> {
         let inputs: Vec<RgbPatch> = batch
             .iter()
             .map(|p| {
@@ -654,21 +666,34 @@ impl PatchStream<'_> {
                 RgbPatch::new(width as usize, height as usize, p.pixels.as_raw())
             })
             .collect();
-        let maps = Arc::new(self.predictor.predict_maps_with(&inputs, self.tta)?);
-        drop(inputs);
-        let count = batch.len() as u64;
-        for (index, patch) in batch.drain(..).enumerate() {
+        let maps = self.predictor.submit_maps_with(&inputs, self.tta)?;
+        Ok(Submitted {
+            patches: batch.drain(..).map(|patch| patch.index).collect(),
+            maps,
+        })
+    }
+
+    /// Waits for a submitted batch's maps and hands each patch's on to the stitcher.
+    fn hand_on(&self, submitted: Submitted, stitch: &SyncSender<Stitch>) -> Result<()> {
+        let maps = Arc::new(submitted.maps.wait()?);
+        for (index, &patch) in submitted.patches.iter().enumerate() {
             let map = PatchMap {
                 batch: Arc::clone(&maps),
                 index,
             };
-            if stitch.send((patch.index, map)).is_err() {
+            if stitch.send((patch, map)).is_err() {
                 bail!("the stitcher stopped");
             }
         }
-        self.progress.inc(count);
+        self.progress.inc(submitted.patches.len() as u64);
         Ok(())
     }
+}
+
+/// A batch on the engine: its patches' grid indices, in batch order, and its maps to come.
+struct Submitted<'a> {
+    patches: Vec<usize>,
+    maps: PendingMaps<'a>,
 }
 
 /// What the reader threads share: where the patches are, and whether to stop.

@@ -19,8 +19,8 @@
 //! - [`engine`]: the [`Engine`] seam; [`model`] (Burn's modules), the CPU kernels and the
 //!   fused GPU engine (feature `fused`, and `cuda`) behind it.
 //! - [`Predictor`]: a model on an engine; `predict_batch` on RGB patches (`predict_maps`: the
-//!   batch's maps in the engine's one buffer), optionally averaged over flipped and rotated
-//!   copies (`predict_maps_with`, [`Tta`]).
+//!   batch's maps in the engine's one buffer; `submit_maps`: queued on a GPU, waited for
+//!   later), optionally averaged over flipped and rotated copies (`predict_maps_with`, [`Tta`]).
 //! - [`memory`]: large buffers kept for reuse, for programs that run many batches.
 
 pub mod architecture;
@@ -46,7 +46,7 @@ pub use engine::{BurnEngine, Engine, Fastest};
 pub use model::Unet;
 pub use model_file::{MODEL_EXTENSION, ModelFileError};
 pub use patch::{ProbabilityMap, ProbabilityMaps, RgbPatch, probability_to_u8};
-pub use predictor::{PredictError, Predictor};
+pub use predictor::{PendingMaps, PredictError, Predictor};
 pub use target::{Device, DeviceChoice, EngineChoice, Precision, Target};
 pub use tta::Tta;
 pub use weights::{FoldedWeights, WeightsError};

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::architecture::{SIDE_MULTIPLE, UnetConfig};
-use crate::engine::{self, Batch, Engine, Output};
+use crate::engine::{self, Batch, Done, Engine, InFlight, Output};
 use crate::model_file::{self, ModelFileError};
 use crate::patch::{ProbabilityMap, ProbabilityMaps, RgbPatch};
 use crate::target::{DeviceChoice, EngineChoice, Precision, Target};
@@ -118,11 +118,21 @@ impl Predictor {
 
     /// [`Predictor::predict_batch`] as the engine returns it, one buffer for the batch.
     pub fn predict_maps(&self, patches: &[RgbPatch]) -> Result<ProbabilityMaps, PredictError> {
+        self.submit_maps(patches)?.wait()
+    }
+
+    /// [`Predictor::predict_maps`] submitted to the engine ([`Engine::submit`]): on a GPU the
+    /// forward is queued and this returns at once, so that the caller can prepare and submit
+    /// the next batch before it waits for this one.
+    pub fn submit_maps<'a>(
+        &'a self,
+        patches: &[RgbPatch],
+    ) -> Result<PendingMaps<'a>, PredictError> {
         let batch = check_batch(patches, &self.config)?;
-        Ok(ProbabilityMaps {
+        Ok(PendingMaps {
             width: batch.width,
             height: batch.height,
-            values: self.engine.forward(&batch, Output::Probability)?,
+            forward: self.engine.submit(&batch, Output::Probability)?,
         })
     }
 
@@ -130,6 +140,33 @@ impl Predictor {
     pub fn predict_raw(&self, patches: &[RgbPatch]) -> Result<Vec<f32>, PredictError> {
         let batch = check_batch(patches, &self.config)?;
         self.engine.forward(&batch, Output::Sigmoid)
+    }
+}
+
+/// A batch's maps [`Predictor::submit_maps`] submitted, not yet read back.
+pub struct PendingMaps<'a> {
+    width: usize,
+    height: usize,
+    forward: Box<dyn InFlight + 'a>,
+}
+
+impl<'a> PendingMaps<'a> {
+    /// Maps already computed.
+    pub fn done(maps: ProbabilityMaps) -> PendingMaps<'a> {
+        PendingMaps {
+            width: maps.width,
+            height: maps.height,
+            forward: Box::new(Done(maps.values)),
+        }
+    }
+
+    /// Waits for the engine and returns the maps.
+    pub fn wait(self) -> Result<ProbabilityMaps, PredictError> {
+        Ok(ProbabilityMaps {
+            width: self.width,
+            height: self.height,
+            values: self.forward.wait()?,
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 //! orientation, its arithmetic does not), so the average is steadier at boundaries.
 
 use crate::patch::{ProbabilityMaps, RgbPatch};
-use crate::predictor::{PredictError, Predictor};
+use crate::predictor::{PendingMaps, PredictError, Predictor};
 use crate::target::parse_choice;
 
 /// Which copies of each patch run.
@@ -104,6 +104,19 @@ impl Symmetry {
 }
 
 impl Predictor {
+    /// [`Predictor::predict_maps_with`] submitted: without augmentation the forward is queued
+    /// ([`Predictor::submit_maps`]); with it, the copies' forwards have run when this returns.
+    pub fn submit_maps_with<'a>(
+        &'a self,
+        patches: &[RgbPatch],
+        tta: Tta,
+    ) -> Result<PendingMaps<'a>, PredictError> {
+        match tta {
+            Tta::Off => self.submit_maps(patches),
+            _ => Ok(PendingMaps::done(self.predict_maps_with(patches, tta)?)),
+        }
+    }
+
     /// [`Predictor::predict_maps`] averaged over the augmentation's copies of each patch (one
     /// forward per copy, a batch of the same size); `Tta::Off` is `predict_maps`.
     pub fn predict_maps_with(

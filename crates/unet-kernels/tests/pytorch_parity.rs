@@ -58,6 +58,20 @@ fn check<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
         );
         let alone = predictor.predict_batch(&patches[..1]).unwrap();
         assert_eq!(alone[0], maps[0], "{}: a batch of one", case.name);
+        // Batches in flight at once, submitted before any is waited for, on the buffers they
+        // share (the third of another shape, whose new buffers replace them): each is what it
+        // was alone.
+        let in_flight = [&patches[..], &patches[..], &patches[1..]]
+            .map(|batch| predictor.submit_maps(batch).unwrap());
+        let expected = [&maps[..], &maps[..], &maps[1..]];
+        for (pending, expected) in in_flight.into_iter().zip(expected) {
+            assert_eq!(
+                pending.wait().unwrap().into_maps(),
+                expected,
+                "{}: batches in flight",
+                case.name
+            );
+        }
         // Profiled: every 3x3 and transposed convolution timed, in the order they run, with
         // what ran it.
         let profile = engine_profile::<F>(&checkpoint, &client, &patches);

@@ -7,25 +7,22 @@
 //! a batch fails only where every candidate fails it, and the next batch measures them again.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{Batch, Engine, Output, panic_message};
+use super::{Batch, Done, Engine, InFlight, Output, panic_message};
 use crate::predictor::PredictError;
 use crate::target::{EngineChoice, Precision, Target};
 use crate::weights::FoldedWeights;
 
 /// Engines that serve one target, until the first batch picks the fastest.
 pub struct Fastest {
-    state: Mutex<State>,
+    /// Until a batch has chosen: every candidate loaded, in the order of preference on a tie.
+    measuring: Mutex<Vec<Box<dyn Engine>>>,
+    /// The engine that serves once a batch has chosen it.
+    chosen: OnceLock<Box<dyn Engine>>,
     device: &'static str,
     precision: Precision,
-}
-
-enum State {
-    /// No batch has run yet: every candidate loaded, in the order of preference on a tie.
-    Measuring(Vec<Box<dyn Engine>>),
-    Chosen(Box<dyn Engine>),
 }
 
 impl Fastest {
@@ -64,16 +61,14 @@ impl Fastest {
         Fastest {
             device: candidates[0].device(),
             precision: candidates[0].precision(),
-            state: Mutex::new(State::Measuring(candidates)),
+            measuring: Mutex::new(candidates),
+            chosen: OnceLock::new(),
         }
     }
 
     /// The engine that serves, once the first batch has chosen it.
     fn chosen<T>(&self, read: impl Fn(&dyn Engine) -> T) -> Option<T> {
-        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            State::Chosen(engine) => Some(read(engine.as_ref())),
-            State::Measuring(_) => None,
-        }
+        self.chosen.get().map(|engine| read(engine.as_ref()))
     }
 }
 
@@ -108,11 +103,11 @@ impl Engine for Fastest {
     }
 
     fn forward(&self, batch: &Batch, output: Output) -> Result<Vec<f32>, PredictError> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let candidates = match &mut *state {
-            State::Chosen(engine) => return engine.forward(batch, output),
-            State::Measuring(candidates) => std::mem::take(candidates),
-        };
+        let mut measuring = self.measuring.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(engine) = self.chosen.get() {
+            return engine.forward(batch, output);
+        }
+        let candidates = std::mem::take(&mut *measuring);
         let mut timed = Vec::new();
         let mut failed = Vec::new();
         for engine in candidates {
@@ -130,7 +125,7 @@ impl Engine for Fastest {
         let Some(fastest) = fastest(timed.iter().map(|(_, seconds, _)| *seconds)) else {
             // Every candidate failed: the next batch (a smaller one, say) measures them again.
             let (engines, mut errors): (Vec<_>, Vec<_>) = failed.into_iter().unzip();
-            *state = State::Measuring(engines);
+            *measuring = engines;
             return Err(errors.swap_remove(0));
         };
         let report: Vec<String> = timed
@@ -149,8 +144,21 @@ impl Engine for Fastest {
             report.join(", "),
             engine.name()
         );
-        *state = State::Chosen(engine);
+        // Under the lock, which every forward before the choice takes: set once.
+        let _ = self.chosen.set(engine);
         Ok(values)
+    }
+
+    /// The chosen engine's submit; before the choice, the measuring forward.
+    fn submit<'a>(
+        &'a self,
+        batch: &Batch,
+        output: Output,
+    ) -> Result<Box<dyn InFlight + 'a>, PredictError> {
+        match self.chosen.get() {
+            Some(engine) => engine.submit(batch, output),
+            None => Ok(Box::new(Done(self.forward(batch, output)?))),
+        }
     }
 }
 
@@ -270,15 +278,19 @@ mod tests {
         }
     }
 
-    fn forward(engine: &dyn Engine) -> Result<Vec<f32>, PredictError> {
+    /// `run` on a batch of one black 16x16 patch.
+    fn on_a_patch<T>(run: impl FnOnce(&Batch) -> T) -> T {
         let pixels = vec![0u8; 16 * 16 * 3];
         let patches = [RgbPatch::new(16, 16, &pixels)];
-        let batch = Batch {
+        run(&Batch {
             patches: &patches,
             width: 16,
             height: 16,
-        };
-        engine.forward(&batch, Output::Probability)
+        })
+    }
+
+    fn forward(engine: &dyn Engine) -> Result<Vec<f32>, PredictError> {
+        on_a_patch(|batch| engine.forward(batch, Output::Probability))
     }
 
     #[test]
@@ -295,6 +307,11 @@ mod tests {
         assert_eq!(forward(&fastest).unwrap(), vec![2.0; 256]);
         assert_eq!(slow_forwards.load(Ordering::SeqCst), 2);
         assert_eq!(quick_forwards.load(Ordering::SeqCst), 3);
+        // A submitted batch, too.
+        let submitted = on_a_patch(|batch| fastest.submit(batch, Output::Probability).unwrap());
+        assert_eq!(submitted.wait().unwrap(), vec![2.0; 256]);
+        assert_eq!(slow_forwards.load(Ordering::SeqCst), 2);
+        assert_eq!(quick_forwards.load(Ordering::SeqCst), 4);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! batches. The host uploads the patches' bytes and reads back only the probability map.
 
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use unet_kernels::{head, input_bordered, relu_bordered};
 use self::main_loop::{Candidate, Conv, MainLoop, Op};
 
 use crate::architecture::{Kind, LEVELS, Layer as PlanLayer, UnetConfig};
-use crate::engine::{Batch, Engine, Output};
+use crate::engine::{Batch, Engine, InFlight, Output};
 use crate::predictor::PredictError;
 use crate::target::{EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
@@ -266,7 +267,26 @@ impl<F: Float + CubeElement> FusedUnet<F> {
     /// A batch of patches to `output`: the per-pixel probabilities (max over output channels),
     /// `[n, height, width]`, or every channel's sigmoid, `[n, channels, height, width]`.
     pub fn forward(&self, batch: &Batch, output: Output) -> Result<Vec<f32>, PredictError> {
-        self.run(batch, output, None)
+        self.submit(batch, output)?.wait()
+    }
+
+    /// [`FusedUnet::forward`] launched, its output's copy to the host queued behind it.
+    pub fn submit<'a>(
+        &'a self,
+        batch: &Batch,
+        output: Output,
+    ) -> Result<FusedInFlight<'a>, PredictError> {
+        let result = self.launch(batch, output, None)?;
+        let (device, n) = (self.device, batch.len());
+        let read = self.client.read_async(vec![result]);
+        Ok(FusedInFlight {
+            read: Box::pin(async move {
+                let bytes = read
+                    .await
+                    .map_err(|source| super::device_error(device, n, source))?;
+                Ok(f32::from_bytes(&bytes[0]).to_vec())
+            }),
+        })
     }
 
     /// The time of each 3x3 convolution (main loop and epilogue) and transposed convolution
@@ -274,17 +294,19 @@ impl<F: Float + CubeElement> FusedUnet<F> {
     /// each.
     pub fn profile(&self, batch: &Batch) -> Result<Vec<LayerTime>, PredictError> {
         let mut times = Vec::new();
-        self.run(batch, Output::Probability, Some(&mut times))?;
+        self.launch(batch, Output::Probability, Some(&mut times))?;
+        self.wait(batch.len())?;
         Ok(times)
     }
 
-    /// The forward, each 3x3 convolution timed into `times` when given.
-    fn run(
+    /// The forward's kernels queued on the device, each 3x3 convolution timed into `times`
+    /// when given; returns the buffer its output will be in.
+    fn launch(
         &self,
         batch: &Batch,
         output: Output,
         times: Option<&mut Vec<LayerTime>>,
-    ) -> Result<Vec<f32>, PredictError> {
+    ) -> Result<Handle, PredictError> {
         let (n, height, width) = (batch.len(), batch.height, batch.width);
         let mut cached = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
         if cached.as_ref().map(|b| b.shape) != Some((n, height, width)) {
@@ -384,11 +406,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 output == Output::Sigmoid,
             )
         };
-        let bytes = self
-            .client
-            .read_one(result)
-            .map_err(|source| super::device_error(self.device, n, source))?;
-        Ok(f32::from_bytes(&bytes).to_vec())
+        Ok(result)
     }
 
     /// The 3x3 convolution `layer` on `input` (bordered, an image of `shape` = (batch,
@@ -565,6 +583,32 @@ impl<F: Float + CubeElement> Engine for FusedUnet<F> {
 
     fn forward(&self, batch: &Batch, output: Output) -> Result<Vec<f32>, PredictError> {
         self.forward(batch, output)
+    }
+
+    fn submit<'a>(
+        &'a self,
+        batch: &Batch,
+        output: Output,
+    ) -> Result<Box<dyn InFlight + 'a>, PredictError> {
+        Ok(Box::new(self.submit(batch, output)?))
+    }
+}
+
+/// A forward [`FusedUnet::submit`] queued: its output's copy to pinned host memory, which
+/// waits on that forward alone (a fence), not on the forwards queued after it.
+pub struct FusedInFlight<'a> {
+    read: Pin<Box<dyn Future<Output = Result<Vec<f32>, PredictError>> + Send + 'a>>,
+}
+
+impl FusedInFlight<'_> {
+    pub fn wait(self) -> Result<Vec<f32>, PredictError> {
+        cubecl::future::block_on(self.read)
+    }
+}
+
+impl InFlight for FusedInFlight<'_> {
+    fn wait(self: Box<Self>) -> Result<Vec<f32>, PredictError> {
+        FusedInFlight::wait(*self)
     }
 }
 

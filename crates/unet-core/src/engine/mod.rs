@@ -16,7 +16,7 @@ mod fused;
 pub use self::burn::BurnEngine;
 pub use self::fastest::Fastest;
 #[cfg(feature = "fused")]
-pub use self::fused::{FusedUnet, LayerTime};
+pub use self::fused::{FusedInFlight, FusedUnet, LayerTime};
 
 use crate::cpu::CpuUnet;
 use crate::patch::{RgbPatch, normalise_into};
@@ -94,6 +94,34 @@ pub trait Engine: Send {
 
     /// The forward of a checked batch, flattened row-major in `output`'s layout.
     fn forward(&self, batch: &Batch, output: Output) -> Result<Vec<f32>, PredictError>;
+
+    /// [`Engine::forward`] launched, returning before its output is read back: a caller that
+    /// submits the next batch before it waits for this one keeps the device busy while it
+    /// reads, copies and hands on results. The forwards a thread submits run in the order it
+    /// submits them. An engine that computes on the caller's thread (the CPU's) has finished
+    /// when this returns.
+    fn submit<'a>(
+        &'a self,
+        batch: &Batch,
+        output: Output,
+    ) -> Result<Box<dyn InFlight + 'a>, PredictError> {
+        Ok(Box::new(Done(self.forward(batch, output)?)))
+    }
+}
+
+/// A forward [`Engine::submit`] launched.
+pub trait InFlight: Send {
+    /// Waits for the device and returns the forward's output.
+    fn wait(self: Box<Self>) -> Result<Vec<f32>, PredictError>;
+}
+
+/// A forward already computed.
+pub struct Done(pub Vec<f32>);
+
+impl InFlight for Done {
+    fn wait(self: Box<Self>) -> Result<Vec<f32>, PredictError> {
+        Ok(self.0)
+    }
 }
 
 /// The engine `Predictor::load` uses: the one chosen, or for `Auto` the CPU kernels for f32
