@@ -21,7 +21,7 @@
 # 4. criterion, the same model: Burn f32 and f16, ours f16;
 # 5. infer end to end on a generated 20000x20000 slide with the full-width model: ours twice
 #    (the second start uses the tuning the first one kept), then the default `--engine auto`
-#    (Burn's and ours measured on the first batch, the faster kept: which, and both times);
+#    (the engines of unet-core's AUTO_ON_CUDA measured on the first batch, the fastest kept);
 #    end-to-end patches/s over step 2's model-only patches/s at the same batch (32);
 # 6. the host CPU's bf16 path: where it has AMX (which no build machine exposes), the tiles'
 #    outputs against the PyTorch fixtures, and the full-width model in f32 and bf16.
@@ -199,8 +199,8 @@ runs="first second"
 # The users' model is full width: with the demo's width 8 a GPU would wait on the CPU, and the
 # end-to-end ratio would measure nothing. On the CPU (a smoke test) the demo keeps it short.
 model=models/unet_demo_w8.bpk
-# On CUDA the last run is the default, `auto`: it measures Burn and the fused engine on the
-# first batch and keeps the faster (the line it prints is copied into the summary).
+# On CUDA the last run is the default, `auto`: it measures AUTO_ON_CUDA's engines on the first
+# batch and keeps the fastest (the line it prints, where there are several, goes to the summary).
 if [ "$DEVICE" = cuda ]; then
   runs="fused-first fused-second auto"
   model="${W64_MODEL:-/tmp/gpu-work/w64.bpk}"
