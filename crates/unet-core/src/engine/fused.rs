@@ -280,12 +280,12 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         let (device, n) = (self.device, batch.len());
         let read = self.client.read_async(vec![result]);
         Ok(FusedInFlight {
-            read: Box::pin(async move {
+            read: Some(Box::pin(async move {
                 let bytes = read
                     .await
                     .map_err(|source| super::device_error(device, n, source))?;
                 Ok(f32::from_bytes(&bytes[0]).to_vec())
-            }),
+            })),
         })
     }
 
@@ -597,12 +597,27 @@ impl<F: Float + CubeElement> Engine for FusedUnet<F> {
 /// A forward [`FusedUnet::submit`] queued: its output's copy to pinned host memory, which
 /// waits on that forward alone (a fence), not on the forwards queued after it.
 pub struct FusedInFlight<'a> {
-    read: Pin<Box<dyn Future<Output = Result<Vec<f32>, PredictError>> + Send + 'a>>,
+    /// `None` once waited for.
+    read: Option<ReadBack<'a>>,
 }
 
+type ReadBack<'a> = Pin<Box<dyn Future<Output = Result<Vec<f32>, PredictError>> + Send + 'a>>;
+
 impl FusedInFlight<'_> {
-    pub fn wait(self) -> Result<Vec<f32>, PredictError> {
-        cubecl::future::block_on(self.read)
+    pub fn wait(mut self) -> Result<Vec<f32>, PredictError> {
+        let read = self.read.take().expect("a forward is waited for once");
+        cubecl::future::block_on(read)
+    }
+}
+
+impl Drop for FusedInFlight<'_> {
+    /// A forward dropped unread (a job ending on an error) is waited for all the same: the
+    /// copy into pinned memory is queued already, and that memory must not go back to cubecl's
+    /// pool, for the next read, while the device still writes it.
+    fn drop(&mut self) {
+        if let Some(read) = self.read.take() {
+            let _ = cubecl::future::block_on(read);
+        }
     }
 }
 
