@@ -24,6 +24,12 @@
 //! These are the portable variants, one unit per output value (per 2x2 block where pooling),
 //! for any CubeCL runtime and tested on software Vulkan; on CUDA in f16, unet-core's fused
 //! engine runs the convolutions' main loop on tensor cores (cubek) and keeps these epilogues.
+//!
+//! Every kernel stops at the `units` its launcher passes, never at a buffer's length: cubecl
+//! hands a kernel its buffer's allocated length (not the one given to
+//! `BufferArg::from_raw_parts`), the engine's buffer of sums is sized for its largest layer,
+//! and its grids past 65 535 cubes are rounded up to whole rows: units past the count would
+//! write beyond the images they belong to.
 
 use cubecl::prelude::*;
 
@@ -125,11 +131,18 @@ fn conv3x3_at<F: Float>(
 }
 
 /// The batch's RGB bytes (packed four to a word, pixel after pixel) normalised as the users'
-/// pipeline does, `(p / 255 - 0.5) / 0.5`, into a bordered buffer of 3 channels.
+/// pipeline does, `(p / 255 - 0.5) / 0.5`, into a bordered buffer of 3 channels; one unit per
+/// bordered value, `units` of them.
 #[cube(launch_unchecked)]
-pub fn input_bordered<F: Float>(rgb: &[u32], output: &mut [F], height: usize, width: usize) {
+pub fn input_bordered<F: Float>(
+    rgb: &[u32],
+    output: &mut [F],
+    units: usize,
+    height: usize,
+    width: usize,
+) {
     let position = ABSOLUTE_POS;
-    if position >= output.len() {
+    if position >= units {
         terminate!();
     }
     let c = position % 3;
@@ -144,7 +157,7 @@ pub fn input_bordered<F: Float>(rgb: &[u32], output: &mut [F], height: usize, wi
 
 /// The portable main loop of a 3x3 convolution: `bias[o] + sum` for every output value, into
 /// `sums`, `[n, height, width, outputs]` (what cubek's convolution writes on tensor cores);
-/// one unit per value. [`relu_bordered`] then stores them.
+/// one unit per value, `units` of them. [`relu_bordered`] then stores them.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3<F: Float>(
@@ -152,13 +165,14 @@ pub fn conv3x3<F: Float>(
     weight: &[F],
     bias: &[F],
     sums: &mut [F],
+    units: usize,
     height: usize,
     width: usize,
     inputs: usize,
     outputs: usize,
 ) {
     let position = ABSOLUTE_POS;
-    if position >= sums.len() {
+    if position >= units {
         terminate!();
     }
     let o = position % outputs;
@@ -176,13 +190,14 @@ pub fn conv3x3<F: Float>(
 /// `offset..offset + channels` of a bordered output of `stride` channels. With `pool`, one
 /// unit per 2x2 block and channel also stores the block's max into `pooled`, the next level's
 /// bordered input (`channels` channels, half the size): max pooling without a pass of its
-/// own. Without, one unit per value, and `pooled` is not touched.
+/// own. Without, one unit per value, and `pooled` is not touched. `units` units in all.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn relu_bordered<F: Float>(
     sums: &[F],
     output: &mut [F],
     pooled: &mut [F],
+    units: usize,
     height: usize,
     width: usize,
     channels: usize,
@@ -196,7 +211,7 @@ pub fn relu_bordered<F: Float>(
     }
     let (blocks_high, blocks_wide) = (height / side, width / side);
     let position = ABSOLUTE_POS;
-    if position >= sums.len() / (side * side) {
+    if position >= units {
         terminate!();
     }
     let c = position % channels;
@@ -379,7 +394,8 @@ fn head_logit<F: Float>(
 /// The head on a bordered input: the sigmoid of the 1x1 convolution's logits, in f32,
 /// unbordered. With `every_channel` each output channel's, `[n, outputs, height, width]` (the
 /// raw output PyTorch's model returns); else their max per pixel, `[n, height, width]` (the
-/// probability map), so that only the map leaves the device.
+/// probability map), so that only the map leaves the device. One unit per value of `result`,
+/// `units` of them.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn head<F: Float>(
@@ -387,6 +403,7 @@ pub fn head<F: Float>(
     weight: &[F],
     bias: &[F],
     result: &mut [f32],
+    units: usize,
     height: usize,
     width: usize,
     inputs: usize,
@@ -394,7 +411,7 @@ pub fn head<F: Float>(
     #[comptime] every_channel: bool,
 ) {
     let position = ABSOLUTE_POS;
-    if position >= result.len() {
+    if position >= units {
         terminate!();
     }
     let x = position % width;

@@ -329,7 +329,8 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         bytes.resize(bytes.len().next_multiple_of(4), 0);
         let rgb = self.client.create_from_slice(&bytes);
         let units = n * (height + 2) * (width + 2) * 3;
-        // SAFETY: every buffer holds the length given with it (`allocate`, `bytes` in words).
+        // SAFETY: every buffer holds the length given with it (`allocate`, `bytes` in words),
+        // and the kernel's `units` keep it inside them.
         unsafe {
             input_bordered::launch_unchecked::<F>(
                 &self.client,
@@ -337,6 +338,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 CubeDim::new_1d(UNITS),
                 BufferArg::from_raw_parts(rgb, bytes.len() / 4),
                 BufferArg::from_raw_parts(buffers.inputs[0].clone(), units),
+                units,
                 height,
                 width,
             )
@@ -382,7 +384,8 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         let result = self.client.empty(values * size_of::<f32>());
         let (inputs, outputs) = (self.head.inputs, self.head.outputs);
         let (client, cubes) = (&self.client, cube_count(values));
-        // SAFETY: every buffer holds the length given with it (`allocate`, `values`).
+        // SAFETY: every buffer holds the length given with it (`allocate`, `values`), and the
+        // kernel's `units` keep it inside them.
         unsafe {
             let input = BufferArg::from_raw_parts(
                 buffers.outputs[0].clone(),
@@ -399,6 +402,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 weight,
                 bias,
                 result,
+                values,
                 height,
                 width,
                 inputs,
@@ -433,7 +437,8 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 ),
                 None => (values, &self.nothing, 1),
             };
-            // SAFETY: every buffer holds the length given with it (`allocate`, `nothing`).
+            // SAFETY: every buffer holds the length given with it (`allocate`, `nothing`), and
+            // the kernel's `units` keep it inside them.
             unsafe {
                 relu_bordered::launch_unchecked::<F>(
                     &self.client,
@@ -442,6 +447,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                     BufferArg::from_raw_parts(sums.clone(), values),
                     BufferArg::from_raw_parts(store.output.clone(), bordered * store.stride),
                     BufferArg::from_raw_parts(pooled.clone(), pooled_len),
+                    units,
                     h,
                     w,
                     layer.outputs,

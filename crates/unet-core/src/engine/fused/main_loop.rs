@@ -144,7 +144,8 @@ impl Candidate {
         match (self, &conv.op) {
             (Candidate::Portable, Op::Conv3x3) => {
                 let values = n * h * w * layer.outputs;
-                // SAFETY: every buffer holds the length given with it (the engine's `allocate`).
+                // SAFETY: every buffer holds the length given with it (the engine's `allocate`),
+                // and the kernel's `units` keep it inside them.
                 unsafe {
                     conv3x3::launch_unchecked::<F>(
                         &conv.client,
@@ -157,6 +158,7 @@ impl Candidate {
                         ),
                         BufferArg::from_raw_parts(layer.bias.clone(), layer.outputs),
                         BufferArg::from_raw_parts(conv.sums.clone(), values),
+                        values,
                         h,
                         w,
                         layer.inputs,
@@ -167,7 +169,8 @@ impl Candidate {
             }
             (Candidate::Portable, Op::Up2x2 { output, stride }) => {
                 let units = 4 * n * h * w * layer.outputs;
-                // SAFETY: every buffer holds the length given with it (the engine's `allocate`).
+                // SAFETY: every buffer holds the length given with it (the engine's `allocate`),
+                // and the kernel's `units` keep it inside them.
                 unsafe {
                     up2x2::launch_unchecked::<F>(
                         &conv.client,

@@ -1,0 +1,254 @@
+//! Each kernel writes the values it is launched for and nothing past them, on buffers larger
+//! than those values and with more cubes than units, as the fused engine launches them: its
+//! buffer of sums is sized for the largest layer and shared by every layer, and past 65 535
+//! cubes its grid is two-dimensional, rounded up (up to a whole row of spare cubes). A kernel
+//! that stops at its buffer's length instead of its own count writes past the image into
+//! whatever follows (on CUDA an illegal address once that is the end of an allocation).
+//! Here on lavapipe, each buffer with a tail of sentinels that must come back untouched.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use cubecl::wgpu::{WgpuDevice, WgpuDeviceKind, WgpuRuntime};
+use cubecl_runtime::runtime::Runtime;
+use unet_kernels::{conv3x3, head, input_bordered, relu_bordered, scatter2x2, up2x2};
+
+/// Spare values after each buffer's own, and what they hold.
+const TAIL: usize = 4096;
+const SENTINEL: f32 = -7.0;
+
+/// Units per cube in these launches.
+const UNITS: u32 = 64;
+
+struct Device {
+    client: Client,
+}
+
+impl Device {
+    fn new() -> Device {
+        Device {
+            client: <WgpuRuntime>::client(&WgpuDevice::new(WgpuDeviceKind::Cpu)),
+        }
+    }
+
+    /// `values`, then the sentinel tail.
+    fn upload(&self, values: &[f32]) -> Handle {
+        let mut padded = values.to_vec();
+        padded.extend(std::iter::repeat_n(SENTINEL, TAIL));
+        self.client.create_from_slice(f32::as_bytes(&padded))
+    }
+
+    /// `len` sentinels, then the tail.
+    fn sentinels(&self, len: usize) -> Handle {
+        self.upload(&vec![SENTINEL; len])
+    }
+
+    /// Twice the cubes `units` need, over two rows: the spare cubes of a rounded-up grid.
+    fn cubes(units: usize) -> CubeCount {
+        CubeCount::Static((units as u32).div_ceil(UNITS), 2, 1)
+    }
+
+    /// Panics unless `written` of the first `used` values of `handle` were written (are no
+    /// longer sentinels; no kernel here computes -7) and none past them.
+    fn assert_wrote(&self, what: &str, handle: &Handle, used: usize, written: usize) {
+        let values = f32::from_bytes(&self.client.read_one(handle.clone()).unwrap()).to_vec();
+        let changed = |range: std::ops::Range<usize>| {
+            range.filter(|&i| values[i] != SENTINEL).collect::<Vec<_>>()
+        };
+        let past = changed(used..values.len());
+        assert!(
+            past.is_empty(),
+            "{what}: {} values written past the {used} launched for (first at {})",
+            past.len(),
+            past[0],
+        );
+        assert_eq!(changed(0..used).len(), written, "{what}: values written");
+    }
+}
+
+/// A small batch: two images of 6 x 4 (even, for pooling), 3 channels in, 4 out.
+const N: usize = 2;
+const H: usize = 6;
+const W: usize = 4;
+const INPUTS: usize = 3;
+const OUTPUTS: usize = 4;
+const BORDERED: usize = N * (H + 2) * (W + 2);
+
+fn noise(count: usize, salt: usize) -> Vec<f32> {
+    (0..count)
+        .map(|i| ((i * 7919 + salt * 104_729) % 1013) as f32 / 1013.0 - 0.5)
+        .collect()
+}
+
+#[test]
+fn input_normalisation_writes_its_bordered_image_alone() {
+    let device = Device::new();
+    let bytes: Vec<u8> = (0..N * H * W * 3).map(|i| (i * 37) as u8).collect();
+    let rgb = device.client.create_from_slice(&bytes);
+    let units = BORDERED * 3;
+    let output = device.sentinels(units);
+    // SAFETY: every buffer holds at least the length given with it.
+    unsafe {
+        input_bordered::launch_unchecked::<f32>(
+            &device.client,
+            Device::cubes(units),
+            CubeDim::new_1d(UNITS),
+            BufferArg::from_raw_parts(rgb, bytes.len() / 4),
+            BufferArg::from_raw_parts(output.clone(), units),
+            units,
+            H,
+            W,
+        )
+    };
+    device.assert_wrote("input_bordered", &output, units, units);
+}
+
+#[test]
+fn a_convolution_writes_its_sums_alone_in_a_larger_buffer() {
+    let device = Device::new();
+    let values = N * H * W * OUTPUTS;
+    let input = device.upload(&noise(BORDERED * INPUTS, 1));
+    let weight = device.upload(&noise(9 * INPUTS * OUTPUTS, 2));
+    let bias = device.upload(&noise(OUTPUTS, 3));
+    // The engine's sums are sized for its largest layer: here twice this one's.
+    let sums = device.sentinels(2 * values);
+    // SAFETY: every buffer holds at least the length given with it.
+    unsafe {
+        conv3x3::launch_unchecked::<f32>(
+            &device.client,
+            Device::cubes(values),
+            CubeDim::new_1d(UNITS),
+            BufferArg::from_raw_parts(input, BORDERED * INPUTS),
+            BufferArg::from_raw_parts(weight, 9 * INPUTS * OUTPUTS),
+            BufferArg::from_raw_parts(bias, OUTPUTS),
+            BufferArg::from_raw_parts(sums.clone(), values),
+            values,
+            H,
+            W,
+            INPUTS,
+            OUTPUTS,
+        )
+    };
+    device.assert_wrote("conv3x3's sums", &sums, values, values);
+}
+
+#[test]
+fn the_epilogue_writes_its_image_and_its_pooled_image_alone() {
+    let device = Device::new();
+    let values = N * H * W * OUTPUTS;
+    // Sums of a larger layer before, so past this layer's values too.
+    let sums = device.upload(&noise(2 * values, 4));
+    // Our channels after two others, as in a concatenation.
+    let stride = OUTPUTS + 2;
+    let output_len = BORDERED * stride;
+    let pooled_len = N * (H / 2 + 2) * (W / 2 + 2) * OUTPUTS;
+    for pool in [false, true] {
+        let output = device.sentinels(output_len);
+        let pooled = device.sentinels(pooled_len);
+        let units = if pool { values / 4 } else { values };
+        // SAFETY: every buffer holds at least the length given with it.
+        unsafe {
+            relu_bordered::launch_unchecked::<f32>(
+                &device.client,
+                Device::cubes(units),
+                CubeDim::new_1d(UNITS),
+                BufferArg::from_raw_parts(sums.clone(), values),
+                BufferArg::from_raw_parts(output.clone(), output_len),
+                BufferArg::from_raw_parts(pooled.clone(), pooled_len),
+                units,
+                H,
+                W,
+                OUTPUTS,
+                stride,
+                2,
+                pool,
+            )
+        };
+        let what = format!("relu_bordered (pool: {pool})");
+        // Our channels at every bordered pixel, border included; the others untouched.
+        device.assert_wrote(&what, &output, output_len, BORDERED * OUTPUTS);
+        let pooled_written = if pool { pooled_len } else { 0 };
+        device.assert_wrote(&what, &pooled, pooled_len, pooled_written);
+    }
+}
+
+#[test]
+fn the_head_writes_its_map_alone() {
+    let device = Device::new();
+    let input = device.upload(&noise(BORDERED * INPUTS, 5));
+    let weight = device.upload(&noise(INPUTS * OUTPUTS, 6));
+    let bias = device.upload(&noise(OUTPUTS, 7));
+    for every_channel in [false, true] {
+        let values = N * H * W * if every_channel { OUTPUTS } else { 1 };
+        let result = device.sentinels(values);
+        // SAFETY: every buffer holds at least the length given with it.
+        unsafe {
+            head::launch_unchecked::<f32>(
+                &device.client,
+                Device::cubes(values),
+                CubeDim::new_1d(UNITS),
+                BufferArg::from_raw_parts(input.clone(), BORDERED * INPUTS),
+                BufferArg::from_raw_parts(weight.clone(), INPUTS * OUTPUTS),
+                BufferArg::from_raw_parts(bias.clone(), OUTPUTS),
+                BufferArg::from_raw_parts(result.clone(), values),
+                values,
+                H,
+                W,
+                INPUTS,
+                OUTPUTS,
+                every_channel,
+            )
+        };
+        let what = format!("head (every channel: {every_channel})");
+        device.assert_wrote(&what, &result, values, values);
+    }
+}
+
+#[test]
+fn a_transposed_convolution_writes_its_channels_alone() {
+    let device = Device::new();
+    // Up from an image of H x W to one of 2H x 2W, our channels first of `stride`.
+    let stride = OUTPUTS + 2;
+    let output_len = N * (2 * H + 2) * (2 * W + 2) * stride;
+    let units = 4 * N * H * W * OUTPUTS;
+    let input = device.upload(&noise(BORDERED * INPUTS, 8));
+    let weight = device.upload(&noise(4 * INPUTS * OUTPUTS, 9));
+    let bias = device.upload(&noise(OUTPUTS, 10));
+    // The GEMM's products at every bordered pixel, in a buffer of sums twice as large.
+    let products = device.upload(&noise(2 * BORDERED * 4 * OUTPUTS, 11));
+    let direct = device.sentinels(output_len);
+    let scattered = device.sentinels(output_len);
+    // SAFETY: every buffer holds at least the length given with it.
+    unsafe {
+        up2x2::launch_unchecked::<f32>(
+            &device.client,
+            Device::cubes(units),
+            CubeDim::new_1d(UNITS),
+            BufferArg::from_raw_parts(input, BORDERED * INPUTS),
+            BufferArg::from_raw_parts(weight, 4 * INPUTS * OUTPUTS),
+            BufferArg::from_raw_parts(bias, OUTPUTS),
+            BufferArg::from_raw_parts(direct.clone(), output_len),
+            units,
+            H,
+            W,
+            INPUTS,
+            OUTPUTS,
+            stride,
+        );
+        scatter2x2::launch_unchecked::<f32>(
+            &device.client,
+            Device::cubes(units),
+            CubeDim::new_1d(UNITS),
+            BufferArg::from_raw_parts(products, BORDERED * 4 * OUTPUTS),
+            BufferArg::from_raw_parts(scattered.clone(), output_len),
+            units,
+            H,
+            W,
+            OUTPUTS,
+            stride,
+        );
+    }
+    // Our channels at every bordered pixel of the larger image, border included.
+    let written = N * (2 * H + 2) * (2 * W + 2) * OUTPUTS;
+    device.assert_wrote("up2x2", &direct, output_len, written);
+    device.assert_wrote("scatter2x2", &scattered, output_len, written);
+}
