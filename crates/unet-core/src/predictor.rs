@@ -28,6 +28,16 @@ pub enum PredictError {
         /// A batch size that needs half the memory.
         try_batch: usize,
     },
+    #[error(
+        "the {engine} engine takes at most {most} patches of {width}x{height} a batch (its kernels address 2^32 values a buffer), not {batch}: try `--batch {most}`"
+    )]
+    BatchTooLarge {
+        engine: &'static str,
+        batch: usize,
+        width: usize,
+        height: usize,
+        most: usize,
+    },
     #[error("inference failed on {device}: {source}")]
     Inference {
         device: &'static str,

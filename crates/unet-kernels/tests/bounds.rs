@@ -252,3 +252,45 @@ fn a_transposed_convolution_writes_its_channels_alone() {
     device.assert_wrote("up2x2", &direct, output_len, written);
     device.assert_wrote("scatter2x2", &scattered, output_len, written);
 }
+
+/// A batch whose largest buffer would hold more values than the kernels' 32-bit indices reach
+/// is refused before anything is allocated, naming the largest batch that fits: here patches of
+/// 4096 x 4096 on a model of base width 8, whose largest buffer is the full-size concatenation
+/// (16 channels, bordered), 268.7 M values an image: 15 fit in 2^32.
+#[test]
+fn a_batch_past_what_the_kernels_address_is_refused_with_the_batch_that_fits() {
+    let case = test_fixtures::cases()
+        .into_iter()
+        .find(|case| case.base_width == 8)
+        .expect("a fixture of base width 8");
+    let weights = unet_core::Checkpoint::read(&case.checkpoint_path())
+        .unwrap()
+        .weights;
+    let engine = unet_core::FusedUnet::<f32>::new(Device::new().client, "wgpu", &weights).unwrap();
+    let side = 4096;
+    let largest = (side + 2) * (side + 2) * 2 * case.base_width;
+    let fits = u32::MAX as usize / largest;
+    assert_eq!(fits, 15);
+    let pixels = vec![0u8; side * side * 3];
+    let patches = vec![unet_core::RgbPatch::new(side, side, &pixels); fits + 1];
+    let batch = unet_core::engine::Batch {
+        patches: &patches,
+        width: side,
+        height: side,
+    };
+    let error = engine
+        .forward(&batch, unet_core::engine::Output::Probability)
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            unet_core::PredictError::BatchTooLarge {
+                batch: 16,
+                most: 15,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("--batch 15"), "{error}");
+}

@@ -24,6 +24,10 @@ mod main_loop;
 /// Units per cube for every kernel.
 const UNITS: u32 = 256;
 
+/// The most values a buffer may hold: the kernels index in 32 bits (cubecl's default address
+/// type), units included, and a grid past 65 535 cubes adds up to a row of spare cubes.
+const ADDRESSABLE: usize = u32::MAX as usize - 65_535 * UNITS as usize;
+
 /// A layer's weights (`[tap][input][output]`) and bias on the device, as `F`.
 #[derive(Clone)]
 struct Layer {
@@ -213,55 +217,70 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         &self.decoder[LEVELS - 2 - level]
     }
 
-    /// Bordered buffers for `batch` patches of `height` x `width`.
-    fn allocate(&self, batch: usize, height: usize, width: usize) -> Buffers {
+    /// Bordered buffers for `batch` patches of `height` x `width`; an error where the largest
+    /// would hold more values than the kernels address.
+    fn allocate(&self, batch: usize, height: usize, width: usize) -> Result<Buffers, PredictError> {
+        // Values per image, buffer by buffer.
         let bordered = |level: usize, channels: usize| {
-            let (h, w) = (height >> level, width >> level);
-            self.client
-                .empty(batch * (h + 2) * (w + 2) * channels * size_of::<F>())
+            ((height >> level) + 2) * ((width >> level) + 2) * channels
         };
         let levels = 0..LEVELS;
-        Buffers {
-            shape: (batch, height, width),
-            inputs: levels
-                .clone()
-                .map(|l| bordered(l, self.encoder[l][0].inputs))
-                .collect(),
-            middles: levels
-                .clone()
-                .map(|l| bordered(l, self.encoder[l][0].outputs))
-                .collect(),
-            joins: (0..LEVELS - 1)
-                .map(|l| bordered(l, self.decoder_at(l)[1].inputs))
-                .collect(),
-            outputs: levels
-                .map(|l| match l {
-                    l if l == LEVELS - 1 => bordered(l, self.encoder[l][1].outputs),
-                    l => bordered(l, self.decoder_at(l)[2].outputs),
-                })
-                .collect(),
-            sums: self.client.empty(
-                (0..LEVELS)
-                    .map(|l| {
-                        let widest = self.encoder[l].iter().map(|c| c.outputs).max();
-                        let conv = (height >> l) * (width >> l) * widest.unwrap_or(0);
-                        // The transposed convolution up from level l + 1, on tensor cores:
-                        // four products per output channel at every bordered input pixel.
-                        let up = match l {
-                            l if l == LEVELS - 1 => 0,
-                            l => {
-                                let (h, w) = (height >> (l + 1), width >> (l + 1));
-                                (h + 2) * (w + 2) * 4 * self.decoder_at(l)[0].outputs
-                            }
-                        };
-                        conv.max(up)
-                    })
-                    .max()
-                    .unwrap_or(0)
-                    * batch
-                    * size_of::<F>(),
-            ),
+        let inputs: Vec<usize> = levels
+            .clone()
+            .map(|l| bordered(l, self.encoder[l][0].inputs))
+            .collect();
+        let middles: Vec<usize> = levels
+            .clone()
+            .map(|l| bordered(l, self.encoder[l][0].outputs))
+            .collect();
+        let joins: Vec<usize> = (0..LEVELS - 1)
+            .map(|l| bordered(l, self.decoder_at(l)[1].inputs))
+            .collect();
+        let outputs: Vec<usize> = levels
+            .clone()
+            .map(|l| match l {
+                l if l == LEVELS - 1 => bordered(l, self.encoder[l][1].outputs),
+                l => bordered(l, self.decoder_at(l)[2].outputs),
+            })
+            .collect();
+        let sums = levels
+            .map(|l| {
+                let widest = self.encoder[l].iter().map(|c| c.outputs).max();
+                let conv = (height >> l) * (width >> l) * widest.unwrap_or(0);
+                // The transposed convolution up from level l + 1, on tensor cores: four
+                // products per output channel at every bordered input pixel.
+                let up = match l {
+                    l if l == LEVELS - 1 => 0,
+                    l => bordered(l + 1, 4 * self.decoder_at(l)[0].outputs),
+                };
+                conv.max(up)
+            })
+            .max()
+            .unwrap_or(0);
+
+        let largest = [&inputs, &middles, &joins, &outputs]
+            .into_iter()
+            .flatten()
+            .fold(sums, |largest, &values| largest.max(values));
+        let most = ADDRESSABLE / largest.max(1);
+        if batch > most {
+            return Err(PredictError::BatchTooLarge {
+                engine: "fused",
+                batch,
+                width,
+                height,
+                most,
+            });
         }
+        let empty = |values: &usize| self.client.empty(batch * values * size_of::<F>());
+        Ok(Buffers {
+            shape: (batch, height, width),
+            inputs: inputs.iter().map(empty).collect(),
+            middles: middles.iter().map(empty).collect(),
+            joins: joins.iter().map(empty).collect(),
+            outputs: outputs.iter().map(empty).collect(),
+            sums: empty(&sums),
+        })
     }
 
     /// A batch of patches to `output`: the per-pixel probabilities (max over output channels),
@@ -312,7 +331,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         if cached.as_ref().map(|b| b.shape) != Some((n, height, width)) {
             // Drop the old shape's buffers before allocating the new ones.
             *cached = None;
-            *cached = Some(self.allocate(n, height, width));
+            *cached = Some(self.allocate(n, height, width)?);
         }
         let buffers = cached.as_ref().expect("allocated above");
         let mut pass = Pass {
