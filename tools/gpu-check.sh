@@ -10,13 +10,15 @@
 # (default 540: a device call may take 600); a step that no longer fits says so and is skipped:
 # 0. our fused engine's f16 forward (portable loops) on the full-width model at growing sizes,
 #    up to 512x512 at batch 12; compute-sanitizer on the smallest that fails (on the first
-#    H200 run, 2026-12-04, 512x512 at batch 12 ended in an illegal address, 64x64 did not);
+#    H200 run, 2026-12-04, 512x512 at batch 12 ended in an illegal address, 64x64 did not:
+#    kernels stopped at a buffer's length, not their own count; tests/bounds.rs since);
 # 1. each engine's (Burn's, our fused one's) f32 and f16 outputs against the PyTorch fixtures
 #    (f32 <= 1e-4, f16 <= 5e-3; 2e-2 for the ill-conditioned width-4 fixture);
 # 2. our fused engine on the full-width model (w = 64) at batch 1, 12, 32 and 64: ms/patch,
-#    its difference from the CPU path, the main loop and TFLOP/s of each 3x3 layer; f16 with
-#    each layer's main loop tuned (the first forward's seconds), again in a second process
-#    that reads the tuning back from disk; f32 once;
+#    its difference from the CPU path, the main loop and TFLOP/s of each 3x3 layer; f16 on
+#    one main loop for every layer (FIXED_CONV, default cubek's specialized_tma_mma: a figure
+#    before any tuning), then with each layer's main loop tuned (the first forward's seconds),
+#    again in a second process that reads the tuning back from disk; f32 once;
 # 3. PyTorch on the same card in the same call (tools/torch_anchor.py), when torch is there;
 # 4. criterion, the same model: Burn f32 and f16, ours f16;
 # 5. infer end to end on a generated 20000x20000 slide with the full-width model: ours twice
@@ -142,12 +144,14 @@ elif [ -x "$BIN/fused-forward" ]; then
   # f16 as users get it: each layer shape's main loop tuned on the first forward and kept on
   # disk (target/environment here), then a second process, which must find the results kept
   # (its first forward within seconds); f32, whose loop is always the portable one, once.
-  for run in "tuned-first ${FUSED_PRECISIONS:-f16,f32} 240" "tuned-second f16 120"; do
+  for run in "fixed f16 120" "tuned-first ${FUSED_PRECISIONS:-f16,f32} 240" "tuned-second f16 120"; do
     set -- $run
     t=$(limit "$3") || break
-    timeout "$t" "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" \
+    conv=tuned
+    [ "$1" = fixed ] && conv="${FIXED_CONV:-specialized_tma_mma}"
+    UNET_FUSED_CONV="$conv" timeout "$t" "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" \
       --batch "$FUSED_BATCHES" --side "$SIDE" --runs 3 --precision "$2" > "$LOGS/fused-$1.log" 2>&1
-    say "-- $1 process"
+    say "-- $1 process ($conv)"
     grep -v "^ *$" "$LOGS/fused-$1.log" | tail -n 50 | tee -a "$OUT/summary.txt"
   done
 else
