@@ -52,19 +52,13 @@ mkdir -p "$OUT" "$LOGS"
 trap 'tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"' EXIT
 BIN=/tmp/gpu-bin
 mkdir -p "$BIN" /tmp/gpu-work
-# The bundle is xz-compressed; Python's lzma unpacks it where xz is missing. All at once, and
-# only what a run before this one (STEPS) did not unpack already.
-for f in .gpu/*.xz; do
-  bin="$BIN/$(basename "$f" .xz)"
-  [ "$bin" -nt "$f" ] && continue
-  {
-    if command -v xz >/dev/null; then xz -dc "$f" > "$bin.partial"
-    else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$f" "$bin.partial"
-    fi
-    chmod +x "$bin.partial" && mv "$bin.partial" "$bin"
-  } &
-done
-wait
+# The bundle is one xz-compressed tar; Python's lzma unpacks it where xz is missing. Once:
+# a run before this one (STEPS) may have unpacked it already.
+if [ ! "$BIN/.unpacked" -nt .gpu/bin.tar.xz ]; then
+  if command -v xz >/dev/null; then xz -dc .gpu/bin.tar.xz | tar -xf - -C "$BIN"
+  else python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' .gpu/bin.tar.xz "$BIN"
+  fi && touch "$BIN/.unpacked"
+fi
 export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
 # cubecl compiles its kernels with NVRTC, loaded at run time, and CUDA's headers.
