@@ -43,7 +43,7 @@ for pair in "infer:$CARGO_TARGET_DIR/release/infer" "convert:$CARGO_TARGET_DIR/r
   name=${pair%%:*}; path=${pair#*:}
   strip -o "$staged/$name" "$path"
 done
-tar -cf - -C "$staged" . | xz -9e -T1 --lzma2=preset=9e,dict=512MiB > .gpu/bin.tar.xz
+(cd "$staged" && tar -cf - *) | xz -9e -T1 --lzma2=preset=9e,dict=512MiB > .gpu/bin.tar.xz
 rm -rf "$staged"
 # What the binaries were built from, for the figures tools/gpu-check.sh reports.
 git describe --always --dirty > .gpu/commit
