@@ -126,8 +126,9 @@ impl InFlight for Done {
 
 /// What `Auto` measures on CUDA, the first batch choosing the fastest. The fused engine is not
 /// among them yet: on the first GPU it met (an H200, 2026-12-04) it hit an illegal address at
-/// 512x512, which poisons the device for every engine of the process, Burn's too; it is back
-/// here once `tools/gpu-check.sh` finds it sound. `--engine fused` runs it.
+/// 512x512, which poisons the device for every engine of the process, Burn's too (the cause,
+/// kernels bounded by their buffer's allocated length, is fixed but has not run on a GPU
+/// since); it is back here once `tools/gpu-check.sh` finds it sound. `--engine fused` runs it.
 const AUTO_ON_CUDA: &[EngineChoice] = &[EngineChoice::Burn];
 
 /// The engine `Predictor::load` uses: the one chosen, or for `Auto` the CPU kernels for f32
