@@ -194,3 +194,131 @@ fn engine_profile<F: cubecl::prelude::Float + cubecl::prelude::CubeElement>(
     };
     engine.profile(&batch).unwrap()
 }
+
+/// The tensor-core main loops, cubek's implicit GEMM on cooperative matrices, each that runs
+/// on lavapipe (the synchronous loaders) and tuned among them: every fixture's map within
+/// f16's tolerance of PyTorch's, every layer cubek takes run by it, the same image the same map
+/// in a batch and in the next. Lavapipe has cooperative matrices from Mesa 26; where the
+/// system's is older, the test runs itself again on the one `tools/install-test-deps.sh` puts
+/// beside it ([`mesa_with_cooperative_matrices`]).
+#[test]
+fn f16_on_cooperative_matrices_matches_pytorch() {
+    if client().properties().features.matmul.cmma.is_empty() {
+        return on_mesa_with_cooperative_matrices("f16_on_cooperative_matrices_matches_pytorch");
+    }
+    for main_loop in [
+        "simple_sync_cyclic_cmma",
+        "simple_sync_strided_cmma",
+        "simple_sync_tilewise_cmma",
+        "tuned",
+    ] {
+        for case in cases() {
+            let checkpoint = Checkpoint::read(&case.checkpoint_path()).unwrap();
+            let engine = || {
+                FusedUnet::<half::f16>::with_main_loop(
+                    client(),
+                    "wgpu",
+                    &checkpoint.weights,
+                    main_loop,
+                )
+                .unwrap()
+            };
+            let image = case.input_image();
+            let mirrored = image::imageops::flip_horizontal(&image);
+            let patches = [&image, &mirrored, &image]
+                .map(|i| RgbPatch::new(case.width, case.height, i.as_raw()));
+            // The first batch tunes (the first case on `tuned`) and checks each winner against
+            // the portable loop: it must still be the winners' map, as the next batch's is.
+            let predictor = Predictor::from_engine(Box::new(engine()), checkpoint.weights.config);
+            let maps = predictor.predict_batch(&patches).unwrap();
+            assert_eq!(maps[0], maps[2], "{} on {main_loop}", case.name);
+            let again = predictor.predict_batch(&patches).unwrap();
+            assert_eq!(again, maps, "{} on {main_loop}: the next batch", case.name);
+            // cubek takes every layer of a multiple of 8 channels in; the portable loop the
+            // rest (the input's 3, w4's 4).
+            let batch = unet_core::engine::Batch {
+                patches: &patches,
+                width: case.width,
+                height: case.height,
+            };
+            for layer in engine().profile(&batch).unwrap() {
+                let ran = layer.main_loop.as_str();
+                let expected = match (layer.shape.3 % 8, main_loop) {
+                    (0, "tuned") if ran.ends_with("_cmma") => ran,
+                    (0, "tuned") => "a cmma candidate",
+                    (0, fixed) => fixed,
+                    _ => "portable",
+                };
+                assert_eq!(ran, expected, "{} on {main_loop}: {layer:?}", case.name);
+            }
+            let difference = max_abs_difference(&maps[0].values, &case.expected_probability());
+            println!(
+                "{} on {main_loop}: max abs difference {difference:.2e}",
+                case.name
+            );
+            assert!(
+                difference <= case.f16_tolerance(),
+                "{} on {main_loop}: {difference}",
+                case.name
+            );
+        }
+    }
+}
+
+/// Where `tools/install-test-deps.sh` puts a Debian root with Mesa 26's lavapipe:
+/// `UNET_MESA_ROOT`, else `~/.cache/wsi-unet/mesa-coopmat`.
+fn mesa_with_cooperative_matrices() -> std::path::PathBuf {
+    std::env::var_os("UNET_MESA_ROOT")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            std::path::Path::new(&home).join(".cache/wsi-unet/mesa-coopmat")
+        })
+}
+
+/// Runs `test` of this binary again under that root's dynamic loader and libraries (its
+/// lavapipe needs that root's C library), or skips it outside CI where there is no root.
+fn on_mesa_with_cooperative_matrices(test: &str) {
+    let root = mesa_with_cooperative_matrices();
+    let loader = root.join("usr/lib64/ld-linux-x86-64.so.2");
+    let again = std::env::var_os("UNET_ON_MESA_ROOT").is_some();
+    if again || !loader.exists() {
+        let why = if again {
+            format!(
+                "the lavapipe in {} has no cooperative matrices",
+                root.display()
+            )
+        } else {
+            format!(
+                "no Mesa root with cooperative matrices at {}",
+                root.display()
+            )
+        };
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{why}: tools/install-test-deps.sh makes it"
+        );
+        println!("SKIPPED: {why} (tools/install-test-deps.sh makes it)");
+        return;
+    }
+    let output = std::process::Command::new(&loader)
+        .arg("--library-path")
+        .arg(root.join("usr/lib/x86_64-linux-gnu"))
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env("UNET_ON_MESA_ROOT", "1")
+        .env(
+            "VK_DRIVER_FILES",
+            root.join("usr/share/vulkan/icd.d/lvp_icd.json"),
+        )
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    println!("{printed}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{test} under {}", root.display());
+    assert!(
+        printed.contains("1 passed"),
+        "{test} ran under {}",
+        root.display()
+    );
+}

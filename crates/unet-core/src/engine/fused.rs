@@ -141,18 +141,33 @@ fn upload<F: Float + CubeElement>(client: &Client, values: &[f32]) -> Handle {
 
 impl<F: Float + CubeElement> FusedUnet<F> {
     /// Uploads the folded weights, rearranged for the kernels and rounded to `F`; `device`
-    /// names what the client runs on.
+    /// names what the client runs on. The main loop is the one `UNET_FUSED_CONV` names (see
+    /// [`FusedUnet::with_main_loop`]), tuned per layer shape where it is unset.
     pub fn new(
         client: Client,
         device: &'static str,
         weights: &FoldedWeights,
     ) -> Result<FusedUnet<F>, PredictError> {
-        let main_loop = MainLoop::choose(&client, device, precision_of::<F>()).map_err(|what| {
-            PredictError::Unsupported {
-                engine: "fused",
-                what,
-            }
-        })?;
+        let main_loop = std::env::var("UNET_FUSED_CONV").unwrap_or_default();
+        FusedUnet::with_main_loop(client, device, weights, &main_loop)
+    }
+
+    /// [`FusedUnet::new`] with the main loop `main_loop` names: `tuned` (per layer shape, in
+    /// f16), `portable`, or one of cubek's algorithms with a tile kind
+    /// (`simple_sync_cyclic_cmma`, `specialized_tma_mma`).
+    pub fn with_main_loop(
+        client: Client,
+        device: &'static str,
+        weights: &FoldedWeights,
+        main_loop: &str,
+    ) -> Result<FusedUnet<F>, PredictError> {
+        let main_loop =
+            MainLoop::choose(&client, device, precision_of::<F>(), main_loop).map_err(|what| {
+                PredictError::Unsupported {
+                    engine: "fused",
+                    what,
+                }
+            })?;
         let plan = weights.plan();
         let layer = |layer: &PlanLayer| -> Result<Layer, WeightsError> {
             let tap_major = weights.tap_major(layer)?;

@@ -240,18 +240,20 @@ pub(super) enum MainLoop {
 }
 
 impl MainLoop {
-    /// `UNET_FUSED_CONV`: unset, empty or `tuned` tunes f16 per layer shape; `portable` or a
-    /// candidate's name (`specialized_tma_mma`) runs that one everywhere. f32 always runs the
-    /// portable loop: tensor cores take f32 only as TF32 (10-bit mantissas), and f32 is the
-    /// engine's reference.
-    pub fn choose(client: &Client, device: &str, precision: Precision) -> Result<MainLoop, String> {
+    /// By `name` (`UNET_FUSED_CONV` for the engine's users): empty or `tuned` tunes f16 per
+    /// layer shape; `portable` or a candidate's name (`specialized_tma_mma`) runs that one
+    /// everywhere. f32 always runs the portable loop: tensor cores take f32 only as TF32
+    /// (10-bit mantissas), and f32 is the engine's reference.
+    pub fn choose(
+        client: &Client,
+        device: &str,
+        precision: Precision,
+        name: &str,
+    ) -> Result<MainLoop, String> {
         if precision != Precision::F16 {
             return Ok(MainLoop::Fixed(Candidate::Portable));
         }
-        match std::env::var("UNET_FUSED_CONV")
-            .unwrap_or_default()
-            .as_str()
-        {
+        match name {
             "" | "tuned" => {
                 // The card as cubecl knows it (its name and what kernels compile for), so a
                 // cache kept on disk never answers for another card.
@@ -266,7 +268,7 @@ impl MainLoop {
             name => Candidate::named(name).map(MainLoop::Fixed).ok_or_else(|| {
                 let names: Vec<String> = Candidate::all().map(|c| c.to_string()).collect();
                 format!(
-                    "UNET_FUSED_CONV={name} names no main loop (expected tuned, or one of: {})",
+                    "`{name}` names no main loop of the fused engine (expected tuned, or one of: {})",
                     names.join(", ")
                 )
             }),
@@ -373,6 +375,11 @@ fn tuned<F: Float + CubeElement>(tune_id: &String, conv: Conv) -> Result<Candida
         None if winner == Candidate::Portable => Ok(winner),
         None => {
             let runs = check_against_portable::<F>(winner, &conv, &checked.1)?;
+            if runs == winner {
+                // The check left the portable loop's values; this batch gets the winner's,
+                // as every later one does (the two differ by roundings).
+                winner.run::<F>(&conv)?;
+            }
             let mut verdicts = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
             verdicts.insert(checked, runs);
             Ok(runs)
@@ -476,15 +483,29 @@ pub(super) fn gemm_form(kind: Kind, tap_major: &TapMajor, bias: &[f32]) -> (Vec<
 /// cubek's implicit GEMM, reading the bordered input with no padding (the border is the
 /// padding) and writing the sums, bias included.
 mod tensor_cores {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+
+    use cubecl::ir::ElemType;
     use cubecl::prelude::*;
     use cubecl::server::Handle;
     use cubecl::zspace::{Shape, Strides};
+    use cubek::convolution::components::{ConvSetupError, Dimensionality};
+    use cubek::convolution::definition::{ConvBlueprint, ForwardBlueprint};
     use cubek::convolution::{
         AcceleratedTileKind, ConvAlgorithm, ConvolutionArgs, ConvolutionInputs, Strategy,
         launch_ref,
     };
-    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
-    use cubek::std::InputBinding;
+    use cubek::matmul::definition::{
+        MatmulAvailabilityError, MatmulElems, MatmulGlobalElems, MatmulProblem, MatmulSetupError,
+        MatmulVectorSizes,
+    };
+    use cubek::matmul::multi_level::components::stage::PartitionBuffering;
+    use cubek::matmul::multi_level::components::tile::TileMatmulKind;
+    use cubek::matmul::multi_level::routines::{
+        PlaneTilingBlueprintOptions, infer_blueprint_plane,
+    };
+    use cubek::std::{InputBinding, MatrixLayout};
 
     use super::{Conv, Op};
 
@@ -502,54 +523,233 @@ mod tensor_cores {
         }
     }
 
+    /// What a stage's fit depends on: the algorithm and tile kind, the GEMM's (M, N, K) and
+    /// element size, the device's plane size and shared memory.
+    type FitKey = (
+        ConvAlgorithm,
+        AcceleratedTileKind,
+        (usize, usize, usize),
+        usize,
+        u32,
+        usize,
+    );
+
+    /// The planes a cube found to fit each stage: `None` where cubek's own choice fits, or
+    /// where no cut does.
+    static FITTED: LazyLock<Mutex<HashMap<FitKey, Option<u32>>>> = LazyLock::new(Default::default);
+
     /// `conv`'s layer in its GEMM form into `conv.sums`: a 3x3 convolution's sums, or a
     /// transposed convolution's products at every bordered pixel (the border's are unused).
+    ///
+    /// cubek sizes a cube's stage from the planes a cube may hold, not from the shared
+    /// memory it has: lavapipe (32 KiB) refuses its choice at every shape, an H200 (227 KiB)
+    /// its `cmma` ones at 512x512. Where a simple algorithm's choice does not fit, it is made
+    /// again with half the planes (rows of tiles) a cube until it fits, once per shape. The
+    /// specialised algorithms keep cubek's choice.
     pub fn conv<F: Float + CubeElement>(
         algorithm: ConvAlgorithm,
         tile_kind: AcceleratedTileKind,
         conv: &Conv,
     ) -> Result<(), String> {
-        let (n, h, w) = conv.shape;
-        let layer = &conv.layer;
-        let elem = F::elem_type_native();
-        let (kernel, out) = match conv.op {
-            Op::Conv3x3 => (3, [n, h, w, layer.outputs]),
-            Op::Up2x2 { .. } => (1, [n, h + 2, w + 2, 4 * layer.outputs]),
-        };
-        let (gemm_weight, gemm_bias) = layer
+        let (weight, bias) = conv
+            .layer
             .gemm
             .as_ref()
             .ok_or("the layer has no GEMM form (its main loop is the portable one)")?;
-        launch_ref::<2>(
-            &Strategy::Inferred {
-                algorithm,
-                tile_kind,
-            },
-            &conv.client,
-            ConvolutionInputs::Forward {
-                input: InputBinding::new(
-                    tensor(&conv.input, [n, h + 2, w + 2, layer.inputs]),
-                    elem,
-                ),
-                weight: InputBinding::new(
-                    tensor(gemm_weight, [out[3], kernel, kernel, layer.inputs]),
-                    elem,
-                ),
-                bias: Some(InputBinding::new(tensor(gemm_bias, [out[3]]), elem)),
-                out: tensor(&conv.sums, out),
-            },
-            ConvolutionArgs {
-                stride: [1, 1],
-                padding: [0, 0],
-                dilation: [1, 1],
-            },
-            MatmulElems::from_globals(&MatmulGlobalElems {
-                lhs: elem,
-                rhs: elem,
-                out: elem,
-            }),
+        let gemm = Gemm {
+            conv,
+            weight,
+            bias,
+            elem: F::elem_type_native(),
+        };
+        let inferred = Strategy::Inferred {
+            algorithm,
+            tile_kind,
+        };
+        let hardware = &conv.client.properties().hardware;
+        let key = (
+            algorithm,
+            tile_kind,
+            gemm.mnk(),
+            gemm.elem.size(),
+            hardware.plane_size_max,
+            hardware.max_shared_memory_size,
+        );
+        let known = FITTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        let result = match known {
+            Some(Some(planes)) => gemm.launch(&gemm.fitted(algorithm, tile_kind, planes)?),
+            Some(None) => gemm.launch(&inferred),
+            None => {
+                let mut result = gemm.launch(&inferred);
+                let mut fits = None;
+                let specialised = matches!(
+                    algorithm,
+                    ConvAlgorithm::SpecializedAsyncCyclic
+                        | ConvAlgorithm::SpecializedAsyncStrided
+                        | ConvAlgorithm::SpecializedTma
+                );
+                let mut planes = hardware.max_units_per_cube / hardware.plane_size_max.max(1);
+                while !specialised && planes > 1 && too_big(&result) {
+                    planes /= 2;
+                    result = gemm.launch(&gemm.fitted(algorithm, tile_kind, planes)?);
+                    fits = (!too_big(&result)).then_some(planes);
+                }
+                FITTED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, fits);
+                result
+            }
+        };
+        result.map_err(|err| format!("{err:?}"))
+    }
+
+    /// Whether cubek refused a blueprint for its shared memory.
+    fn too_big(result: &Result<(), ConvSetupError>) -> bool {
+        matches!(
+            result,
+            Err(ConvSetupError::Matmul(MatmulSetupError::Unavailable(
+                MatmulAvailabilityError::SharedMemoryTooBig { .. }
+            )))
         )
-        .map_err(|err| format!("{err:?}"))
+    }
+
+    /// A main loop's convolution as cubek's GEMM: the layer's GEMM form and storage type.
+    struct Gemm<'a> {
+        conv: &'a Conv,
+        weight: &'a Handle,
+        bias: &'a Handle,
+        elem: ElemType,
+    }
+
+    impl Gemm<'_> {
+        /// The kernel's side and the output's shape: a 3x3 convolution's sums, or a
+        /// transposed one's four products a pixel at every bordered pixel.
+        fn kernel_and_output(&self) -> (usize, [usize; 4]) {
+            let (n, h, w) = self.conv.shape;
+            let outputs = self.conv.layer.outputs;
+            match self.conv.op {
+                Op::Conv3x3 => (3, [n, h, w, outputs]),
+                Op::Up2x2 { .. } => (1, [n, h + 2, w + 2, 4 * outputs]),
+            }
+        }
+
+        /// Every operand stored as the engine's storage type.
+        fn globals(&self) -> MatmulGlobalElems {
+            MatmulGlobalElems {
+                lhs: self.elem,
+                rhs: self.elem,
+                out: self.elem,
+            }
+        }
+
+        /// (M, N, K): output pixels, output channels, taps x input channels.
+        fn mnk(&self) -> (usize, usize, usize) {
+            let (kernel, out) = self.kernel_and_output();
+            (
+                out[0] * out[1] * out[2],
+                out[3],
+                kernel * kernel * self.conv.layer.inputs,
+            )
+        }
+
+        /// cubek's choice for a simple algorithm, as its launcher makes it (cubek-matmul
+        /// 0.3.1's `SimpleAlgorithm::expand_blueprint`), but with `planes` a cube.
+        fn fitted(
+            &self,
+            algorithm: ConvAlgorithm,
+            tile_kind: AcceleratedTileKind,
+            planes: u32,
+        ) -> Result<Strategy, String> {
+            let (m, n, k) = self.mnk();
+            let (conv, elem) = (self.conv, self.elem);
+            // The launcher's problem: the input's pixels by taps x channels, times the weights
+            // read column-major (`[output][ky][kx][input]`), no batch dimensions.
+            let problem = MatmulProblem::from_parameters(
+                m,
+                n,
+                k,
+                Shape::new([0usize; 0]),
+                Shape::new([0usize; 0]),
+                MatrixLayout::RowMajor,
+                MatrixLayout::ColMajor,
+                MatrixLayout::RowMajor,
+                None,
+                None,
+                self.globals(),
+                Default::default(),
+            );
+            let tile_matmul = match tile_kind {
+                AcceleratedTileKind::Cmma => TileMatmulKind::Cmma,
+                AcceleratedTileKind::Mma => TileMatmulKind::Mma,
+            };
+            let plane_dim = conv.client.properties().hardware.plane_size_max;
+            // Only the swizzle's choice reads the vector sizes: one of 16 bytes or fewer leaves it
+            // to the stage's extent, as every layer's vectors here are.
+            let vectors = 16 / elem.size();
+            let (matmul, _) = infer_blueprint_plane(
+                tile_matmul,
+                &conv.client,
+                &problem,
+                plane_dim,
+                MatmulElems::from_globals(&self.globals()),
+                &MatmulVectorSizes {
+                    lhs: vectors,
+                    rhs: vectors,
+                    out: vectors,
+                },
+                PlaneTilingBlueprintOptions {
+                    partition_buffering: Some(PartitionBuffering::Single),
+                    tiny_selection_enabled: true,
+                    swizzled: tile_matmul.should_swizzle(&conv.client),
+                    row_count: Some(planes),
+                    ..Default::default()
+                },
+            )
+            .map_err(|err| format!("{err:?}"))?;
+            Ok(Strategy::Forced {
+                algorithm,
+                blueprint: ConvBlueprint::Forward(ForwardBlueprint {
+                    matmul,
+                    dimensionality: Dimensionality::Dim2,
+                    has_bias: true,
+                }),
+            })
+        }
+
+        fn launch(&self, strategy: &Strategy) -> Result<(), ConvSetupError> {
+            let (conv, elem) = (self.conv, self.elem);
+            let (n, h, w) = conv.shape;
+            let layer = &conv.layer;
+            let (kernel, out) = self.kernel_and_output();
+            let (gemm_weight, gemm_bias) = (self.weight, self.bias);
+            launch_ref::<2>(
+                strategy,
+                &conv.client,
+                ConvolutionInputs::Forward {
+                    input: InputBinding::new(
+                        tensor(&conv.input, [n, h + 2, w + 2, layer.inputs]),
+                        elem,
+                    ),
+                    weight: InputBinding::new(
+                        tensor(gemm_weight, [out[3], kernel, kernel, layer.inputs]),
+                        elem,
+                    ),
+                    bias: Some(InputBinding::new(tensor(gemm_bias, [out[3]]), elem)),
+                    out: tensor(&conv.sums, out),
+                },
+                ConvolutionArgs {
+                    stride: [1, 1],
+                    padding: [0, 0],
+                    dilation: [1, 1],
+                },
+                MatmulElems::from_globals(&self.globals()),
+            )
+        }
     }
 }
 
