@@ -227,8 +227,9 @@ fn f16_on_cooperative_matrices_matches_pytorch() {
             let mirrored = image::imageops::flip_horizontal(&image);
             let patches = [&image, &mirrored, &image]
                 .map(|i| RgbPatch::new(case.width, case.height, i.as_raw()));
-            // The first batch tunes (the first case on `tuned`) and checks each winner against
-            // the portable loop: it must still be the winners' map, as the next batch's is.
+            // On `tuned`, the first case's first batch tunes each layer shape (or reads what
+            // a run before kept on disk) and checks each winner against the portable loop:
+            // its map must still be the winners', as the next batch's is.
             let predictor = Predictor::from_engine(Box::new(engine()), checkpoint.weights.config);
             let maps = predictor.predict_batch(&patches).unwrap();
             assert_eq!(maps[0], maps[2], "{} on {main_loop}", case.name);

@@ -647,14 +647,14 @@ mod tensor_cores {
             }
         }
 
-        /// (M, N, K): output pixels, output channels, taps x input channels.
+        /// (M, N, K): output pixels, output channels, taps x input channels, the channels
+        /// padded to whole loads as cubek's launcher pads them (`adjust_problem`: 16 bytes,
+        /// which every layer cubek is given already fills).
         fn mnk(&self) -> (usize, usize, usize) {
             let (kernel, out) = self.kernel_and_output();
-            (
-                out[0] * out[1] * out[2],
-                out[3],
-                kernel * kernel * self.conv.layer.inputs,
-            )
+            let load = self.conv.client.properties().io_width() as usize / 8 / self.elem.size();
+            let channels = self.conv.layer.inputs.next_multiple_of(load.max(1));
+            (out[0] * out[1] * out[2], out[3], kernel * kernel * channels)
         }
 
         /// cubek's choice for a simple algorithm, as its launcher makes it (cubek-matmul
