@@ -7,9 +7,10 @@
 # .ci/run both run this; it does nothing that is already done.
 set -euo pipefail
 
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
 if ! dpkg -s mesa-vulkan-drivers libvulkan1 >/dev/null 2>&1; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
@@ -20,8 +21,6 @@ fi
 # test that uses it runs itself again under the root's loader (unet-kernels' pytorch_parity).
 mesa_root="${UNET_MESA_ROOT:-$HOME/.cache/wsi-unet/mesa-coopmat}"
 if [ ! -e "$mesa_root/.complete" ]; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   if ! command -v debootstrap >/dev/null; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq debootstrap >/dev/null
