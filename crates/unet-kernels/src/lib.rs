@@ -10,20 +10,20 @@
 //! skip is never copied.
 //!
 //! - [`input_bordered`]: the patches' packed RGB bytes, normalised, into the first buffer;
-//! - [`conv3x3`]: a 3x3 convolution's main loop (BatchNorm folded into it), bias included,
-//!   into a plain NHWC buffer of sums, as cubek's tensor-core convolution writes them; then
-//!   its epilogue, [`relu_bordered`]: ReLU, stored bordered at its channel offset, and where
-//!   a level ends each 2x2 block's max straight into the next level's input (max pooling
-//!   without a pass of its own);
+//! - [`conv3x3`]: a 3x3 convolution (BatchNorm folded into it), bias and ReLU included, into
+//!   the interior of its bordered output at its channel offset, as unet-core's tensor-core
+//!   main loop (cubek's, with this epilogue in its store) writes it too; then
+//!   [`replicate_border`], the border around what it wrote, and where a level ends
+//!   [`max_pool_bordered`], each 2x2 block's max into the next level's input;
 //! - [`up2x2`]: the 2x2 stride-2 transposed convolution, into its half of a concatenation;
 //!   or, where a GEMM computed its products (one 1x1 convolution to four times the channels),
 //!   [`scatter2x2`], which only places them;
 //! - [`head`]: the 1x1 convolution, the sigmoid and the max over channels in one kernel, so
 //!   only the per-pixel map leaves the device (or every channel's sigmoid, for the raw output).
 //!
-//! These are the portable variants, one unit per output value (per 2x2 block where pooling),
-//! for any CubeCL runtime and tested on software Vulkan; on CUDA in f16, unet-core's fused
-//! engine runs the convolutions' main loop on tensor cores (cubek) and keeps these epilogues.
+//! These are the portable variants, one unit per output value, for any CubeCL runtime and
+//! tested on software Vulkan; on CUDA in f16, unet-core's fused engine runs the convolutions'
+//! main loops on tensor cores (cubek) and keeps the rest.
 //!
 //! Every kernel stops at the `units` its launcher passes, never at a buffer's length: cubecl
 //! hands a kernel its buffer's allocated length (not the one given to
@@ -155,21 +155,24 @@ pub fn input_bordered<F: Float>(
     output[position] = F::cast_from((f32::cast_from(value) / 255.0 - 0.5) / 0.5);
 }
 
-/// The portable main loop of a 3x3 convolution: `bias[o] + sum` for every output value, into
-/// `sums`, `[n, height, width, outputs]` (what cubek's convolution writes on tensor cores);
-/// one unit per value, `units` of them. [`relu_bordered`] then stores them.
+/// The portable main loop of a 3x3 convolution: `relu(bias[o] + sum)` for every output value,
+/// into channels `offset..offset + outputs` of the interior of a bordered output of `stride`
+/// channels (what unet-core's tensor-core main loop writes too); one unit per value, `units`
+/// of them. The border is [`replicate_border`]'s.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3<F: Float>(
     input: &[F],
     weight: &[F],
     bias: &[F],
-    sums: &mut [F],
+    output: &mut [F],
     units: usize,
     height: usize,
     width: usize,
     inputs: usize,
     outputs: usize,
+    stride: usize,
+    offset: usize,
 ) {
     let position = ABSOLUTE_POS;
     if position >= units {
@@ -183,19 +186,62 @@ pub fn conv3x3<F: Float>(
     let sum = conv3x3_at(
         input, weight, bias, image, y, x, height, width, inputs, outputs, o,
     );
-    sums[position] = F::cast_from(sum);
+    let at = bordered_at(image, y + 1, x + 1, height, width) * stride + offset + o;
+    output[at] = F::cast_from(f32::max(sum, 0.0));
 }
 
-/// The convolutions' epilogue: `relu(sums)` (`[n, height, width, channels]`) into channels
-/// `offset..offset + channels` of a bordered output of `stride` channels. With `pool`, one
-/// unit per 2x2 block and channel also stores the block's max into `pooled`, the next level's
-/// bordered input (`channels` channels, half the size): max pooling without a pass of its
-/// own. Without, one unit per value, and `pooled` is not touched. `units` units in all.
+/// The border of channels `offset..offset + channels` of a bordered buffer of `stride`
+/// channels (images `height` x `width`): each border pixel repeats the image pixel nearest it.
+/// One unit per border pixel and channel, `units` of them (`2 * (width + 2) + 2 * height`
+/// border pixels an image).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn relu_bordered<F: Float>(
-    sums: &[F],
+pub fn replicate_border<F: Float>(
     output: &mut [F],
+    units: usize,
+    height: usize,
+    width: usize,
+    channels: usize,
+    stride: usize,
+    offset: usize,
+) {
+    let position = ABSOLUTE_POS;
+    if position >= units {
+        terminate!();
+    }
+    let c = position % channels;
+    let around = 2 * (width + 2) + 2 * height;
+    let pixel = (position / channels) % around;
+    let image = position / (channels * around);
+    // The rows above and below, then the left and right pixels of each image row.
+    let mut y = 0usize;
+    let mut x = pixel;
+    if pixel >= 2 * (width + 2) {
+        let side = pixel - 2 * (width + 2);
+        y = side / 2 + 1;
+        x = (side % 2) * (width + 1);
+    } else if pixel >= width + 2 {
+        y = height + 1;
+        x = pixel - (width + 2);
+    }
+    let from = bordered_at(
+        image,
+        unbordered(y, height) + 1,
+        unbordered(x, width) + 1,
+        height,
+        width,
+    );
+    let to = bordered_at(image, y, x, height, width);
+    output[to * stride + offset + c] = output[from * stride + offset + c];
+}
+
+/// 2x2 max pooling of channels `offset..offset + channels` of a bordered input of `stride`
+/// channels (images `height` x `width`, even) into a bordered output of `channels` channels,
+/// half the size, its border included. One unit per output value, `units` of them.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_bordered<F: Float>(
+    input: &[F],
     pooled: &mut [F],
     units: usize,
     height: usize,
@@ -203,56 +249,26 @@ pub fn relu_bordered<F: Float>(
     channels: usize,
     stride: usize,
     offset: usize,
-    #[comptime] pool: bool,
 ) {
-    let mut side = 1usize;
-    if pool {
-        side = 2;
-    }
-    let (blocks_high, blocks_wide) = (height / side, width / side);
     let position = ABSOLUTE_POS;
     if position >= units {
         terminate!();
     }
+    let (high, wide) = (height / 2, width / 2);
     let c = position % channels;
     let block = position / channels;
-    let bx = block % blocks_wide;
-    let by = (block / blocks_wide) % blocks_high;
-    let image = block / (blocks_wide * blocks_high);
+    let bx = block % wide;
+    let by = (block / wide) % high;
+    let image = block / (wide * high);
     // ReLU's outputs are at least 0, so 0 is the max's identity.
     let mut best = F::new(0.0);
-    for dy in 0..side {
-        for dx in 0..side {
-            let (y, x) = (side * by + dy, side * bx + dx);
-            let at = ((image * height + y) * width + x) * channels + c;
-            let value = F::max(sums[at], F::new(0.0));
-            best = F::max(best, value);
-            store_bordered(
-                output,
-                value,
-                image,
-                y,
-                x,
-                height,
-                width,
-                stride,
-                offset + c,
-            );
+    for dy in 0..2usize {
+        for dx in 0..2usize {
+            let at = bordered_at(image, 2 * by + dy + 1, 2 * bx + dx + 1, height, width);
+            best = F::max(best, input[at * stride + offset + c]);
         }
     }
-    if pool {
-        store_bordered(
-            pooled,
-            best,
-            image,
-            by,
-            bx,
-            blocks_high,
-            blocks_wide,
-            channels,
-            c,
-        );
-    }
+    store_bordered(pooled, best, image, by, bx, high, wide, channels, c);
 }
 
 /// Output value `position` of a 2x2 stride-2 transposed convolution of an input `height` x

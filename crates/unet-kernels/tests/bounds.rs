@@ -10,7 +10,9 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 use cubecl::wgpu::{WgpuDevice, WgpuDeviceKind, WgpuRuntime};
 use cubecl_runtime::runtime::Runtime;
-use unet_kernels::{conv3x3, head, input_bordered, relu_bordered, scatter2x2, up2x2};
+use unet_kernels::{
+    conv3x3, head, input_bordered, max_pool_bordered, replicate_border, scatter2x2, up2x2,
+};
 
 /// Spare values after each buffer's own, and what they hold.
 const TAIL: usize = 4096;
@@ -102,15 +104,24 @@ fn input_normalisation_writes_its_bordered_image_alone() {
     device.assert_wrote("input_bordered", &output, units, units);
 }
 
+/// Our channels after two others in each pixel, as a level's skip in a concatenation.
+const OFFSET: usize = 2;
+const STRIDE: usize = OUTPUTS + OFFSET;
+
+/// Where bordered pixel `(y, x)` of `image` holds our channel `c`.
+fn at(image: usize, y: usize, x: usize, c: usize) -> usize {
+    ((image * (H + 2) + y) * (W + 2) + x) * STRIDE + OFFSET + c
+}
+
 #[test]
-fn a_convolution_writes_its_sums_alone_in_a_larger_buffer() {
+fn a_convolution_writes_its_channels_of_the_interior_alone() {
     let device = Device::new();
     let values = N * H * W * OUTPUTS;
     let input = device.upload(&noise(BORDERED * INPUTS, 1));
     let weight = device.upload(&noise(9 * INPUTS * OUTPUTS, 2));
     let bias = device.upload(&noise(OUTPUTS, 3));
-    // The engine's sums are sized for its largest layer: here twice this one's.
-    let sums = device.sentinels(2 * values);
+    let output_len = BORDERED * STRIDE;
+    let output = device.sentinels(output_len);
     // SAFETY: every buffer holds at least the length given with it.
     unsafe {
         conv3x3::launch_unchecked::<f32>(
@@ -120,54 +131,105 @@ fn a_convolution_writes_its_sums_alone_in_a_larger_buffer() {
             BufferArg::from_raw_parts(input, BORDERED * INPUTS),
             BufferArg::from_raw_parts(weight, 9 * INPUTS * OUTPUTS),
             BufferArg::from_raw_parts(bias, OUTPUTS),
-            BufferArg::from_raw_parts(sums.clone(), values),
+            BufferArg::from_raw_parts(output.clone(), output_len),
             values,
             H,
             W,
             INPUTS,
             OUTPUTS,
+            STRIDE,
+            OFFSET,
         )
     };
-    device.assert_wrote("conv3x3's sums", &sums, values, values);
+    device.assert_wrote("conv3x3", &output, output_len, values);
+    let written = f32::from_bytes(&device.client.read_one(output).unwrap()).to_vec();
+    for (image, y, x, c) in pixels(N, H, W, OUTPUTS) {
+        let value = written[at(image, y + 1, x + 1, c)];
+        assert!(
+            value >= 0.0,
+            "conv3x3 wrote {value} at ({image}, {y}, {x}, {c}): not ReLU'd"
+        );
+    }
+}
+
+/// Every (image, y, x, channel) of `n` images `h` x `w` of `c` channels.
+fn pixels(
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    (0..n).flat_map(move |i| {
+        (0..h).flat_map(move |y| (0..w).flat_map(move |x| (0..c).map(move |o| (i, y, x, o))))
+    })
 }
 
 #[test]
-fn the_epilogue_writes_its_image_and_its_pooled_image_alone() {
+fn the_border_and_the_pooling_write_theirs_alone_and_right() {
     let device = Device::new();
-    let values = N * H * W * OUTPUTS;
-    // Sums of a larger layer before, so past this layer's values too.
-    let sums = device.upload(&noise(2 * values, 4));
-    // Our channels after two others, as in a concatenation.
-    let stride = OUTPUTS + 2;
-    let output_len = BORDERED * stride;
+    // Our channels of the interior written (ReLU'd values), everything else sentinels.
+    let output_len = BORDERED * STRIDE;
+    let mut values = vec![SENTINEL; output_len];
+    let interior = noise(N * H * W * OUTPUTS, 4);
+    for ((image, y, x, c), value) in pixels(N, H, W, OUTPUTS).zip(&interior) {
+        values[at(image, y + 1, x + 1, c)] = value.abs();
+    }
+    let output = device.upload(&values);
+    let border = N * (2 * (W + 2) + 2 * H) * OUTPUTS;
     let pooled_len = N * (H / 2 + 2) * (W / 2 + 2) * OUTPUTS;
-    for pool in [false, true] {
-        let output = device.sentinels(output_len);
-        let pooled = device.sentinels(pooled_len);
-        let units = if pool { values / 4 } else { values };
-        // SAFETY: every buffer holds at least the length given with it.
-        unsafe {
-            relu_bordered::launch_unchecked::<f32>(
-                &device.client,
-                Device::cubes(units),
-                CubeDim::new_1d(UNITS),
-                BufferArg::from_raw_parts(sums.clone(), values),
-                BufferArg::from_raw_parts(output.clone(), output_len),
-                BufferArg::from_raw_parts(pooled.clone(), pooled_len),
-                units,
-                H,
-                W,
-                OUTPUTS,
-                stride,
-                2,
-                pool,
-            )
-        };
-        let what = format!("relu_bordered (pool: {pool})");
-        // Our channels at every bordered pixel, border included; the others untouched.
-        device.assert_wrote(&what, &output, output_len, BORDERED * OUTPUTS);
-        let pooled_written = if pool { pooled_len } else { 0 };
-        device.assert_wrote(&what, &pooled, pooled_len, pooled_written);
+    let pooled = device.sentinels(pooled_len);
+    let pooled_units = N * (H / 2) * (W / 2) * OUTPUTS;
+    // SAFETY: every buffer holds at least the length given with it.
+    unsafe {
+        replicate_border::launch_unchecked::<f32>(
+            &device.client,
+            Device::cubes(border),
+            CubeDim::new_1d(UNITS),
+            BufferArg::from_raw_parts(output.clone(), output_len),
+            border,
+            H,
+            W,
+            OUTPUTS,
+            STRIDE,
+            OFFSET,
+        );
+        max_pool_bordered::launch_unchecked::<f32>(
+            &device.client,
+            Device::cubes(pooled_units),
+            CubeDim::new_1d(UNITS),
+            BufferArg::from_raw_parts(output.clone(), output_len),
+            BufferArg::from_raw_parts(pooled.clone(), pooled_len),
+            pooled_units,
+            H,
+            W,
+            OUTPUTS,
+            STRIDE,
+            OFFSET,
+        )
+    };
+    // Our channels at every bordered pixel now; the others untouched.
+    device.assert_wrote("replicate_border", &output, output_len, BORDERED * OUTPUTS);
+    device.assert_wrote("max_pool_bordered", &pooled, pooled_len, pooled_len);
+
+    let read = |handle: Handle| f32::from_bytes(&device.client.read_one(handle).unwrap()).to_vec();
+    let (bordered, pooled) = (read(output), read(pooled));
+    let clamp = |i: usize, side: usize| i.clamp(1, side);
+    for (image, y, x, c) in pixels(N, H + 2, W + 2, OUTPUTS) {
+        let nearest = values[at(image, clamp(y, H), clamp(x, W), c)];
+        assert_eq!(
+            bordered[at(image, y, x, c)],
+            nearest,
+            "border at ({image}, {y}, {x}, {c})"
+        );
+    }
+    let (high, wide) = (H / 2, W / 2);
+    for (image, y, x, c) in pixels(N, high + 2, wide + 2, OUTPUTS) {
+        let (by, bx) = (clamp(y, high) - 1, clamp(x, wide) - 1);
+        let block = [(0, 0), (0, 1), (1, 0), (1, 1)]
+            .map(|(dy, dx)| values[at(image, 2 * by + dy + 1, 2 * bx + dx + 1, c)]);
+        let max = block.into_iter().fold(0.0f32, f32::max);
+        let got = pooled[((image * (high + 2) + y) * (wide + 2) + x) * OUTPUTS + c];
+        assert_eq!(got, max, "pooled at ({image}, {y}, {x}, {c})");
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use unet_kernels::{head, input_bordered, relu_bordered};
+use unet_kernels::{head, input_bordered, max_pool_bordered, replicate_border};
 
 use self::main_loop::{Candidate, Conv, MainLoop, Op};
 
@@ -19,6 +19,7 @@ use crate::predictor::PredictError;
 use crate::target::{EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
 
+mod epilogue;
 mod main_loop;
 
 /// Units per cube for every kernel.
@@ -72,12 +73,12 @@ impl LayerTime {
     }
 }
 
-/// Where a convolution's epilogue stores: channels `offset..` of `output`, whose pixels hold
-/// `stride` channels, and the 2x2 max into `pooled` (the next level's input) if given.
+/// Where a 3x3 convolution stores: the last of the `stride` channels of each pixel of
+/// `output` (a level's skip comes after the upsampled channels of the decoder's
+/// concatenation), and the 2x2 max into `pooled` (the next level's input) if given.
 struct Store<'a> {
     output: &'a Handle,
     stride: usize,
-    offset: usize,
     pooled: Option<&'a Handle>,
 }
 
@@ -87,16 +88,16 @@ impl<'a> Store<'a> {
         Store {
             output,
             stride: layer.outputs,
-            offset: 0,
             pooled: None,
         }
     }
 }
 
 /// The UNet on a CubeCL device: NHWC activations and weights stored as `F` (`f32` or
-/// `half::f16`), sums in f32; per 3x3 convolution a main loop and an epilogue (pooling in
-/// the epilogue of the convolution before it), per transposed convolution a main loop (direct,
-/// or a GEMM and a scatter: `fused/main_loop.rs`), one kernel for the input and one for the head; no host
+/// `half::f16`), sums in f32; per 3x3 convolution a main loop that stores through ReLU into
+/// its bordered output, then a pass for the border and, where a level ends, one for the
+/// pooling; per transposed convolution a main loop (direct, or a GEMM and a scatter:
+/// `fused/main_loop.rs`); one kernel for the input and one for the head; no host
 /// synchronisation inside a forward.
 pub struct FusedUnet<F> {
     client: Client,
@@ -109,8 +110,6 @@ pub struct FusedUnet<F> {
     decoder: Vec<[Layer; 3]>,
     head: Layer,
     main_loop: MainLoop,
-    /// Stands in for the pooled output of a convolution that does not pool.
-    nothing: Handle,
     /// The last batch shape's activations, reused while the shape stays.
     buffers: Mutex<Option<Buffers>>,
     storage: PhantomData<F>,
@@ -128,8 +127,8 @@ struct Buffers {
     joins: Vec<Handle>,
     /// The level's last output: the encoder's at the deepest level, the decoder's above.
     outputs: Vec<Handle>,
-    /// A convolution's sums before its epilogue, `[batch, h, w, outputs]`, or a transposed
-    /// convolution's products on tensor cores: the largest's size.
+    /// A transposed convolution's products on tensor cores, the largest's size (one value
+    /// where no main loop runs on tensor cores).
     sums: Handle,
 }
 
@@ -202,7 +201,6 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             })
             .collect::<Result<_, WeightsError>>()?;
         let head = layer(&plan.head)?;
-        let nothing = upload::<F>(&client, &[0.0]);
         Ok(FusedUnet {
             client,
             device,
@@ -211,7 +209,6 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             decoder,
             head,
             main_loop,
-            nothing,
             buffers: Mutex::new(None),
             storage: PhantomData,
         })
@@ -258,20 +255,16 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 l => bordered(l, self.decoder_at(l)[2].outputs),
             })
             .collect();
-        let sums = levels
-            .map(|l| {
-                let widest = self.encoder[l].iter().map(|c| c.outputs).max();
-                let conv = (height >> l) * (width >> l) * widest.unwrap_or(0);
-                // The transposed convolution up from level l + 1, on tensor cores: four
-                // products per output channel at every bordered input pixel.
-                let up = match l {
-                    l if l == LEVELS - 1 => 0,
-                    l => bordered(l + 1, 4 * self.decoder_at(l)[0].outputs),
-                };
-                conv.max(up)
-            })
-            .max()
-            .unwrap_or(0);
+        // The transposed convolution up from level l + 1, on tensor cores: four products per
+        // output channel at every bordered input pixel.
+        let sums = if self.main_loop.may_use_tensor_cores() {
+            (0..LEVELS - 1)
+                .map(|l| bordered(l + 1, 4 * self.decoder_at(l)[0].outputs))
+                .max()
+                .unwrap_or(1)
+        } else {
+            1
+        };
 
         let largest = [&inputs, &middles, &joins, &outputs]
             .into_iter()
@@ -323,7 +316,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         })
     }
 
-    /// The time of each 3x3 convolution (main loop and epilogue) and transposed convolution
+    /// The time of each 3x3 convolution (main loop, border and pooling) and transposed convolution
     /// in a forward of `batch`, in the order they run, the device waited for before and after
     /// each.
     pub fn profile(&self, batch: &Batch) -> Result<Vec<LayerTime>, PredictError> {
@@ -391,7 +384,6 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 Store {
                     output: &buffers.joins[level],
                     stride: up + second.outputs,
-                    offset: up,
                     pooled: Some(&buffers.inputs[level + 1]),
                 }
             };
@@ -448,7 +440,8 @@ impl<F: Float + CubeElement> FusedUnet<F> {
     }
 
     /// The 3x3 convolution `layer` on `input` (bordered, an image of `shape` = (batch,
-    /// height, width)): its main loop into the pass's sums, then its epilogue into `store`.
+    /// height, width)) into `store`: its main loop into the interior, then the border, then
+    /// the pooling if the store has it.
     fn conv(
         &self,
         layer: &Layer,
@@ -460,35 +453,48 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         let sums = pass.sums.clone();
         self.timed(layer, shape, 9, pass, || {
             let (n, h, w) = shape;
-            let bordered = n * (h + 2) * (w + 2);
-            let values = n * h * w * layer.outputs;
-            let ran = self.launch_main_loop(layer, input, &sums, shape, Op::Conv3x3)?;
-            let (units, pooled, pooled_len) = match store.pooled {
-                Some(pooled) => (
-                    values / 4,
-                    pooled,
-                    n * (h / 2 + 2) * (w / 2 + 2) * layer.outputs,
-                ),
-                None => (values, &self.nothing, 1),
+            let (channels, stride) = (layer.outputs, store.stride);
+            let op = Op::Conv3x3 {
+                output: store.output.clone(),
+                stride,
             };
-            // SAFETY: every buffer holds the length given with it (`allocate`, `nothing`), and
-            // the kernel's `units` keep it inside them.
+            let ran = self.launch_main_loop(layer, input, &sums, shape, op)?;
+            let output_len = n * (h + 2) * (w + 2) * stride;
+            let border = n * (2 * (w + 2) + 2 * h) * channels;
+            // SAFETY: every buffer holds the length given with it (`allocate`), and the
+            // kernels' `units` keep them inside them.
             unsafe {
-                relu_bordered::launch_unchecked::<F>(
+                replicate_border::launch_unchecked::<F>(
                     &self.client,
-                    cube_count(units),
+                    cube_count(border),
                     CubeDim::new_1d(UNITS),
-                    BufferArg::from_raw_parts(sums.clone(), values),
-                    BufferArg::from_raw_parts(store.output.clone(), bordered * store.stride),
-                    BufferArg::from_raw_parts(pooled.clone(), pooled_len),
-                    units,
+                    BufferArg::from_raw_parts(store.output.clone(), output_len),
+                    border,
                     h,
                     w,
-                    layer.outputs,
-                    store.stride,
-                    store.offset,
-                    store.pooled.is_some(),
-                )
+                    channels,
+                    stride,
+                    stride - channels,
+                );
+                if let Some(pooled) = store.pooled {
+                    let units = n * (h / 2) * (w / 2) * channels;
+                    max_pool_bordered::launch_unchecked::<F>(
+                        &self.client,
+                        cube_count(units),
+                        CubeDim::new_1d(UNITS),
+                        BufferArg::from_raw_parts(store.output.clone(), output_len),
+                        BufferArg::from_raw_parts(
+                            pooled.clone(),
+                            n * (h / 2 + 2) * (w / 2 + 2) * channels,
+                        ),
+                        units,
+                        h,
+                        w,
+                        channels,
+                        stride,
+                        stride - channels,
+                    );
+                }
             };
             Ok(ran)
         })

@@ -1,6 +1,6 @@
 //! What computes the fused engine's products, its *main loops*: for a 3x3 convolution its
-//! sums (the epilogue after them is shared), for a 2x2 stride-2 transposed convolution its
-//! output. Either runs on unet-kernels' portable kernels, or on cubek's implicit GEMM on
+//! outputs through ReLU into its bordered buffer's interior (the border and pooling after them
+//! are shared), for a 2x2 stride-2 transposed convolution its output. Either runs on unet-kernels' portable kernels, or on cubek's implicit GEMM on
 //! tensor cores, in one of cubek's algorithms and tile kinds (the transposed convolution as one
 //! 1x1 convolution to four times the channels, then a scatter). In f16 every layer shape runs
 //! the fastest of them that runs at all, measured on the shape's first use by cubecl's
@@ -29,7 +29,8 @@ use crate::target::Precision;
 use crate::weights::TapMajor;
 
 /// One main loop to run: `layer` on the bordered `input`, an image of `shape` = (batch,
-/// height, width), as `op` says; `sums` is the engine's scratch buffer.
+/// height, width), as `op` says; `sums` is the engine's scratch buffer for products that are
+/// placed after their GEMM.
 #[derive(Clone)]
 pub(super) struct Conv {
     pub client: Client,
@@ -43,9 +44,11 @@ pub(super) struct Conv {
 /// What a main loop computes.
 #[derive(Clone)]
 pub(super) enum Op {
-    /// A 3x3 convolution's sums, bias included, into `sums`, `[batch, height, width,
-    /// outputs]`, for the epilogue.
-    Conv3x3,
+    /// A 3x3 convolution, bias and ReLU included, into the last `outputs` channels of the
+    /// interior of `output`: bordered, pixels of `stride` channels (a level's skip comes after
+    /// the upsampled channels of the decoder's concatenation; any other output is all its
+    /// own). The border is left as it was.
+    Conv3x3 { output: Handle, stride: usize },
     /// A 2x2 stride-2 transposed convolution, bias included, into channels `0..outputs` of
     /// `output`: bordered, twice the size, pixels of `stride` channels (the decoder's
     /// concatenation). On tensor cores its products pass through `sums`, `[batch, height + 2,
@@ -56,7 +59,7 @@ pub(super) enum Op {
 impl Op {
     fn name(&self) -> &'static str {
         match self {
-            Op::Conv3x3 => "conv3x3",
+            Op::Conv3x3 { .. } => "conv3x3",
             Op::Up2x2 { .. } => "up2x2",
         }
     }
@@ -142,7 +145,7 @@ impl Candidate {
         let bordered = n * (h + 2) * (w + 2);
         let input_len = bordered * layer.inputs;
         match (self, &conv.op) {
-            (Candidate::Portable, Op::Conv3x3) => {
+            (Candidate::Portable, Op::Conv3x3 { output, stride }) => {
                 let values = n * h * w * layer.outputs;
                 // SAFETY: every buffer holds the length given with it (the engine's `allocate`),
                 // and the kernel's `units` keep it inside them.
@@ -157,12 +160,14 @@ impl Candidate {
                             9 * layer.inputs * layer.outputs,
                         ),
                         BufferArg::from_raw_parts(layer.bias.clone(), layer.outputs),
-                        BufferArg::from_raw_parts(conv.sums.clone(), values),
+                        BufferArg::from_raw_parts(output.clone(), bordered * stride),
                         values,
                         h,
                         w,
                         layer.inputs,
                         layer.outputs,
+                        *stride,
+                        stride - layer.outputs,
                     )
                 };
                 Ok(())
@@ -426,7 +431,7 @@ fn check_against_portable<F: Float + CubeElement>(
 fn first_image<F: Float + CubeElement>(conv: &Conv) -> Result<Vec<f32>, String> {
     let (_, h, w) = conv.shape;
     let (handle, values) = match &conv.op {
-        Op::Conv3x3 => (&conv.sums, h * w * conv.layer.outputs),
+        Op::Conv3x3 { output, stride } => (output, (h + 2) * (w + 2) * stride),
         Op::Up2x2 { output, stride } => (output, (2 * h + 2) * (2 * w + 2) * stride),
     };
     let bytes = (values * size_of::<F>()) as u64;
@@ -481,7 +486,8 @@ pub(super) fn gemm_form(kind: Kind, tap_major: &TapMajor, bias: &[f32]) -> (Vec<
 }
 
 /// cubek's implicit GEMM, reading the bordered input with no padding (the border is the
-/// padding) and writing the sums, bias included.
+/// padding): a 3x3 convolution with its epilogue in cubek's store (`super::super::epilogue`),
+/// a transposed one's products, bias included, into the sums.
 mod tensor_cores {
     use std::collections::HashMap;
     use std::sync::{LazyLock, Mutex};
@@ -507,6 +513,7 @@ mod tensor_cores {
     };
     use cubek::std::{InputBinding, MatrixLayout};
 
+    use super::super::epilogue;
     use super::{Conv, Op};
 
     /// A contiguous tensor of `shape` over `handle`.
@@ -538,8 +545,9 @@ mod tensor_cores {
     /// where no cut does.
     static FITTED: LazyLock<Mutex<HashMap<FitKey, Option<u32>>>> = LazyLock::new(Default::default);
 
-    /// `conv`'s layer in its GEMM form into `conv.sums`: a 3x3 convolution's sums, or a
-    /// transposed convolution's products at every bordered pixel (the border's are unused).
+    /// `conv`'s layer in its GEMM form: a 3x3 convolution's outputs through ReLU into its
+    /// output's interior, or a transposed convolution's products into `conv.sums` at every
+    /// bordered pixel (the border's are unused).
     ///
     /// cubek sizes a cube's stage from the planes a cube may hold, not from the shared
     /// memory it has: lavapipe (32 KiB) refuses its choice at every shape, an H200 (227 KiB)
@@ -627,13 +635,13 @@ mod tensor_cores {
     }
 
     impl Gemm<'_> {
-        /// The kernel's side and the output's shape: a 3x3 convolution's sums, or a
-        /// transposed one's four products a pixel at every bordered pixel.
+        /// The kernel's side and the GEMM's output as an image: a 3x3 convolution's outputs,
+        /// or a transposed one's four products a pixel at every bordered pixel.
         fn kernel_and_output(&self) -> (usize, [usize; 4]) {
             let (n, h, w) = self.conv.shape;
             let outputs = self.conv.layer.outputs;
             match self.conv.op {
-                Op::Conv3x3 => (3, [n, h, w, outputs]),
+                Op::Conv3x3 { .. } => (3, [n, h, w, outputs]),
                 Op::Up2x2 { .. } => (1, [n, h + 2, w + 2, 4 * outputs]),
             }
         }
@@ -726,29 +734,39 @@ mod tensor_cores {
             let (n, h, w) = conv.shape;
             let layer = &conv.layer;
             let (kernel, out) = self.kernel_and_output();
-            let (gemm_weight, gemm_bias) = (self.weight, self.bias);
-            launch_ref::<2>(
-                strategy,
-                &conv.client,
-                ConvolutionInputs::Forward {
-                    input: InputBinding::new(
-                        tensor(&conv.input, [n, h + 2, w + 2, layer.inputs]),
-                        elem,
-                    ),
-                    weight: InputBinding::new(
-                        tensor(gemm_weight, [out[3], kernel, kernel, layer.inputs]),
-                        elem,
-                    ),
-                    bias: Some(InputBinding::new(tensor(gemm_bias, [out[3]]), elem)),
-                    out: tensor(&conv.sums, out),
-                },
-                ConvolutionArgs {
-                    stride: [1, 1],
-                    padding: [0, 0],
-                    dilation: [1, 1],
-                },
-                MatmulElems::from_globals(&self.globals()),
-            )
+            let input =
+                InputBinding::new(tensor(&conv.input, [n, h + 2, w + 2, layer.inputs]), elem);
+            let weight = InputBinding::new(
+                tensor(self.weight, [out[3], kernel, kernel, layer.inputs]),
+                elem,
+            );
+            let bias = InputBinding::new(tensor(self.bias, [out[3]]), elem);
+            let dtypes = MatmulElems::from_globals(&self.globals());
+            match &conv.op {
+                Op::Conv3x3 { output, stride } => epilogue::launch(
+                    strategy,
+                    &conv.client,
+                    [input, weight, bias],
+                    tensor(output, [n, h + 2, w + 2, *stride]),
+                    dtypes,
+                ),
+                Op::Up2x2 { .. } => launch_ref::<2>(
+                    strategy,
+                    &conv.client,
+                    ConvolutionInputs::Forward {
+                        input,
+                        weight,
+                        bias: Some(bias),
+                        out: tensor(&conv.sums, out),
+                    },
+                    ConvolutionArgs {
+                        stride: [1, 1],
+                        padding: [0, 0],
+                        dilation: [1, 1],
+                    },
+                    dtypes,
+                ),
+            }
         }
     }
 }
@@ -783,40 +801,49 @@ mod tests {
             bias: bias.clone(),
             gemm: None,
         };
-        let sums_len = n * h * w * outputs;
+        let image_len = (h + 2) * (w + 2) * outputs;
+        let bordered = |values: &[f32]| Op::Conv3x3 {
+            output: upload(values),
+            stride: outputs,
+        };
         let conv = Conv {
             client: client.clone(),
             layer,
             input: upload(&values(n * (h + 2) * (w + 2) * inputs, 3)),
-            sums: upload(&vec![0.0; sums_len]),
+            sums: upload(&[0.0]),
             shape: (n, h, w),
-            op: Op::Conv3x3,
+            op: bordered(&vec![0.0; n * image_len]),
         };
         let key = ConvKey::new("conv3x3".into(), n, h, w, inputs, outputs, "f32".into());
         let winner =
             Candidate::TensorCores(ConvAlgorithm::SpecializedTma, AcceleratedTileKind::Mma);
-        let read =
-            |sums: &Handle| f32::from_bytes(&client.read_one(sums.clone()).unwrap()).to_vec();
+        let read = |conv: &Conv| {
+            let Op::Conv3x3 { output, .. } = &conv.op else {
+                unreachable!("a 3x3 convolution")
+            };
+            f32::from_bytes(&client.read_one(output.clone()).unwrap()).to_vec()
+        };
 
         Candidate::Portable.run::<f32>(&conv).unwrap();
-        let portable = read(&conv.sums);
-        assert_eq!(first_image::<f32>(&conv).unwrap(), portable[..sums_len / n]);
+        let portable = read(&conv);
+        assert_eq!(first_image::<f32>(&conv).unwrap(), portable[..image_len]);
         assert_eq!(
             check_against_portable::<f32>(winner, &conv, &key),
             Ok(winner)
         );
 
+        // The first image's pixel (0, 0), last channel: bordered pixel (1, 1).
         let mut garbage = portable.clone();
-        garbage[sums_len / n - 1] += 1.0;
+        garbage[(w + 2 + 1) * outputs + outputs - 1] += 1.0;
         let conv = Conv {
-            sums: upload(&garbage),
+            op: bordered(&garbage),
             ..conv
         };
         assert_eq!(
             check_against_portable::<f32>(winner, &conv, &key),
             Ok(Candidate::Portable)
         );
-        assert_eq!(read(&conv.sums), portable);
+        assert_eq!(read(&conv), portable);
     }
 
     #[test]
