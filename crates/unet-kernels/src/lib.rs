@@ -2,9 +2,9 @@
 //! activations stored as `F` (f32 or f16) and summed in f32 (as cuDNN and PyTorch do for f16).
 //!
 //! Every activation lives in a *bordered* buffer, `[n, height + 2, width + 2, stride]`: its
-//! one-pixel border repeats the edge pixels (replicate padding), written by the kernel that
-//! produces the image, so a 3x3 convolution reads its nine taps with neither a padding pass
-//! nor clamping. A buffer may hold two layers' outputs side by side in its channels (the
+//! one-pixel border repeats the edge pixels (replicate padding), written right after the
+//! image (by [`replicate_border`], or by the kernel that writes the image), so a 3x3
+//! convolution reads its nine taps with neither a padding pass nor clamping. A buffer may hold two layers' outputs side by side in its channels (the
 //! decoder's concatenation: the upsampled channels first, then the skip, as PyTorch's
 //! `cat([up(x), skip], dim=1)`), so each producer writes its channels at an offset and the
 //! skip is never copied.
@@ -15,9 +15,9 @@
 //!   main loop (cubek's, with this epilogue in its store) writes it too; then
 //!   [`replicate_border`], the border around what it wrote, and where a level ends
 //!   [`max_pool_bordered`], each 2x2 block's max into the next level's input;
-//! - [`up2x2`]: the 2x2 stride-2 transposed convolution, into its half of a concatenation;
-//!   or, where a GEMM computed its products (one 1x1 convolution to four times the channels),
-//!   [`scatter2x2`], which only places them;
+//! - [`up2x2`]: the 2x2 stride-2 transposed convolution, into the interior of its half of a
+//!   concatenation (on tensor cores, one 1x1 GEMM to four times the channels scattered in its
+//!   store); then [`replicate_border`];
 //! - [`head`]: the 1x1 convolution, the sigmoid and the max over channels in one kernel, so
 //!   only the per-pixel map leaves the device (or every channel's sigmoid, for the raw output).
 //!
@@ -293,8 +293,8 @@ fn up_tap(position: usize, width: usize, outputs: usize) -> usize {
 }
 
 /// Stores `value` as output value `position` of the transposed convolution (as in
-/// [`up_source`]): channel `position % outputs` of a bordered output of `stride` channels,
-/// twice the size.
+/// [`up_source`]): channel `position % outputs` of the interior of a bordered output of
+/// `stride` channels, twice the size.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn store_up<F: Float>(
@@ -310,22 +310,13 @@ fn store_up<F: Float>(
     let x = pixel % (2 * width);
     let y = (pixel / (2 * width)) % (2 * height);
     let image = pixel / (4 * width * height);
-    store_bordered(
-        output,
-        value,
-        image,
-        y,
-        x,
-        2 * height,
-        2 * width,
-        stride,
-        position % outputs,
-    );
+    let at = bordered_at(image, y + 1, x + 1, 2 * height, 2 * width);
+    output[at * stride + position % outputs] = value;
 }
 
 /// The 2x2 stride-2 transposed convolution of a bordered input (`height` x `width`) into
-/// channels `0..outputs` of a bordered output of `stride` channels, twice the size; weights
-/// `[(dy * 2 + dx) * inputs + c][o]`.
+/// channels `0..outputs` of the interior of a bordered output of `stride` channels, twice the
+/// size; weights `[(dy * 2 + dx) * inputs + c][o]`. The border is [`replicate_border`]'s.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn up2x2<F: Float>(
@@ -361,31 +352,6 @@ pub fn up2x2<F: Float>(
         outputs,
         stride,
     );
-}
-
-/// The 2x2 stride-2 transposed convolution's scatter, when its products come from a GEMM:
-/// `sums` holds, for every pixel of the bordered input (`height` x `width`), the four output
-/// pixels it makes, `[(dy * 2 + dx) * outputs + o]`, bias included (a 1x1 convolution to
-/// `4 * outputs` channels); each goes to pixel `(2y + dy, 2x + dx)`, channel `o`, of the
-/// bordered output (`stride` channels, twice the size), as [`up2x2`] stores it.
-#[cube(launch_unchecked)]
-pub fn scatter2x2<F: Float>(
-    sums: &[F],
-    output: &mut [F],
-    units: usize,
-    height: usize,
-    width: usize,
-    outputs: usize,
-    stride: usize,
-) {
-    let position = ABSOLUTE_POS;
-    if position >= units {
-        terminate!();
-    }
-    let source = up_source(position, height, width, outputs) * 4 * outputs;
-    let tap = up_tap(position, width, outputs);
-    let value = sums[source + tap * outputs + position % outputs];
-    store_up(output, value, position, height, width, outputs, stride);
 }
 
 /// The head's logit for output channel `o` at `source`, the first channel of a pixel in a

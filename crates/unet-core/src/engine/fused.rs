@@ -43,10 +43,8 @@ struct Layer {
     gemm: Option<(Handle, Handle)>,
 }
 
-/// What a forward's convolutions share: the buffer of sums, and where their times go when
-/// profiled.
+/// What a forward's convolutions share: where their times go when profiled.
 struct Pass<'a> {
-    sums: &'a Handle,
     times: Option<&'a mut Vec<LayerTime>>,
 }
 
@@ -94,10 +92,10 @@ impl<'a> Store<'a> {
 }
 
 /// The UNet on a CubeCL device: NHWC activations and weights stored as `F` (`f32` or
-/// `half::f16`), sums in f32; per 3x3 convolution a main loop that stores through ReLU into
-/// its bordered output, then a pass for the border and, where a level ends, one for the
-/// pooling; per transposed convolution a main loop (direct, or a GEMM and a scatter:
-/// `fused/main_loop.rs`); one kernel for the input and one for the head; no host
+/// `half::f16`), sums in f32; per convolution a main loop that stores into the interior of
+/// its bordered output (`fused/main_loop.rs`: a 3x3 convolution's through ReLU, a transposed
+/// one's into its half of the decoder's concatenation), then a pass for the border and, where
+/// a level ends, one for the pooling; one kernel for the input and one for the head; no host
 /// synchronisation inside a forward.
 pub struct FusedUnet<F> {
     client: Client,
@@ -127,9 +125,6 @@ struct Buffers {
     joins: Vec<Handle>,
     /// The level's last output: the encoder's at the deepest level, the decoder's above.
     outputs: Vec<Handle>,
-    /// A transposed convolution's products on tensor cores, the largest's size (one value
-    /// where no main loop runs on tensor cores).
-    sums: Handle,
 }
 
 /// `values` as `F` on the device.
@@ -255,21 +250,10 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 l => bordered(l, self.decoder_at(l)[2].outputs),
             })
             .collect();
-        // The transposed convolution up from level l + 1, on tensor cores: four products per
-        // output channel at every bordered input pixel.
-        let sums = if self.main_loop.may_use_tensor_cores() {
-            (0..LEVELS - 1)
-                .map(|l| bordered(l + 1, 4 * self.decoder_at(l)[0].outputs))
-                .max()
-                .unwrap_or(1)
-        } else {
-            1
-        };
-
         let largest = [&inputs, &middles, &joins, &outputs]
             .into_iter()
             .flatten()
-            .fold(sums, |largest, &values| largest.max(values));
+            .fold(0, |largest, &values| largest.max(values));
         let most = ADDRESSABLE / largest.max(1);
         if batch > most {
             return Err(PredictError::BatchTooLarge {
@@ -287,7 +271,6 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             middles: middles.iter().map(empty).collect(),
             joins: joins.iter().map(empty).collect(),
             outputs: outputs.iter().map(empty).collect(),
-            sums: empty(&sums),
         })
     }
 
@@ -342,10 +325,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             *cached = Some(self.allocate(n, height, width)?);
         }
         let buffers = cached.as_ref().expect("allocated above");
-        let mut pass = Pass {
-            sums: &buffers.sums,
-            times,
-        };
+        let mut pass = Pass { times };
 
         // The bytes as they are, read by the kernel four to a little-endian word (every
         // runtime reads words), the last word padded.
@@ -450,7 +430,6 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         shape: (usize, usize, usize),
         pass: &mut Pass,
     ) -> Result<(), PredictError> {
-        let sums = pass.sums.clone();
         self.timed(layer, shape, 9, pass, || {
             let (n, h, w) = shape;
             let (channels, stride) = (layer.outputs, store.stride);
@@ -458,31 +437,22 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 output: store.output.clone(),
                 stride,
             };
-            let ran = self.launch_main_loop(layer, input, &sums, shape, op)?;
-            let output_len = n * (h + 2) * (w + 2) * stride;
-            let border = n * (2 * (w + 2) + 2 * h) * channels;
-            // SAFETY: every buffer holds the length given with it (`allocate`), and the
-            // kernels' `units` keep them inside them.
-            unsafe {
-                replicate_border::launch_unchecked::<F>(
-                    &self.client,
-                    cube_count(border),
-                    CubeDim::new_1d(UNITS),
-                    BufferArg::from_raw_parts(store.output.clone(), output_len),
-                    border,
-                    h,
-                    w,
-                    channels,
-                    stride,
-                    stride - channels,
-                );
-                if let Some(pooled) = store.pooled {
-                    let units = n * (h / 2) * (w / 2) * channels;
+            let ran = self.launch_main_loop(layer, input, shape, op)?;
+            let offset = stride - channels;
+            self.replicate_border(store.output, shape, channels, stride, offset);
+            if let Some(pooled) = store.pooled {
+                let units = n * (h / 2) * (w / 2) * channels;
+                // SAFETY: every buffer holds the length given with it (`allocate`), and the
+                // kernel's `units` keep it inside them.
+                unsafe {
                     max_pool_bordered::launch_unchecked::<F>(
                         &self.client,
                         cube_count(units),
                         CubeDim::new_1d(UNITS),
-                        BufferArg::from_raw_parts(store.output.clone(), output_len),
+                        BufferArg::from_raw_parts(
+                            store.output.clone(),
+                            n * (h + 2) * (w + 2) * stride,
+                        ),
                         BufferArg::from_raw_parts(
                             pooled.clone(),
                             n * (h / 2 + 2) * (w / 2 + 2) * channels,
@@ -492,10 +462,10 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                         w,
                         channels,
                         stride,
-                        stride - channels,
-                    );
-                }
-            };
+                        offset,
+                    )
+                };
+            }
             Ok(ran)
         })
     }
@@ -511,14 +481,45 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         stride: usize,
         pass: &mut Pass,
     ) -> Result<(), PredictError> {
-        let sums = pass.sums.clone();
         let op = Op::Up2x2 {
             output: output.clone(),
             stride,
         };
         self.timed(layer, shape, 4, pass, || {
-            self.launch_main_loop(layer, input, &sums, shape, op)
+            let ran = self.launch_main_loop(layer, input, shape, op)?;
+            let (n, h, w) = shape;
+            self.replicate_border(output, (n, 2 * h, 2 * w), layer.outputs, stride, 0);
+            Ok(ran)
         })
+    }
+
+    /// Writes the border around channels `offset..offset + channels` of `output`, bordered
+    /// images of `shape` = (batch, height, width) whose pixels hold `stride` channels.
+    fn replicate_border(
+        &self,
+        output: &Handle,
+        (n, h, w): (usize, usize, usize),
+        channels: usize,
+        stride: usize,
+        offset: usize,
+    ) {
+        let units = n * (2 * (w + 2) + 2 * h) * channels;
+        // SAFETY: the buffer holds the length given with it (`allocate`), and the kernel's
+        // `units` keep it inside it.
+        unsafe {
+            replicate_border::launch_unchecked::<F>(
+                &self.client,
+                cube_count(units),
+                CubeDim::new_1d(UNITS),
+                BufferArg::from_raw_parts(output.clone(), n * (h + 2) * (w + 2) * stride),
+                units,
+                h,
+                w,
+                channels,
+                stride,
+                offset,
+            )
+        };
     }
 
     /// Launches `layer`'s main loop for `op`; returns what ran it.
@@ -526,7 +527,6 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         &self,
         layer: &Layer,
         input: &Handle,
-        sums: &Handle,
         shape: (usize, usize, usize),
         op: Op,
     ) -> Result<Candidate, PredictError> {
@@ -534,7 +534,6 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             client: self.client.clone(),
             layer: layer.clone(),
             input: input.clone(),
-            sums: sums.clone(),
             shape,
             op,
         };

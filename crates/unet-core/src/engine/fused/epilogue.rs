@@ -1,15 +1,23 @@
-//! A 3x3 convolution's epilogue inside cubek's store: each value cubek's implicit GEMM writes
-//! (its sum, bias included, cast to the storage type) goes through ReLU into the interior of
-//! the layer's bordered output, at its pixel shifted past the border and at its channels in
-//! the pixel. So the sums never make a round trip through memory of their own; what is left
-//! for a pass after is the one-pixel border and, where a level ends, the 2x2 max pooling
+//! The convolutions' epilogues inside cubek's store. Each value cubek's implicit GEMM writes
+//! (its sum, bias included, cast to the storage type) goes straight into the interior of the
+//! layer's bordered output:
+//! - a 3x3 convolution's through ReLU, at its pixel shifted past the border, at the layer's
+//!   channels of the pixel;
+//! - a 2x2 stride-2 transposed convolution's (one 1x1 GEMM to four times the channels over
+//!   the bordered input) scattered: input pixel `(y, x)`'s product for sub-pixel `(dy, dx)`
+//!   and channel `o` to output pixel `(2y + dy, 2x + dx)`, channel `o`, of an output twice the
+//!   size.
+//!
+//! So no buffer of sums or products makes a round trip through memory; what is left for a
+//! pass after is the one-pixel border and, where a level ends, the 2x2 max pooling
 //! (unet-kernels' `replicate_border` and `max_pool_bordered`).
 //!
 //! cubek 0.3.1 has no epilogue hook of its own; its kernels take their arguments through
-//! cubek-matmul's `MatmulArgs`, as Burn's fusion feeds its fused matmuls. [`ReluArgs`] wraps
+//! cubek-matmul's `MatmulArgs`, as Burn's fusion feeds its fused matmuls. [`StoreArgs`] wraps
 //! cubek's own arguments (the same inputs and loaders): its output view is cubek's over
-//! [`BorderedLayout`], wrapped so that every write is ReLU'd. [`launch`] is cubek-convolution's
-//! forward launcher (`launch_ref` down to `launch_kernel_concrete`) with these arguments.
+//! [`BorderedLayout`], wrapped so that every write is ReLU'd where `RELU`. [`launch`] is
+//! cubek-convolution's forward launcher (`launch_ref` down to `launch_kernel_concrete`) with
+//! these arguments.
 
 use std::marker::PhantomData;
 
@@ -53,17 +61,27 @@ use cubek::matmul::multi_level::routines::TilingArgs;
 use cubek::matmul::routine::BlueprintStrategy;
 use cubek::std::{InputBinding, MatrixLayout};
 
-/// Where cubek's output element `(m, n)` goes: GEMM row `m` is pixel `(y, x)` of an image
-/// (rows run over the images' pixels in order), stored at bordered pixel `(y + 1, x + 1)`,
-/// channel `channel_offset + n`, of a buffer `[batch, height + 2, width + 2, stride]` (the
-/// [`NhwcLayout`] under it turns that into an index).
+/// Where cubek's output element `(m, n)` goes. GEMM row `m` is pixel `(y, x)` of an image
+/// `height` x `width` (rows run over the images' pixels in order). For a 3x3 convolution
+/// that is output pixel `(y + 1, x + 1)` of a bordered buffer, channel `channel_offset + n`.
+/// With `scatter` (a transposed convolution's GEMM) it is a pixel of the bordered input and
+/// column `n` is sub-pixel `n / outputs` = `dy * 2 + dx`, channel `o = n % outputs`: output
+/// pixel `(2y + dy - 1, 2x + dx - 1)`, channel `channel_offset + o`, of a bordered buffer
+/// `out_height` x `out_width`; the border's products are out of bounds, and where written
+/// unchecked they land in the output's border (clamped to it), which the border pass
+/// rewrites. The [`NhwcLayout`] under it turns a pixel and channel into an index.
 #[derive(CubeType, CubeLaunch, Clone)]
 pub struct BorderedLayout {
     width: FastDivmod<u32>,
     height: FastDivmod<u32>,
+    outputs: FastDivmod<u32>,
+    out_height: u32,
+    out_width: u32,
     rows: u32,
     cols: u32,
     channel_offset: u32,
+    #[cube(comptime)]
+    scatter: bool,
     #[cube(comptime)]
     config: GlobalLayoutConfig,
 }
@@ -78,12 +96,23 @@ impl Layout for BorderedLayout {
         let (rest, x) = self.width.div_mod(m);
         let (image, y) = self.height.div_mod(rest);
         let mut spatial = Sequence::new();
-        spatial.push((y + 1) as i32);
-        spatial.push((x + 1) as i32);
+        let mut channel = n;
+        if self.scatter.comptime() {
+            let (tap, o) = self.outputs.div_mod(n);
+            let (dy, dx) = (tap / 2, tap % 2);
+            let out_y = clamp(2 * y + dy, 1, self.out_height) - 1;
+            let out_x = clamp(2 * x + dx, 1, self.out_width) - 1;
+            spatial.push(out_y as i32);
+            spatial.push(out_x as i32);
+            channel = o;
+        } else {
+            spatial.push((y + 1) as i32);
+            spatial.push((x + 1) as i32);
+        }
         NhwcCoords {
             batch: image,
             spatial,
-            channel: n + self.channel_offset,
+            channel: channel + self.channel_offset,
         }
     }
 
@@ -97,7 +126,16 @@ impl Layout for BorderedLayout {
 
     fn is_in_bounds(&self, pos: Self::Coordinates) -> bool {
         let (_, row, col) = pos;
-        (!self.config.check_row_bounds || row < self.rows)
+        let mut inside = true.runtime();
+        if self.scatter.comptime() {
+            // The bordered input's own border has no output pixels.
+            let (rest, x) = self.width.div_mod(row);
+            let y = self.height.div_mod(rest).1;
+            let (high, wide) = (self.out_height / 2, self.out_width / 2);
+            inside = y >= 1 && y < high && x >= 1 && x < wide;
+        }
+        inside
+            && (!self.config.check_row_bounds || row < self.rows)
             && (!self.config.check_col_bounds || col < self.cols)
     }
 }
@@ -113,9 +151,11 @@ pub struct BorderedOutput<EO: CubePrimitive> {
 impl<EO: CubePrimitive, A: BatchMatmulRoutine<RuntimeArgs>> ConcreteOutputFactory<A>
     for BorderedOutput<EO>
 {
-    /// `out` is the whole bordered buffer, `[batch, height + 2, width + 2, stride]`; the
-    /// layer's channels are the last `problem.n` of each pixel (a level's skip comes after
-    /// the upsampled channels in the decoder's concatenation; any other output is all its own).
+    /// `out` is the whole bordered output, `[batch, out_height, out_width, stride]`. A 3x3
+    /// convolution's channels are the last `problem.n` of each pixel (a level's skip comes
+    /// after the upsampled channels in the decoder's concatenation; any other output is all
+    /// its own). A 1x1 GEMM here is a transposed convolution's: its channels, `problem.n / 4`,
+    /// are the first of each pixel.
     fn create(
         out: TensorBinding,
         blueprint: &A::Blueprint,
@@ -123,12 +163,21 @@ impl<EO: CubePrimitive, A: BatchMatmulRoutine<RuntimeArgs>> ConcreteOutputFactor
         _dtypes: &MatmulElems,
     ) -> Self::RuntimeArg {
         let [height, width] = [problem.out_shape[0], problem.out_shape[1]].map(|s| s as u32);
+        let scatter = problem.kernel_size[0] == 1;
+        let (outputs, channel_offset) = match scatter {
+            true => (problem.n / 4, 0),
+            false => (problem.n, out.shape[3] - problem.n),
+        };
         let layout = BorderedLayoutLaunch::new(
             width,
             height,
+            outputs as u32,
+            out.shape[1] as u32,
+            out.shape[2] as u32,
             problem.m as u32,
             problem.n as u32,
-            (out.shape[3] - problem.n) as u32,
+            channel_offset as u32,
+            scatter,
             blueprint.out_global_layout_config(),
         );
         let layout = ChainLaunch::new(NhwcLayoutLaunch::unchecked(), layout);
@@ -139,18 +188,18 @@ impl<EO: CubePrimitive, A: BatchMatmulRoutine<RuntimeArgs>> ConcreteOutputFactor
     }
 }
 
-/// cubek's arguments `Inner`, its output through [`BorderedOutput`] and ReLU.
+/// cubek's arguments `Inner`, its output through [`BorderedOutput`], and ReLU if `RELU`.
 #[derive(Clone)]
-pub struct ReluArgs<Inner> {
+pub struct StoreArgs<Inner, const RELU: bool> {
     _inner: PhantomData<Inner>,
 }
 
-/// `MatmulArgs` for [`ReluArgs`] over one of cubek's argument types: everything as `$inner`
+/// `MatmulArgs` for [`StoreArgs`] over one of cubek's argument types: everything as `$inner`
 /// has it, but the output.
-macro_rules! relu_args {
+macro_rules! store_args {
     ($inner:ty, $inputs:ident) => {
         #[cube]
-        impl MatmulArgs for ReluArgs<$inner> {
+        impl<const RELU: bool> MatmulArgs for StoreArgs<$inner, RELU> {
             type Input<Lhs: CubePrimitive, Rhs: CubePrimitive, EO: CubePrimitive> =
                 cubek::matmul::multi_level::args::$inputs<Lhs, Rhs, EO>;
             type Output<EO: CubePrimitive> = BorderedOutput<EO>;
@@ -218,7 +267,7 @@ macro_rules! relu_args {
             fn view_out<Lhs: CubePrimitive, Rhs: CubePrimitive, EO: CubePrimitive>(
                 state: &Self::State<Lhs, Rhs, EO>,
             ) -> ViewMut<'_, EO, BatchedCoords> {
-                relu_view::<EO>(<$inner as MatmulArgs>::view_out::<Lhs, Rhs, EO>(state))
+                activated::<RELU, EO>(<$inner as MatmulArgs>::view_out::<Lhs, Rhs, EO>(state))
             }
 
             fn batch_out<Lhs: CubePrimitive, Rhs: CubePrimitive, EO: CubePrimitive>(
@@ -237,10 +286,12 @@ macro_rules! relu_args {
     };
 }
 
-relu_args!(TensorArgs<RuntimeArgs>, TensorInputs);
-relu_args!(TensorMapArgs<RuntimeArgs>, TensorMapInputs);
+store_args!(TensorArgs<RuntimeArgs>, TensorInputs);
+store_args!(TensorMapArgs<RuntimeArgs>, TensorMapInputs);
 
-impl<A: BatchMatmulRoutine<RuntimeArgs>> ConcreteArgs<A> for ReluArgs<TensorArgs<RuntimeArgs>> {
+impl<A: BatchMatmulRoutine<RuntimeArgs>, const RELU: bool> ConcreteArgs<A>
+    for StoreArgs<TensorArgs<RuntimeArgs>, RELU>
+{
     fn adjust_problem(
         client: &Client,
         problem: ConvolutionProblem,
@@ -253,8 +304,8 @@ impl<A: BatchMatmulRoutine<RuntimeArgs>> ConcreteArgs<A> for ReluArgs<TensorArgs
     }
 }
 
-impl<A: BatchMatmulRoutine<RuntimeArgs, Blueprint = BatchMatmulBlueprint>> ConcreteArgs<A>
-    for ReluArgs<TensorMapArgs<RuntimeArgs>>
+impl<A: BatchMatmulRoutine<RuntimeArgs, Blueprint = BatchMatmulBlueprint>, const RELU: bool>
+    ConcreteArgs<A> for StoreArgs<TensorMapArgs<RuntimeArgs>, RELU>
 {
     fn adjust_problem(
         client: &Client,
@@ -268,13 +319,16 @@ impl<A: BatchMatmulRoutine<RuntimeArgs, Blueprint = BatchMatmulBlueprint>> Concr
     }
 }
 
-/// `inner` with every value written through ReLU.
+/// `inner`, with every value written through ReLU if `RELU`.
 #[cube]
 #[allow(unused_variables)]
-fn relu_view<'a, E: CubePrimitive>(
+fn activated<'a, const RELU: bool, E: CubePrimitive>(
     inner: ViewMut<'a, E, BatchedCoords>,
 ) -> ViewMut<'a, E, BatchedCoords> {
-    intrinsic!(|scope| ViewMutExpand::new(scope, ReluViewExpand { inner }))
+    intrinsic!(|scope| match RELU {
+        true => ViewMutExpand::new(scope, ReluViewExpand { inner }),
+        false => inner,
+    })
 }
 
 /// `max(value, 0)`, in f32 (exact for f16 and f32 storage, ReLU's 0 included).
@@ -284,7 +338,7 @@ fn relu<E: CubePrimitive>(value: E) -> E {
     E::cast_from(max(value, Vector::new(0.0)))
 }
 
-/// The expand side of [`relu_view`]'s view: reads and everything else as `inner`'s.
+/// The expand side of [`activated`]'s ReLU view: reads and everything else as `inner`'s.
 #[derive(Clone)]
 struct ReluViewExpand<'a, E: CubePrimitive> {
     inner: ViewMutExpand<'a, E, BatchedCoords>,
@@ -381,11 +435,14 @@ impl<E: CubePrimitive> ViewOperationsMutExpand<E, BatchedCoords> for ReluViewExp
     }
 }
 
-/// The 3x3 convolution of `input` (bordered, `[batch, height + 2, width + 2, inputs]`, read
-/// with no padding: the border is the padding) by `weight` (`[outputs, 3, 3, inputs]`) plus
-/// `bias`, through ReLU into the last `outputs` channels of `out`'s interior (`[batch, height
-/// + 2, width + 2, stride]`), by cubek's `algorithm` on `tile_kind` tiles, or the blueprint a
-/// `Strategy::Forced` gives.
+/// A convolution of `input` (bordered, `[batch, height + 2, width + 2, inputs]`, read with
+/// no padding: the border is the padding) by `weight` plus `bias`, into `out`'s interior
+/// (bordered, pixels of `stride` channels), by cubek's `algorithm` on `tile_kind` tiles, or
+/// the blueprint a `Strategy::Forced` gives. A 3x3 `weight`, `[outputs, 3, 3, inputs]`, is a
+/// 3x3 convolution, stored through ReLU into the last `outputs` channels of an output of the
+/// input's size; a 1x1 one, `[4 * outputs, 1, 1, inputs]`, a 2x2 stride-2 transposed
+/// convolution's GEMM, scattered into the first `outputs` channels of an output twice the
+/// size (no ReLU: the decoder concatenates it as it is).
 pub fn launch(
     strategy: &Strategy,
     client: &Client,
@@ -440,15 +497,17 @@ struct Operands<'a> {
 
 impl Operands<'_> {
     /// cubek-convolution 0.3.1's forward launch (`launch_with_routine`, `launch_kernel`) for
-    /// routine `Rt`, a stride-1, unpadded, undilated 2-d convolution whose output is the
-    /// bordered buffer's interior: the problem's output shape is the input's less the border.
-    /// `forced` is a blueprint, or the tile kind for cubek to infer one with.
+    /// routine `Rt`, a stride-1, unpadded, undilated 2-d convolution: its GEMM's rows are the
+    /// output pixels of a 3x3 convolution (the input's less the border), or every bordered
+    /// input pixel of a transposed convolution's 1x1 GEMM. `forced` is a blueprint, or the
+    /// tile kind for cubek to infer one with.
     fn launch<Rt: Routine<Blueprint = BatchMatmulBlueprint>>(
         self,
         forced: Result<BatchMatmulBlueprint, AcceleratedTileKind>,
     ) -> Result<(), ConvSetupError>
     where
-        ReluArgs<Rt::Args>: ConcreteArgs<Rt::MatmulRoutine>,
+        StoreArgs<Rt::Args, true>: ConcreteArgs<Rt::MatmulRoutine>,
+        StoreArgs<Rt::Args, false>: ConcreteArgs<Rt::MatmulRoutine>,
         Rt::Strategy: TilingArgs,
     {
         let Operands {
@@ -488,8 +547,12 @@ impl Operands<'_> {
 
         let in_shape = &input.data().shape;
         let (batch, channels) = (in_shape[0], in_shape[3]);
-        let out_shape = [in_shape[1] - 2, in_shape[2] - 2];
-        let out_channels = weight.data().shape[0];
+        let (out_channels, kernel) = (weight.data().shape[0], weight.data().shape[1]);
+        let conv3x3 = kernel == 3;
+        let (out_shape, per_pixel) = match conv3x3 {
+            true => ([in_shape[1] - 2, in_shape[2] - 2], out_channels),
+            false => ([in_shape[1], in_shape[2]], out_channels / 4),
+        };
         let address_type = input
             .required_address_type()
             .max(weight.required_address_type())
@@ -498,12 +561,12 @@ impl Operands<'_> {
         let problem = ConvolutionProblem {
             m: batch * out_shape[0] * out_shape[1],
             n: out_channels,
-            k: channels * 9,
+            k: channels * kernel * kernel,
             lhs_strides: input.data().strides.clone(),
             rhs_strides: weight.data().strides.clone(),
             lhs_layout: MatrixLayout::RowMajor,
             rhs_layout: MatrixLayout::ColMajor,
-            kernel_size: vec![3, 3],
+            kernel_size: vec![kernel as u32; 2],
             stride: vec![1, 1],
             padding: vec![0, 0],
             dilation: vec![1, 1],
@@ -519,8 +582,8 @@ impl Operands<'_> {
             address_type,
         };
 
-        // The output's vectors run along a pixel's channels: `out`'s strides and channel
-        // count bound them, as a plain NHWC output's would.
+        // The output's vectors run along one output pixel's channels: `out`'s strides and the
+        // channels a GEMM row gives each pixel bound them.
         let vector_sizes = AvailableVectorSizes::from_type_sizes(
             client,
             input.data_elem_size(),
@@ -538,19 +601,33 @@ impl Operands<'_> {
             MatrixLayout::RowMajor,
         )
         .filter_out_with_tensor(&out.strides, &out.shape)
-        .filter_out(|vector| out_channels.is_multiple_of(*vector));
+        .filter_out(|vector| per_pixel.is_multiple_of(*vector));
         let vector_sizes = Rt::filter_vector_sizes(vector_sizes).pick_max()?;
 
-        launch_kernel_concrete::<ReluArgs<Rt::Args>, Rt::MatmulRoutine>(
-            client,
-            input,
-            weight,
-            Some(bias),
-            out,
-            problem,
-            vector_sizes,
-            &strategy,
-            &dtypes,
-        )
+        let (bias, strategy) = (Some(bias), &strategy);
+        match conv3x3 {
+            true => launch_kernel_concrete::<StoreArgs<Rt::Args, true>, Rt::MatmulRoutine>(
+                client,
+                input,
+                weight,
+                bias,
+                out,
+                problem,
+                vector_sizes,
+                strategy,
+                &dtypes,
+            ),
+            false => launch_kernel_concrete::<StoreArgs<Rt::Args, false>, Rt::MatmulRoutine>(
+                client,
+                input,
+                weight,
+                bias,
+                out,
+                problem,
+                vector_sizes,
+                strategy,
+                &dtypes,
+            ),
+        }
     }
 }

@@ -1,8 +1,10 @@
-//! What computes the fused engine's products, its *main loops*: for a 3x3 convolution its
-//! outputs through ReLU into its bordered buffer's interior (the border and pooling after them
-//! are shared), for a 2x2 stride-2 transposed convolution its output. Either runs on unet-kernels' portable kernels, or on cubek's implicit GEMM on
-//! tensor cores, in one of cubek's algorithms and tile kinds (the transposed convolution as one
-//! 1x1 convolution to four times the channels, then a scatter). In f16 every layer shape runs
+//! What computes the fused engine's products, its *main loops*: each writes a layer's outputs
+//! into the interior of its bordered buffer (the border and pooling passes after them are
+//! shared), a 3x3 convolution's through ReLU, a 2x2 stride-2 transposed convolution's as they
+//! are. Either runs on unet-kernels' portable kernels, or on cubek's implicit GEMM on tensor
+//! cores with the store in its epilogue (`fused/epilogue.rs`), in one of cubek's algorithms and
+//! tile kinds (the transposed convolution as one 1x1 convolution to four times the channels,
+//! scattered as it is stored). In f16 every layer shape runs
 //! the fastest of them that runs at all, measured on the shape's first use by cubecl's
 //! autotune and kept on disk where cubecl's `persistence` is built in (the `cuda` feature), so
 //! a second process starts without the search. Each process checks a tuned winner's values once
@@ -20,7 +22,7 @@ use cubecl::server::Handle;
 use cubecl::tune::{LocalTuner, Tunable, TunableSet, TuneGroup, local_tuner};
 use cubek::convolution::{AcceleratedTileKind, ConvAlgorithm};
 use serde::{Deserialize, Serialize};
-use unet_kernels::{conv3x3, scatter2x2, up2x2};
+use unet_kernels::{conv3x3, up2x2};
 
 use super::{Layer, UNITS, cube_count};
 use crate::architecture::Kind;
@@ -29,14 +31,12 @@ use crate::target::Precision;
 use crate::weights::TapMajor;
 
 /// One main loop to run: `layer` on the bordered `input`, an image of `shape` = (batch,
-/// height, width), as `op` says; `sums` is the engine's scratch buffer for products that are
-/// placed after their GEMM.
+/// height, width), as `op` says.
 #[derive(Clone)]
 pub(super) struct Conv {
     pub client: Client,
     pub layer: Layer,
     pub input: Handle,
-    pub sums: Handle,
     pub shape: (usize, usize, usize),
     pub op: Op,
 }
@@ -50,9 +50,9 @@ pub(super) enum Op {
     /// own). The border is left as it was.
     Conv3x3 { output: Handle, stride: usize },
     /// A 2x2 stride-2 transposed convolution, bias included, into channels `0..outputs` of
-    /// `output`: bordered, twice the size, pixels of `stride` channels (the decoder's
-    /// concatenation). On tensor cores its products pass through `sums`, `[batch, height + 2,
-    /// width + 2, 4 * outputs]`.
+    /// the interior of `output`: bordered, twice the size, pixels of `stride` channels (the
+    /// decoder's concatenation). The border is left as it was, or on tensor cores holds the
+    /// products of the input's border.
     Up2x2 { output: Handle, stride: usize },
 }
 
@@ -201,35 +201,9 @@ impl Candidate {
                 };
                 Ok(())
             }
-            (Candidate::TensorCores(algorithm, tile), op) => {
+            (Candidate::TensorCores(algorithm, tile), _) => {
                 tensor_cores::conv::<F>(algorithm, tile, conv)
-                    .map_err(|err| format!("cubek's convolution ({self}): {err}"))?;
-                if let Op::Up2x2 { output, stride } = op {
-                    let units = 4 * n * h * w * layer.outputs;
-                    // SAFETY: every buffer holds the length given with it (the engine's
-                    // `allocate` sizes `sums` for the bordered products too).
-                    unsafe {
-                        scatter2x2::launch_unchecked::<F>(
-                            &conv.client,
-                            cube_count(units),
-                            CubeDim::new_1d(UNITS),
-                            BufferArg::from_raw_parts(
-                                conv.sums.clone(),
-                                bordered * 4 * layer.outputs,
-                            ),
-                            BufferArg::from_raw_parts(
-                                output.clone(),
-                                n * (2 * h + 2) * (2 * w + 2) * stride,
-                            ),
-                            units,
-                            h,
-                            w,
-                            layer.outputs,
-                            *stride,
-                        )
-                    };
-                }
-                Ok(())
+                    .map_err(|err| format!("cubek's convolution ({self}): {err}"))
             }
         }
     }
@@ -486,8 +460,7 @@ pub(super) fn gemm_form(kind: Kind, tap_major: &TapMajor, bias: &[f32]) -> (Vec<
 }
 
 /// cubek's implicit GEMM, reading the bordered input with no padding (the border is the
-/// padding): a 3x3 convolution with its epilogue in cubek's store (`super::super::epilogue`),
-/// a transposed one's products, bias included, into the sums.
+/// padding), storing through our epilogue (`super::super::epilogue`).
 mod tensor_cores {
     use std::collections::HashMap;
     use std::sync::{LazyLock, Mutex};
@@ -498,10 +471,7 @@ mod tensor_cores {
     use cubecl::zspace::{Shape, Strides};
     use cubek::convolution::components::{ConvSetupError, Dimensionality};
     use cubek::convolution::definition::{ConvBlueprint, ForwardBlueprint};
-    use cubek::convolution::{
-        AcceleratedTileKind, ConvAlgorithm, ConvolutionArgs, ConvolutionInputs, Strategy,
-        launch_ref,
-    };
+    use cubek::convolution::{AcceleratedTileKind, ConvAlgorithm, Strategy};
     use cubek::matmul::definition::{
         MatmulAvailabilityError, MatmulElems, MatmulGlobalElems, MatmulProblem, MatmulSetupError,
         MatmulVectorSizes,
@@ -545,9 +515,8 @@ mod tensor_cores {
     /// where no cut does.
     static FITTED: LazyLock<Mutex<HashMap<FitKey, Option<u32>>>> = LazyLock::new(Default::default);
 
-    /// `conv`'s layer in its GEMM form: a 3x3 convolution's outputs through ReLU into its
-    /// output's interior, or a transposed convolution's products into `conv.sums` at every
-    /// bordered pixel (the border's are unused).
+    /// `conv`'s layer in its GEMM form into its output's interior: a 3x3 convolution's
+    /// outputs through ReLU, or a transposed convolution's products scattered.
     ///
     /// cubek sizes a cube's stage from the planes a cube may hold, not from the shared
     /// memory it has: lavapipe (32 KiB) refuses its choice at every shape, an H200 (227 KiB)
@@ -741,32 +710,17 @@ mod tensor_cores {
                 elem,
             );
             let bias = InputBinding::new(tensor(self.bias, [out[3]]), elem);
-            let dtypes = MatmulElems::from_globals(&self.globals());
-            match &conv.op {
-                Op::Conv3x3 { output, stride } => epilogue::launch(
-                    strategy,
-                    &conv.client,
-                    [input, weight, bias],
-                    tensor(output, [n, h + 2, w + 2, *stride]),
-                    dtypes,
-                ),
-                Op::Up2x2 { .. } => launch_ref::<2>(
-                    strategy,
-                    &conv.client,
-                    ConvolutionInputs::Forward {
-                        input,
-                        weight,
-                        bias: Some(bias),
-                        out: tensor(&conv.sums, out),
-                    },
-                    ConvolutionArgs {
-                        stride: [1, 1],
-                        padding: [0, 0],
-                        dilation: [1, 1],
-                    },
-                    dtypes,
-                ),
-            }
+            let output = match &conv.op {
+                Op::Conv3x3 { output, stride } => tensor(output, [n, h + 2, w + 2, *stride]),
+                Op::Up2x2 { output, stride } => tensor(output, [n, 2 * h + 2, 2 * w + 2, *stride]),
+            };
+            epilogue::launch(
+                strategy,
+                &conv.client,
+                [input, weight, bias],
+                output,
+                MatmulElems::from_globals(&self.globals()),
+            )
         }
     }
 }
@@ -810,7 +764,6 @@ mod tests {
             client: client.clone(),
             layer,
             input: upload(&values(n * (h + 2) * (w + 2) * inputs, 3)),
-            sums: upload(&[0.0]),
             shape: (n, h, w),
             op: bordered(&vec![0.0; n * image_len]),
         };
@@ -866,7 +819,7 @@ mod tests {
 
     /// The layouts cubek is given: OHWI for a 3x3 convolution; for a transposed one, a 1x1
     /// convolution whose output `tap * outputs + o` is output channel `o` at sub-pixel `tap`
-    /// (what unet-kernels' `scatter2x2` reads), with the bias repeated.
+    /// (what the scatter in cubek's store reads), with the bias repeated.
     #[test]
     fn gemm_form_lays_out_what_cubek_and_the_scatter_read() {
         let (inputs, outputs) = (3, 5);
