@@ -4,10 +4,10 @@
 //! Every activation lives in a *bordered* buffer, `[n, height + 2, width + 2, stride]`: its
 //! one-pixel border repeats the edge pixels (replicate padding), written right after the
 //! image (by [`replicate_border`], or by the kernel that writes the image), so a 3x3
-//! convolution reads its nine taps with neither a padding pass nor clamping. A buffer may hold two layers' outputs side by side in its channels (the
-//! decoder's concatenation: the upsampled channels first, then the skip, as PyTorch's
-//! `cat([up(x), skip], dim=1)`), so each producer writes its channels at an offset and the
-//! skip is never copied.
+//! convolution reads its nine taps with neither a padding pass nor clamping. A buffer may
+//! hold two layers' outputs side by side in its channels (the decoder's concatenation: the
+//! upsampled channels first, then the skip, as PyTorch's `cat([up(x), skip], dim=1)`), so
+//! each producer writes its channels at an offset and the skip is never copied.
 //!
 //! - [`input_bordered`]: the patches' packed RGB bytes, normalised, into the first buffer;
 //! - [`conv3x3`]: a 3x3 convolution (BatchNorm folded into it), bias and ReLU included, into
@@ -27,9 +27,9 @@
 //!
 //! Every kernel stops at the `units` its launcher passes, never at a buffer's length: cubecl
 //! hands a kernel its buffer's allocated length (not the one given to
-//! `BufferArg::from_raw_parts`), the engine's buffer of sums is sized for its largest layer,
-//! and its grids past 65 535 cubes are rounded up to whole rows: units past the count would
-//! write beyond the images they belong to.
+//! `BufferArg::from_raw_parts`; its memory pools round allocations up), and the engine's
+//! grids past 65 535 cubes are rounded up to whole rows: units past the count would write
+//! beyond the images they belong to.
 
 use cubecl::prelude::*;
 

@@ -1,7 +1,7 @@
 //! Each kernel writes the values it is launched for and nothing past them, on buffers larger
-//! than those values and with more cubes than units, as the fused engine launches them: its
-//! buffer of sums is sized for the largest layer and shared by every layer, and past 65 535
-//! cubes its grid is two-dimensional, rounded up (up to a whole row of spare cubes). A kernel
+//! than those values and with more cubes than units, as the fused engine launches them:
+//! cubecl's memory pools allocate more than a buffer asks, and past 65 535 cubes the engine's
+//! grid is two-dimensional, rounded up (up to a whole row of spare cubes). A kernel
 //! that stops at its buffer's length instead of its own count writes past the image into
 //! whatever follows (on CUDA an illegal address once that is the end of an allocation).
 //! Here on lavapipe, each buffer with a tail of sentinels that must come back untouched.

@@ -5,22 +5,24 @@
 
 use std::path::PathBuf;
 
+use clap::Parser;
 use wsi::{Channels, PyramidWriter, WriterOptions};
 
+/// An H&E-like pyramidal TIFF, made in bounded memory.
+#[derive(Parser)]
+struct Args {
+    /// The TIFF to write.
+    out: PathBuf,
+    /// Its width in pixels.
+    #[arg(long, default_value_t = 20_000)]
+    width: u64,
+    /// Its height in pixels.
+    #[arg(long, default_value_t = 20_000)]
+    height: u64,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let out = PathBuf::from(args.next().ok_or_else(|| {
-        anyhow::anyhow!("usage: synthetic_slide OUT.tif [--width W] [--height H]")
-    })?);
-    let (mut width, mut height) = (20_000u64, 20_000u64);
-    while let Some(flag) = args.next() {
-        let value: u64 = args.next().unwrap_or_default().parse()?;
-        match flag.as_str() {
-            "--width" => width = value,
-            "--height" => height = value,
-            other => anyhow::bail!("unknown option {other}"),
-        }
-    }
+    let Args { out, width, height } = Args::parse();
     let options = WriterOptions {
         tile: 512,
         mpp: Some(0.243),

@@ -4,12 +4,12 @@
 //! are. Either runs on unet-kernels' portable kernels, or on cubek's implicit GEMM on tensor
 //! cores with the store in its epilogue (`fused/epilogue.rs`), in one of cubek's algorithms and
 //! tile kinds (the transposed convolution as one 1x1 convolution to four times the channels,
-//! scattered as it is stored). In f16 every layer shape runs
-//! the fastest of them that runs at all, measured on the shape's first use by cubecl's
-//! autotune and kept on disk where cubecl's `persistence` is built in (the `cuda` feature), so
-//! a second process starts without the search. Each process checks a tuned winner's values once
-//! against the portable loop's before trusting it with a shape. `UNET_FUSED_CONV` names one
-//! candidate for every layer instead.
+//! scattered as it is stored). In f16 every layer shape runs the fastest of them that runs at
+//! all, measured on the shape's first use by cubecl's autotune and kept on disk where cubecl's
+//! `persistence` is built in (the `cuda` feature), so a second process starts without the
+//! search. Each process checks a tuned winner's values once against the portable loop's
+//! before trusting it with a shape. `UNET_FUSED_CONV` names one candidate for every layer
+//! instead.
 
 use std::collections::HashMap;
 use std::fmt;
