@@ -164,9 +164,10 @@ impl<EO: CubePrimitive, A: BatchMatmulRoutine<RuntimeArgs>> ConcreteOutputFactor
     ) -> Self::RuntimeArg {
         let [height, width] = [problem.out_shape[0], problem.out_shape[1]].map(|s| s as u32);
         let scatter = problem.kernel_size[0] == 1;
-        let (outputs, channel_offset) = match scatter {
-            true => (problem.n / 4, 0),
-            false => (problem.n, out.shape[3] - problem.n),
+        let (outputs, channel_offset) = if scatter {
+            (problem.n / 4, 0)
+        } else {
+            (problem.n, out.shape[3] - problem.n)
         };
         let layout = BorderedLayoutLaunch::new(
             width,
@@ -522,10 +523,7 @@ impl Operands<'_> {
             Ok(blueprint) => BlueprintStrategy::Forced(blueprint),
             Err(tile_kind) => {
                 let mut strategy = Rt::Strategy::default();
-                strategy.set_tile_matmul(match tile_kind {
-                    AcceleratedTileKind::Cmma => TileMatmulKind::Cmma,
-                    AcceleratedTileKind::Mma => TileMatmulKind::Mma,
-                });
+                strategy.set_tile_matmul(tile_matmul(tile_kind));
                 BlueprintStrategy::Inferred(strategy)
             }
         };
@@ -549,9 +547,10 @@ impl Operands<'_> {
         let (batch, channels) = (in_shape[0], in_shape[3]);
         let (out_channels, kernel) = (weight.data().shape[0], weight.data().shape[1]);
         let conv3x3 = kernel == 3;
-        let (out_shape, per_pixel) = match conv3x3 {
-            true => ([in_shape[1] - 2, in_shape[2] - 2], out_channels),
-            false => ([in_shape[1], in_shape[2]], out_channels / 4),
+        let (out_shape, per_pixel) = if conv3x3 {
+            ([in_shape[1] - 2, in_shape[2] - 2], out_channels)
+        } else {
+            ([in_shape[1], in_shape[2]], out_channels / 4)
         };
         let address_type = input
             .required_address_type()
@@ -605,8 +604,9 @@ impl Operands<'_> {
         let vector_sizes = Rt::filter_vector_sizes(vector_sizes).pick_max()?;
 
         let (bias, strategy) = (Some(bias), &strategy);
-        match conv3x3 {
-            true => launch_kernel_concrete::<StoreArgs<Rt::Args, true>, Rt::MatmulRoutine>(
+        // The ReLU is in the kernel's type: one instantiation with it, one without.
+        if conv3x3 {
+            launch_kernel_concrete::<StoreArgs<Rt::Args, true>, Rt::MatmulRoutine>(
                 client,
                 input,
                 weight,
@@ -616,8 +616,9 @@ impl Operands<'_> {
                 vector_sizes,
                 strategy,
                 &dtypes,
-            ),
-            false => launch_kernel_concrete::<StoreArgs<Rt::Args, false>, Rt::MatmulRoutine>(
+            )
+        } else {
+            launch_kernel_concrete::<StoreArgs<Rt::Args, false>, Rt::MatmulRoutine>(
                 client,
                 input,
                 weight,
@@ -627,7 +628,15 @@ impl Operands<'_> {
                 vector_sizes,
                 strategy,
                 &dtypes,
-            ),
+            )
         }
+    }
+}
+
+/// cubek-matmul's name for a tile kind cubek-convolution's strategies name.
+pub fn tile_matmul(kind: AcceleratedTileKind) -> TileMatmulKind {
+    match kind {
+        AcceleratedTileKind::Cmma => TileMatmulKind::Cmma,
+        AcceleratedTileKind::Mma => TileMatmulKind::Mma,
     }
 }

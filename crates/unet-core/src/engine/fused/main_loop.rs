@@ -477,7 +477,6 @@ mod tensor_cores {
         MatmulVectorSizes,
     };
     use cubek::matmul::multi_level::components::stage::PartitionBuffering;
-    use cubek::matmul::multi_level::components::tile::TileMatmulKind;
     use cubek::matmul::multi_level::routines::{
         PlaneTilingBlueprintOptions, infer_blueprint_plane,
     };
@@ -660,10 +659,7 @@ mod tensor_cores {
                 self.globals(),
                 Default::default(),
             );
-            let tile_matmul = match tile_kind {
-                AcceleratedTileKind::Cmma => TileMatmulKind::Cmma,
-                AcceleratedTileKind::Mma => TileMatmulKind::Mma,
-            };
+            let tile_matmul = epilogue::tile_matmul(tile_kind);
             let plane_dim = conv.client.properties().hardware.plane_size_max;
             // Only the swizzle's choice reads the vector sizes: one of 16 bytes or fewer leaves it
             // to the stage's extent, as every layer's vectors here are.
