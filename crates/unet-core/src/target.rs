@@ -126,6 +126,9 @@ impl Target {
             }
             (chosen, _) => chosen,
         };
+        if device == Device::Cuda {
+            cuda::keep_compiled_kernels();
+        }
         Ok(Target { device, precision })
     }
 }
@@ -166,6 +169,22 @@ mod cuda {
             Err(e) => Err(no_gpu(format!("the driver lists no GPU: {e}"))),
         }
     }
+
+    /// Turns on cubecl's cache of compiled kernels (off by default), before any CUDA client
+    /// reads cubecl's configuration. cubecl compiles each kernel with NVRTC at its first
+    /// launch, about half a second each on two cores: with the tuning read back from disk, the
+    /// demo model's forward still spent 9.6 s compiling in a second process, 0.8 s with this
+    /// cache (`tools/cuda-dry-run.sh`, 2026-12-05), against the 5 s a second run's first batch
+    /// may take. The compiled PTX is kept beside the tuning (`target/environment` in a Cargo
+    /// project, else `~/.cache/cubecl`). A `cubecl.toml` is read as cubecl would read it;
+    /// only this one setting is forced.
+    pub fn keep_compiled_kernels() {
+        use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        config.compilation.cache = true;
+        // `false` where the configuration was already read: then it stays as it was.
+        CubeClRuntimeConfig::try_set(config);
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -175,6 +194,9 @@ mod cuda {
     pub fn probe() -> Result<(), PredictError> {
         Err(super::no_cuda_build())
     }
+
+    /// Nothing is compiled without CUDA.
+    pub fn keep_compiled_kernels() {}
 }
 
 /// What asking for CUDA gives in a build without it.
