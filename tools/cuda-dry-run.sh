@@ -12,9 +12,9 @@
 # model (w = 64) at 512x512 in a batch of 12, each twice: a first process that tunes every
 # layer shape (cubecl's autotune compiles each candidate), then a second that reads the tuning
 # and the compiled kernels back. It prints per run the first forward's seconds (compilation,
-# as kernels take no time here), the modules compiled and ptxas's time, launches and refusals;
-# for the first runs, the candidates cubek refused and why. It fails where NVRTC or ptxas
-# refuses a kernel, a launch passes the card's limits, or fused_forward fails.
+# as kernels take no time here), the modules loaded (each through ptxas, timed), launches and
+# refusals; for the first runs, the candidates cubek refused and why. It fails where NVRTC or
+# ptxas refuses a kernel, a launch passes the card's limits, or fused_forward fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wsi-unet/target}"
@@ -63,7 +63,7 @@ run() {
   ptxas=$(awk '/^module .* ptxas/ {ms += $4} END {printf "%.1f", ms / 1000}' "$dir/$run.log")
   launches=$(grep -c '^launch' "$dir/$run.log")
   refused=$(grep -c 'REFUSED\|^refused' "$dir/$run.log")
-  echo "$run: first forward ${seconds:-?} s, $modules modules compiled (ptxas ${ptxas} s of it), $launches launches, $refused refused"
+  echo "$run: first forward ${seconds:-?} s, $modules modules loaded (ptxas ${ptxas} s of it), $launches launches, $refused refused"
   if [ "$status" -ne 0 ]; then
     echo "  fused_forward failed ($status): $(grep -m 3 -i 'error\|panicked' "$dir/$run.out" | tr '\n' ' ')"
     failed=1

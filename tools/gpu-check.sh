@@ -149,7 +149,9 @@ elif [ -x "$BIN/fused-forward" ]; then
     UNET_FUSED_CONV="$conv" timeout "$t" "$BIN/fused-forward" "${W64_MODEL:-/tmp/gpu-work/w64.bpk}" \
       --batch "$FUSED_BATCHES" --side "$SIDE" --runs 3 --precision "$2" > "$LOGS/fused-$1.log" 2>&1
     say "-- $1 process ($conv)"
-    grep -v "^ *$" "$LOGS/fused-$1.log" | tail -n 50 | tee -a "$OUT/summary.txt"
+    # Both precisions' tables whole (~60 lines: the first forward's seconds come first); an
+    # error's dump of kernel source cut short.
+    grep -v "^ *$" "$LOGS/fused-$1.log" | head -n 100 | tee -a "$OUT/summary.txt"
   done
 else
   say "no fused-forward in this bundle (FEATURES=cuda builds it)"

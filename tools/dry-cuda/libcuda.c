@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <pthread.h>
 
@@ -36,7 +35,7 @@ enum {
     LAUNCH_OUT_OF_RESOURCES = 701,
 };
 
-static const long long TOTAL_MEMORY = 150ll << 30; /* an H200's 141 GiB and change */
+static const long long TOTAL_MEMORY = 143771ll << 20; /* an H200's, as nvidia-smi reports it */
 static const int MAX_DYNAMIC_SHARED = 232448;     /* sm_90's opt-in a block */
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
