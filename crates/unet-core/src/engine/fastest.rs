@@ -178,10 +178,8 @@ fn time_warm(
         Ok((start.elapsed(), values))
     };
     catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
-        Err(PredictError::Inference {
-            device: engine.device(),
-            source: format!("{} panicked: {}", engine.name(), panic_message(&*panic)).into(),
-        })
+        let reason = format!("{} panicked: {}", engine.name(), panic_message(&*panic));
+        Err(super::device_error(engine.device(), batch.len(), reason))
     })
 }
 

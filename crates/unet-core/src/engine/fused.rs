@@ -539,10 +539,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         };
         self.main_loop
             .run::<F>(conv)
-            .map_err(|reason| PredictError::Inference {
-                device: self.device,
-                source: reason.into(),
-            })
+            .map_err(|reason| super::device_error(self.device, shape.0, reason))
     }
 
     /// Runs `launch` (`layer`, on an input of `shape`, a kernel of `taps` taps), timed into

@@ -184,26 +184,42 @@ fn load_fused(_: &FoldedWeights, _: Target) -> Result<Box<dyn Engine>, PredictEr
     })
 }
 
-/// A device's error at the end of a forward of `batch` patches (where the device reports
-/// what went wrong): out of memory, with the batch size to try, or the device's own words.
+/// A device's failure in a forward of `batch` patches: out of memory, with the batch size to
+/// try, or the device's own words. cubecl allocates lazily, so a buffer that did not fit shows
+/// at whatever next reads it (a main loop's check, the output's copy back), in its own words:
+/// the whole chain of causes is read for them.
 pub(crate) fn device_error(
     device: &'static str,
     batch: usize,
-    source: impl std::error::Error + Send + Sync + 'static,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> PredictError {
-    if source.to_string().to_lowercase().contains("out of memory") {
+    let source = source.into();
+    let mut messages = String::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(error) = cause {
+        messages.push_str(&error.to_string().to_lowercase());
+        cause = error.source();
+    }
+    if OUT_OF_MEMORY.iter().any(|words| messages.contains(words)) {
         PredictError::OutOfMemory {
             device,
             batch,
             try_batch: (batch / 2).max(1),
         }
     } else {
-        PredictError::Inference {
-            device,
-            source: Box::new(source),
-        }
+        PredictError::Inference { device, source }
     }
 }
+
+/// How a device says it ran out of memory: the CUDA driver and Burn, and cubecl's
+/// `IoError`s for an allocation past the device's memory (`OutOfMemory`), past its largest
+/// page (`BufferTooBig`) or past the page sizes it tracks (`PageSizesExhausted`).
+const OUT_OF_MEMORY: [&str; 4] = [
+    "out of memory",
+    "out of device memory",
+    "can't allocate buffer of size",
+    "every page size the memory tracks still holds live allocations",
+];
 
 /// What a caught panic said.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
@@ -226,4 +242,40 @@ pub fn max_over_channels(sigmoid: &[f32], channels: usize, plane: usize) -> Vec<
             })
         })
         .collect()
+}
+
+#[cfg(all(test, feature = "fused"))]
+mod tests {
+    use super::*;
+    use cubecl::wgpu::{WgpuDevice, WgpuDeviceKind, WgpuRuntime};
+    use cubecl_runtime::runtime::Runtime;
+
+    /// cubecl allocates lazily: a buffer past what the device can hold fails at whatever reads
+    /// it first, in cubecl's words inside the reader's error (on lavapipe here). That error,
+    /// and the text a main loop's check makes of it, both say out of memory with half the
+    /// batch to try; another failure keeps its own words.
+    #[test]
+    fn a_buffer_the_device_cannot_hold_is_out_of_memory() {
+        let client = <WgpuRuntime>::client(&WgpuDevice::new(WgpuDeviceKind::Cpu));
+        let error = client.read_one(client.empty(1 << 40)).unwrap_err();
+        let as_text = format!("reading a main loop's values back: {error}");
+        for classified in [
+            device_error("wgpu", 12, error),
+            device_error("wgpu", 12, as_text),
+        ] {
+            assert!(
+                matches!(
+                    classified,
+                    PredictError::OutOfMemory {
+                        device: "wgpu",
+                        batch: 12,
+                        try_batch: 6
+                    }
+                ),
+                "{classified}"
+            );
+        }
+        let lost = device_error("wgpu", 12, "the device was lost".to_string());
+        assert!(matches!(lost, PredictError::Inference { .. }), "{lost}");
+    }
 }
