@@ -2,7 +2,8 @@
  * one does and runs none: for a machine without a GPU, to find before a GPU session what
  * would fail at compile or load time there (tools/cuda-dry-run.sh builds and uses it).
  *
- * It reports an H200 (compute capability 9.0, 132 SMs, 227 KB of shared memory a block).
+ * It reports an H200 (compute capability 9.0, 132 SMs, 227 KB of shared memory a block,
+ * 141 GB of memory, or DRY_CUDA_MEMORY_MB: allocations past it fail as out of memory).
  * Device memory is host memory (mapped without reserve, so a pool of gigabytes costs only
  * what is touched), so copies work and kernels' outputs stay as they were. Each module's PTX
  * goes through ptxas for sm_90a, as the real driver's JIT compiles it, when DRY_CUDA_PTXAS
@@ -10,6 +11,8 @@
  * against the card's limits (threads a block, grid, dynamic shared memory as its function's
  * attribute allows) and logged to DRY_CUDA_LOG, one line per launch; so is each module.
  * Events measure host time, so an autotuner's timings are real numbers of no meaning.
+ * It has the functions cubecl-cuda, cudarc and NVRTC call (NVRTC asks for the driver's private
+ * tables): a path that calls another stops at it, cudarc naming the missing symbol.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -35,12 +38,17 @@ enum {
     LAUNCH_OUT_OF_RESOURCES = 701,
 };
 
-static const long long TOTAL_MEMORY = 143771ll << 20; /* an H200's, as nvidia-smi reports it */
+/* An H200's memory, as nvidia-smi reports it, or DRY_CUDA_MEMORY_MB: a card that runs out. */
+static long long total_memory(void) {
+    const char *megabytes = getenv("DRY_CUDA_MEMORY_MB");
+    return (megabytes ? atoll(megabytes) : 143771ll) << 20;
+}
 static const int MAX_DYNAMIC_SHARED = 232448;     /* sm_90's opt-in a block */
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static FILE *log_file;
 static int module_count, launch_count;
+static long long device_bytes; /* what device allocations hold now */
 
 static void say(const char *format, ...) {
     pthread_mutex_lock(&lock);
@@ -86,7 +94,7 @@ CUresult cuDeviceGetName(char *name, int length, CUdevice device) {
 }
 CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice device) {
     (void)device;
-    *bytes = TOTAL_MEMORY;
+    *bytes = total_memory();
     return SUCCESS;
 }
 CUresult cuDeviceGetPCIBusId(char *id, int length, CUdevice device) {
@@ -94,12 +102,6 @@ CUresult cuDeviceGetPCIBusId(char *id, int length, CUdevice device) {
     snprintf(id, length, "0000:00:00.0");
     return SUCCESS;
 }
-CUresult cuDeviceGetUuid(unsigned char *uuid, CUdevice device) {
-    (void)device;
-    memset(uuid, 0x42, 16);
-    return SUCCESS;
-}
-CUresult cuDeviceGetUuid_v2(unsigned char *uuid, CUdevice device) { return cuDeviceGetUuid(uuid, device); }
 
 CUresult cuDeviceGetAttribute(int *value, int attribute, CUdevice device) {
     (void)device;
@@ -136,11 +138,7 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *context, CUdevice device) {
     *context = &context_token;
     return SUCCESS;
 }
-CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device) { (void)device; return SUCCESS; }
 CUresult cuCtxSetCurrent(CUcontext context) { (void)context; return SUCCESS; }
-CUresult cuCtxGetCurrent(CUcontext *context) { *context = &context_token; return SUCCESS; }
-CUresult cuCtxGetDevice(CUdevice *device) { *device = 0; return SUCCESS; }
-CUresult cuCtxSynchronize(void) { return SUCCESS; }
 CUresult cuCtxGetStreamPriorityRange(int *least, int *greatest) {
     if (least) *least = 0;
     if (greatest) *greatest = -5;
@@ -167,7 +165,6 @@ CUresult cuStreamCreateWithPriority(CUstream *stream, unsigned flags, int priori
 }
 CUresult cuStreamDestroy_v2(CUstream stream) { free(stream); return SUCCESS; }
 CUresult cuStreamSynchronize(CUstream stream) { (void)stream; return SUCCESS; }
-CUresult cuStreamQuery(CUstream stream) { (void)stream; return SUCCESS; }
 CUresult cuStreamWaitEvent(CUstream stream, void *event, unsigned flags) {
     (void)stream; (void)event; (void)flags;
     return SUCCESS;
@@ -183,12 +180,7 @@ CUresult cuEventRecord(void *event, CUstream stream) {
     *(double *)event = now_ms();
     return SUCCESS;
 }
-CUresult cuEventRecordWithFlags(void *event, CUstream stream, unsigned flags) {
-    (void)flags;
-    return cuEventRecord(event, stream);
-}
 CUresult cuEventSynchronize(void *event) { (void)event; return SUCCESS; }
-CUresult cuEventQuery(void *event) { (void)event; return SUCCESS; }
 CUresult cuEventElapsedTime(float *ms, void *start, void *end) {
     *ms = (float)(*(double *)end - *(double *)start);
     return SUCCESS;
@@ -215,37 +207,37 @@ static CUresult unmap(void *pointer) {
     return SUCCESS;
 }
 
-CUresult cuMemAlloc_v2(CUdeviceptr *pointer, size_t bytes) { return map((void **)pointer, bytes); }
-CUresult cuMemAllocAsync(CUdeviceptr *pointer, size_t bytes, CUstream stream) {
-    (void)stream;
+/* Device memory, counted against the card's. */
+static CUresult allocate(CUdeviceptr *pointer, size_t bytes) {
+    pthread_mutex_lock(&lock);
+    int fits = device_bytes + (long long)bytes <= total_memory();
+    if (fits) device_bytes += bytes;
+    pthread_mutex_unlock(&lock);
+    if (!fits) {
+        say("out of memory: %zu bytes asked, %lld held of %lld\n", bytes, device_bytes, total_memory());
+        return OUT_OF_MEMORY;
+    }
     return map((void **)pointer, bytes);
 }
-CUresult cuMemAllocPitch_v2(CUdeviceptr *pointer, size_t *pitch, size_t width, size_t height, unsigned element) {
-    (void)element;
-    *pitch = (width + 511) / 512 * 512;
-    return map((void **)pointer, *pitch * height);
-}
-CUresult cuMemFree_v2(CUdeviceptr pointer) { return unmap((void *)pointer); }
-CUresult cuMemFreeAsync(CUdeviceptr pointer, CUstream stream) {
-    (void)stream;
+static CUresult release(CUdeviceptr pointer) {
+    if (!pointer) return SUCCESS;
+    pthread_mutex_lock(&lock);
+    device_bytes -= *(size_t *)((char *)pointer - 64) - 64;
+    pthread_mutex_unlock(&lock);
     return unmap((void *)pointer);
 }
+CUresult cuMemAlloc_v2(CUdeviceptr *pointer, size_t bytes) { return allocate(pointer, bytes); }
+CUresult cuMemAllocAsync(CUdeviceptr *pointer, size_t bytes, CUstream stream) {
+    (void)stream;
+    return allocate(pointer, bytes);
+}
+CUresult cuMemFree_v2(CUdeviceptr pointer) { return release(pointer); }
+CUresult cuMemFreeAsync(CUdeviceptr pointer, CUstream stream) {
+    (void)stream;
+    return release(pointer);
+}
 CUresult cuMemAllocHost_v2(void **pointer, size_t bytes) { return map(pointer, bytes); }
-CUresult cuMemHostAlloc(void **pointer, size_t bytes, unsigned flags) {
-    (void)flags;
-    return map(pointer, bytes);
-}
 CUresult cuMemFreeHost(void *pointer) { return unmap(pointer); }
-CUresult cuMemHostRegister_v2(void *pointer, size_t bytes, unsigned flags) {
-    (void)pointer; (void)bytes; (void)flags;
-    return SUCCESS;
-}
-CUresult cuMemHostUnregister(void *pointer) { (void)pointer; return SUCCESS; }
-CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
-    *free_bytes = TOTAL_MEMORY - (1ll << 30);
-    *total = TOTAL_MEMORY;
-    return SUCCESS;
-}
 
 CUresult cuMemcpyHtoD_v2(CUdeviceptr to, const void *from, size_t bytes) {
     memcpy((void *)to, from, bytes);
@@ -263,13 +255,10 @@ CUresult cuMemcpyDtoHAsync_v2(void *to, CUdeviceptr from, size_t bytes, CUstream
     (void)stream;
     return cuMemcpyDtoH_v2(to, from, bytes);
 }
-CUresult cuMemcpyDtoD_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes) {
-    memmove((void *)to, (const void *)from, bytes);
-    return SUCCESS;
-}
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, CUstream stream) {
     (void)stream;
-    return cuMemcpyDtoD_v2(to, from, bytes);
+    memmove((void *)to, (const void *)from, bytes);
+    return SUCCESS;
 }
 
 /* CUDA_MEMCPY2D's fields, in the driver header's order. */
@@ -302,22 +291,6 @@ CUresult cuMemcpy2DAsync_v2(const Copy2d *copy, CUstream stream) {
     char *to = copy_destination(copy) + copy->dstY * copy->dstPitch + copy->dstXInBytes;
     for (size_t row = 0; row < copy->Height; row++)
         memmove(to + row * copy->dstPitch, from + row * copy->srcPitch, copy->WidthInBytes);
-    return SUCCESS;
-}
-CUresult cuMemcpy2D_v2(const Copy2d *copy) { return cuMemcpy2DAsync_v2(copy, NULL); }
-CUresult cuMemcpy2DUnaligned_v2(const Copy2d *copy) { return cuMemcpy2DAsync_v2(copy, NULL); }
-
-CUresult cuMemsetD8_v2(CUdeviceptr to, unsigned char value, size_t count) {
-    memset((void *)to, value, count);
-    return SUCCESS;
-}
-CUresult cuMemsetD8Async(CUdeviceptr to, unsigned char value, size_t count, CUstream stream) {
-    (void)stream;
-    return cuMemsetD8_v2(to, value, count);
-}
-CUresult cuMemsetD32Async(CUdeviceptr to, unsigned value, size_t count, CUstream stream) {
-    (void)stream;
-    for (size_t i = 0; i < count; i++) ((unsigned *)to)[i] = value;
     return SUCCESS;
 }
 
@@ -365,10 +338,6 @@ CUresult cuModuleLoadData(CUmodule *module, const void *image) {
     *module = loaded;
     return SUCCESS;
 }
-CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned n, void *options, void **values) {
-    (void)n; (void)options; (void)values;
-    return cuModuleLoadData(module, image);
-}
 CUresult cuModuleUnload(CUmodule module) {
     Module *loaded = module;
     free(loaded->ptx);
@@ -395,11 +364,6 @@ CUresult cuFuncSetAttribute(void *function, int attribute, int value) {
         }
         f->max_dynamic_shared = value;
     }
-    return SUCCESS;
-}
-CUresult cuFuncGetAttribute(int *value, int attribute, void *function) {
-    (void)attribute; (void)function;
-    *value = 0;
     return SUCCESS;
 }
 
