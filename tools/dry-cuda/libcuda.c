@@ -210,11 +210,12 @@ static CUresult unmap(void *pointer) {
 /* Device memory, counted against the card's. */
 static CUresult allocate(CUdeviceptr *pointer, size_t bytes) {
     pthread_mutex_lock(&lock);
-    int fits = device_bytes + (long long)bytes <= total_memory();
+    long long held = device_bytes;
+    int fits = held + (long long)bytes <= total_memory();
     if (fits) device_bytes += bytes;
     pthread_mutex_unlock(&lock);
     if (!fits) {
-        say("out of memory: %zu bytes asked, %lld held of %lld\n", bytes, device_bytes, total_memory());
+        say("out of memory: %zu bytes asked, %lld held of %lld\n", bytes, held, total_memory());
         return OUT_OF_MEMORY;
     }
     return map((void **)pointer, bytes);
