@@ -49,8 +49,8 @@ rm -rf "$staged"
 git describe --always --dirty > .gpu/commit
 ls -la .gpu
 total=$(du -cb .gpu/* | tail -n 1 | cut -f1)
-echo "bundle: $(( total / 1024 / 1024 )) MiB; a device call carries 64 MiB with the tracked tree, which tools/gpu-tree.sh leans to ~8 MiB"
-[ "$total" -le $(( 56 * 1024 * 1024 )) ] || { echo "the bundle is over 56 MiB: with the lean tree it cannot be carried" >&2; exit 1; }
+echo "bundle: $(( total / 1024 / 1024 )) MiB; a device call carries 64 MiB with the tracked tree, which tools/gpu-tree.sh leans to ~11 MiB"
+[ "$total" -le $(( 52 * 1024 * 1024 )) ] || { echo "the bundle is over 52 MiB: with the lean tree it cannot be carried" >&2; exit 1; }
 # The bundle's kernels compiled and loaded as on an H200 by a stand-in driver (nothing runs):
 # a kernel NVRTC or ptxas refuses, or a launch past the card's limits, shows here instead of in a
 # GPU session's minutes. About 3 minutes on 2 cores; DRY_RUN=0 skips it.

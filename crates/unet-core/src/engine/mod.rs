@@ -124,12 +124,12 @@ impl InFlight for Done {
     }
 }
 
-/// What `Auto` measures on CUDA, the first batch choosing the fastest. The fused engine is not
-/// among them yet: on the first GPU it met (an H200, 2026-12-04) it hit an illegal address at
-/// 512x512, which poisons the device for every engine of the process, Burn's too (the cause,
-/// kernels bounded by their buffer's allocated length, is fixed but has not run on a GPU
-/// since); it is back here once `tools/gpu-check.sh` finds it sound. `--engine fused` runs it.
-const AUTO_ON_CUDA: &[EngineChoice] = &[EngineChoice::Burn];
+/// What `Auto` measures on CUDA, the first batch choosing the fastest; ours first, kept on a
+/// tie. On the first GPU it met (an H200, 2026-12-04) the fused engine hit an illegal address
+/// at 512x512, which poisons the device for every engine of the process: the cause, kernels
+/// bounded by their buffer's allocated length, is fixed and tested on software Vulkan
+/// (`unet-kernels/tests/bounds.rs`); `tools/gpu-check.sh` step 0 checks it first on a GPU.
+const AUTO_ON_CUDA: &[EngineChoice] = &[EngineChoice::Fused, EngineChoice::Burn];
 
 /// The engine `Predictor::load` uses: the one chosen, or for `Auto` the CPU kernels for f32
 /// and bf16 on the CPU, on CUDA the fastest of [`AUTO_ON_CUDA`] as the first batch measures
