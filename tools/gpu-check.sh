@@ -28,13 +28,15 @@
 #    (after step 2, on the tuning it kept): end-to-end patches/s over step 2's model-only
 #    patches/s at the same batch (32);
 # 6. the host CPU's bf16 path: where it has AMX (which no build machine exposes), the tiles'
-#    outputs against the PyTorch fixtures, and the full-width model in f32 and bf16;
+#    outputs against the PyTorch fixtures, the full-width model in f32 and bf16, and
+#    PyTorch's fp32 and bf16 autocast on the same CPU (issue 14; ~1 min, none without AMX);
 # 7. the default, `--engine auto`, on the same slide: unet-core's AUTO_ON_CUDA engines measured
 #    on the first batch, the fastest kept.
 # They run in STEPS' order, by default what issue 12 must show first: 0 (is it sound), 2 and
 # 3 (ours against torch.compile), 5 (end to end), 1 (correctness; its first process tunes the
-# narrow fixtures' shapes, ~90 s), 7, 4, 6. A lease of 15 minutes holds one whole call and a
-# short second one: the last line of the first call's summary names the steps the budget cut.
+# narrow fixtures' shapes, ~90 s), then 6 (issue 14's one chance at AMX), 7, 4. A lease of 15
+# minutes holds one whole call and a short second one: the last line of the first call's
+# summary names the steps the budget cut.
 # DEVICE=cpu runs the same script on a machine without a GPU (a smoke test of the script).
 # Other knobs: ENGINES (step 1's engines), FUSED_PRECISIONS (step 2's tuned first process,
 # default f16), CRITERION (step 4's "engine:precisions" pairs), FIXED_CONV, W64_MODEL.
@@ -51,7 +53,7 @@ BUDGET="${BUDGET:-540}"
 # The engines to compare: on a GPU Burn's and ours; on the CPU (a smoke test) ours and Burn's.
 if [ "$DEVICE" = cuda ]; then ENGINES="${ENGINES:-fused,burn}"; else ENGINES="${ENGINES:-cpu,burn}"; fi
 SLIDE_SIDE="${SLIDE_SIDE:-20000}"
-STEPS="${STEPS:-0,2,3,5,1,7,4,6}"
+STEPS="${STEPS:-0,2,3,5,1,6,7,4}"
 export ANCHOR_QUICK="${ANCHOR_QUICK:-1}"
 # The summary, and every log in one archive at the end: a device call brings back 8 files.
 LOGS="$OUT/logs"
@@ -232,19 +234,9 @@ step_3() {
   tail -n 20 "$LOGS/torch.log" | tee -a "$OUT/summary.txt"
 }
 
-step_4() {
-  step 4 "the full-width model, criterion"
-  # On a GPU: Burn in f16 (the row issue 12 names) and f32, ours in f16 (our f32 is the
-  # portable reference loop, step 2).
-  local criterion bench t
-  if [ "$DEVICE" = cuda ]; then criterion="${CRITERION:-burn:f16,f32 fused:f16}"; else criterion="${CRITERION:-cpu:f32 burn:f32}"; fi
-  for bench in $criterion; do
-    set -- ${bench/:/ }
-    t=$(limit 150) || return
-    UNET_BENCH_DEVICE="$DEVICE" UNET_BENCH_ENGINES="$1" UNET_BENCH_PRECISIONS="$2" UNET_BENCH_BATCHES="$BATCHES" \
-      UNET_BENCH_SIDE="$SIDE" UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout "$t" "$BIN/model-bench" --bench forward \
-      > "$LOGS/bench-$1.log" 2>&1
-    python3 - "$LOGS/bench-$1.log" <<'PY' | tee -a "$OUT/summary.txt"
+# `criterion_rows LOG`: each benchmark of model-bench's LOG as ms per patch, into the summary.
+criterion_rows() {
+  python3 - "$1" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
 units = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
 name = None
@@ -259,6 +251,21 @@ for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
         print(f"| {name} | {ms / batch:.2f} ms/patch |")
         name = None
 PY
+}
+
+step_4() {
+  step 4 "the full-width model, criterion"
+  # On a GPU: Burn in f16 (the row issue 12 names) and f32, ours in f16 (our f32 is the
+  # portable reference loop, step 2).
+  local criterion bench t
+  if [ "$DEVICE" = cuda ]; then criterion="${CRITERION:-burn:f16,f32 fused:f16}"; else criterion="${CRITERION:-cpu:f32 burn:f32}"; fi
+  for bench in $criterion; do
+    set -- ${bench/:/ }
+    t=$(limit 150) || return
+    UNET_BENCH_DEVICE="$DEVICE" UNET_BENCH_ENGINES="$1" UNET_BENCH_PRECISIONS="$2" UNET_BENCH_BATCHES="$BATCHES" \
+      UNET_BENCH_SIDE="$SIDE" UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout "$t" "$BIN/model-bench" --bench forward \
+      > "$LOGS/bench-$1.log" 2>&1
+    criterion_rows "$LOGS/bench-$1.log"
   done
 }
 
@@ -356,7 +363,11 @@ PY
   UNET_BENCH_DEVICE=cpu UNET_BENCH_ENGINES=cpu UNET_BENCH_PRECISIONS=f32,bf16 UNET_BENCH_BATCHES=1 \
     UNET_BENCH_SIDE="$SIDE" UNET_BENCH_SECONDS="${BENCH_SECONDS:-3}" timeout "$t" "$BIN/model-bench" --bench forward \
     > "$LOGS/bench-cpu-amx.log" 2>&1
-  grep -E "^forward_w64|time:" "$LOGS/bench-cpu-amx.log" | tee -a "$OUT/summary.txt"
+  criterion_rows "$LOGS/bench-cpu-amx.log"
+  # Issue 14's bar: ours in bf16 at most 0.5x PyTorch's bf16 autocast on the same CPU.
+  t=$(limit 90) || return
+  timeout "$t" python3 tools/torch_cpu_bench.py --batch 1 --runs 3 > "$LOGS/torch-cpu.log" 2>&1
+  tail -n 1 "$LOGS/torch-cpu.log" | tee -a "$OUT/summary.txt"
 }
 
 for s in ${STEPS//,/ }; do
