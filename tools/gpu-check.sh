@@ -93,7 +93,6 @@ limit() {
   echo $(( $1 < left ? $1 : left ))
 }
 
-
 # The full-width model of steps 2, 4 and 5: random weights, made here (no GPU needed).
 "$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
 W64="${W64_MODEL:-/tmp/gpu-work/w64.bpk}"
