@@ -93,9 +93,15 @@ limit() {
   echo $(( $1 < left ? $1 : left ))
 }
 
-# The full-width model of steps 2, 4 and 5: random weights, made here (no GPU needed).
+# The full-width model of steps 0, 2, 4, 5 and 7: random weights, made here (no GPU needed).
 "$BIN/random_model" /tmp/gpu-work/w64.bpk >/dev/null 2>&1 || true
 W64="${W64_MODEL:-/tmp/gpu-work/w64.bpk}"
+# The PyTorch fixtures of steps 1 and 6 (tests/fixtures/pytorch), converted once a call.
+FIXTURES=tests/fixtures/pytorch
+CASES="unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel"
+for case in $CASES; do
+  "$BIN/convert" "$FIXTURES/$case.pth" --out "/tmp/gpu-work/$case.bpk" > /dev/null
+done
 
 step_0() {
   step 0 "the fused engine's forward at growing sizes"
@@ -121,13 +127,10 @@ step_0() {
 
 step_1() {
   step 1 "outputs against PyTorch"
-  local fx=tests/fixtures/pytorch engine precision case t npy
-  for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
-    "$BIN/convert" "$fx/$case.pth" --out "/tmp/gpu-work/$case.bpk" > /dev/null
-  done
+  local fx=$FIXTURES engine precision case t npy
   # Engine by engine, ours first: Burn's first CUDA process compiles for ~100 s.
   for engine in ${ENGINES//,/ }; do
-    for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
+    for case in $CASES; do
       for precision in f32 f16; do
         [ "$engine" = cpu ] && [ "$precision" = f16 ] && continue
         # A process meeting new layer shapes compiles their kernels (ours in f16 tunes each
@@ -333,13 +336,12 @@ step_7() {
 
 step_6() {
   step 6 "the host CPU's bf16 path"
-  local amx fx=tests/fixtures/pytorch case npy t
+  local amx fx=$FIXTURES case npy t
   amx=$(grep -o -w 'amx_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')
   say "host CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-); AMX flags: ${amx:-none}"
   [ -n "$amx" ] || return
-  for case in unet_w8_state_dict unet_w8_checkpoint unet_w4_out1_dataparallel; do
+  for case in $CASES; do
     t=$(limit 30) || return
-    [ -f "/tmp/gpu-work/$case.bpk" ] || "$BIN/convert" "$fx/$case.pth" --out "/tmp/gpu-work/$case.bpk" > /dev/null
     npy="/tmp/gpu-work/$case.cpu.bf16.npy"
     rm -f "$npy"
     timeout "$t" "$BIN/predict" "/tmp/gpu-work/$case.bpk" "$fx/${case}_input.png" "$npy" \
