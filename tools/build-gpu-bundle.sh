@@ -4,7 +4,8 @@
 # it in the device tool's `carry`, which takes 64 MiB at most: checked at the end).
 # FEATURES=cuda (default) for the GPU; FEATURES= for a CPU bundle that smoke-tests the script
 # anywhere (DEVICE=cpu bash tools/gpu-check.sh).
-# A cold CUDA build takes 35 minutes to over an hour on 2 cores (75 min beside other builds).
+# On 2 cores a cold CUDA bundle takes ~30 minutes (cargo 20, xz 2, the dry run 7: 2026-12-05), a
+# warm one ~10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wsi-unet/target}"
@@ -13,36 +14,39 @@ feature_flags=()
 [ -n "$features" ] && feature_flags=(--features "unet-core/$features")
 flags=(--release "${feature_flags[@]}")
 rm -rf .gpu && mkdir -p .gpu
-# What runs the model gets the features; the rest (converting, making a random model, making a
-# slide) needs no GPU and is built without them: smaller, so that the bundle fits the 64 MiB a
-# device call carries.
-cargo build "${flags[@]}" -p infer
-cargo build "${flags[@]}" -p unet-core --example predict
-cargo build --release -p convert
-cargo build --release -p unet-core --example random_model
-cargo build --release -p wsi --example synthetic_slide
-kernels=()
-if [ "$features" = cuda ]; then
-  cargo build "${flags[@]}" -p unet-core --example fused_forward
-  kernels=("fused-forward:$CARGO_TARGET_DIR/release/examples/fused_forward")
-fi
-bench=$(cargo bench "${feature_flags[@]}" -p unet-core --bench model --no-run --message-format json 2>/dev/null |
-  python3 -c 'import json,sys
-for line in sys.stdin:
+# Every binary in one cargo invocation, so that all of them share one build of Burn and
+# cubecl: the examples and the bench bring unet-core's dev-dependencies (cubecl's wgpu runtime
+# among them), and an invocation without them unifies features differently and builds the whole
+# stack again (in separate invocations, a cold bundle took 54 minutes, 2026-12-05). The tools
+# that need no GPU (converting, making a random model, a slide) link part of the CUDA stack this
+# way, which the solid archive below holds in 43 MiB instead of 39.
+targets=(-p infer -p convert -p unet-core -p wsi --bin infer --bin convert --example predict
+  --example random_model --example synthetic_slide --bench model)
+[ "$features" = cuda ] && targets+=(--example fused_forward)
+built=$(mktemp)
+cargo build "${flags[@]}" "${targets[@]}" --message-format json-render-diagnostics >"$built"
+# Where cargo put each executable (the bench's name carries a hash), by target name.
+artifact() {
+  python3 -c 'import json, sys
+for line in open(sys.argv[1]):
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "model" and m.get("executable"):
-        print(m["executable"])' | tail -n 1)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[2] and m.get("executable"):
+        print(m["executable"])' "$built" "$1" | tail -n 1
+}
 # One solid xz archive, its dictionary larger than a binary: the CUDA binaries share nearly
 # all their code, so each compresses against the one before it (four of them: 36 MB, against
 # 66 MB in separate files, 2026-12-04). xz needs ~5.5 GB and a single thread for that.
 staged=$(mktemp -d)
-for pair in "infer:$CARGO_TARGET_DIR/release/infer" "convert:$CARGO_TARGET_DIR/release/convert" \
-    "predict:$CARGO_TARGET_DIR/release/examples/predict" "random_model:$CARGO_TARGET_DIR/release/examples/random_model" \
-    "synthetic_slide:$CARGO_TARGET_DIR/release/examples/synthetic_slide" "model-bench:$bench" \
-    "${kernels[@]}"; do
-  name=${pair%%:*}; path=${pair#*:}
+names=(infer convert predict random_model synthetic_slide model)
+[ "$features" = cuda ] && names+=(fused_forward)
+for target in "${names[@]}"; do
+  path=$(artifact "$target")
+  [ -n "$path" ] || { echo "cargo built no $target" >&2; exit 1; }
+  # The names tools/gpu-check.sh runs them by.
+  case $target in model) name=model-bench ;; fused_forward) name=fused-forward ;; *) name=$target ;; esac
   strip -o "$staged/$name" "$path"
 done
+rm -f "$built"
 (cd "$staged" && tar -cf - *) | xz -9e -T1 --lzma2=preset=9e,dict=512MiB > .gpu/bin.tar.xz
 rm -rf "$staged"
 # What the binaries were built from, for the figures tools/gpu-check.sh reports.
