@@ -4,7 +4,7 @@
 # it in the device tool's `carry`, which takes 64 MiB at most: checked at the end).
 # FEATURES=cuda (default) for the GPU; FEATURES= for a CPU bundle that smoke-tests the script
 # anywhere (DEVICE=cpu bash tools/gpu-check.sh).
-# On 2 cores a cold CUDA bundle takes ~30 minutes (cargo 20, xz 2, the dry run 7: 2026-12-05), a
+# On 2 cores a cold CUDA bundle takes ~30 minutes (cargo 20, xz 7, the dry run 2-3: 2026-12-05), a
 # warm one ~10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
