@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::aligned::Aligned;
 use super::simd::{Compiled, Element, Kernel, Simd};
 
 /// Bytes of input channels' values per pass over the output: the pass's weights (`9 x 256 x
@@ -30,7 +31,7 @@ pub struct Packed<E> {
     pub outputs: usize,
     taps: usize,
     block: usize,
-    weights: Vec<E>,
+    weights: Aligned<E>,
     bias: Vec<f32>,
 }
 
@@ -47,7 +48,7 @@ impl<E: Element> Packed<E> {
     ) -> Packed<E> {
         let read = inputs.next_multiple_of(group);
         let blocks = outputs.div_ceil(block);
-        let mut weights = vec![E::default(); blocks * taps * read * block];
+        let mut weights = Aligned::filled(blocks * taps * read * block, E::default());
         for (b, packed) in weights.chunks_exact_mut(taps * read * block).enumerate() {
             for tap in 0..taps {
                 for input in 0..inputs {

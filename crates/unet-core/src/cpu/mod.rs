@@ -16,6 +16,7 @@
 //! channels of the buffer its decoder level reads, after the transposed convolution's.
 
 #[cfg(any(test, target_arch = "x86_64"))]
+mod aligned;
 mod amx;
 mod conv;
 mod simd;
@@ -33,6 +34,7 @@ use crate::engine::{Batch, Engine, Output, max_over_channels};
 use crate::predictor::PredictError;
 use crate::target::{Device, EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
+use aligned::Aligned;
 use conv::{Job, Packed};
 use simd::{Element, F32, Kernel, Portable, PortableBf16};
 use winograd::{Frame, Transform, Winograd};
@@ -117,7 +119,7 @@ struct Padded<'pool, E> {
     /// Values per pixel: the activation's channels, rounded up to the kernel's group (the
     /// extra ones zero, as their weights).
     channels: usize,
-    data: Vec<E>,
+    data: Aligned<E>,
     pool: &'pool BufferPool<E>,
 }
 
@@ -130,12 +132,12 @@ impl<E> Drop for Padded<'_, E> {
 /// Activation memory kept from one forward to the next: a 512x512 forward of the w = 64
 /// model writes ~600 MB of activations, and freshly mapped memory page-faults on every first
 /// write (about a tenth of the forward's time, measured).
-struct BufferPool<E>(Mutex<Vec<Vec<E>>>);
+struct BufferPool<E>(Mutex<Vec<Aligned<E>>>);
 
 impl<E: Element> BufferPool<E> {
     /// A buffer of `len` values; stale values are left in it (every layer writes all of its
     /// output before anything reads it).
-    fn take(&self, len: usize) -> Vec<E> {
+    fn take(&self, len: usize) -> Aligned<E> {
         let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let best = (0..free.len())
             .filter(|&i| free[i].capacity() >= len)
@@ -146,13 +148,13 @@ impl<E: Element> BufferPool<E> {
                 data.resize(len, E::default());
                 data
             }
-            None => vec![E::default(); len],
+            None => Aligned::filled(len, E::default()),
         }
     }
 }
 
 impl<E> BufferPool<E> {
-    fn give(&self, data: Vec<E>) {
+    fn give(&self, data: Aligned<E>) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(data);
     }
 }
@@ -184,7 +186,7 @@ impl<'pool, E: Element> Padded<'pool, E> {
     }
 }
 
-impl<E: Copy> Padded<'_, E> {
+impl<E: Element> Padded<'_, E> {
     /// Values between one padded row and the next.
     fn row(&self) -> usize {
         (self.width + 2) * self.channels
@@ -737,7 +739,7 @@ impl<I: Isa> Unet<I> {
     fn head(&self, x: &Padded<I::Elem>) -> Vec<f32> {
         assert_eq!(x.channels, self.head.inputs);
         let (plane, outputs) = (x.height * x.width, self.head.outputs);
-        let mut scratch = self.widened.take(0);
+        let mut scratch = self.widened.take(x.data.len());
         let input = Element::widen(&x.data, &mut scratch);
         let mut logits = vec![0.0; plane * outputs];
         let job = pointwise(
@@ -752,11 +754,13 @@ impl<I: Isa> Unet<I> {
         unsafe { self.head_isa.run(&job) };
         self.widened.give(scratch);
         let mut chw = vec![0.0; outputs * plane];
-        for (p, pixel) in logits.chunks_exact(outputs).enumerate() {
-            for (c, &logit) in pixel.iter().enumerate() {
-                chw[c * plane + p] = 1.0 / (1.0 + (-logit).exp());
-            }
-        }
+        chw.par_iter_mut()
+            .with_min_len(1 << 14)
+            .enumerate()
+            .for_each(|(i, value)| {
+                let (c, p) = (i / plane, i % plane);
+                *value = 1.0 / (1.0 + (-logits[p * outputs + c]).exp());
+            });
         chw
     }
 
@@ -889,7 +893,7 @@ impl Engine for CpuUnet {
 /// A 1x1 layer (no ReLU) over `x`'s interior, writing pixel `(y, x)` at
 /// `output + y * output_row + x * output_pixel`.
 /// `data` is `x`'s values, or the same widened to f32.
-fn pointwise<'a, E, X: Copy>(
+fn pointwise<'a, E, X: Element>(
     layer: &'a Packed<E>,
     x: &Padded<X>,
     data: &'a [E],

@@ -21,6 +21,8 @@ use std::arch::x86_64::*;
 use half::bf16;
 use rayon::prelude::*;
 
+use super::aligned::Aligned;
+
 /// Work that runs compiled for the instruction set it is given: a kernel's intrinsics
 /// inline only into a function built with their target feature, so each instruction set
 /// gets its own copy of the work (`run` is `#[inline(always)]` in every implementation).
@@ -33,11 +35,11 @@ pub trait Compiled {
 }
 
 /// What weights and activations are stored as. Sums are always f32.
-pub trait Element: Copy + Default + PartialOrd + Send + Sync + 'static {
+pub trait Element: bytemuck::Pod + Default + PartialOrd + Send + Sync + 'static {
     /// Rounded to nearest, ties to even.
     fn from_f32(value: f32) -> Self;
     /// The values as f32: `values` itself where they are f32 already, else `scratch`, filled.
-    fn widen<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
+    fn widen<'a>(values: &'a [Self], scratch: &'a mut Aligned<f32>) -> &'a [f32];
     /// Each thread's scratch buffers of this type, kept from task to task (a thread-local
     /// cannot be generic, so each type names its own).
     fn scratch() -> &'static LocalKey<Scratch<Self>>;
@@ -49,7 +51,7 @@ impl Element for f32 {
     fn from_f32(value: f32) -> f32 {
         value
     }
-    fn widen<'a>(values: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
+    fn widen<'a>(values: &'a [f32], _: &'a mut Aligned<f32>) -> &'a [f32] {
         values
     }
     fn scratch() -> &'static LocalKey<Scratch<f32>> {
@@ -62,7 +64,8 @@ impl Element for bf16 {
     fn from_f32(value: f32) -> bf16 {
         bf16::from_f32(value)
     }
-    fn widen<'a>(values: &'a [bf16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+    fn widen<'a>(values: &'a [bf16], scratch: &'a mut Aligned<f32>) -> &'a [f32] {
+        // Every value is written below: a buffer kept at this length is not filled first.
         scratch.resize(values.len(), 0.0);
         scratch
             .par_chunks_mut(1 << 14)
