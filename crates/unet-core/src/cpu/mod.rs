@@ -15,8 +15,8 @@
 //! the skip concatenation is never copied: the encoder writes each level's output into the
 //! channels of the buffer its decoder level reads, after the transposed convolution's.
 
-#[cfg(any(test, target_arch = "x86_64"))]
 mod aligned;
+#[cfg(any(test, target_arch = "x86_64"))]
 mod amx;
 mod conv;
 mod simd;
@@ -739,7 +739,9 @@ impl<I: Isa> Unet<I> {
     fn head(&self, x: &Padded<I::Elem>) -> Vec<f32> {
         assert_eq!(x.channels, self.head.inputs);
         let (plane, outputs) = (x.height * x.width, self.head.outputs);
-        let mut scratch = self.widened.take(x.data.len());
+        // Taken at the length it is widened to, so a kept buffer is not filled again.
+        let widened = if I::Elem::WIDENS { x.data.len() } else { 0 };
+        let mut scratch = self.widened.take(widened);
         let input = Element::widen(&x.data, &mut scratch);
         let mut logits = vec![0.0; plane * outputs];
         let job = pointwise(

@@ -38,6 +38,8 @@ pub trait Compiled {
 pub trait Element: bytemuck::Pod + Default + PartialOrd + Send + Sync + 'static {
     /// Rounded to nearest, ties to even.
     fn from_f32(value: f32) -> Self;
+    /// Whether [`Element::widen`] writes the values into its scratch (not where they are f32).
+    const WIDENS: bool;
     /// The values as f32: `values` itself where they are f32 already, else `scratch`, filled.
     fn widen<'a>(values: &'a [Self], scratch: &'a mut Aligned<f32>) -> &'a [f32];
     /// Each thread's scratch buffers of this type, kept from task to task (a thread-local
@@ -48,6 +50,7 @@ pub trait Element: bytemuck::Pod + Default + PartialOrd + Send + Sync + 'static 
 pub type Scratch<E> = RefCell<[Vec<E>; 2]>;
 
 impl Element for f32 {
+    const WIDENS: bool = false;
     fn from_f32(value: f32) -> f32 {
         value
     }
@@ -61,6 +64,7 @@ impl Element for f32 {
 }
 
 impl Element for bf16 {
+    const WIDENS: bool = true;
     fn from_f32(value: f32) -> bf16 {
         bf16::from_f32(value)
     }
