@@ -40,12 +40,19 @@ impl<E: Pod> Aligned<E> {
 
     /// As `Vec::resize`: values past the old length are `value`, those before it are kept.
     pub fn resize(&mut self, len: usize, value: E) {
-        let old = self.len;
+        let (old, kept_lines) = (self.len, self.lines.len());
         self.lines
             .resize((len * size_of::<E>()).div_ceil(64), Line::zeroed());
         self.len = len;
-        if len > old {
-            self[old..].fill(value);
+        // New lines are zeros already: with zeros, only the kept lines' tail is written again.
+        let zeros = bytemuck::bytes_of(&value).iter().all(|&byte| byte == 0);
+        let end = if zeros {
+            len.min(kept_lines * size_of::<Line>() / size_of::<E>())
+        } else {
+            len
+        };
+        if end > old {
+            self[old..end].fill(value);
         }
     }
 
