@@ -157,9 +157,7 @@ impl<T: Copy> Shared<T> {
 /// `output` is valid for writes of `output_len` floats that nothing else accesses meanwhile,
 /// and no two output pixels overlap (the bounds themselves are checked here).
 pub unsafe fn run<K: Kernel>(kernel: K, job: &Job<K::Elem>) {
-    job.check_bounds();
-    assert_eq!(job.layer.block, block_of(kernel));
-    let blocks = job.layer.outputs.div_ceil(job.layer.block);
+    let blocks = output_blocks(kernel, job);
     let rows_per_group = row_groups(blocks, job.rows);
     let groups = job.rows.div_ceil(rows_per_group);
     let shared = Shared(job);
@@ -170,6 +168,31 @@ pub unsafe fn run<K: Kernel>(kernel: K, job: &Job<K::Elem>) {
         // SAFETY: this task writes only its block's channels of its rows.
         unsafe { kernel.compiled(Rows { job, block, rows }) };
     });
+}
+
+/// Runs the job on the calling thread alone: a job that is itself one task of a parallel loop.
+///
+/// # Safety
+/// As [`run`].
+pub unsafe fn run_here<K: Kernel>(kernel: K, job: &Job<K::Elem>) {
+    for block in 0..output_blocks(kernel, job) {
+        // SAFETY: the caller's contract; the blocks are written one after another.
+        unsafe {
+            kernel.compiled(Rows {
+                job,
+                block,
+                rows: 0..job.rows,
+            })
+        };
+    }
+}
+
+/// The job's blocks of output channels, after checking its bounds and that its weights are
+/// packed for this kernel.
+fn output_blocks<K: Kernel>(kernel: K, job: &Job<K::Elem>) -> usize {
+    job.check_bounds();
+    assert_eq!(job.layer.block, block_of(kernel));
+    job.layer.outputs.div_ceil(job.layer.block)
 }
 
 /// Rows (of `rows`) per task when each row is split into `blocks` tasks: enough tasks to

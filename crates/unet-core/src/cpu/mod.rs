@@ -62,6 +62,10 @@ fn portable_forced() -> bool {
 /// model's ~450 MB, which therefore runs one image at a time.
 const CONCURRENT_ACTIVATION_BYTES: usize = 512 << 20;
 
+/// f32 values' bytes a task of the head widens and reads at once: its rows stay in the core's
+/// L2 cache between the two (two rows of the w = 64 model's 512x512).
+const HEAD_TASK_BYTES: usize = 256 << 10;
+
 /// A 3x3 convolution with replicate padding, bias and ReLU.
 enum Conv3x3<E> {
     Direct(Packed<E>),
@@ -97,6 +101,17 @@ impl<E: Element> Op for Job<'_, E> {
     unsafe fn run<K: Kernel<Elem = E>>(&self, kernel: K) {
         // SAFETY: the caller's contract is the kernel's.
         unsafe { conv::run(kernel, self) }
+    }
+}
+
+/// A job run on the calling thread alone: one task of a parallel loop of its own.
+struct OnThisThread<'a, E>(Job<'a, E>);
+
+impl<E: Element> Op for OnThisThread<'_, E> {
+    type Elem = E;
+    unsafe fn run<K: Kernel<Elem = E>>(&self, kernel: K) {
+        // SAFETY: the caller's contract is the kernel's.
+        unsafe { conv::run_here(kernel, &self.0) }
     }
 }
 
@@ -184,9 +199,7 @@ impl<'pool, E: Element> Padded<'pool, E> {
             pool,
         }
     }
-}
 
-impl<E: Element> Padded<'_, E> {
     /// Values between one padded row and the next.
     fn row(&self) -> usize {
         (self.width + 2) * self.channels
@@ -217,6 +230,39 @@ impl<E: Element> Padded<'_, E> {
                 );
             }
         }
+    }
+
+    /// 2x2 max pooling of channels `channels` into a buffer of its own (from the same pool,
+    /// `channels.len()` rounded up to `group`). The channels are a ReLU's outputs, so the max
+    /// is taken over their bits as integers ([`Element::Ordered`]), which vectorise.
+    fn max_pool(&self, channels: std::ops::Range<usize>, group: usize) -> Padded<'pool, E> {
+        let mut out = Padded::new(
+            self.pool,
+            (self.height / 2, self.width / 2),
+            channels.len(),
+            group,
+        );
+        let (row, stored, c) = (out.row(), out.channels, channels.len());
+        let input: &[E::Ordered] = bytemuck::cast_slice(&self.data);
+        let output: &mut [E::Ordered] = bytemuck::cast_slice_mut(&mut out.data);
+        output[row..(out.height + 1) * row]
+            .par_chunks_exact_mut(row)
+            .enumerate()
+            .for_each(|(y, line)| {
+                for px in 0..self.width / 2 {
+                    let at = |dy: usize, dx: usize| {
+                        &input[self.at(2 * y + dy, 2 * px + dx) + channels.start..][..c]
+                    };
+                    let (a, b, d, e) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                    let pixel = &mut line[(px + 1) * stored..][..c];
+                    let inputs = a.iter().zip(b).zip(d.iter().zip(e));
+                    for (value, ((a, b), (d, e))) in pixel.iter_mut().zip(inputs) {
+                        *value = (*a).max(*b).max((*d).max(*e));
+                    }
+                }
+            });
+        out.fill_border(0..stored);
+        out
     }
 }
 
@@ -478,8 +524,6 @@ struct Unet<I: Isa> {
     /// 7.5e-2 to 9.4e-2 off PyTorch's).
     head: Packed<f32>,
     head_isa: F32Isa,
-    /// The last activation widened to f32 for the head (bf16 only), kept between forwards.
-    widened: BufferPool<f32>,
     buffers: BufferPool<I::Elem>,
 }
 
@@ -578,7 +622,6 @@ impl<I: Isa> Unet<I> {
             decoder,
             head,
             head_isa,
-            widened: BufferPool(Mutex::default()),
             buffers: BufferPool(Mutex::default()),
         })
     }
@@ -637,7 +680,7 @@ impl<I: Isa> Unet<I> {
             x = match joined.get_mut(level) {
                 Some((skip, offset)) => {
                     self.conv3x3_into(second, &middle, skip, *offset);
-                    self.max_pool(skip, *offset..*offset + second.outputs())
+                    skip.max_pool(*offset..*offset + second.outputs(), self.isa.shape().1)
                 }
                 None => self.conv3x3(second, &middle),
             };
@@ -727,7 +770,20 @@ impl<I: Isa> Unet<I> {
             let first_output = out.at(dy, dx);
             let (output_row, output_pixel) = (2 * out.row(), 2 * out.channels);
             let output = &mut out.data[first_output..];
-            let job = pointwise(layer, x, &x.data, output, output_row, output_pixel);
+            let job = Job {
+                layer,
+                rows: x.height,
+                columns: x.width,
+                input: &x.data[x.at(0, 0)..],
+                input_row: x.row(),
+                input_pixel: x.channels,
+                taps: &[0],
+                output: output.as_mut_ptr(),
+                output_len: output.len(),
+                output_row,
+                output_pixel,
+                relu: false,
+            };
             // SAFETY: input pixel (y, x) writes output pixel (2y + dy, 2x + dx), inside out
             // (checked by the kernel), which is borrowed mutably here.
             unsafe { self.isa.run_job(&job) };
@@ -735,63 +791,58 @@ impl<I: Isa> Unet<I> {
         out.fill_border(0..layers[0].outputs);
     }
 
-    /// The 1x1 head and sigmoid, CHW.
+    /// The 1x1 head and sigmoid, CHW. Each task takes a few rows: in bf16 it widens them to
+    /// f32 in its thread's scratch, where they stay in cache for the kernel's read (a widened
+    /// copy of the whole activation, 67 MB for the w = 64 model's 512x512, went through memory
+    /// twice), and its sigmoids follow on the logits it has just written.
     fn head(&self, x: &Padded<I::Elem>) -> Vec<f32> {
         assert_eq!(x.channels, self.head.inputs);
         let (plane, outputs) = (x.height * x.width, self.head.outputs);
-        // Taken at the length it is widened to, so a kept buffer is not filled again.
-        let widened = if I::Elem::WIDENS { x.data.len() } else { 0 };
-        let mut scratch = self.widened.take(widened);
-        let input = Element::widen(&x.data, &mut scratch);
+        let rows_per_task = (HEAD_TASK_BYTES / (x.row() * size_of::<f32>())).max(1);
         let mut logits = vec![0.0; plane * outputs];
-        let job = pointwise(
-            &self.head,
-            x,
-            input,
-            &mut logits,
-            x.width * outputs,
-            outputs,
-        );
-        // SAFETY: logits holds every output pixel's channels (checked by the kernel).
-        unsafe { self.head_isa.run(&job) };
-        self.widened.give(scratch);
-        let mut chw = vec![0.0; outputs * plane];
-        chw.par_iter_mut()
-            .with_min_len(1 << 14)
+        logits
+            .par_chunks_mut(rows_per_task * x.width * outputs)
             .enumerate()
-            .for_each(|(i, value)| {
-                let (c, p) = (i / plane, i % plane);
-                *value = 1.0 / (1.0 + (-logits[p * outputs + c]).exp());
-            });
-        chw
-    }
-
-    /// 2x2 max pooling of channels `channels` of `x`, into a buffer of its own.
-    fn max_pool(
-        &self,
-        x: &Padded<I::Elem>,
-        channels: std::ops::Range<usize>,
-    ) -> Padded<'_, I::Elem> {
-        let mut out = self.padded(x.height / 2, x.width / 2, channels.len());
-        let (row, stored, c) = (out.row(), out.channels, channels.len());
-        let max = |a: I::Elem, b: I::Elem| if b > a { b } else { a };
-        out.data[row..(out.height + 1) * row]
-            .par_chunks_exact_mut(row)
-            .enumerate()
-            .for_each(|(y, line)| {
-                for px in 0..x.width / 2 {
-                    let at = |dy: usize, dx: usize| {
-                        &x.data[x.at(2 * y + dy, 2 * px + dx) + channels.start..][..c]
-                    };
-                    let (a, b, d, e) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
-                    let pixel = &mut line[(px + 1) * stored..][..c];
-                    for (ch, value) in pixel.iter_mut().enumerate() {
-                        *value = max(max(a[ch], b[ch]), max(d[ch], e[ch]));
-                    }
+            .for_each(|(task, logits)| {
+                let (first_row, rows) = (task * rows_per_task, logits.len() / (x.width * outputs));
+                // The rows' whole padded lines: from the left border pixel of the first.
+                let lines = &x.data[(first_row + 1) * x.row()..][..rows * x.row()];
+                let [mut wide, spare] = f32::scratch().take();
+                let input = Element::widen(lines, &mut wide);
+                let job = Job {
+                    layer: &self.head,
+                    rows,
+                    columns: x.width,
+                    input: &input[x.channels..],
+                    input_row: x.row(),
+                    input_pixel: x.channels,
+                    taps: &[0],
+                    output: logits.as_mut_ptr(),
+                    output_len: logits.len(),
+                    output_row: x.width * outputs,
+                    output_pixel: outputs,
+                    relu: false,
+                };
+                // SAFETY: logits holds every output pixel's channels of the task's rows
+                // (checked by the kernel), and only this task writes it.
+                unsafe { self.head_isa.run(&OnThisThread(job)) };
+                f32::scratch().set([wide, spare]);
+                for value in logits {
+                    *value = 1.0 / (1.0 + (-*value).exp());
                 }
             });
-        out.fill_border(0..stored);
-        out
+        let sigmoid = logits;
+        let mut chw = vec![0.0; outputs * plane];
+        chw.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(c, channel)| {
+                let pixels = sigmoid[c..].iter().step_by(outputs);
+                channel
+                    .iter_mut()
+                    .zip(pixels)
+                    .for_each(|(to, from)| *to = *from);
+            });
+        chw
     }
 
     fn forward(&self, batch: &Batch, output: Output) -> Vec<f32> {
@@ -892,36 +943,14 @@ impl Engine for CpuUnet {
     }
 }
 
-/// A 1x1 layer (no ReLU) over `x`'s interior, writing pixel `(y, x)` at
-/// `output + y * output_row + x * output_pixel`.
-/// `data` is `x`'s values, or the same widened to f32.
-fn pointwise<'a, E, X: Element>(
-    layer: &'a Packed<E>,
-    x: &Padded<X>,
-    data: &'a [E],
-    output: &mut [E],
-    output_row: usize,
-    output_pixel: usize,
-) -> Job<'a, E> {
-    Job {
-        layer,
-        rows: x.height,
-        columns: x.width,
-        input: &data[x.at(0, 0)..],
-        input_row: x.row(),
-        input_pixel: x.channels,
-        taps: &[0],
-        output: output.as_mut_ptr(),
-        output_len: output.len(),
-        output_row,
-        output_pixel,
-        relu: false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use half::bf16;
+
     use super::{Bf16Isa, F32Isa, Isa, Unet, WINOGRAD_MIN_CHANNELS};
+    use super::{BufferPool, Element, Padded};
     use crate::patch::{RgbPatch, normalise_into};
     use crate::{BurnEngine, Checkpoint, DeviceChoice, FoldedWeights, Precision, Predictor};
     use crate::{UnetConfig, engine::max_over_channels};
@@ -1007,5 +1036,43 @@ mod tests {
         }
         check::<F32Isa>(&weights, &input, &expected, 1e-4);
         check::<Bf16Isa>(&weights, &input, &expected, 5e-3);
+    }
+
+    /// 2x2 max pooling on the values' bits against the floats' own max, in both storage
+    /// types, over what a ReLU leaves (zeros of both signs, tiny and huge values): a channel
+    /// range inside a wider buffer, an odd width (its last column dropped).
+    #[test]
+    fn pooling_on_bits_takes_the_floats_max() {
+        fn check<E: Element>() {
+            let as_f32 = |value: E| E::widen(&[value], &mut Vec::new())[0];
+            let pool = BufferPool(Mutex::default());
+            let (height, width, channels) = (4, 7, 5);
+            let mut x = Padded::<E>::new(&pool, (height, width), channels, 1);
+            let values = [0.0, -0.0, 1e-30, 0.5, 3.0, 1e30, 2e-3, 7.25, -0.0];
+            for y in 0..height {
+                for px in 0..width {
+                    for c in 0..channels {
+                        let value = values[(5 * y + 3 * px + c) % values.len()];
+                        let at = x.at(y, px) + c;
+                        x.data[at] = E::from_f32(value);
+                    }
+                }
+            }
+            let pooled = x.max_pool(1..4, 1);
+            for y in 0..height / 2 {
+                for px in 0..width / 2 {
+                    for c in 0..3 {
+                        let expected = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                            .map(|(dy, dx)| as_f32(x.data[x.at(2 * y + dy, 2 * px + dx) + 1 + c]))
+                            .into_iter()
+                            .fold(f32::MIN, f32::max);
+                        let got = as_f32(pooled.data[pooled.at(y, px) + c]);
+                        assert_eq!(got, expected, "pixel ({y}, {px}), channel {c}");
+                    }
+                }
+            }
+        }
+        check::<f32>();
+        check::<bf16>();
     }
 }

@@ -19,9 +19,6 @@ use std::thread::LocalKey;
 use std::arch::x86_64::*;
 
 use half::bf16;
-use rayon::prelude::*;
-
-use super::aligned::Aligned;
 
 /// Work that runs compiled for the instruction set it is given: a kernel's intrinsics
 /// inline only into a function built with their target feature, so each instruction set
@@ -38,10 +35,12 @@ pub trait Compiled {
 pub trait Element: bytemuck::Pod + Default + PartialOrd + Send + Sync + 'static {
     /// Rounded to nearest, ties to even.
     fn from_f32(value: f32) -> Self;
-    /// Whether [`Element::widen`] writes the values into its scratch (not where they are f32).
-    const WIDENS: bool;
+    /// The value's bits as a signed integer. Their order is the values' order over what a ReLU
+    /// leaves (non-negative values, and -0 below them), so a max over ReLU'd values runs on
+    /// integers, which every instruction set compares lane by lane.
+    type Ordered: bytemuck::Pod + Ord + Send + Sync;
     /// The values as f32: `values` itself where they are f32 already, else `scratch`, filled.
-    fn widen<'a>(values: &'a [Self], scratch: &'a mut Aligned<f32>) -> &'a [f32];
+    fn widen<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
     /// Each thread's scratch buffers of this type, kept from task to task (a thread-local
     /// cannot be generic, so each type names its own).
     fn scratch() -> &'static LocalKey<Scratch<Self>>;
@@ -50,11 +49,11 @@ pub trait Element: bytemuck::Pod + Default + PartialOrd + Send + Sync + 'static 
 pub type Scratch<E> = RefCell<[Vec<E>; 2]>;
 
 impl Element for f32 {
-    const WIDENS: bool = false;
+    type Ordered = i32;
     fn from_f32(value: f32) -> f32 {
         value
     }
-    fn widen<'a>(values: &'a [f32], _: &'a mut Aligned<f32>) -> &'a [f32] {
+    fn widen<'a>(values: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
         values
     }
     fn scratch() -> &'static LocalKey<Scratch<f32>> {
@@ -64,21 +63,13 @@ impl Element for f32 {
 }
 
 impl Element for bf16 {
-    const WIDENS: bool = true;
+    type Ordered = i16;
     fn from_f32(value: f32) -> bf16 {
         bf16::from_f32(value)
     }
-    fn widen<'a>(values: &'a [bf16], scratch: &'a mut Aligned<f32>) -> &'a [f32] {
-        // Every value is written below: a buffer kept at this length is not filled first.
-        scratch.resize(values.len(), 0.0);
-        scratch
-            .par_chunks_mut(1 << 14)
-            .zip(values.par_chunks(1 << 14))
-            .for_each(|(wide, narrow)| {
-                wide.iter_mut()
-                    .zip(narrow)
-                    .for_each(|(w, n)| *w = n.to_f32())
-            });
+    fn widen<'a>(values: &'a [bf16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        scratch.clear();
+        scratch.extend(values.iter().map(|value| value.to_f32()));
         scratch
     }
     fn scratch() -> &'static LocalKey<Scratch<bf16>> {
