@@ -41,9 +41,10 @@ fn forward(c: &mut Criterion) {
     let config = UnetConfig::new(3, 3, 64);
     let pixels = pixels(side);
     let mut group = c.benchmark_group("forward_w64");
+    let seconds = setting::<f64>("UNET_BENCH_SECONDS", "20")[0];
     group
         .sample_size(10)
-        .measurement_time(Duration::from_secs(20));
+        .measurement_time(Duration::from_secs_f64(seconds));
     // A random model on each engine asked for (`auto` is the one a user gets: the CPU kernels
     // for f32 on the CPU).
     let weights = FoldedWeights::random(config, 17);
