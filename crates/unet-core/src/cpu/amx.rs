@@ -38,6 +38,10 @@ const ROWS: usize = 16;
 const CHANNELS: usize = 32;
 /// Output channels a kernel call sums: two B tiles.
 const OUTPUTS: usize = 2 * ROWS;
+/// Weight bytes one task reads: a task takes as many 32-output pairs as fit, and runs each
+/// strip of pixels through all of them, so that the strip is read from memory once rather
+/// than once per pair, while the weights stay in the core's L2 cache.
+const TASK_WEIGHT_BYTES: usize = 1 << 20;
 
 /// The eight tile registers as the kernel uses them: A tiles 0 and 1 (two strips of 16
 /// pixels x 32 input channels), B tiles 2 and 3 (16 input pairs x 16 output channels each),
@@ -102,8 +106,8 @@ fn line_length(job: &Job<bf16>) -> usize {
     (job.rows - 1) * span + job.columns
 }
 
-/// Runs `job` on all cores: each task one pair of B tiles (32 output channels) over a run
-/// of strip pairs.
+/// Runs `job` on all cores: each task a run of strip pairs through as many pairs of B tiles
+/// (32 output channels each) as [`TASK_WEIGHT_BYTES`] holds.
 ///
 /// # Safety
 /// As [`conv::run`](super::conv::run), and `T::configure`'s.
@@ -112,29 +116,40 @@ pub unsafe fn run<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K, job: &Job<bf16>) 
     assert!(fits(job), "a job the tiles cannot run");
     let strip_pairs = line_length(job).div_ceil(2 * ROWS);
     let output_pairs = job.layer.outputs / OUTPUTS;
-    let per_group = row_groups(output_pairs, strip_pairs);
+    let per_task = output_pairs_per_task(job.taps.len(), job.layer.inputs, output_pairs);
+    let output_groups = output_pairs.div_ceil(per_task);
+    let per_group = row_groups(output_groups, strip_pairs);
     let groups = strip_pairs.div_ceil(per_group);
     let shared = Shared(job);
-    (0..output_pairs * groups).into_par_iter().for_each(|task| {
-        let job = shared.get();
-        let (outputs, group) = (task % output_pairs, task / output_pairs);
-        let pairs = group * per_group..((group + 1) * per_group).min(strip_pairs);
-        let task = Strips::<T> {
-            job,
-            first_output: outputs * OUTPUTS,
-            pairs,
-            tiles: PhantomData,
-        };
-        // SAFETY: this task writes only its 32 output channels of its strips' pixels.
-        unsafe { kernel.compiled(task) };
-    });
+    (0..output_groups * groups)
+        .into_par_iter()
+        .for_each(|task| {
+            let job = shared.get();
+            let (outputs, group) = (task % output_groups, task / output_groups);
+            let pairs = group * per_group..((group + 1) * per_group).min(strip_pairs);
+            let task = Strips::<T> {
+                job,
+                outputs: outputs * per_task..((outputs + 1) * per_task).min(output_pairs),
+                pairs,
+                tiles: PhantomData,
+            };
+            // SAFETY: this task writes only its output pairs' channels of its strips' pixels.
+            unsafe { kernel.compiled(task) };
+        });
 }
 
-/// One task of [`run`]: output channels `first_output..first_output + 32` of strip pairs
+/// How many of a layer's `output_pairs` one task of [`run`] takes: as many as
+/// [`TASK_WEIGHT_BYTES`] holds the weights of, at least one.
+fn output_pairs_per_task(taps: usize, inputs: usize, output_pairs: usize) -> usize {
+    let weight_bytes = taps * inputs * OUTPUTS * size_of::<bf16>();
+    (TASK_WEIGHT_BYTES / weight_bytes).clamp(1, output_pairs)
+}
+
+/// One task of [`run`]: output channel pairs `outputs` (32 channels each) of strip pairs
 /// `pairs`.
 struct Strips<'a, T> {
     job: &'a Job<'a, bf16>,
-    first_output: usize,
+    outputs: std::ops::Range<usize>,
     pairs: std::ops::Range<usize>,
     tiles: PhantomData<T>,
 }
@@ -151,7 +166,7 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
     unsafe fn run<K: Kernel<Elem = bf16>>(self, kernel: K) {
         let Strips {
             job,
-            first_output,
+            outputs,
             pairs,
             ..
         } = self;
@@ -171,14 +186,17 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
                 .as_ptr()
                 .add((o / block) * layer.taps() * inputs * block + 2 * (o % block))
         };
-        let b = [weights(first_output), weights(first_output + ROWS)];
         let (a_stride, b_stride) = (2 * job.input_pixel, 4 * block);
-        let bias = unsafe { layer.bias().as_ptr().add(first_output) };
         // Strip `i`, outputs `j`: `sums[i][j]`.
         let mut sums = [[Sums([[0.0; ROWS]; ROWS]); 2]; 2];
         // SAFETY: the caller's contract is `configure`'s.
         let mut tiles = unsafe { T::configure() };
-        for pair in pairs {
+        // Each strip pair through all the task's outputs while its pixels are in cache.
+        for (pair, first_output) in
+            pairs.flat_map(|pair| outputs.clone().map(move |o| (pair, o * OUTPUTS)))
+        {
+            let b = [weights(first_output), weights(first_output + ROWS)];
+            let bias = unsafe { layer.bias().as_ptr().add(first_output) };
             let starts = [2 * pair, (2 * pair + 1).min(last_strip)].map(|strip| ROWS * strip);
             let a = starts.map(|start| unsafe { job.input.as_ptr().add(start * job.input_pixel) });
             tiles.zero::<4>();
@@ -585,20 +603,27 @@ impl Sample {
 #[cfg(test)]
 mod tests {
     use super::super::simd::PortableBf16;
-    use super::{Emulated, Sample, agrees, fits, run};
+    use super::{Emulated, OUTPUTS, Sample, agrees, fits, output_pairs_per_task, run};
 
     /// The kernel on emulated tiles against the layer summed in f64: lines that cross rows, a
     /// last strip that overlaps the one before, an odd number of strips, several output
     /// pairs, weights packed 16 and 64 outputs a block (the portable and the AVX-512 kernel's
-    /// layouts).
+    /// layouts), and a layer whose output pairs take more than one task, the last one fewer.
     #[test]
     fn tiles_compute_the_convolution() {
-        for (inputs, outputs, size, block) in [
+        let cases = [
             (32, 32, (1, 16), 16),
             (64, 96, (3, 20), 16),
             (96, 64, (5, 7), 64),
             (32, 128, (2, 37), 64),
-        ] {
+            (640, 96, (2, 9), 64),
+        ];
+        assert!(cases.iter().any(|&(inputs, outputs, ..)| {
+            let pairs = outputs / OUTPUTS;
+            let per_task = output_pairs_per_task(9, inputs, pairs);
+            per_task > 1 && !pairs.is_multiple_of(per_task)
+        }));
+        for (inputs, outputs, size, block) in cases {
             let sample = Sample::new(inputs, outputs, size, block);
             let tiles = sample.output(|job| {
                 assert!(fits(job));
