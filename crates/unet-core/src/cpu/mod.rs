@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use crate::patch::normalise_into;
 
 use crate::architecture::{self, LEVELS, Layer, UnetConfig};
-use crate::engine::{Batch, Engine, Output, max_over_channels};
+use crate::engine::{Batch, Engine, Output};
 use crate::predictor::PredictError;
 use crate::target::{Device, EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
@@ -647,8 +647,8 @@ impl<I: Isa> Unet<I> {
         (CONCURRENT_ACTIVATION_BYTES / bytes.max(1)).clamp(1, rayon::current_num_threads())
     }
 
-    /// One normalised image, CHW, to its sigmoid outputs, CHW.
-    fn forward_image(&self, chw: &[f32], height: usize, width: usize) -> Vec<f32> {
+    /// One normalised image, CHW, to its sigmoid outputs, CHW, or its probability map.
+    fn forward_image(&self, chw: &[f32], height: usize, width: usize, output: Output) -> Vec<f32> {
         let plane = height * width;
         let channels = self.config.in_channels;
         let mut x = self.padded(height, width, channels);
@@ -691,7 +691,7 @@ impl<I: Isa> Unet<I> {
             let middle = self.conv3x3(&level.convs[0], &input);
             x = self.conv3x3(&level.convs[1], &middle);
         }
-        self.head(&x)
+        self.head(&x, output)
     }
 
     fn conv3x3(&self, layer: &Conv3x3<I::Elem>, x: &Padded<I::Elem>) -> Padded<'_, I::Elem> {
@@ -791,11 +791,12 @@ impl<I: Isa> Unet<I> {
         out.fill_border(0..layers[0].outputs);
     }
 
-    /// The 1x1 head and sigmoid, CHW. Each task takes a few rows: in bf16 it widens them to
-    /// f32 in its thread's scratch, where they stay in cache for the kernel's read (a widened
-    /// copy of the whole activation, 67 MB for the w = 64 model's 512x512, went through memory
-    /// twice), and its sigmoids follow on the logits it has just written.
-    fn head(&self, x: &Padded<I::Elem>) -> Vec<f32> {
+    /// The 1x1 head and sigmoid, CHW, or the probability map: the sigmoid of each pixel's
+    /// largest logit, which is the largest sigmoid (the sigmoid is monotonic, in f32 too), for a
+    /// third of the exponentials. Each task takes a few rows: in bf16 it widens them to f32 in
+    /// its thread's scratch, where they stay in cache for the kernel's read (a widened copy of
+    /// the whole activation, 67 MB for the w = 64 model's 512x512, went through memory twice).
+    fn head(&self, x: &Padded<I::Elem>, output: Output) -> Vec<f32> {
         assert_eq!(x.channels, self.head.inputs);
         let (plane, outputs) = (x.height * x.width, self.head.outputs);
         let rows_per_task = (HEAD_TASK_BYTES / (x.row() * size_of::<f32>())).max(1);
@@ -827,22 +828,29 @@ impl<I: Isa> Unet<I> {
                 // (checked by the kernel), and only this task writes it.
                 unsafe { self.head_isa.run(&OnThisThread(job)) };
                 f32::scratch().set([wide, spare]);
-                for value in logits {
-                    *value = 1.0 / (1.0 + (-*value).exp());
+                if output == Output::Sigmoid {
+                    logits.iter_mut().for_each(|value| *value = sigmoid(*value));
                 }
             });
-        let sigmoid = logits;
-        let mut chw = vec![0.0; outputs * plane];
-        chw.par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(c, channel)| {
-                let pixels = sigmoid[c..].iter().step_by(outputs);
-                channel
-                    .iter_mut()
-                    .zip(pixels)
-                    .for_each(|(to, from)| *to = *from);
-            });
-        chw
+        match output {
+            Output::Probability => logits
+                .par_chunks_exact(outputs)
+                .map(|pixel| sigmoid(pixel.iter().copied().fold(f32::MIN, f32::max)))
+                .collect(),
+            Output::Sigmoid => {
+                let mut chw = vec![0.0; outputs * plane];
+                chw.par_chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(c, channel)| {
+                        let pixels = logits[c..].iter().step_by(outputs);
+                        channel
+                            .iter_mut()
+                            .zip(pixels)
+                            .for_each(|(to, from)| *to = *from);
+                    });
+                chw
+            }
+        }
     }
 
     fn forward(&self, batch: &Batch, output: Output) -> Vec<f32> {
@@ -851,23 +859,19 @@ impl<I: Isa> Unet<I> {
         // hand-overs between cores go idle (the demo model at batch 12 went from 53 to 45 ms
         // a patch).
         let at_once = self.images_at_once(height, width);
-        let channels = self.config.out_channels;
-        let mut sigmoid = Vec::with_capacity(batch.len() * channels * batch.plane());
+        let mut outputs = Vec::new();
         for group in batch.patches.chunks(at_once) {
-            let outputs: Vec<Vec<f32>> = group
+            let images: Vec<Vec<f32>> = group
                 .par_iter()
                 .map(|patch| {
                     let mut input = Vec::with_capacity(3 * batch.plane());
                     normalise_into(patch, &mut input);
-                    self.forward_image(&input, height, width)
+                    self.forward_image(&input, height, width, output)
                 })
                 .collect();
-            outputs.iter().for_each(|image| sigmoid.extend(image));
+            images.iter().for_each(|image| outputs.extend(image));
         }
-        match output {
-            Output::Sigmoid => sigmoid,
-            Output::Probability => max_over_channels(&sigmoid, channels, batch.plane()),
-        }
+        outputs
     }
 }
 
@@ -943,6 +947,11 @@ impl Engine for CpuUnet {
     }
 }
 
+/// The logistic function, as PyTorch's `sigmoid` computes it in f32.
+fn sigmoid(logit: f32) -> f32 {
+    1.0 / (1.0 + (-logit).exp())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -951,9 +960,10 @@ mod tests {
 
     use super::{Bf16Isa, F32Isa, Isa, Unet, WINOGRAD_MIN_CHANNELS};
     use super::{BufferPool, Element, Padded};
+    use crate::UnetConfig;
+    use crate::engine::{Output, max_over_channels};
     use crate::patch::{RgbPatch, normalise_into};
     use crate::{BurnEngine, Checkpoint, DeviceChoice, FoldedWeights, Precision, Predictor};
-    use crate::{UnetConfig, engine::max_over_channels};
     use test_fixtures::{Case, cases, max_abs_difference};
 
     /// Every kernel of `I` this CPU has, not only the one `Predictor` picks, against PyTorch's
@@ -972,7 +982,7 @@ mod tests {
                 for winograd_min_channels in [usize::MAX, WINOGRAD_MIN_CHANNELS, 1] {
                     let model =
                         Unet::with(&checkpoint.weights, isa, winograd_min_channels).unwrap();
-                    let output = model.forward_image(&input, height, width);
+                    let output = model.forward_image(&input, height, width, Output::Sigmoid);
                     let difference = max_abs_difference(&output, &expected);
                     let layers = match winograd_min_channels {
                         usize::MAX => "all direct".to_string(),
@@ -1024,14 +1034,17 @@ mod tests {
         assert!(spread > 1e-3, "random model's map is flat: {spread}");
         let mut input = Vec::new();
         normalise_into(&patch, &mut input);
+        // The probability map too: exactly the max of the sigmoids the same model gives.
         fn check<I: Isa>(weights: &FoldedWeights, input: &[f32], expected: &[f32], tolerance: f32) {
             for isa in I::available() {
-                let output = Unet::with(weights, isa, WINOGRAD_MIN_CHANNELS)
-                    .unwrap()
-                    .forward_image(input, 32, 48);
+                let model = Unet::with(weights, isa, WINOGRAD_MIN_CHANNELS).unwrap();
+                let output = model.forward_image(input, 32, 48, Output::Sigmoid);
                 let difference = max_abs_difference(&output, expected);
                 println!("w32 {}: {difference:.2e}", isa.name());
                 assert!(difference <= tolerance, "w32 {}: {difference}", isa.name());
+                let map = model.forward_image(input, 32, 48, Output::Probability);
+                let maxima = max_over_channels(&output, output.len() / map.len(), map.len());
+                assert_eq!(map, maxima, "w32 {}", isa.name());
             }
         }
         check::<F32Isa>(&weights, &input, &expected, 1e-4);
