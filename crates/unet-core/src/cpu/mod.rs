@@ -961,10 +961,24 @@ mod tests {
     use super::{Bf16Isa, F32Isa, Isa, Unet, WINOGRAD_MIN_CHANNELS};
     use super::{BufferPool, Element, Padded};
     use crate::UnetConfig;
-    use crate::engine::{Output, max_over_channels};
+    use crate::engine::Output;
     use crate::patch::{RgbPatch, normalise_into};
     use crate::{BurnEngine, Checkpoint, DeviceChoice, FoldedWeights, Precision, Predictor};
     use test_fixtures::{Case, cases, max_abs_difference};
+
+    /// `[N, channels, plane]` sigmoid outputs to `[N, plane]` probabilities, the plain way.
+    fn max_over_channels(sigmoid: &[f32], channels: usize, plane: usize) -> Vec<f32> {
+        sigmoid
+            .chunks_exact(channels * plane)
+            .flat_map(|image| {
+                (0..plane).map(move |p| {
+                    (0..channels)
+                        .map(|c| image[c * plane + p])
+                        .fold(f32::MIN, f32::max)
+                })
+            })
+            .collect()
+    }
 
     /// Every kernel of `I` this CPU has, not only the one `Predictor` picks, against PyTorch's
     /// outputs (the fixtures' cases: narrow models, odd channel counts and widths, odd sides

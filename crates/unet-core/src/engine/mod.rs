@@ -230,20 +230,6 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("no reason given")
 }
 
-/// `[N, channels, plane]` sigmoid outputs to `[N, plane]` probabilities.
-pub fn max_over_channels(sigmoid: &[f32], channels: usize, plane: usize) -> Vec<f32> {
-    sigmoid
-        .chunks_exact(channels * plane)
-        .flat_map(|image| {
-            (0..plane).map(move |p| {
-                (0..channels)
-                    .map(|c| image[c * plane + p])
-                    .fold(f32::MIN, f32::max)
-            })
-        })
-        .collect()
-}
-
 #[cfg(all(test, feature = "fused"))]
 mod tests {
     use super::*;
