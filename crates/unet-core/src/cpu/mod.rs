@@ -947,7 +947,7 @@ impl Engine for CpuUnet {
     }
 }
 
-/// The logistic function, as PyTorch's `sigmoid` computes it in f32.
+/// The logistic function, `1 / (1 + e^-x)`, in f32.
 fn sigmoid(logit: f32) -> f32 {
     1.0 / (1.0 + (-logit).exp())
 }
