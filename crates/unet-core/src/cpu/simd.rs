@@ -32,7 +32,7 @@ pub trait Compiled {
 }
 
 /// What weights and activations are stored as. Sums are always f32.
-pub trait Element: bytemuck::Pod + Default + PartialOrd + Send + Sync + 'static {
+pub trait Element: bytemuck::Pod + Default + Send + Sync + 'static {
     /// Rounded to nearest, ties to even.
     fn from_f32(value: f32) -> Self;
     /// The value's bits as a signed integer. Their order is the values' order over what a ReLU
