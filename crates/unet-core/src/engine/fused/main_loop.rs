@@ -3,8 +3,8 @@
 //! shared), a 3x3 convolution's through ReLU, a 2x2 stride-2 transposed convolution's as they
 //! are. Either runs on unet-kernels' portable kernels, or on cubek's implicit GEMM on tensor
 //! cores with the store in its epilogue (`fused/epilogue.rs`), in one of cubek's algorithms and
-//! tile kinds (the transposed convolution as one 1x1 convolution to four times the channels,
-//! scattered as it is stored). In f16 every layer shape runs the fastest of them that runs at
+//! tile kinds, tiled as cubek chooses or by one of our [`Plan`]s (the transposed convolution as
+//! one 1x1 convolution to four times the channels, scattered as it is stored). In f16 every layer shape runs the fastest of them that runs at
 //! all, measured on the shape's first use by cubecl's autotune and kept on disk where cubecl's
 //! `persistence` is built in (the `cuda` feature), so a second process starts without the
 //! search. Each process checks a tuned winner's values once against the portable loop's
@@ -70,22 +70,125 @@ impl Op {
 pub(super) enum Candidate {
     /// unet-kernels' kernels, one unit per output value: any runtime, any shape.
     Portable,
-    /// cubek's implicit GEMM on tensor cores, reading the border as the padding.
-    TensorCores(ConvAlgorithm, AcceleratedTileKind),
+    /// cubek's implicit GEMM on tensor cores, reading the border as the padding, tiled as cubek
+    /// chooses (`None`) or as a [`Plan`] says.
+    TensorCores(ConvAlgorithm, AcceleratedTileKind, Option<Plan>),
+}
+
+/// How a cube of cubek's implicit GEMM shares its outputs among its planes (warps): each plane
+/// computes `warp` = (M, N) outputs, a cube holds `planes` = (along M, along N) of them (fewer
+/// along N where a layer has fewer outputs than they cover), and the sum over K is taken `k`
+/// at a time. Where that does not fit the card's shared memory, smaller ones are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Plan {
+    pub warp: (u32, u32),
+    pub planes: (u32, u32),
+    pub k: u32,
+}
+
+/// The plans the tuner measures beside cubek's own choice. cubek 0.3.1 gives each plane of its
+/// warp-specialised algorithms 32 x 128 outputs on `mma`'s 16x8x16 tiles, the sum 32 at a time
+/// (`infer_blueprint_plane`: a cube of 256 x 128): a layer of 64 outputs (level 0's, a fifth of
+/// the model's work) spends half its tensor-core work on columns past its outputs. These are
+/// the tilings CUTLASS's Ampere kernels use (its 128x128x64 and 256x128x32 cubes of 64 x 64
+/// warps, and 128x128 of 32 x 64), which the tuner measures against cubek's on the card.
+pub(super) const PLANS: [Plan; 3] = [
+    Plan {
+        warp: (64, 64),
+        planes: (2, 2),
+        k: 64,
+    },
+    Plan {
+        warp: (64, 64),
+        planes: (4, 2),
+        k: 32,
+    },
+    Plan {
+        warp: (32, 64),
+        planes: (4, 2),
+        k: 64,
+    },
+];
+
+impl fmt::Display for Plan {
+    /// The cube's outputs and sum step, then a plane's: `128x128x64_w64x64`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (m, n) = self.warp;
+        let (along_m, along_n) = self.planes;
+        write!(f, "{}x{}x{}_w{m}x{n}", m * along_m, n * along_n, self.k)
+    }
+}
+
+impl std::str::FromStr for Plan {
+    type Err = ();
+
+    /// What `Display` writes: a cube's outputs and step, then a plane's outputs, which divide
+    /// the cube's.
+    fn from_str(name: &str) -> Result<Plan, ()> {
+        let (cube, warp) = name.split_once("_w").ok_or(())?;
+        let numbers = |text: &str| -> Result<Vec<u32>, ()> {
+            text.split('x')
+                .map(|n| n.parse().ok().filter(|&n| n > 0).ok_or(()))
+                .collect()
+        };
+        let (cube, warp) = (numbers(cube)?, numbers(warp)?);
+        let (&[m, n, k], &[warp_m, warp_n]) = (&cube[..], &warp[..]) else {
+            return Err(());
+        };
+        if !m.is_multiple_of(warp_m) || !n.is_multiple_of(warp_n) {
+            return Err(());
+        }
+        Ok(Plan {
+            warp: (warp_m, warp_n),
+            planes: (m / warp_m, n / warp_n),
+            k,
+        })
+    }
+}
+
+impl Plan {
+    /// This plan, then smaller and smaller ones to try where it does not fit a card's shared
+    /// memory: the sum's step halved down to 1, then again from the plan's step with half the
+    /// planes along M, then along N.
+    fn and_smaller(&self) -> Vec<Plan> {
+        let mut plans = Vec::new();
+        let (mut along_m, mut along_n) = self.planes;
+        loop {
+            let mut k = self.k;
+            while k > 0 {
+                plans.push(Plan {
+                    planes: (along_m, along_n),
+                    k,
+                    ..*self
+                });
+                k /= 2;
+            }
+            if along_m > 1 {
+                along_m /= 2;
+            } else if along_n > 1 {
+                along_n /= 2;
+            } else {
+                return plans;
+            }
+        }
+    }
 }
 
 impl fmt::Display for Candidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Candidate::Portable => f.write_str("portable"),
-            Candidate::TensorCores(algorithm, tile) => write!(f, "{algorithm}_{tile}"),
+            Candidate::TensorCores(algorithm, tile, None) => write!(f, "{algorithm}_{tile}"),
+            Candidate::TensorCores(algorithm, tile, Some(plan)) => {
+                write!(f, "{algorithm}_{tile}_{plan}")
+            }
         }
     }
 }
 
 impl Candidate {
     /// Every candidate: the portable loop, and cubek's forward algorithms with each tile
-    /// kind (`wmma`, or `mma.sync` with `ldmatrix`).
+    /// kind (`wmma`, or `mma.sync` with `ldmatrix`), tiled as cubek chooses or by each plan.
     fn all() -> impl Iterator<Item = Candidate> {
         use ConvAlgorithm::*;
         let algorithms = [
@@ -99,20 +202,28 @@ impl Candidate {
             SpecializedAsyncStrided,
             SpecializedTma,
         ];
-        let tensor_cores = algorithms.into_iter().flat_map(|algorithm| {
+        let tilings = || std::iter::once(None).chain(PLANS.map(Some));
+        let tensor_cores = algorithms.into_iter().flat_map(move |algorithm| {
             [AcceleratedTileKind::Cmma, AcceleratedTileKind::Mma]
-                .map(|tile| Candidate::TensorCores(algorithm, tile))
+                .into_iter()
+                .flat_map(move |tile| {
+                    tilings().map(move |plan| Candidate::TensorCores(algorithm, tile, plan))
+                })
         });
         std::iter::once(Candidate::Portable).chain(tensor_cores)
     }
 
     /// What the tuner measures on tensor cores: one algorithm per way of loading (synchronous,
-    /// asynchronous, TMA; single-stage or warp-specialised), each with both tile kinds. Each
-    /// costs a kernel compilation per layer shape on the first run; the strided and tilewise
-    /// loaders left out differ from the cyclic ones only in how the threads share a tile's loads.
+    /// asynchronous, TMA; single-stage or warp-specialised), each with both tile kinds as
+    /// cubek tiles them, and the warp-specialised TMA one on `mma` by each plan. Each costs a
+    /// kernel compilation per layer shape on the first run; the strided and tilewise loaders
+    /// left out differ from the cyclic ones only in how the threads share a tile's loads. The
+    /// plans leave out the warp-specialised asynchronous loader: with its 8 loading planes a
+    /// cube runs 512 threads, 128 registers a thread, and cubek's own tiling already spills
+    /// there (ptxas, `benches/RESULTS.md`); planes of 64 x 64 outputs need ~170.
     fn tuned() -> impl Iterator<Item = Candidate> {
         use ConvAlgorithm::*;
-        [
+        let as_cubek_tiles = [
             SpecializedTma,
             SpecializedAsyncCyclic,
             SimpleAsyncTma,
@@ -121,13 +232,26 @@ impl Candidate {
         .into_iter()
         .flat_map(|algorithm| {
             [AcceleratedTileKind::Mma, AcceleratedTileKind::Cmma]
-                .map(|tile| Candidate::TensorCores(algorithm, tile))
-        })
+                .map(|tile| Candidate::TensorCores(algorithm, tile, None))
+        });
+        let planned = PLANS.map(|plan| {
+            Candidate::TensorCores(SpecializedTma, AcceleratedTileKind::Mma, Some(plan))
+        });
+        as_cubek_tiles.chain(planned)
     }
 
     /// The candidate `name`d as [`Candidate`]'s `Display` writes it.
+    /// Any plan is named as [`Plan`]'s `Display` writes it, after an algorithm and tile kind:
+    /// `simple_sync_cyclic_cmma_32x32x16_w16x16`.
     fn named(name: &str) -> Option<Candidate> {
-        Candidate::all().find(|candidate| candidate.to_string() == name)
+        Candidate::all().find_map(|candidate| match candidate {
+            _ if candidate.to_string() == name => Some(candidate),
+            Candidate::TensorCores(algorithm, tile, None) => {
+                let plan = name.strip_prefix(&format!("{candidate}_"))?.parse().ok()?;
+                Some(Candidate::TensorCores(algorithm, tile, Some(plan)))
+            }
+            _ => None,
+        })
     }
 
     /// Launches `conv` (no wait for the device); the error says why the candidate cannot run
@@ -201,8 +325,8 @@ impl Candidate {
                 };
                 Ok(())
             }
-            (Candidate::TensorCores(algorithm, tile), _) => {
-                tensor_cores::conv::<F>(algorithm, tile, conv)
+            (Candidate::TensorCores(algorithm, tile, plan), _) => {
+                tensor_cores::conv::<F>(algorithm, tile, plan, conv)
                     .map_err(|err| format!("cubek's convolution ({self}): {err}"))
             }
         }
@@ -245,10 +369,14 @@ impl MainLoop {
                 Ok(MainLoop::Tuned { tune_id })
             }
             name => Candidate::named(name).map(MainLoop::Fixed).ok_or_else(|| {
-                let names: Vec<String> = Candidate::all().map(|c| c.to_string()).collect();
+                let names: Vec<String> = Candidate::all()
+                    .filter(|c| !matches!(c, Candidate::TensorCores(_, _, Some(_))))
+                    .map(|c| c.to_string())
+                    .collect();
                 format!(
-                    "`{name}` names no main loop of the fused engine (expected tuned, or one of: {})",
-                    names.join(", ")
+                    "`{name}` names no main loop of the fused engine (expected tuned, or one of: {}; a tensor-core one may name a plan after it, as specialized_tma_mma_{})",
+                    names.join(", "),
+                    PLANS[0]
                 )
             }),
         }
@@ -297,6 +425,24 @@ pub(super) struct ConvKey {
     storage: String,
 }
 
+impl ConvKey {
+    /// The multiply-adds of the key's GEMM: output pixels x outputs x taps x inputs (a
+    /// transposed convolution's over the bordered input, to four times its outputs).
+    fn multiply_adds(&self) -> u64 {
+        let (pixels, taps) = match self.op.as_str() {
+            "up2x2" => ((self.height + 2) * (self.width + 2), 4),
+            _ => (self.height * self.width, 9),
+        };
+        (self.batch * pixels * taps * self.inputs * self.outputs) as u64
+    }
+}
+
+/// The multiply-adds from which the tuner measures the [`PLANS`]: 2^30, ~2 GFLOP, some
+/// microseconds of a GPU's tensor cores, so launches and the last wave of cubes weigh more
+/// below it than the tiling does. At 512x512 every layer of the full-width model is past it
+/// even at batch 1, the demo model's layers at 64x64 (the fixtures') none.
+const PLANNED_FROM: u64 = 1 << 30;
+
 static TUNER: LocalTuner<ConvKey, String> = local_tuner!("main-loop");
 
 /// Runs the fastest candidate for `conv`'s shape on the device `tune_id` names, tuning the
@@ -316,9 +462,19 @@ fn tuned<F: Float + CubeElement>(tune_id: &String, conv: Conv) -> Result<Candida
         let fallback = TuneGroup::<ConvKey>::new("portable", |_| 0);
         let set = TunableSet::<ConvKey, Conv, (), Candidate>::new_cloning_inputs(key);
         let set = Candidate::tuned().fold(set, |set, candidate| {
+            // A plan only where its tiling can matter (a negative priority skips it for the
+            // key): each costs a compilation per shape, ~2.5 s on the build machine's 2 cores.
+            let planned = matches!(candidate, Candidate::TensorCores(_, _, Some(_)));
+            let priority = move |key: &ConvKey| {
+                if planned && key.multiply_adds() < PLANNED_FROM {
+                    -1
+                } else {
+                    1
+                }
+            };
             set.with(
                 Tunable::identified(candidate, move |conv: Conv| candidate.run::<F>(&conv))
-                    .group(&tensor_cores, |_| 1),
+                    .group(&tensor_cores, priority),
             )
         });
         set.with(
@@ -477,13 +633,18 @@ mod tensor_cores {
         MatmulVectorSizes,
     };
     use cubek::matmul::multi_level::components::stage::PartitionBuffering;
-    use cubek::matmul::multi_level::routines::{
-        PlaneTilingBlueprintOptions, infer_blueprint_plane,
+    use cubek::matmul::multi_level::definition::{
+        BatchMatmulBlueprint, MultiRowStrategy, TilingScheme,
     };
+    use cubek::matmul::multi_level::routines::{
+        PlaneTilingBlueprintOptions, infer_blueprint_plane, select_swizzle,
+    };
+    use cubek::matmul::multi_level::stage::SwizzleModes;
+    use cubek::matmul::multi_level::{PartitionSize, StageSize};
     use cubek::std::{InputBinding, MatrixLayout};
 
     use super::super::epilogue;
-    use super::{Conv, Op};
+    use super::{Conv, Op, Plan};
 
     /// A contiguous tensor of `shape` over `handle`.
     fn tensor<const D: usize>(handle: &Handle, shape: [usize; D]) -> TensorBinding {
@@ -499,32 +660,33 @@ mod tensor_cores {
         }
     }
 
-    /// What a stage's fit depends on: the algorithm and tile kind, the GEMM's (M, N, K) and
-    /// element size, the device's plane size and shared memory.
+    /// What a blueprint's fit depends on: the candidate, the GEMM's (M, N, K) and element
+    /// size, the device's plane size and shared memory.
     type FitKey = (
         ConvAlgorithm,
         AcceleratedTileKind,
+        Option<Plan>,
         (usize, usize, usize),
         usize,
         u32,
         usize,
     );
 
-    /// The planes a cube found to fit each stage: `None` where cubek's own choice fits, or
-    /// where no cut does.
-    static FITTED: LazyLock<Mutex<HashMap<FitKey, Option<u32>>>> = LazyLock::new(Default::default);
+    /// The blueprint found to fit each key (the last one tried where none does).
+    static FITTED: LazyLock<Mutex<HashMap<FitKey, Strategy>>> = LazyLock::new(Default::default);
 
     /// `conv`'s layer in its GEMM form into its output's interior: a 3x3 convolution's
-    /// outputs through ReLU, or a transposed convolution's products scattered.
+    /// outputs through ReLU, or a transposed convolution's products scattered; tiled as cubek
+    /// chooses for `algorithm`, or by `plan`.
     ///
     /// cubek sizes a cube's stage from the planes a cube may hold, not from the shared
     /// memory it has: lavapipe (32 KiB) refuses its choice at every shape, an H200 (227 KiB)
-    /// its `cmma` ones at 512x512. Where a simple algorithm's choice does not fit, it is made
-    /// again with half the planes (rows of tiles) a cube until it fits, once per shape. The
-    /// specialised algorithms keep cubek's choice.
+    /// its `cmma` ones at 512x512. Where a blueprint does not fit, the next of
+    /// [`Gemm::blueprints`] is tried, once per shape.
     pub fn conv<F: Float + CubeElement>(
         algorithm: ConvAlgorithm,
         tile_kind: AcceleratedTileKind,
+        plan: Option<Plan>,
         conv: &Conv,
     ) -> Result<(), String> {
         let (weight, bias) = conv
@@ -538,50 +700,37 @@ mod tensor_cores {
             bias,
             elem: F::elem_type_native(),
         };
-        let inferred = Strategy::Inferred {
-            algorithm,
-            tile_kind,
-        };
         let hardware = &conv.client.properties().hardware;
         let key = (
             algorithm,
             tile_kind,
+            plan,
             gemm.mnk(),
             gemm.elem.size(),
             hardware.plane_size_max,
             hardware.max_shared_memory_size,
         );
-        let known = FITTED
+        let fitted = FITTED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .copied();
-        let result = match known {
-            Some(Some(planes)) => gemm.launch(&gemm.fitted(algorithm, tile_kind, planes)?),
-            Some(None) => gemm.launch(&inferred),
-            None => {
-                let mut result = gemm.launch(&inferred);
-                let mut fits = None;
-                let specialised = matches!(
-                    algorithm,
-                    ConvAlgorithm::SpecializedAsyncCyclic
-                        | ConvAlgorithm::SpecializedAsyncStrided
-                        | ConvAlgorithm::SpecializedTma
-                );
-                let mut planes = hardware.max_units_per_cube / hardware.plane_size_max.max(1);
-                while !specialised && planes > 1 && too_big(&result) {
-                    planes /= 2;
-                    result = gemm.launch(&gemm.fitted(algorithm, tile_kind, planes)?);
-                    fits = (!too_big(&result)).then_some(planes);
-                }
+            .cloned();
+        if let Some(strategy) = fitted {
+            return gemm.launch(&strategy).map_err(|err| format!("{err:?}"));
+        }
+        let blueprints = gemm.blueprints(algorithm, tile_kind, plan.as_ref())?;
+        let last = blueprints.len() - 1;
+        for (tried, strategy) in blueprints.into_iter().enumerate() {
+            let result = gemm.launch(&strategy);
+            if tried == last || !too_big(&result) {
                 FITTED
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, fits);
-                result
+                    .insert(key, strategy);
+                return result.map_err(|err| format!("{err:?}"));
             }
-        };
-        result.map_err(|err| format!("{err:?}"))
+        }
+        unreachable!("the last blueprint returns")
     }
 
     /// Whether cubek refused a blueprint for its shared memory.
@@ -592,6 +741,41 @@ mod tensor_cores {
                 MatmulAvailabilityError::SharedMemoryTooBig { .. }
             )))
         )
+    }
+
+    /// Whether `algorithm` is one of cubek's warp-specialised ones (planes that only load).
+    fn specialised(algorithm: ConvAlgorithm) -> bool {
+        matches!(
+            algorithm,
+            ConvAlgorithm::SpecializedAsyncCyclic
+                | ConvAlgorithm::SpecializedAsyncStrided
+                | ConvAlgorithm::SpecializedTma
+        )
+    }
+
+    /// What cubek-matmul 0.3.1's routine for `algorithm` passes `infer_blueprint_plane`
+    /// (`SimpleAlgorithm::expand_blueprint`, `SpecializedAlgorithm::expand_blueprint`); its
+    /// `stage_buffering` is the stages its main loop consumes at a time (the routines'
+    /// `num_stages`: one for the simple algorithms, two for the specialised ones).
+    fn routine_options(algorithm: ConvAlgorithm, swizzled: bool) -> PlaneTilingBlueprintOptions {
+        if specialised(algorithm) {
+            PlaneTilingBlueprintOptions {
+                specialized: true,
+                multi_row_strategy: MultiRowStrategy::Adaptive {
+                    minimum_stage_count: 8,
+                },
+                swizzled,
+                stage_buffering: 2,
+                ..Default::default()
+            }
+        } else {
+            PlaneTilingBlueprintOptions {
+                partition_buffering: Some(PartitionBuffering::Single),
+                tiny_selection_enabled: true,
+                swizzled,
+                ..Default::default()
+            }
+        }
     }
 
     /// A main loop's convolution as cubek's GEMM: the layer's GEMM form and storage type.
@@ -633,19 +817,55 @@ mod tensor_cores {
             (out[0] * out[1] * out[2], out[3], kernel * kernel * channels)
         }
 
-        /// cubek's choice for a simple algorithm, as its launcher makes it (cubek-matmul
-        /// 0.3.1's `SimpleAlgorithm::expand_blueprint`), but with `planes` a cube.
-        fn fitted(
+        /// The blueprints to try, each next one asking less shared memory: as cubek tiles
+        /// it, then, for a simple algorithm, with half the planes (rows of tiles) a cube at a
+        /// time (the specialised ones keep cubek's choice); by `plan`, then by smaller ones
+        /// ([`Plan::and_smaller`]).
+        fn blueprints(
             &self,
             algorithm: ConvAlgorithm,
             tile_kind: AcceleratedTileKind,
-            planes: u32,
-        ) -> Result<Strategy, String> {
+            plan: Option<&Plan>,
+        ) -> Result<Vec<Strategy>, String> {
+            let Some(plan) = plan else {
+                let mut blueprints = vec![Strategy::Inferred {
+                    algorithm,
+                    tile_kind,
+                }];
+                if !specialised(algorithm) {
+                    let hardware = &self.conv.client.properties().hardware;
+                    let mut planes = hardware.max_units_per_cube / hardware.plane_size_max.max(1);
+                    while planes > 1 {
+                        planes /= 2;
+                        blueprints.push(self.forced(algorithm, tile_kind, Some(planes), None)?);
+                    }
+                }
+                return Ok(blueprints);
+            };
+            let mut blueprints = Vec::new();
+            let mut refusal = None;
+            // A step no whole number of tiles makes is left out.
+            for plan in &plan.and_smaller() {
+                match self.forced(algorithm, tile_kind, None, Some(plan)) {
+                    Ok(blueprint) => blueprints.push(blueprint),
+                    Err(err) => {
+                        refusal.get_or_insert(err);
+                    }
+                }
+            }
+            match refusal {
+                Some(err) if blueprints.is_empty() => Err(err),
+                None if blueprints.is_empty() => Err(format!("plan {plan} makes no tiling")),
+                _ => Ok(blueprints),
+            }
+        }
+
+        /// The problem cubek's launcher hands its routine: the input's pixels by taps x
+        /// channels, times the weights read column-major (`[output][ky][kx][input]`), no batch
+        /// dimensions.
+        fn problem(&self) -> MatmulProblem {
             let (m, n, k) = self.mnk();
-            let (conv, elem) = (self.conv, self.elem);
-            // The launcher's problem: the input's pixels by taps x channels, times the weights
-            // read column-major (`[output][ky][kx][input]`), no batch dimensions.
-            let problem = MatmulProblem::from_parameters(
+            MatmulProblem::from_parameters(
                 m,
                 n,
                 k,
@@ -658,32 +878,99 @@ mod tensor_cores {
                 None,
                 self.globals(),
                 Default::default(),
-            );
+            )
+        }
+
+        /// A blueprint made as `algorithm`'s routine makes it (cubek-matmul 0.3.1's
+        /// `expand_blueprint`), but with `row_count` planes a cube where given; or, with a
+        /// `plan`, its tiling in place of cubek's, and what follows from the tiling (the
+        /// shared memory's swizzles, the partitions' buffering, the bounds checks) made again
+        /// as cubek makes it.
+        fn forced(
+            &self,
+            algorithm: ConvAlgorithm,
+            tile_kind: AcceleratedTileKind,
+            row_count: Option<u32>,
+            plan: Option<&Plan>,
+        ) -> Result<Strategy, String> {
+            let client = &self.conv.client;
+            let problem = self.problem();
             let tile_matmul = epilogue::tile_matmul(tile_kind);
-            let plane_dim = conv.client.properties().hardware.plane_size_max;
-            // Only the swizzle's choice reads the vector sizes: one of 16 bytes or fewer leaves it
-            // to the stage's extent, as every layer's vectors here are.
-            let vectors = 16 / elem.size();
-            let (matmul, _) = infer_blueprint_plane(
+            let plane_dim = client.properties().hardware.plane_size_max;
+            let swizzled = tile_matmul.should_swizzle(client);
+            let options = PlaneTilingBlueprintOptions {
+                row_count,
+                ..routine_options(algorithm, swizzled)
+            };
+            let stage_buffering = options.stage_buffering;
+            let partition_buffering = options.partition_buffering;
+            // Only the swizzle's choice reads the vector sizes: one of 16 bytes or fewer leaves
+            // it to the stage's extent, as every layer's vectors here are.
+            let vectors = 16 / self.elem.size();
+            let vector_sizes = MatmulVectorSizes {
+                lhs: vectors,
+                rhs: vectors,
+                out: vectors,
+            };
+            let (mut matmul, dtypes) = infer_blueprint_plane(
                 tile_matmul,
-                &conv.client,
+                client,
                 &problem,
                 plane_dim,
                 MatmulElems::from_globals(&self.globals()),
-                &MatmulVectorSizes {
-                    lhs: vectors,
-                    rhs: vectors,
-                    out: vectors,
-                },
-                PlaneTilingBlueprintOptions {
-                    partition_buffering: Some(PartitionBuffering::Single),
-                    tiny_selection_enabled: true,
-                    swizzled: tile_matmul.should_swizzle(&conv.client),
-                    row_count: Some(planes),
-                    ..Default::default()
-                },
+                &vector_sizes,
+                options,
             )
             .map_err(|err| format!("{err:?}"))?;
+            if let Some(plan) = plan {
+                let tile = matmul.tiling_scheme.tile_size;
+                let tiles = |elements: u32, per_tile: u32| {
+                    (elements.is_multiple_of(per_tile) && elements >= per_tile)
+                        .then_some(elements / per_tile)
+                        .ok_or_else(|| format!("plan {plan} does not divide into {tile:?} tiles"))
+                };
+                let (warp_m, warp_n) = plan.warp;
+                // No planes along N past the layer's outputs.
+                let planes_n = plan
+                    .planes
+                    .1
+                    .min((problem.n as u32).div_ceil(warp_n))
+                    .max(1);
+                let scheme = TilingScheme::builder()
+                    .with_tile_size(tile)
+                    .with_partition_size(PartitionSize::new(
+                        tiles(warp_m, tile.m)?,
+                        tiles(warp_n, tile.n)?,
+                        tiles(plan.k, tile.k)?,
+                    ))
+                    .with_stage_size(StageSize::new(plan.planes.0, planes_n, 1))
+                    .build()?;
+                let partition_buffering = partition_buffering.unwrap_or(
+                    // cubek's own rule (`infer_blueprint_plane`).
+                    if scheme.tiles_per_stage_partition_along_n() > 1 {
+                        PartitionBuffering::Double
+                    } else {
+                        PartitionBuffering::Single
+                    },
+                );
+                let mut builder =
+                    BatchMatmulBlueprint::builder(matmul.tile_matmul, scheme, plane_dim, &problem)
+                        .partition_buffering(partition_buffering)
+                        .stage_buffering(stage_buffering)
+                        .hypercube_blueprint(matmul.hypercube_blueprint.clone())
+                        .load_specialization_config(matmul.load_flows);
+                if swizzled {
+                    // Both operands run along K in shared memory (row-major lhs, column-major
+                    // rhs).
+                    let along_k = scheme.elements_per_stage_along_k() as usize;
+                    builder = builder.shared_swizzle(SwizzleModes {
+                        lhs: select_swizzle(along_k, dtypes.lhs_stage, vectors),
+                        rhs: select_swizzle(along_k, dtypes.rhs_stage, vectors),
+                        ..Default::default()
+                    });
+                }
+                matmul = builder.build();
+            }
             Ok(Strategy::Forced {
                 algorithm,
                 blueprint: ConvBlueprint::Forward(ForwardBlueprint {
@@ -764,8 +1051,11 @@ mod tests {
             op: bordered(&vec![0.0; n * image_len]),
         };
         let key = ConvKey::new("conv3x3".into(), n, h, w, inputs, outputs, "f32".into());
-        let winner =
-            Candidate::TensorCores(ConvAlgorithm::SpecializedTma, AcceleratedTileKind::Mma);
+        let winner = Candidate::TensorCores(
+            ConvAlgorithm::SpecializedTma,
+            AcceleratedTileKind::Mma,
+            None,
+        );
         let read = |conv: &Conv| {
             let Op::Conv3x3 { output, .. } = &conv.op else {
                 unreachable!("a 3x3 convolution")
@@ -798,7 +1088,8 @@ mod tests {
     #[test]
     fn every_candidate_is_found_by_its_name_alone() {
         let names: Vec<String> = Candidate::all().map(|c| c.to_string()).collect();
-        assert_eq!(names.len(), 19);
+        // The portable loop; 9 algorithms x 2 tile kinds, as cubek tiles them and by 3 plans.
+        assert_eq!(names.len(), 1 + 9 * 2 * 4);
         for candidate in Candidate::all() {
             assert_eq!(Candidate::named(&candidate.to_string()), Some(candidate));
         }
@@ -806,11 +1097,61 @@ mod tests {
             Candidate::named("specialized_tma_mma"),
             Some(Candidate::TensorCores(
                 ConvAlgorithm::SpecializedTma,
-                AcceleratedTileKind::Mma
+                AcceleratedTileKind::Mma,
+                None
             ))
         );
-        assert_eq!(Candidate::named("specialized_tma"), None);
+        assert_eq!(
+            Candidate::named("specialized_tma_mma_256x128x32_w64x64"),
+            Some(Candidate::TensorCores(
+                ConvAlgorithm::SpecializedTma,
+                AcceleratedTileKind::Mma,
+                Some(PLANS[1])
+            ))
+        );
+        assert_eq!(
+            Candidate::named("simple_sync_cyclic_cmma_64x32x16_w16x16"),
+            Some(Candidate::TensorCores(
+                ConvAlgorithm::SimpleSyncCyclic,
+                AcceleratedTileKind::Cmma,
+                Some(Plan {
+                    warp: (16, 16),
+                    planes: (4, 2),
+                    k: 16
+                })
+            ))
+        );
+        for wrong in [
+            "specialized_tma",
+            "portable_64x64x16_w16x16",
+            "specialized_tma_mma_64x48x16_w16x32",
+            "specialized_tma_mma_64x64_w16x16",
+            "specialized_tma_mma_64x64x0_w16x16",
+            "specialized_tma_mma_64x64x16",
+        ] {
+            assert_eq!(Candidate::named(wrong), None, "{wrong}");
+        }
         assert!(Candidate::tuned().all(|c| Candidate::all().any(|a| a == c)));
+    }
+
+    /// A plan too big for a card's shared memory gives way to smaller ones: the sum's step
+    /// first, down to 1, then the planes along M, then along N; the plane's own tile stays.
+    #[test]
+    fn smaller_plans_halve_the_step_then_the_planes() {
+        let plan: Plan = "64x64x4_w32x32".parse().unwrap();
+        let tried: Vec<String> = plan.and_smaller().iter().map(|p| p.to_string()).collect();
+        let expected = [
+            "64x64x4_w32x32",
+            "64x64x2_w32x32",
+            "64x64x1_w32x32",
+            "32x64x4_w32x32",
+            "32x64x2_w32x32",
+            "32x64x1_w32x32",
+            "32x32x4_w32x32",
+            "32x32x2_w32x32",
+            "32x32x1_w32x32",
+        ];
+        assert_eq!(tried, expected);
     }
 
     /// The layouts cubek is given: OHWI for a 3x3 convolution; for a transposed one, a 1x1
