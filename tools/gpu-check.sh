@@ -20,7 +20,9 @@
 #    its difference from the CPU path, the main loop and TFLOP/s of each 3x3 layer; f16 with
 #    each layer's main loop tuned (the first forward's seconds), then a second process that
 #    reads the tuning back from disk; one fixed main loop on every layer (FIXED_CONV, default
-#    cubek's specialized_tma_mma) only where the tuned process gave no table; f32 last;
+#    cubek's specialized_tma_mma) only where the tuned process gave no table; f32 last; then,
+#    from cubecl's autotune log, each layer shape's fastest candidate as cubek tiles it against
+#    the fastest of the engine's plans;
 # 3. PyTorch on the same card in the same call (tools/torch_anchor.py), when torch is there:
 #    the rows issue 12 compares with (ANCHOR_QUICK=0: every row);
 # 4. criterion, the same model: Burn f16 and f32, ours f16;
@@ -58,7 +60,15 @@ export ANCHOR_QUICK="${ANCHOR_QUICK:-1}"
 # The summary, and every log in one archive at the end: a device call brings back 8 files.
 LOGS="$OUT/logs"
 mkdir -p "$OUT" "$LOGS"
-trap 'tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"' EXIT
+# cubecl's autotune logs every candidate's time for each key (ours: a main loop's layer shape)
+# into $LOGS/autotune.log, read by step 2's comparison of cubek's tilings with the engine's
+# plans. cubecl reads cubecl.toml from the working directory; one the tree has is left alone.
+own_config=
+if [ ! -e cubecl.toml ]; then
+  printf '[autotune.logger]\nlevel = "full"\nfile = "%s"\n' "$LOGS/autotune.log" > cubecl.toml
+  own_config=1
+fi
+trap '[ -n "$own_config" ] && rm -f cubecl.toml; tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"' EXIT
 BIN=/tmp/gpu-bin
 mkdir -p "$BIN" /tmp/gpu-work
 # The bundle is one xz-compressed tar; Python's lzma unpacks it where xz is missing. Once:
@@ -225,6 +235,40 @@ step_2() {
     # error's dump of kernel source cut short.
     grep -v "^ *$" "$LOGS/fused-$1.log" | head -n 60 | tee -a "$OUT/summary.txt"
   done
+  say "-- the tuner's measurements: each layer shape's fastest, cubek's fastest tiling, the plans' fastest"
+  tuner_rows "$LOGS/autotune.log"
+}
+
+# `tuner_rows LOG`: for each of our main loops' keys in cubecl's autotune LOG, the winner and the
+# median times of the fastest candidate as cubek tiles it and of the fastest plan.
+tuner_rows() {
+  python3 - "$1" <<'PY' | tee -a "$OUT/summary.txt"
+import re, sys
+units = {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}
+plan = re.compile(r"_\d+x\d+x\d+_w\d+x\d+$")
+keys = []
+try:
+    lines = open(sys.argv[1], encoding="utf-8", errors="replace").readlines()
+except OSError:
+    lines = []
+for line in lines:
+    m = re.match(r'^Fastest result (\S+)-ConvKey - Op: "(\w+)", Batch: (\d+), Height: (\d+), Width: (\d+), Inputs: (\d+), Outputs: (\d+)', line)
+    if m:
+        keys.append((m[1], f"{m[2]} {m[3]} x {m[4]} x {m[5]} x {m[6]} -> {m[7]}", {}))
+        continue
+    t = re.match(r"^Autotune\[\d+\] name (\S+) => BenchmarkComputations \{ mean: [^,]+, median: ([0-9.]+)(\D+),", line)
+    if t and keys:
+        keys[-1][2][t[1]] = float(t[2]) * units.get(t[3].strip(), float("nan"))
+print("| key | fastest | cubek's tiling, median µs | plan, median µs | plan / cubek |")
+for fastest, key, times in keys:
+    def best(planned):
+        got = [(us, name) for name, us in times.items() if name != "portable" and bool(plan.search(name)) == planned]
+        return min(got) if got else (float("nan"), "-")
+    (cubek, cubek_name), (ours, ours_name) = best(False), best(True)
+    print(f"| {key} | {fastest} | {cubek:.1f} {cubek_name} | {ours:.1f} {ours_name} | {ours / cubek:.2f} |")
+if not keys:
+    print("(no tuning logged: the tuning was read back from disk, or nothing was tuned)")
+PY
 }
 
 step_3() {
