@@ -827,36 +827,42 @@ mod tensor_cores {
             tile_kind: AcceleratedTileKind,
             plan: Option<&Plan>,
         ) -> Result<Vec<Strategy>, String> {
-            let Some(plan) = plan else {
-                let mut blueprints = vec![Strategy::Inferred {
-                    algorithm,
-                    tile_kind,
-                }];
-                if !specialised(algorithm) {
-                    let hardware = &self.conv.client.properties().hardware;
-                    let mut planes = hardware.max_units_per_cube / hardware.plane_size_max.max(1);
-                    while planes > 1 {
-                        planes /= 2;
-                        blueprints.push(self.forced(algorithm, tile_kind, Some(planes), None)?);
+            let mut blueprints = Vec::new();
+            // A blueprint cubek cannot make (a step no whole number of tiles makes, say) is
+            // left out; its reason is the error where none is left.
+            let mut refusal = None;
+            let mut add = |made: Result<Strategy, String>| match made {
+                Ok(blueprint) => blueprints.push(blueprint),
+                Err(err) => {
+                    refusal.get_or_insert(err);
+                }
+            };
+            match plan {
+                None => {
+                    add(Ok(Strategy::Inferred {
+                        algorithm,
+                        tile_kind,
+                    }));
+                    if !specialised(algorithm) {
+                        let hardware = &self.conv.client.properties().hardware;
+                        let mut planes =
+                            hardware.max_units_per_cube / hardware.plane_size_max.max(1);
+                        while planes > 1 {
+                            planes /= 2;
+                            add(self.forced(algorithm, tile_kind, Some(planes), None));
+                        }
                     }
                 }
-                return Ok(blueprints);
-            };
-            let mut blueprints = Vec::new();
-            let mut refusal = None;
-            // A step no whole number of tiles makes is left out.
-            for plan in &plan.and_smaller() {
-                match self.forced(algorithm, tile_kind, None, Some(plan)) {
-                    Ok(blueprint) => blueprints.push(blueprint),
-                    Err(err) => {
-                        refusal.get_or_insert(err);
+                Some(plan) => {
+                    for plan in &plan.and_smaller() {
+                        add(self.forced(algorithm, tile_kind, None, Some(plan)));
                     }
                 }
             }
             match refusal {
-                Some(err) if blueprints.is_empty() => Err(err),
-                None if blueprints.is_empty() => Err(format!("plan {plan} makes no tiling")),
-                _ => Ok(blueprints),
+                _ if !blueprints.is_empty() => Ok(blueprints),
+                Some(err) => Err(err),
+                None => Err("no blueprint to try".into()),
             }
         }
 
