@@ -22,7 +22,7 @@
 #    reads the tuning back from disk; one fixed main loop on every layer (FIXED_CONV, default
 #    cubek's specialized_tma_mma) only where the tuned process gave no table; f32 last; then,
 #    from cubecl's autotune log, each layer shape's fastest candidate as cubek tiles it against
-#    the fastest of the engine's plans;
+#    the fastest of the engine's own tilings;
 # 3. PyTorch on the same card in the same call (tools/torch_anchor.py), when torch is there:
 #    the rows issue 12 compares with (ANCHOR_QUICK=0: every row);
 # 4. criterion, the same model: Burn f16 and f32, ours f16;
@@ -62,7 +62,7 @@ LOGS="$OUT/logs"
 mkdir -p "$OUT" "$LOGS"
 # cubecl's autotune logs every candidate's time for each key (ours: a main loop's layer shape)
 # into $LOGS/autotune.log, read by step 2's comparison of cubek's tilings with the engine's
-# plans. cubecl reads cubecl.toml from the working directory; one the tree has is left alone.
+# own. cubecl reads cubecl.toml from the working directory; one the tree has is left alone.
 own_config=
 if [ ! -e cubecl.toml ]; then
   printf '[autotune.logger]\nlevel = "full"\nfile = "%s"\n' "$LOGS/autotune.log" > cubecl.toml
@@ -235,17 +235,17 @@ step_2() {
     # error's dump of kernel source cut short.
     grep -v "^ *$" "$LOGS/fused-$1.log" | head -n 60 | tee -a "$OUT/summary.txt"
   done
-  say "-- the tuner's measurements: each layer shape's fastest, cubek's fastest tiling, the plans' fastest"
+  say "-- the tuner's measurements: each layer shape's fastest, cubek's fastest tiling, our tilings' fastest"
   tuner_rows "$LOGS/autotune.log"
 }
 
 # `tuner_rows LOG`: for each of our main loops' keys in cubecl's autotune LOG, the winner and the
-# median times of the fastest candidate as cubek tiles it and of the fastest plan.
+# median times of the fastest candidate as cubek tiles it and of the fastest of our tilings.
 tuner_rows() {
   python3 - "$1" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
 units = {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}
-plan = re.compile(r"_\d+x\d+x\d+_w\d+x\d+$")
+ours_name_pattern = re.compile(r"_\d+x\d+x\d+_w\d+x\d+$")
 keys = []
 try:
     lines = open(sys.argv[1], encoding="utf-8", errors="replace").readlines()
@@ -259,10 +259,10 @@ for line in lines:
     t = re.match(r"^Autotune\[\d+\] name (\S+) => BenchmarkComputations \{ mean: [^,]+, median: ([0-9.]+)(\D+),", line)
     if t and keys:
         keys[-1][2][t[1]] = float(t[2]) * units.get(t[3].strip(), float("nan"))
-print("| key | fastest | cubek's tiling, median µs | plan, median µs | plan / cubek |")
+print("| key | fastest | cubek's tiling, median µs | ours, median µs | ours / cubek |")
 for fastest, key, times in keys:
-    def best(planned):
-        got = [(us, name) for name, us in times.items() if name != "portable" and bool(plan.search(name)) == planned]
+    def best(ours_only):
+        got = [(us, name) for name, us in times.items() if name != "portable" and bool(ours_name_pattern.search(name)) == ours_only]
         return min(got) if got else (float("nan"), "-")
     (cubek, cubek_name), (ours, ours_name) = best(False), best(True)
     print(f"| {key} | {fastest} | {cubek:.1f} {cubek_name} | {ours:.1f} {ours_name} | {ours / cubek:.2f} |")

@@ -210,9 +210,9 @@ fn f16_on_cooperative_matrices_matches_pytorch() {
         "simple_sync_cyclic_cmma",
         "simple_sync_strided_cmma",
         "simple_sync_tilewise_cmma",
-        // The engine's own tilings (plans: a cube's outputs and step, a plane's outputs), on
+        // The engine's own tilings (a cube's outputs and step, a plane's outputs), on
         // lavapipe's 8x8x8 tiles: planes of 2 x 2 and 4 x 2 tiles, two planes along N where a
-        // layer has 32 outputs or more, one where fewer. (The tuner's plans on a GPU, of
+        // layer has 32 outputs or more, one where fewer. (The tuner's tilings on a GPU, of
         // 64-wide planes, take minutes here.)
         "simple_sync_cyclic_cmma_32x32x16_w16x16",
         "simple_sync_cyclic_cmma_64x32x16_w32x16",

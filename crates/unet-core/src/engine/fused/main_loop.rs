@@ -3,13 +3,13 @@
 //! shared), a 3x3 convolution's through ReLU, a 2x2 stride-2 transposed convolution's as they
 //! are. Either runs on unet-kernels' portable kernels, or on cubek's implicit GEMM on tensor
 //! cores with the store in its epilogue (`fused/epilogue.rs`), in one of cubek's algorithms and
-//! tile kinds, tiled as cubek chooses or by one of our [`Plan`]s (the transposed convolution as
-//! one 1x1 convolution to four times the channels, scattered as it is stored). In f16 every layer shape runs the fastest of them that runs at
-//! all, measured on the shape's first use by cubecl's autotune and kept on disk where cubecl's
-//! `persistence` is built in (the `cuda` feature), so a second process starts without the
-//! search. Each process checks a tuned winner's values once against the portable loop's
-//! before trusting it with a shape. `UNET_FUSED_CONV` names one candidate for every layer
-//! instead.
+//! tile kinds, tiled as cubek chooses or by one of our [`Tiling`]s (the transposed convolution
+//! as one 1x1 convolution to four times the channels, scattered as it is stored). In f16 every
+//! layer shape runs the fastest of them that runs at all, measured on the shape's first use by
+//! cubecl's autotune and kept on disk where cubecl's `persistence` is built in (the `cuda`
+//! feature), so a second process starts without the search. Each process checks a tuned
+//! winner's values once against the portable loop's before trusting it with a shape.
+//! `UNET_FUSED_CONV` names one candidate for every layer instead.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -71,46 +71,46 @@ pub(super) enum Candidate {
     /// unet-kernels' kernels, one unit per output value: any runtime, any shape.
     Portable,
     /// cubek's implicit GEMM on tensor cores, reading the border as the padding, tiled as cubek
-    /// chooses (`None`) or as a [`Plan`] says.
-    TensorCores(ConvAlgorithm, AcceleratedTileKind, Option<Plan>),
+    /// chooses (`None`) or as a [`Tiling`] says.
+    TensorCores(ConvAlgorithm, AcceleratedTileKind, Option<Tiling>),
 }
 
-/// How a cube of cubek's implicit GEMM shares its outputs among its planes (warps): each plane
-/// computes `warp` = (M, N) outputs, a cube holds `planes` = (along M, along N) of them (fewer
-/// along N where a layer has fewer outputs than they cover), and the sum over K is taken `k`
-/// at a time. Where that does not fit the card's shared memory, smaller ones are tried.
+/// Our tiling of cubek's implicit GEMM: how a cube shares its outputs among its planes (warps).
+/// Each plane computes `warp` = (M, N) outputs, a cube holds `planes` = (along M, along N) of
+/// them (fewer along N where a layer has fewer outputs than they cover), and the sum over K is
+/// taken `k` at a time. Where that does not fit the card's shared memory, smaller ones are tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct Plan {
-    pub warp: (u32, u32),
-    pub planes: (u32, u32),
-    pub k: u32,
+pub(super) struct Tiling {
+    warp: (u32, u32),
+    planes: (u32, u32),
+    k: u32,
 }
 
-/// The plans the tuner measures beside cubek's own choice. cubek 0.3.1 gives each plane of its
-/// warp-specialised algorithms 32 x 128 outputs on `mma`'s 16x8x16 tiles, the sum 32 at a time
-/// (`infer_blueprint_plane`: a cube of 256 x 128): a layer of 64 outputs (level 0's, a fifth of
-/// the model's work) spends half its tensor-core work on columns past its outputs. These are
-/// the tilings CUTLASS's Ampere kernels use (its 128x128x64 and 256x128x32 cubes of 64 x 64
+/// Our tilings, which the tuner measures beside cubek's own choice. cubek 0.3.1 gives each
+/// plane of its warp-specialised algorithms 32 x 128 outputs on `mma`'s 16x8x16 tiles, the sum
+/// 32 at a time (`infer_blueprint_plane`: a cube of 256 x 128): a layer of 64 outputs (level
+/// 0's, a fifth of the model's work) spends half its tensor-core work on columns past its
+/// outputs. These are the tilings CUTLASS's Ampere kernels use (its 128x128x64 and 256x128x32 cubes of 64 x 64
 /// warps, and 128x128 of 32 x 64), which the tuner measures against cubek's on the card.
-pub(super) const PLANS: [Plan; 3] = [
-    Plan {
+pub(super) const TILINGS: [Tiling; 3] = [
+    Tiling {
         warp: (64, 64),
         planes: (2, 2),
         k: 64,
     },
-    Plan {
+    Tiling {
         warp: (64, 64),
         planes: (4, 2),
         k: 32,
     },
-    Plan {
+    Tiling {
         warp: (32, 64),
         planes: (4, 2),
         k: 64,
     },
 ];
 
-impl fmt::Display for Plan {
+impl fmt::Display for Tiling {
     /// The cube's outputs and sum step, then a plane's: `128x128x64_w64x64`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (m, n) = self.warp;
@@ -119,12 +119,12 @@ impl fmt::Display for Plan {
     }
 }
 
-impl std::str::FromStr for Plan {
+impl std::str::FromStr for Tiling {
     type Err = ();
 
     /// What `Display` writes: a cube's outputs and step, then a plane's outputs, which divide
     /// the cube's.
-    fn from_str(name: &str) -> Result<Plan, ()> {
+    fn from_str(name: &str) -> Result<Tiling, ()> {
         let (cube, warp) = name.split_once("_w").ok_or(())?;
         let numbers = |text: &str| -> Result<Vec<u32>, ()> {
             text.split('x')
@@ -138,7 +138,7 @@ impl std::str::FromStr for Plan {
         if !m.is_multiple_of(warp_m) || !n.is_multiple_of(warp_n) {
             return Err(());
         }
-        Ok(Plan {
+        Ok(Tiling {
             warp: (warp_m, warp_n),
             planes: (m / warp_m, n / warp_n),
             k,
@@ -146,17 +146,17 @@ impl std::str::FromStr for Plan {
     }
 }
 
-impl Plan {
-    /// This plan, then smaller and smaller ones to try where it does not fit a card's shared
-    /// memory: the sum's step halved down to 1, then again from the plan's step with half the
+impl Tiling {
+    /// This tiling, then smaller and smaller ones to try where it does not fit a card's shared
+    /// memory: the sum's step halved down to 1, then again from the tiling's step with half the
     /// planes along M, then along N.
-    fn and_smaller(&self) -> Vec<Plan> {
-        let mut plans = Vec::new();
+    fn and_smaller(&self) -> Vec<Tiling> {
+        let mut tilings = Vec::new();
         let (mut along_m, mut along_n) = self.planes;
         loop {
             let mut k = self.k;
             while k > 0 {
-                plans.push(Plan {
+                tilings.push(Tiling {
                     planes: (along_m, along_n),
                     k,
                     ..*self
@@ -168,7 +168,7 @@ impl Plan {
             } else if along_n > 1 {
                 along_n /= 2;
             } else {
-                return plans;
+                return tilings;
             }
         }
     }
@@ -179,8 +179,8 @@ impl fmt::Display for Candidate {
         match self {
             Candidate::Portable => f.write_str("portable"),
             Candidate::TensorCores(algorithm, tile, None) => write!(f, "{algorithm}_{tile}"),
-            Candidate::TensorCores(algorithm, tile, Some(plan)) => {
-                write!(f, "{algorithm}_{tile}_{plan}")
+            Candidate::TensorCores(algorithm, tile, Some(tiling)) => {
+                write!(f, "{algorithm}_{tile}_{tiling}")
             }
         }
     }
@@ -188,7 +188,7 @@ impl fmt::Display for Candidate {
 
 impl Candidate {
     /// Every candidate: the portable loop, and cubek's forward algorithms with each tile
-    /// kind (`wmma`, or `mma.sync` with `ldmatrix`), tiled as cubek chooses or by each plan.
+    /// kind (`wmma`, or `mma.sync` with `ldmatrix`), tiled as cubek chooses or by each tiling.
     fn all() -> impl Iterator<Item = Candidate> {
         use ConvAlgorithm::*;
         let algorithms = [
@@ -202,12 +202,12 @@ impl Candidate {
             SpecializedAsyncStrided,
             SpecializedTma,
         ];
-        let tilings = || std::iter::once(None).chain(PLANS.map(Some));
+        let tilings = || std::iter::once(None).chain(TILINGS.map(Some));
         let tensor_cores = algorithms.into_iter().flat_map(move |algorithm| {
             [AcceleratedTileKind::Cmma, AcceleratedTileKind::Mma]
                 .into_iter()
                 .flat_map(move |tile| {
-                    tilings().map(move |plan| Candidate::TensorCores(algorithm, tile, plan))
+                    tilings().map(move |tiling| Candidate::TensorCores(algorithm, tile, tiling))
                 })
         });
         std::iter::once(Candidate::Portable).chain(tensor_cores)
@@ -215,10 +215,10 @@ impl Candidate {
 
     /// What the tuner measures on tensor cores: one algorithm per way of loading (synchronous,
     /// asynchronous, TMA; single-stage or warp-specialised), each with both tile kinds as
-    /// cubek tiles them, and the warp-specialised TMA one on `mma` by each plan. Each costs a
+    /// cubek tiles them, and the warp-specialised TMA one on `mma` by each tiling. Each costs a
     /// kernel compilation per layer shape on the first run; the strided and tilewise loaders
     /// left out differ from the cyclic ones only in how the threads share a tile's loads. The
-    /// plans leave out the warp-specialised asynchronous loader: with its 8 loading planes a
+    /// tilings leave out the warp-specialised asynchronous loader: with its 8 loading planes a
     /// cube runs 512 threads, 128 registers a thread, and cubek's own tiling already spills
     /// there (ptxas, `benches/RESULTS.md`); planes of 64 x 64 outputs need ~170.
     fn tuned() -> impl Iterator<Item = Candidate> {
@@ -234,21 +234,21 @@ impl Candidate {
             [AcceleratedTileKind::Mma, AcceleratedTileKind::Cmma]
                 .map(|tile| Candidate::TensorCores(algorithm, tile, None))
         });
-        let planned = PLANS.map(|plan| {
-            Candidate::TensorCores(SpecializedTma, AcceleratedTileKind::Mma, Some(plan))
+        let tiled = TILINGS.map(|tiling| {
+            Candidate::TensorCores(SpecializedTma, AcceleratedTileKind::Mma, Some(tiling))
         });
-        as_cubek_tiles.chain(planned)
+        as_cubek_tiles.chain(tiled)
     }
 
     /// The candidate `name`d as [`Candidate`]'s `Display` writes it.
-    /// Any plan is named as [`Plan`]'s `Display` writes it, after an algorithm and tile kind:
+    /// Any tiling is named as [`Tiling`]'s `Display` writes it, after an algorithm and tile kind:
     /// `simple_sync_cyclic_cmma_32x32x16_w16x16`.
     fn named(name: &str) -> Option<Candidate> {
         Candidate::all().find_map(|candidate| match candidate {
             _ if candidate.to_string() == name => Some(candidate),
             Candidate::TensorCores(algorithm, tile, None) => {
-                let plan = name.strip_prefix(&format!("{candidate}_"))?.parse().ok()?;
-                Some(Candidate::TensorCores(algorithm, tile, Some(plan)))
+                let tiling = name.strip_prefix(&format!("{candidate}_"))?.parse().ok()?;
+                Some(Candidate::TensorCores(algorithm, tile, Some(tiling)))
             }
             _ => None,
         })
@@ -325,8 +325,8 @@ impl Candidate {
                 };
                 Ok(())
             }
-            (Candidate::TensorCores(algorithm, tile, plan), _) => {
-                tensor_cores::conv::<F>(algorithm, tile, plan, conv)
+            (Candidate::TensorCores(algorithm, tile, tiling), _) => {
+                tensor_cores::conv::<F>(algorithm, tile, tiling, conv)
                     .map_err(|err| format!("cubek's convolution ({self}): {err}"))
             }
         }
@@ -374,9 +374,9 @@ impl MainLoop {
                     .map(|c| c.to_string())
                     .collect();
                 format!(
-                    "`{name}` names no main loop of the fused engine (expected tuned, or one of: {}; a tensor-core one may name a plan after it, as specialized_tma_mma_{})",
+                    "`{name}` names no main loop of the fused engine (expected tuned, or one of: {}; a tensor-core one may name a tiling after it, as specialized_tma_mma_{})",
                     names.join(", "),
-                    PLANS[0]
+                    TILINGS[0]
                 )
             }),
         }
@@ -437,11 +437,11 @@ impl ConvKey {
     }
 }
 
-/// The multiply-adds from which the tuner measures the [`PLANS`]: 2^30, ~2 GFLOP, some
+/// The multiply-adds from which the tuner measures the [`TILINGS`]: 2^30, ~2 GFLOP, some
 /// microseconds of a GPU's tensor cores, so launches and the last wave of cubes weigh more
 /// below it than the tiling does. At 512x512 every layer of the full-width model is past it
 /// even at batch 1, the demo model's layers at 64x64 (the fixtures') none.
-const PLANNED_FROM: u64 = 1 << 30;
+const TILED_FROM: u64 = 1 << 30;
 
 static TUNER: LocalTuner<ConvKey, String> = local_tuner!("main-loop");
 
@@ -462,11 +462,11 @@ fn tuned<F: Float + CubeElement>(tune_id: &String, conv: Conv) -> Result<Candida
         let fallback = TuneGroup::<ConvKey>::new("portable", |_| 0);
         let set = TunableSet::<ConvKey, Conv, (), Candidate>::new_cloning_inputs(key);
         let set = Candidate::tuned().fold(set, |set, candidate| {
-            // A plan only where its tiling can matter (a negative priority skips it for the
+            // Our tilings only where the tiling can matter (a negative priority skips it for the
             // key): each costs a compilation per shape, ~2.5 s on the build machine's 2 cores.
-            let planned = matches!(candidate, Candidate::TensorCores(_, _, Some(_)));
+            let tiled = matches!(candidate, Candidate::TensorCores(_, _, Some(_)));
             let priority = move |key: &ConvKey| {
-                if planned && key.multiply_adds() < PLANNED_FROM {
+                if tiled && key.multiply_adds() < TILED_FROM {
                     -1
                 } else {
                     1
@@ -644,7 +644,7 @@ mod tensor_cores {
     use cubek::std::{InputBinding, MatrixLayout};
 
     use super::super::epilogue;
-    use super::{Conv, Op, Plan};
+    use super::{Conv, Op, Tiling};
 
     /// A contiguous tensor of `shape` over `handle`.
     fn tensor<const D: usize>(handle: &Handle, shape: [usize; D]) -> TensorBinding {
@@ -665,7 +665,7 @@ mod tensor_cores {
     type FitKey = (
         ConvAlgorithm,
         AcceleratedTileKind,
-        Option<Plan>,
+        Option<Tiling>,
         (usize, usize, usize),
         usize,
         u32,
@@ -677,7 +677,7 @@ mod tensor_cores {
 
     /// `conv`'s layer in its GEMM form into its output's interior: a 3x3 convolution's
     /// outputs through ReLU, or a transposed convolution's products scattered; tiled as cubek
-    /// chooses for `algorithm`, or by `plan`.
+    /// chooses for `algorithm`, or by `tiling`.
     ///
     /// cubek sizes a cube's stage from the planes a cube may hold, not from the shared
     /// memory it has: lavapipe (32 KiB) refuses its choice at every shape, an H200 (227 KiB)
@@ -686,7 +686,7 @@ mod tensor_cores {
     pub fn conv<F: Float + CubeElement>(
         algorithm: ConvAlgorithm,
         tile_kind: AcceleratedTileKind,
-        plan: Option<Plan>,
+        tiling: Option<Tiling>,
         conv: &Conv,
     ) -> Result<(), String> {
         let (weight, bias) = conv
@@ -704,7 +704,7 @@ mod tensor_cores {
         let key = (
             algorithm,
             tile_kind,
-            plan,
+            tiling,
             gemm.mnk(),
             gemm.elem.size(),
             hardware.plane_size_max,
@@ -718,7 +718,7 @@ mod tensor_cores {
         if let Some(strategy) = fitted {
             return gemm.launch(&strategy).map_err(|err| format!("{err:?}"));
         }
-        let blueprints = gemm.blueprints(algorithm, tile_kind, plan.as_ref())?;
+        let blueprints = gemm.blueprints(algorithm, tile_kind, tiling.as_ref())?;
         let last = blueprints.len() - 1;
         for (tried, strategy) in blueprints.into_iter().enumerate() {
             let result = gemm.launch(&strategy);
@@ -819,13 +819,13 @@ mod tensor_cores {
 
         /// The blueprints to try, each next one asking less shared memory: as cubek tiles
         /// it, then, for a simple algorithm, with half the planes (rows of tiles) a cube at a
-        /// time (the specialised ones keep cubek's choice); by `plan`, then by smaller ones
-        /// ([`Plan::and_smaller`]).
+        /// time (the specialised ones keep cubek's choice); by `tiling`, then by smaller ones
+        /// ([`Tiling::and_smaller`]).
         fn blueprints(
             &self,
             algorithm: ConvAlgorithm,
             tile_kind: AcceleratedTileKind,
-            plan: Option<&Plan>,
+            tiling: Option<&Tiling>,
         ) -> Result<Vec<Strategy>, String> {
             let mut blueprints = Vec::new();
             // A blueprint cubek cannot make (a step no whole number of tiles makes, say) is
@@ -837,7 +837,7 @@ mod tensor_cores {
                     refusal.get_or_insert(err);
                 }
             };
-            match plan {
+            match tiling {
                 None => {
                     add(Ok(Strategy::Inferred {
                         algorithm,
@@ -853,9 +853,9 @@ mod tensor_cores {
                         }
                     }
                 }
-                Some(plan) => {
-                    for plan in &plan.and_smaller() {
-                        add(self.forced(algorithm, tile_kind, None, Some(plan)));
+                Some(tiling) => {
+                    for tiling in &tiling.and_smaller() {
+                        add(self.forced(algorithm, tile_kind, None, Some(tiling)));
                     }
                 }
             }
@@ -888,16 +888,16 @@ mod tensor_cores {
         }
 
         /// A blueprint made as `algorithm`'s routine makes it (cubek-matmul 0.3.1's
-        /// `expand_blueprint`), but with `row_count` planes a cube where given; or, with a
-        /// `plan`, its tiling in place of cubek's, and what follows from the tiling (the
-        /// shared memory's swizzles, the partitions' buffering, the bounds checks) made again
-        /// as cubek makes it.
+        /// `expand_blueprint`), but with `row_count` planes a cube where given; or with our
+        /// `tiling` in place of cubek's, and what follows from it (the shared memory's
+        /// swizzles, the partitions' buffering, the bounds checks) made again as cubek makes
+        /// it.
         fn forced(
             &self,
             algorithm: ConvAlgorithm,
             tile_kind: AcceleratedTileKind,
             row_count: Option<u32>,
-            plan: Option<&Plan>,
+            tiling: Option<&Tiling>,
         ) -> Result<Strategy, String> {
             let client = &self.conv.client;
             let problem = self.problem();
@@ -928,16 +928,18 @@ mod tensor_cores {
                 options,
             )
             .map_err(|err| format!("{err:?}"))?;
-            if let Some(plan) = plan {
+            if let Some(tiling) = tiling {
                 let tile = matmul.tiling_scheme.tile_size;
                 let tiles = |elements: u32, per_tile: u32| {
                     (elements.is_multiple_of(per_tile) && elements >= per_tile)
                         .then_some(elements / per_tile)
-                        .ok_or_else(|| format!("plan {plan} does not divide into {tile:?} tiles"))
+                        .ok_or_else(|| {
+                            format!("tiling {tiling} does not divide into {tile:?} tiles")
+                        })
                 };
-                let (warp_m, warp_n) = plan.warp;
+                let (warp_m, warp_n) = tiling.warp;
                 // No planes along N past the layer's outputs.
-                let planes_n = plan
+                let planes_n = tiling
                     .planes
                     .1
                     .min((problem.n as u32).div_ceil(warp_n))
@@ -947,9 +949,9 @@ mod tensor_cores {
                     .with_partition_size(PartitionSize::new(
                         tiles(warp_m, tile.m)?,
                         tiles(warp_n, tile.n)?,
-                        tiles(plan.k, tile.k)?,
+                        tiles(tiling.k, tile.k)?,
                     ))
-                    .with_stage_size(StageSize::new(plan.planes.0, planes_n, 1))
+                    .with_stage_size(StageSize::new(tiling.planes.0, planes_n, 1))
                     .build()?;
                 let partition_buffering = partition_buffering.unwrap_or(
                     // cubek's own rule (`infer_blueprint_plane`).
@@ -1094,7 +1096,7 @@ mod tests {
     #[test]
     fn every_candidate_is_found_by_its_name_alone() {
         let names: Vec<String> = Candidate::all().map(|c| c.to_string()).collect();
-        // The portable loop; 9 algorithms x 2 tile kinds, as cubek tiles them and by 3 plans.
+        // The portable loop; 9 algorithms x 2 tile kinds, as cubek tiles them and by 3 tilings.
         assert_eq!(names.len(), 1 + 9 * 2 * 4);
         for candidate in Candidate::all() {
             assert_eq!(Candidate::named(&candidate.to_string()), Some(candidate));
@@ -1112,7 +1114,7 @@ mod tests {
             Some(Candidate::TensorCores(
                 ConvAlgorithm::SpecializedTma,
                 AcceleratedTileKind::Mma,
-                Some(PLANS[1])
+                Some(TILINGS[1])
             ))
         );
         assert_eq!(
@@ -1120,7 +1122,7 @@ mod tests {
             Some(Candidate::TensorCores(
                 ConvAlgorithm::SimpleSyncCyclic,
                 AcceleratedTileKind::Cmma,
-                Some(Plan {
+                Some(Tiling {
                     warp: (16, 16),
                     planes: (4, 2),
                     k: 16
@@ -1140,12 +1142,12 @@ mod tests {
         assert!(Candidate::tuned().all(|c| Candidate::all().any(|a| a == c)));
     }
 
-    /// A plan too big for a card's shared memory gives way to smaller ones: the sum's step
+    /// A tiling too big for a card's shared memory gives way to smaller ones: the sum's step
     /// first, down to 1, then the planes along M, then along N; the plane's own tile stays.
     #[test]
-    fn smaller_plans_halve_the_step_then_the_planes() {
-        let plan: Plan = "64x64x4_w32x32".parse().unwrap();
-        let tried: Vec<String> = plan.and_smaller().iter().map(|p| p.to_string()).collect();
+    fn smaller_tilings_halve_the_step_then_the_planes() {
+        let tiling: Tiling = "64x64x4_w32x32".parse().unwrap();
+        let tried: Vec<String> = tiling.and_smaller().iter().map(|p| p.to_string()).collect();
         let expected = [
             "64x64x4_w32x32",
             "64x64x2_w32x32",
