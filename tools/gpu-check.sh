@@ -16,8 +16,9 @@
 #    PyTorch fixtures (f32 <= 1e-4, f16 <= 5e-3; 2e-2 for the ill-conditioned width-4
 #    fixture); then the demo slide's map in f16 on the GPU against the f32 CPU map (issue 12:
 #    within 2 levels on 99 % of pixels) and against PyTorch's, with each run's Dice;
-# 2. our fused engine on the full-width model (w = 64) at batch 12, 1, 32 and 64: ms/patch,
-#    its difference from the CPU path, the main loop and TFLOP/s of each 3x3 layer; f16 with
+# 2. our fused engine on the full-width model (w = 64) at batch 12, 1, 32 and 64: ms/patch
+#    streamed (one batch in flight, as infer runs it) and of one forward (the latency), its
+#    difference from the CPU path, the main loop and TFLOP/s of each 3x3 layer; f16 with
 #    each layer's main loop tuned (the first forward's seconds), then a second process that
 #    reads the tuning back from disk; one fixed main loop on every layer (FIXED_CONV, default
 #    cubek's specialized_tma_mma) only where the tuned process gave no table; f32 last; then,
@@ -221,15 +222,18 @@ step_2() {
   # disk (target/environment here), then a second process, which must find the results kept
   # (its first forward within seconds); one fixed loop only if tuning gave nothing; f32, whose
   # loop is always the portable one, last.
+  # "streamed" is the throughput with one batch in flight, as infer runs: the patches' upload
+  # and the maps' download included, where PyTorch's rows (step 3) time the forward alone on
+  # input already on the card; "one forward" is the latency of a batch waited for on its own.
   local run conv t
-  for run in "tuned-first ${FUSED_PRECISIONS:-f16} 240" "tuned-second f16 120" "fixed f16 120" "f32 f32 120"; do
+  for run in "tuned-first ${FUSED_PRECISIONS:-f16} 240 10" "tuned-second f16 120 10" "fixed f16 120 10" "f32 f32 120 3"; do
     set -- $run
     [ "$1" = fixed ] && grep -q "^ *f16 |" "$LOGS/fused-tuned-first.log" 2>/dev/null && continue
     t=$(limit "$3") || return
     conv=tuned
     [ "$1" = fixed ] && conv="${FIXED_CONV:-specialized_tma_mma}"
     UNET_FUSED_CONV="$conv" timeout "$t" "$BIN/fused-forward" "$W64" \
-      --batch "$FUSED_BATCHES" --side "$SIDE" --runs 3 --precision "$2" > "$LOGS/fused-$1.log" 2>&1
+      --batch "$FUSED_BATCHES" --side "$SIDE" --runs "$4" --precision "$2" > "$LOGS/fused-$1.log" 2>&1
     say "-- $1 process ($conv)"
     # The table whole (~30 lines a precision: the first forward's seconds come first); an
     # error's dump of kernel source cut short.
