@@ -23,8 +23,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = "auto")]
     pub precision: Precision,
     /// What runs the model: `fused` (our CUDA engine; CUDA builds), `burn`, `cpu` (our CPU
-    /// kernels, f32 or bf16), or `auto`: the CPU kernels for f32 and bf16 on the CPU, Burn for
-    /// the rest.
+    /// kernels, f32 or bf16), or `auto`: the CPU kernels for f32 and bf16 on the CPU; on CUDA
+    /// the faster of ours and Burn's, as the first batch measures them; Burn for the rest.
     #[arg(long, default_value = "auto")]
     pub engine: EngineChoice,
     /// Patches per forward pass.
