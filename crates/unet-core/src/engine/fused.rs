@@ -329,10 +329,10 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         let mut pass = Pass { times };
 
         // The bytes as they are, read by the kernel four to a little-endian word (every
-        // runtime reads words), the last word padded; gathered into words, which cubecl takes
-        // as they are (it copies bytes into an allocation of its own alignment first), and
-        // handed over whole (`create_from_slice` copies them once more): cubecl's copy into
-        // pinned memory is the only one after this (25 MB for a batch of 32).
+        // runtime reads words), the last word padded. Gathered into words and handed over
+        // whole, they are copied once more, by cubecl into pinned memory (25 MB a batch of
+        // 32): `create_from_slice` would copy them first, and cubecl copies bytes in a
+        // `Vec<u8>` into an allocation of its own 16-byte alignment.
         let patch_bytes = batch.plane() * 3;
         let mut words = vec![0u32; (n * patch_bytes).div_ceil(4)];
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
