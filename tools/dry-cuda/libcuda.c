@@ -3,7 +3,8 @@
  * would fail at compile or load time there (tools/cuda-dry-run.sh builds and uses it).
  *
  * It reports an H200 (compute capability 9.0, 132 SMs, 227 KB of shared memory a block,
- * 141 GB of memory, or DRY_CUDA_MEMORY_MB: allocations past it fail as out of memory).
+ * 141 GB of memory, or DRY_CUDA_MEMORY_MB: allocations past it fail as out of memory), one
+ * of them or DRY_CUDA_DEVICES; the device a context is made on is logged.
  * Device memory is host memory (mapped without reserve, so a pool of gigabytes costs only
  * what is touched), so copies work and kernels' outputs stay as they were. Each module's PTX
  * goes through ptxas for sm_90a, as the real driver's JIT compiles it, when DRY_CUDA_PTXAS
@@ -82,10 +83,14 @@ CUresult cuGetExportTable(const void **table, const void *id) {
     return NOT_FOUND;
 }
 CUresult cuDriverGetVersion(int *version) { *version = 13000; return SUCCESS; }
-CUresult cuDeviceGetCount(int *count) { *count = 1; return SUCCESS; }
+static int device_count(void) {
+    const char *devices = getenv("DRY_CUDA_DEVICES");
+    return devices ? atoi(devices) : 1;
+}
+CUresult cuDeviceGetCount(int *count) { *count = device_count(); return SUCCESS; }
 CUresult cuDeviceGet(CUdevice *device, int ordinal) {
-    *device = 0;
-    return ordinal == 0 ? SUCCESS : INVALID_VALUE;
+    *device = ordinal;
+    return ordinal >= 0 && ordinal < device_count() ? SUCCESS : INVALID_VALUE;
 }
 CUresult cuDeviceGetName(char *name, int length, CUdevice device) {
     (void)device;
@@ -134,7 +139,7 @@ CUresult cuDeviceGetAttribute(int *value, int attribute, CUdevice device) {
 
 static int context_token;
 CUresult cuDevicePrimaryCtxRetain(CUcontext *context, CUdevice device) {
-    (void)device;
+    say("context on device %d\n", device);
     *context = &context_token;
     return SUCCESS;
 }

@@ -16,6 +16,9 @@ pub struct ModelArgs {
     /// A converted model [default: the demo model, models/unet_demo_w8.bpk].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N` (the N-th GPU the driver lists: those in
+    /// CUDA_VISIBLE_DEVICES, where that is set), or `auto`: CUDA's first GPU where the build
+    /// has CUDA and a GPU answers, else the CPU.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     /// `f32`, `f16`, `bf16` (the CPU engine, on CPUs with AVX-512-BF16, on AMX tiles where

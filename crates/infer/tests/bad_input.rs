@@ -8,19 +8,16 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Runs infer on `slide` with `extra` args into a fresh directory; returns stderr and what
-/// the directory holds afterwards.
+/// Runs infer on `slide` with `extra` args (on the CPU, unless they name a device) into a
+/// fresh directory; returns stderr and what the directory holds afterwards.
 fn fails(slide: &Path, extra: &[&str]) -> (String, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let mut args: Vec<&str> = vec![
-        slide.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--quiet",
-    ];
+    let mut args: Vec<&str> = vec![slide.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    if !extra.contains(&"--device") {
+        args.extend(["--device", "cpu"]);
+    }
+    args.push("--quiet");
     args.extend_from_slice(extra);
     let output = Command::new(env!("CARGO_BIN_EXE_infer"))
         .args(&args)
@@ -182,6 +179,27 @@ fn an_engine_that_cannot_run_here() {
     );
     let (message, _) = fails(&demo(), &["--engine", "gpu"]);
     assert!(message.contains("unknown engine `gpu`"), "{message}");
+}
+
+/// A device that is not one, or not there (this build has no CUDA; a CUDA build without
+/// that GPU names how many there are): one line, and nothing written.
+#[test]
+fn a_device_that_is_not_there() {
+    for (device, expected) in [
+        (
+            "gpu",
+            "unknown device `gpu` (expected one of: auto, cpu, cuda, cuda:N)",
+        ),
+        ("cuda:x", "unknown device `cuda:x`"),
+        ("cuda:1", "CUDA was asked for, but"),
+    ] {
+        let (message, left) = fails(&demo(), &["--device", device]);
+        assert!(
+            message.contains(expected) && message.trim_end().lines().count() <= 3,
+            "{device}: {message}"
+        );
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
 
 /// Starts `infer` on the demo slide at a stride of 64 (some 2 400 patches, a run of minutes)

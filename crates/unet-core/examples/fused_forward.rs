@@ -47,7 +47,7 @@ fn main() -> Result<()> {
     // As `infer` does: the batches' buffers of 32 MiB and more reused, not faulted in anew.
     unet_core::memory::reuse_large_buffers();
     // cubecl panics where no CUDA driver loads; the probe says why instead.
-    Target::resolve(DeviceChoice::Cuda, Precision::F16, EngineChoice::Fused)?;
+    Target::resolve(DeviceChoice::Cuda(0), Precision::F16, EngineChoice::Fused)?;
     let weights = model_file::read_weights(&args.model)?;
     let cpu = Predictor::load(
         &args.model,

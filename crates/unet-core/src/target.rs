@@ -5,11 +5,42 @@ use crate::predictor::PredictError;
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
-    /// CUDA when this build has it and a GPU answers, else the CPU.
+    /// CUDA's first GPU when this build has CUDA and a GPU answers, else the CPU.
     #[default]
     Auto,
     Cpu,
-    Cuda,
+    /// A GPU by its index among those the CUDA driver lists (`cuda` is `cuda:0`; the driver
+    /// lists only those in `CUDA_VISIBLE_DEVICES`, where that is set).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let name = s.to_ascii_lowercase();
+        match name.as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => name
+                .strip_prefix("cuda:")
+                .and_then(|index| index.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| {
+                    format!("unknown device `{s}` (expected one of: auto, cpu, cuda, cuda:N)")
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
 }
 
 /// Float precision of weights and activations.
@@ -69,7 +100,6 @@ macro_rules! parse_choice {
     };
 }
 pub(crate) use parse_choice;
-parse_choice!(DeviceChoice, "device", "auto" => DeviceChoice::Auto, "cpu" => DeviceChoice::Cpu, "cuda" => DeviceChoice::Cuda);
 parse_choice!(Precision, "precision", "auto" => Precision::Auto, "f32" => Precision::F32, "f16" => Precision::F16, "bf16" => Precision::Bf16);
 parse_choice!(EngineChoice, "engine", "auto" => EngineChoice::Auto, "burn" => EngineChoice::Burn, "fused" => EngineChoice::Fused, "cpu" => EngineChoice::Cpu);
 
@@ -77,15 +107,16 @@ parse_choice!(EngineChoice, "engine", "auto" => EngineChoice::Auto, "burn" => En
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
     Cpu,
-    /// CUDA device 0.
-    Cuda,
+    /// The CUDA GPU of this index.
+    Cuda(usize),
 }
 
 impl Device {
+    /// The kind of device: `cpu` or `cuda`.
     pub fn name(self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
+            Device::Cuda(_) => "cuda",
         }
     }
 }
@@ -108,14 +139,14 @@ impl Target {
     ) -> Result<Target, PredictError> {
         let device = match device {
             DeviceChoice::Cpu => Device::Cpu,
-            DeviceChoice::Cuda => cuda::probe().map(|()| Device::Cuda)?,
-            DeviceChoice::Auto => match cuda::probe() {
-                Ok(()) => Device::Cuda,
+            DeviceChoice::Cuda(index) => cuda::probe(index).map(|()| Device::Cuda(index))?,
+            DeviceChoice::Auto => match cuda::probe(0) {
+                Ok(()) => Device::Cuda(0),
                 Err(_) => Device::Cpu,
             },
         };
         let precision = match (precision, device) {
-            (Precision::Auto, Device::Cuda) => Precision::F16,
+            (Precision::Auto, Device::Cuda(_)) => Precision::F16,
             (Precision::Auto, Device::Cpu) => {
                 let ours = matches!(engine, EngineChoice::Auto | EngineChoice::Cpu);
                 if ours && crate::cpu::prefers_bf16() {
@@ -126,7 +157,7 @@ impl Target {
             }
             (chosen, _) => chosen,
         };
-        if device == Device::Cuda {
+        if matches!(device, Device::Cuda(_)) {
             cuda::keep_compiled_kernels();
         }
         Ok(Target { device, precision })
@@ -138,9 +169,9 @@ mod cuda {
     use super::PredictError;
     use cudarc::driver::{result, sys};
 
-    /// Whether a CUDA driver, a GPU and NVRTC answer, asked through the driver API, which
-    /// returns errors where cubecl would panic.
-    pub fn probe() -> Result<(), PredictError> {
+    /// Whether a CUDA driver, GPU `index` and NVRTC answer, asked through the driver API,
+    /// which returns errors where cubecl would panic.
+    pub fn probe(index: usize) -> Result<(), PredictError> {
         let no_gpu = |reason: String| {
             PredictError::NoCuda(format!(
                 "no usable GPU: {reason} (is the NVIDIA driver installed, and CUDA_PATH set to the CUDA toolkit for NVRTC's headers?)"
@@ -164,8 +195,25 @@ mod cuda {
         }
         result::init().map_err(|e| no_gpu(format!("the driver does not start: {e}")))?;
         match result::device::get_count() {
-            Ok(count) if count > 0 => Ok(()),
-            Ok(_) => Err(no_gpu("the driver sees no GPU".into())),
+            Ok(count) if index < count as usize => Ok(()),
+            Ok(0) => Err(no_gpu("the driver sees no GPU".into())),
+            Ok(count) => Err(PredictError::NoCuda(format!(
+                "there is no GPU cuda:{index}: the driver sees {} ({}{})",
+                if count == 1 {
+                    "one".to_string()
+                } else {
+                    format!("{count}")
+                },
+                if count == 1 {
+                    "cuda:0".to_string()
+                } else {
+                    format!("cuda:0 to cuda:{}", count - 1)
+                },
+                match std::env::var("CUDA_VISIBLE_DEVICES") {
+                    Ok(visible) => format!("; CUDA_VISIBLE_DEVICES={visible}"),
+                    Err(_) => String::new(),
+                }
+            ))),
             Err(e) => Err(no_gpu(format!("the driver lists no GPU: {e}"))),
         }
     }
@@ -191,7 +239,7 @@ mod cuda {
 mod cuda {
     use super::PredictError;
 
-    pub fn probe() -> Result<(), PredictError> {
+    pub fn probe(_index: usize) -> Result<(), PredictError> {
         Err(super::no_cuda_build())
     }
 
@@ -205,4 +253,27 @@ pub(crate) fn no_cuda_build() -> PredictError {
     PredictError::NoCuda(
         "this build has no CUDA support (rebuild with `--features cuda`)".to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_as_pytorch_names_them_and_print_back() {
+        for (text, device) in [
+            ("auto", DeviceChoice::Auto),
+            ("CPU", DeviceChoice::Cpu),
+            ("cuda", DeviceChoice::Cuda(0)),
+            ("cuda:0", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<DeviceChoice>(), Ok(device), "{text}");
+            assert_eq!(device.to_string().parse::<DeviceChoice>(), Ok(device));
+        }
+        for text in ["gpu", "cuda:", "cuda:-1", "cuda:one", "cuda:1:2", "cpu:0"] {
+            let error = text.parse::<DeviceChoice>().unwrap_err();
+            assert!(error.contains("cuda:N") && error.contains(text), "{error}");
+        }
+    }
 }

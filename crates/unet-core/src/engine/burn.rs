@@ -59,7 +59,7 @@ impl Engine for BurnEngine {
         }
         let device = match target.device {
             Device::Cpu => BurnDevice::flex(),
-            Device::Cuda => cuda_device()?,
+            Device::Cuda(index) => cuda_device(index)?,
         };
         let model = Unet::from_weights(weights, &device, dtype_of(target.precision))?;
         Ok(BurnEngine {
@@ -96,11 +96,11 @@ impl Engine for BurnEngine {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_device() -> Result<BurnDevice, PredictError> {
-    Ok(BurnDevice::cuda(0))
+fn cuda_device(index: usize) -> Result<BurnDevice, PredictError> {
+    Ok(BurnDevice::cuda(index))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_device() -> Result<BurnDevice, PredictError> {
+fn cuda_device(_index: usize) -> Result<BurnDevice, PredictError> {
     Err(crate::target::no_cuda_build())
 }

@@ -601,9 +601,9 @@ impl<F: Float + CubeElement> Engine for FusedUnet<F> {
         }
         match target.device {
             #[cfg(feature = "cuda")]
-            crate::Device::Cuda => {
+            crate::Device::Cuda(index) => {
                 use cubecl_runtime::runtime::Runtime;
-                let client = cubecl::cuda::CudaRuntime::client(&Default::default());
+                let client = cubecl::cuda::CudaRuntime::client(&cubecl::cuda::CudaDevice { index });
                 Ok(FusedUnet::new(client, "cuda", weights)?)
             }
             device => Err(unsupported(format!(

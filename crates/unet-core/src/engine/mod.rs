@@ -151,7 +151,7 @@ pub fn load(
         (
             EngineChoice::Auto,
             Target {
-                device: Device::Cuda,
+                device: Device::Cuda(_),
                 ..
             },
         ) => Fastest::load(weights, target, AUTO_ON_CUDA)?,
