@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
@@ -352,6 +352,14 @@ impl Planned {
     fn stream(&mut self, job: &SlideJob) -> Result<Streamed> {
         let writer = self.writer.take().expect("the stream runs once");
         let progress = progress_bar(job.progress, self.to_run.len());
+        if job.predictor.device_name() == "cuda" && !progress.is_hidden() {
+            // cubecl compiles every kernel and tunes every layer shape at its first use on a
+            // card (kept on disk for the next runs): minutes at 0 patches would look hung.
+            progress.set_style(style(
+                "{spinner} compiling and tuning the GPU's kernels (minutes on a new card)  {elapsed}",
+            ));
+            progress.enable_steady_tick(Duration::from_millis(200));
+        }
         let (stitch_tx, stitch_rx) = sync_channel::<Stitch>(2 * job.batch);
         let low_resolution =
             LowResolutionMap::new(self.region.width, self.region.height, self.downsample);
@@ -685,6 +693,9 @@ impl<'a> PatchStream<'a> {
                 bail!("the stitcher stopped");
             }
         }
+        if self.progress.position() == 0 {
+            self.progress.set_style(style(PATCHES));
+        }
         self.progress.inc(submitted.patches.len() as u64);
         Ok(())
     }
@@ -883,11 +894,15 @@ pub fn progress_bar(visible: bool, total: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} patches  {per_sec}  ETA {eta}")
-            .expect("valid template"),
-    );
+    bar.set_style(style(PATCHES));
     bar
+}
+
+/// The progress bar's line once patches come out.
+const PATCHES: &str = "{bar:40} {pos}/{len} patches  {per_sec}  ETA {eta}";
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).expect("valid template")
 }
 
 /// The whole slide at about `downsample`, from the pyramid level closest below it.
