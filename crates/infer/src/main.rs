@@ -453,14 +453,14 @@ fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
 
 fn print_summary(summary: &Summary) {
     output_file::outln!(
-        "{} patches of {} run ({} skipped as background) in {:.1} s: {:.2} patches/s, {:.1} ms/patch on {} ({}, {})",
+        "{} patches of {} run ({} skipped as background) in {:.1} s: {:.2} patches/s, {:.1} ms/patch on {}: {}, {}",
         summary.patches_run,
         summary.patches_in_grid,
         summary.patches_in_grid - summary.patches_run,
         summary.seconds,
         summary.patches_per_second,
         summary.ms_per_patch,
-        summary.device,
+        summary.hardware,
         summary.precision,
         summary.kernel
     );

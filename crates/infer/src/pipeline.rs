@@ -140,6 +140,9 @@ pub struct Summary {
     #[serde(default)]
     pub kernel: String,
     pub device: String,
+    /// The GPU's name, or the CPU's and its threads: what the seconds were measured on.
+    #[serde(default)]
+    pub hardware: String,
     pub precision: String,
     pub batch: usize,
     pub patch: u64,
@@ -352,7 +355,8 @@ impl Planned {
     fn stream(&mut self, job: &SlideJob) -> Result<Streamed> {
         let writer = self.writer.take().expect("the stream runs once");
         let progress = progress_bar(job.progress, self.to_run.len());
-        if job.predictor.device_name() == "cuda" && !progress.is_hidden() {
+        let cold = !MODEL_WARM.load(Ordering::Relaxed);
+        if job.predictor.device_name() == "cuda" && cold && !progress.is_hidden() {
             // cubecl compiles every kernel and tunes every layer shape at its first use on a
             // card (kept on disk for the next runs): minutes at 0 patches would look hung.
             progress.set_style(style(
@@ -471,6 +475,7 @@ impl Planned {
             engine: job.predictor.engine_name().to_string(),
             kernel: job.predictor.kernel_name().to_string(),
             device: job.predictor.device_name().to_string(),
+            hardware: job.predictor.hardware(),
             precision: job.predictor.precision().to_string(),
             batch: job.batch,
             patch: options.patch,
@@ -695,6 +700,7 @@ impl<'a> PatchStream<'a> {
         }
         if self.progress.position() == 0 {
             self.progress.set_style(style(PATCHES));
+            MODEL_WARM.store(true, Ordering::Relaxed);
         }
         self.progress.inc(submitted.patches.len() as u64);
         Ok(())
@@ -897,6 +903,10 @@ pub fn progress_bar(visible: bool, total: usize) -> ProgressBar {
     bar.set_style(style(PATCHES));
     bar
 }
+
+/// Whether a batch has come out of the model in this process: on a GPU its kernels are then
+/// compiled and tuned, and a cohort's later slides start at once.
+static MODEL_WARM: AtomicBool = AtomicBool::new(false);
 
 /// The progress bar's line once patches come out.
 const PATCHES: &str = "{bar:40} {pos}/{len} patches  {per_sec}  ETA {eta}";

@@ -244,6 +244,17 @@ fn heatmap_geojson_and_summary_are_written() {
     ] {
         assert!(!run.summary[key].is_null(), "summary lacks {key}");
     }
+    // What the seconds were measured on: the CPU's name as Linux gives it, and its threads.
+    let hardware = run.summary["hardware"].as_str().unwrap();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if let Some(name) = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+    {
+        assert!(hardware.starts_with(name.1.trim()), "{hardware}");
+    }
+    assert!(hardware.ends_with(" threads"), "{hardware}");
     // Nothing else is left in the output directory (no temporary files).
     let mut names: Vec<String> = std::fs::read_dir(run.dir.path())
         .unwrap()

@@ -92,12 +92,22 @@ fn bench_compares_both_paths_and_draws_the_chart() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Path, engine, device, then (after the hardware) precision, batch, TTA and patches.
     for row in [
-        "| Original | cpu | cpu | f32 | 1 | off | 3 |",
-        "| Optimised | burn | cpu | f32 | 2 | off | 3 |",
-        "| Augmented | burn | cpu | f32 | 2 | flips | 3 |",
+        ["Original", "cpu", "cpu", "f32", "1", "off", "3"],
+        ["Optimised", "burn", "cpu", "f32", "2", "off", "3"],
+        ["Augmented", "burn", "cpu", "f32", "2", "flips", "3"],
     ] {
-        assert!(table.contains(row), "no `{row}` in:\n{table}");
+        let cells: Vec<&str> = table
+            .lines()
+            .find(|line| line.starts_with(&format!("| {} |", row[0])))
+            .unwrap_or_else(|| panic!("no {} row in:\n{table}", row[0]))
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(&cells[1..4], &row[..3], "{table}");
+        assert!(cells[4].ends_with(" threads"), "the hardware: {table}");
+        assert_eq!(&cells[5..9], &row[3..], "{table}");
     }
     let chart = image::open(out.path().join("bench.png")).unwrap();
     assert_eq!((chart.width(), chart.height()), (800, 480));

@@ -52,6 +52,8 @@ pub enum PredictError {
 pub struct Predictor {
     engine: Box<dyn Engine>,
     config: UnetConfig,
+    /// What the choices resolved to; `None` for an engine built elsewhere.
+    target: Option<Target>,
 }
 
 impl Predictor {
@@ -73,10 +75,11 @@ impl Predictor {
         engine: EngineChoice,
     ) -> Result<Predictor, PredictError> {
         let target = Target::resolve(device, precision, engine)?;
-        Ok(Predictor::from_engine(
-            engine::load(weights, target, engine)?,
-            weights.config,
-        ))
+        Ok(Predictor {
+            engine: engine::load(weights, target, engine)?,
+            config: weights.config,
+            target: Some(target),
+        })
     }
 
     /// The weights on engine `E`, whatever `load` would pick (benchmarks, tests: Burn's f32
@@ -87,13 +90,20 @@ impl Predictor {
         precision: Precision,
     ) -> Result<Predictor, PredictError> {
         let target = Target::resolve(device, precision, E::choice())?;
-        let engine = E::load(weights, target)?;
-        Ok(Predictor::from_engine(Box::new(engine), weights.config))
+        Ok(Predictor {
+            engine: Box::new(E::load(weights, target)?),
+            config: weights.config,
+            target: Some(target),
+        })
     }
 
     /// An engine built elsewhere (e.g. [`crate::engine::FusedUnet`] on a wgpu client).
     pub fn from_engine(engine: Box<dyn Engine>, config: UnetConfig) -> Predictor {
-        Predictor { engine, config }
+        Predictor {
+            engine,
+            config,
+            target: None,
+        }
     }
 
     pub fn config(&self) -> UnetConfig {
@@ -114,6 +124,13 @@ impl Predictor {
     /// `"cuda"` or `"cpu"` (or what an outside engine reports).
     pub fn device_name(&self) -> &'static str {
         self.engine.device()
+    }
+
+    /// What the model runs on: the GPU's name, or the CPU's and its threads
+    /// ([`Target::hardware`]); for an engine built elsewhere, its device.
+    pub fn hardware(&self) -> String {
+        self.target
+            .map_or_else(|| self.device_name().to_string(), Target::hardware)
     }
 
     /// The precision in use (never `Auto`).

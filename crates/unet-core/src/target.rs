@@ -162,6 +162,28 @@ impl Target {
         }
         Ok(Target { device, precision })
     }
+
+    /// What the target runs on, for reports that quote its speed: the GPU's name and index
+    /// (`NVIDIA H200 (cuda:0)`), or the CPU's name and the threads the model runs on
+    /// (`Intel(R) Xeon(R) Processor, 2 threads`).
+    pub fn hardware(self) -> String {
+        match self.device {
+            Device::Cuda(index) => format!("{} (cuda:{index})", cuda::name(index)),
+            Device::Cpu => format!(
+                "{}, {} threads",
+                cpu_name().unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+                rayon::current_num_threads()
+            ),
+        }
+    }
+}
+
+/// The CPU's model name, as Linux's /proc/cpuinfo gives it (where it does: x86).
+fn cpu_name() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|line| line.starts_with("model name"))?;
+    let name = line.split_once(':')?.1.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 #[cfg(feature = "cuda")]
@@ -218,6 +240,15 @@ mod cuda {
         }
     }
 
+    /// The driver's name for GPU `index` (which `probe` found), or `GPU` where it gives none.
+    pub fn name(index: usize) -> String {
+        i32::try_from(index)
+            .ok()
+            .and_then(|ordinal| result::device::get(ordinal).ok())
+            .and_then(|device| result::device::get_name(device).ok())
+            .unwrap_or_else(|| "GPU".to_string())
+    }
+
     /// Turns on cubecl's cache of compiled kernels (off by default), before any CUDA client
     /// reads cubecl's configuration. cubecl compiles each kernel with NVRTC at its first
     /// launch, about half a second each on two cores: with the tuning read back from disk, the
@@ -241,6 +272,11 @@ mod cuda {
 
     pub fn probe(_index: usize) -> Result<(), PredictError> {
         Err(super::no_cuda_build())
+    }
+
+    /// No GPU is named without CUDA (and no CUDA target resolves).
+    pub fn name(_index: usize) -> String {
+        "GPU".to_string()
     }
 
     /// Nothing is compiled without CUDA.

@@ -109,6 +109,8 @@ struct Measured {
     /// `cpu`, `burn`, `fused`.
     engine: String,
     device: String,
+    /// The GPU's name, or the CPU's and its threads.
+    hardware: String,
     precision: String,
     batch: usize,
     /// Test-time augmentation (`off` but on the augmented path).
@@ -262,6 +264,7 @@ fn run_path(path: BenchPath, args: &BenchArgs) -> Result<()> {
         path,
         engine: predictor.engine_name().to_string(),
         device: predictor.device_name().to_string(),
+        hardware: predictor.hardware(),
         precision: predictor.precision().to_string(),
         batch,
         tta: tta.to_string(),
@@ -291,14 +294,15 @@ fn peak_memory_mib() -> f64 {
 fn table(results: &[Measured]) -> String {
     let base = results[0].ms_per_patch;
     let mut out = String::from(
-        "| path | engine | device | precision | batch | tta | patches | ms/patch | patches/s | speed-up | peak memory |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| path | engine | device | hardware | precision | batch | tta | patches | ms/patch | patches/s | speed-up | peak memory |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         out += &format!(
-            "| {:?} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2}x | {:.0} MiB |\n",
+            "| {:?} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2}x | {:.0} MiB |\n",
             r.path,
             r.engine,
             r.device,
+            r.hardware,
             r.precision,
             r.batch,
             r.tta,
