@@ -219,23 +219,18 @@ mod cuda {
         match result::device::get_count() {
             Ok(count) if index < count as usize => Ok(()),
             Ok(0) => Err(no_gpu("the driver sees no GPU".into())),
-            Ok(count) => Err(PredictError::NoCuda(format!(
-                "there is no GPU cuda:{index}: the driver sees {} ({}{})",
-                if count == 1 {
-                    "one".to_string()
-                } else {
-                    format!("{count}")
-                },
-                if count == 1 {
-                    "cuda:0".to_string()
-                } else {
-                    format!("cuda:0 to cuda:{}", count - 1)
-                },
-                match std::env::var("CUDA_VISIBLE_DEVICES") {
-                    Ok(visible) => format!("; CUDA_VISIBLE_DEVICES={visible}"),
-                    Err(_) => String::new(),
-                }
-            ))),
+            Ok(count) => {
+                let seen = match count {
+                    1 => "one (cuda:0)".to_string(),
+                    n => format!("{n} (cuda:0 to cuda:{})", n - 1),
+                };
+                let visible = std::env::var("CUDA_VISIBLE_DEVICES")
+                    .map(|visible| format!("; CUDA_VISIBLE_DEVICES={visible}"))
+                    .unwrap_or_default();
+                Err(PredictError::NoCuda(format!(
+                    "there is no GPU cuda:{index}: the driver sees {seen}{visible}"
+                )))
+            }
             Err(e) => Err(no_gpu(format!("the driver lists no GPU: {e}"))),
         }
     }
