@@ -17,8 +17,10 @@
 #    fixture); then the demo slide's map in f16 on the GPU against the f32 CPU map (issue 12:
 #    within 2 levels on 99 % of pixels) and against PyTorch's, with each run's Dice;
 # 2. our fused engine on the full-width model (w = 64) at batch 12, 1, 32 and 64: ms/patch
-#    streamed (one batch in flight, as infer runs it) and of one forward (the latency), its
-#    difference from the CPU path, the main loop and TFLOP/s of each 3x3 layer; f16 with
+#    streamed (one batch in flight, as infer runs it; the upload, kernels and download on
+#    streams of their own) and of one forward (the latency), its difference from the CPU path
+#    and the streamed batches' from their inputs' first forwards (0 unless the streams
+#    overlap wrongly), the main loop and TFLOP/s of each 3x3 layer; f16 with
 #    each layer's main loop tuned (the first forward's seconds), then a second process that
 #    reads the tuning back from disk; one fixed main loop on every layer (FIXED_CONV, default
 #    cubek's specialized_tma_mma) only where the tuned process gave no table; f32 last; then,

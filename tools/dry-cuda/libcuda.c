@@ -12,6 +12,9 @@
  * against the card's limits (threads a block, grid, dynamic shared memory as its function's
  * attribute allows) and logged to DRY_CUDA_LOG, one line per launch; so is each module.
  * Events measure host time, so an autotuner's timings are real numbers of no meaning.
+ * Streams are numbered as they are made (the default stream is 0); each launch and
+ * asynchronous copy is logged with its stream, and each wait of a stream for another's event
+ * with both, so a log shows which work overlaps on a card and where streams are ordered.
  * It has the functions cubecl-cuda, cudarc and NVRTC call (NVRTC asks for the driver's private
  * tables): a path that calls another stops at it, cudarc naming the missing symbol.
  */
@@ -159,9 +162,18 @@ CUresult cuGetErrorName(CUresult error, const char **text) { return cuGetErrorSt
 
 /* ---- streams and events: everything completes at once ---- */
 
+static int stream_count;
+/* A stream's number: the order it was made in, from 1; the default stream (NULL) is 0. */
+static int stream_number(CUstream stream) { return stream ? *(int *)stream : 0; }
+
 CUresult cuStreamCreate(CUstream *stream, unsigned flags) {
     (void)flags;
-    *stream = malloc(1);
+    int *number = malloc(sizeof *number);
+    pthread_mutex_lock(&lock);
+    *number = ++stream_count;
+    pthread_mutex_unlock(&lock);
+    say("stream %d made\n", *number);
+    *stream = number;
     return SUCCESS;
 }
 CUresult cuStreamCreateWithPriority(CUstream *stream, unsigned flags, int priority) {
@@ -170,24 +182,33 @@ CUresult cuStreamCreateWithPriority(CUstream *stream, unsigned flags, int priori
 }
 CUresult cuStreamDestroy_v2(CUstream stream) { free(stream); return SUCCESS; }
 CUresult cuStreamSynchronize(CUstream stream) { (void)stream; return SUCCESS; }
+/* An event: when it was recorded (host time) and on which stream. */
+typedef struct {
+    double ms;
+    int stream;
+} Event;
+
 CUresult cuStreamWaitEvent(CUstream stream, void *event, unsigned flags) {
-    (void)stream; (void)event; (void)flags;
+    (void)flags;
+    say("wait: stream %d for an event of stream %d\n", stream_number(stream),
+        ((Event *)event)->stream);
     return SUCCESS;
 }
 
 CUresult cuEventCreate(void **event, unsigned flags) {
     (void)flags;
-    *event = calloc(1, sizeof(double));
+    *event = calloc(1, sizeof(Event));
     return SUCCESS;
 }
 CUresult cuEventRecord(void *event, CUstream stream) {
-    (void)stream;
-    *(double *)event = now_ms();
+    Event *recorded = event;
+    recorded->ms = now_ms();
+    recorded->stream = stream_number(stream);
     return SUCCESS;
 }
 CUresult cuEventSynchronize(void *event) { (void)event; return SUCCESS; }
 CUresult cuEventElapsedTime(float *ms, void *start, void *end) {
-    *ms = (float)(*(double *)end - *(double *)start);
+    *ms = (float)(((Event *)end)->ms - ((Event *)start)->ms);
     return SUCCESS;
 }
 CUresult cuEventElapsedTime_v2(float *ms, void *start, void *end) { return cuEventElapsedTime(ms, start, end); }
@@ -250,7 +271,7 @@ CUresult cuMemcpyHtoD_v2(CUdeviceptr to, const void *from, size_t bytes) {
     return SUCCESS;
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr to, const void *from, size_t bytes, CUstream stream) {
-    (void)stream;
+    say("copy to the device: %zu bytes on stream %d\n", bytes, stream_number(stream));
     return cuMemcpyHtoD_v2(to, from, bytes);
 }
 CUresult cuMemcpyDtoH_v2(void *to, CUdeviceptr from, size_t bytes) {
@@ -258,7 +279,7 @@ CUresult cuMemcpyDtoH_v2(void *to, CUdeviceptr from, size_t bytes) {
     return SUCCESS;
 }
 CUresult cuMemcpyDtoHAsync_v2(void *to, CUdeviceptr from, size_t bytes, CUstream stream) {
-    (void)stream;
+    say("copy to the host: %zu bytes on stream %d\n", bytes, stream_number(stream));
     return cuMemcpyDtoH_v2(to, from, bytes);
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, CUstream stream) {
@@ -292,7 +313,8 @@ static char *copy_destination(const Copy2d *copy) {
     return copy->dstMemoryType == 1 ? (char *)copy->dstHost : (char *)copy->dstDevice;
 }
 CUresult cuMemcpy2DAsync_v2(const Copy2d *copy, CUstream stream) {
-    (void)stream;
+    say("copy (2D) to the %s: %zu bytes on stream %d\n", copy->dstMemoryType == 1 ? "host" : "device",
+        copy->WidthInBytes * copy->Height, stream_number(stream));
     const char *from = copy_source(copy) + copy->srcY * copy->srcPitch + copy->srcXInBytes;
     char *to = copy_destination(copy) + copy->dstY * copy->dstPitch + copy->dstXInBytes;
     for (size_t row = 0; row < copy->Height; row++)
@@ -391,15 +413,16 @@ static const char *launch_refusal(const Function *f, unsigned gx, unsigned gy, u
 CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                         unsigned by, unsigned bz, unsigned shared, CUstream stream,
                         void **parameters, void **extra) {
-    (void)stream; (void)parameters; (void)extra;
+    (void)parameters; (void)extra;
     Function *f = function;
     CUresult error;
     const char *why = launch_refusal(f, gx, gy, gz, bx, by, bz, shared, &error);
     pthread_mutex_lock(&lock);
     int number = ++launch_count;
     pthread_mutex_unlock(&lock);
-    say("launch %d %s module %d grid %u,%u,%u block %u,%u,%u shared %u%s%s\n", number, f->name,
-        f->module, gx, gy, gz, bx, by, bz, shared, why ? " REFUSED: " : "", why ? why : "");
+    say("launch %d %s module %d grid %u,%u,%u block %u,%u,%u shared %u stream %d%s%s\n", number,
+        f->name, f->module, gx, gy, gz, bx, by, bz, shared, stream_number(stream),
+        why ? " REFUSED: " : "", why ? why : "");
     return why ? error : SUCCESS;
 }
 

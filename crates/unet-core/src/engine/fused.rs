@@ -10,6 +10,7 @@ use std::time::Instant;
 use cubecl::bytes::Bytes;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
+use cubecl_environment::stream::StreamId;
 use unet_kernels::{head, input_bordered, max_pool_bordered, replicate_border};
 
 use self::main_loop::{Candidate, Conv, MainLoop, Op};
@@ -97,7 +98,8 @@ impl<'a> Store<'a> {
 /// its bordered output (`fused/main_loop.rs`: a 3x3 convolution's through ReLU, a transposed
 /// one's into its half of the decoder's concatenation), then a pass for the border and, where
 /// a level ends, one for the pooling; one kernel for the input and one for the head; no host
-/// synchronisation inside a forward.
+/// synchronisation inside a forward. The kernels go on one stream, the patches' upload and the
+/// map's copy back on two others (see [`Streams`]).
 pub struct FusedUnet<F> {
     client: Client,
     /// What the client runs on (`wgpu`, `cuda`), for the engine's reports.
@@ -111,7 +113,29 @@ pub struct FusedUnet<F> {
     main_loop: MainLoop,
     /// The last batch shape's activations, reused while the shape stays.
     buffers: Mutex<Option<Buffers>>,
+    streams: Streams,
     storage: PhantomData<F>,
+}
+
+/// The streams a forward's work goes on, whatever thread submits it. On one stream, a batch's
+/// upload would wait for the kernels of the batch before it and its map's copy back would hold
+/// up the kernels of the batch after; on streams of their own the copies overlap the kernels.
+/// cubecl orders them: a stream that uses a buffer another stream wrote waits for that write,
+/// and a buffer dropped on one stream is not reused before the streams that used it are done.
+struct Streams {
+    upload: StreamId,
+    compute: StreamId,
+    download: StreamId,
+}
+
+impl Streams {
+    fn new() -> Streams {
+        Streams {
+            upload: StreamId::allocate(),
+            compute: StreamId::allocate(),
+            download: StreamId::allocate(),
+        }
+    }
 }
 
 /// One batch shape's bordered activations, per level (largest first).
@@ -183,20 +207,25 @@ impl<F: Float + CubeElement> FusedUnet<F> {
                 gemm,
             })
         };
-        let encoder = plan
-            .encoder
-            .iter()
-            .map(|level| Ok([layer(&level.convs[0])?, layer(&level.convs[1])?]))
-            .collect::<Result<_, WeightsError>>()?;
-        let decoder = plan
-            .decoder
-            .iter()
-            .map(|level| {
-                let [first, second] = &level.convs.convs;
-                Ok([layer(&level.up)?, layer(first)?, layer(second)?])
-            })
-            .collect::<Result<_, WeightsError>>()?;
-        let head = layer(&plan.head)?;
+        let streams = Streams::new();
+        // Uploaded on the compute stream, where the kernels read them: a buffer of another
+        // stream would have cubecl order the two at every launch that reads it.
+        let (encoder, decoder, head) = streams.compute.executes(|| {
+            let encoder = plan
+                .encoder
+                .iter()
+                .map(|level| Ok([layer(&level.convs[0])?, layer(&level.convs[1])?]))
+                .collect::<Result<_, WeightsError>>()?;
+            let decoder = plan
+                .decoder
+                .iter()
+                .map(|level| {
+                    let [first, second] = &level.convs.convs;
+                    Ok([layer(&level.up)?, layer(first)?, layer(second)?])
+                })
+                .collect::<Result<_, WeightsError>>()?;
+            Ok::<_, WeightsError>((encoder, decoder, layer(&plan.head)?))
+        })?;
         Ok(FusedUnet {
             client,
             device,
@@ -206,6 +235,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             head,
             main_loop,
             buffers: Mutex::new(None),
+            streams,
             storage: PhantomData,
         })
     }
@@ -287,9 +317,9 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         batch: &Batch,
         output: Output,
     ) -> Result<FusedInFlight<'a>, PredictError> {
-        let result = self.launch(batch, output, None)?;
+        let result = (self.streams.compute).executes(|| self.launch(batch, output, None))?;
         let (device, n) = (self.device, batch.len());
-        let read = self.client.read_async(vec![result]);
+        let read = (self.streams.download).executes(|| self.client.read_async(vec![result]));
         Ok(FusedInFlight {
             read: Some(Box::pin(async move {
                 let bytes = read
@@ -304,14 +334,17 @@ impl<F: Float + CubeElement> FusedUnet<F> {
     /// in a forward of `batch`, in the order they run, the device waited for before and after
     /// each.
     pub fn profile(&self, batch: &Batch) -> Result<Vec<LayerTime>, PredictError> {
-        let mut times = Vec::new();
-        self.launch(batch, Output::Probability, Some(&mut times))?;
-        self.wait(batch.len())?;
-        Ok(times)
+        (self.streams.compute).executes(|| {
+            let mut times = Vec::new();
+            self.launch(batch, Output::Probability, Some(&mut times))?;
+            self.wait(batch.len())?;
+            Ok(times)
+        })
     }
 
-    /// The forward's kernels queued on the device, each 3x3 convolution timed into `times`
-    /// when given; returns the buffer its output will be in.
+    /// The forward's kernels queued on the device, on the stream of the caller's scope (the
+    /// compute stream), the patches uploaded on the upload stream; each 3x3 convolution timed
+    /// into `times` when given. Returns the buffer its output will be in.
     fn launch(
         &self,
         batch: &Batch,
@@ -340,7 +373,7 @@ impl<F: Float + CubeElement> FusedUnet<F> {
             to.copy_from_slice(patch.pixels);
         }
         let words_len = words.len();
-        let rgb = self.client.create(Bytes::from_elems(words));
+        let rgb = (self.streams.upload).executes(|| self.client.create(Bytes::from_elems(words)));
         let units = n * (height + 2) * (width + 2) * 3;
         // SAFETY: every buffer holds the length given with it (`allocate`, `words_len` words of
         // bytes), and the kernel's `units` keep it inside them.
@@ -576,7 +609,8 @@ impl<F: Float + CubeElement> FusedUnet<F> {
         Ok(())
     }
 
-    /// Waits for the device to finish what it was given (a batch of `n`).
+    /// Waits for the device to finish the kernels it was given (a batch of `n`): on the compute
+    /// stream, as everything that calls it runs.
     fn wait(&self, n: usize) -> Result<(), PredictError> {
         cubecl::future::block_on(self.client.sync())
             .map_err(|source| super::device_error(self.device, n, source))
