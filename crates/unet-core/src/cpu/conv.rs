@@ -151,22 +151,38 @@ impl<T: Copy> Shared<T> {
     }
 }
 
-/// Runs the job on all cores.
+/// Runs the jobs, which cover the same rows with the same output blocks, on all cores: each
+/// task takes its block of its rows of every job in turn. Jobs that read one input (the
+/// transposed convolution's four output positions) then find the task's input rows in the
+/// core's cache for all but the first, where one job after another would read the whole
+/// input from memory each time.
 ///
 /// # Safety
-/// `output` is valid for writes of `output_len` floats that nothing else accesses meanwhile,
-/// and no two output pixels overlap (the bounds themselves are checked here).
-pub unsafe fn run<K: Kernel>(kernel: K, job: &Job<K::Elem>) {
-    let blocks = output_blocks(kernel, job);
-    let rows_per_group = row_groups(blocks, job.rows);
-    let groups = job.rows.div_ceil(rows_per_group);
-    let shared = Shared(job);
+/// Each job's `output` is valid for writes of `output_len` floats that nothing else accesses
+/// meanwhile, and no two output pixels of any of the jobs overlap (the bounds themselves are
+/// checked here).
+pub unsafe fn run<K: Kernel>(kernel: K, jobs: &[Job<K::Elem>]) {
+    let Some(first) = jobs.first() else { return };
+    let (blocks, rows) = (output_blocks(kernel, first), first.rows);
+    for job in jobs {
+        assert_eq!((output_blocks(kernel, job), job.rows), (blocks, rows));
+    }
+    let rows_per_group = row_groups(blocks, rows);
+    let groups = rows.div_ceil(rows_per_group);
+    let shared = Shared(jobs);
     (0..blocks * groups).into_par_iter().for_each(|task| {
-        let job = shared.get();
         let (block, group) = (task % blocks, task / blocks);
-        let rows = group * rows_per_group..((group + 1) * rows_per_group).min(job.rows);
-        // SAFETY: this task writes only its block's channels of its rows.
-        unsafe { kernel.compiled(Rows { job, block, rows }) };
+        let rows = group * rows_per_group..((group + 1) * rows_per_group).min(rows);
+        for job in shared.get() {
+            // SAFETY: this task writes only its block's channels of its rows of each job.
+            unsafe {
+                kernel.compiled(Rows {
+                    job,
+                    block,
+                    rows: rows.clone(),
+                })
+            };
+        }
     });
 }
 

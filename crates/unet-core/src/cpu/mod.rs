@@ -96,7 +96,8 @@ trait Op {
     unsafe fn run<K: Kernel<Elem = Self::Elem>>(&self, kernel: K);
 }
 
-impl<E: Element> Op for Job<'_, E> {
+/// Jobs over the same rows, run together (`conv::run`).
+impl<E: Element> Op for [Job<'_, E>] {
     type Elem = E;
     unsafe fn run<K: Kernel<Elem = E>>(&self, kernel: K) {
         // SAFETY: the caller's contract is the kernel's.
@@ -286,7 +287,7 @@ trait Isa: Copy + Send + Sync + 'static {
 
     /// # Safety
     /// As the operation's.
-    unsafe fn run(self, op: &impl Op<Elem = Self::Elem>);
+    unsafe fn run(self, op: &(impl Op<Elem = Self::Elem> + ?Sized));
 
     /// Whether the CPU's matrix tiles run the 3x3 convolutions whose channels fill them (in
     /// place of Winograd, which would not pay beside them).
@@ -294,13 +295,13 @@ trait Isa: Copy + Send + Sync + 'static {
         false
     }
 
-    /// Runs a direct convolution's job: on the matrix tiles where they take it, else as
-    /// [`Isa::run`].
+    /// Runs direct convolutions' jobs over the same rows: on the matrix tiles where they take
+    /// them, else together as [`Isa::run`] runs them.
     ///
     /// # Safety
-    /// As the job's (`conv::run`).
-    unsafe fn run_job(self, job: &Job<Self::Elem>) {
-        unsafe { self.run(job) }
+    /// As the jobs' (`conv::run`).
+    unsafe fn run_jobs(self, jobs: &[Job<Self::Elem>]) {
+        unsafe { self.run(jobs) }
     }
 }
 
@@ -371,7 +372,7 @@ impl Isa for F32Isa {
         }
     }
 
-    unsafe fn run(self, op: &impl Op<Elem = f32>) {
+    unsafe fn run(self, op: &(impl Op<Elem = f32> + ?Sized)) {
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
@@ -461,7 +462,7 @@ impl Isa for Bf16Isa {
         }
     }
 
-    unsafe fn run(self, op: &impl Op<Elem = bf16>) {
+    unsafe fn run(self, op: &(impl Op<Elem = bf16> + ?Sized)) {
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
@@ -477,16 +478,21 @@ impl Isa for Bf16Isa {
         self.has_tiles() && amx::fits_channels(inputs, outputs)
     }
 
-    unsafe fn run_job(self, job: &Job<bf16>) {
-        // SAFETY (each arm): the caller's contract is the job's; `Amx` exists only where
+    unsafe fn run_jobs(self, jobs: &[Job<bf16>]) {
+        // SAFETY (each arm): the caller's contract is the jobs'; `Amx` exists only where
         // `amx::usable` said the tiles work.
+        let on_tiles = jobs.iter().all(amx::fits);
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                Bf16Isa::Amx(k) if amx::fits(job) => amx::run::<_, amx::Hardware>(k, job),
+                Bf16Isa::Amx(k) if on_tiles => jobs
+                    .iter()
+                    .for_each(|job| amx::run::<_, amx::Hardware>(k, job)),
                 #[cfg(test)]
-                Bf16Isa::EmulatedAmx(k) if amx::fits(job) => amx::run::<_, amx::Emulated>(k, job),
-                _ => self.run(job),
+                Bf16Isa::EmulatedAmx(k) if on_tiles => jobs
+                    .iter()
+                    .for_each(|job| amx::run::<_, amx::Emulated>(k, job)),
+                _ => self.run(jobs),
             }
         }
     }
@@ -736,7 +742,7 @@ impl<I: Isa> Unet<I> {
                     output_pixel: out.channels,
                     relu: true,
                 };
-                unsafe { self.isa.run_job(&job) };
+                unsafe { self.isa.run_jobs(&[job]) };
             }
             Conv3x3::Winograd(layer) => {
                 let frame = Frame {
@@ -764,13 +770,15 @@ impl<I: Isa> Unet<I> {
         out: &mut Padded<I::Elem>,
     ) {
         assert_eq!((out.height, out.width), (2 * x.height, 2 * x.width));
-        for (position, layer) in layers.iter().enumerate() {
+        let (output_row, output_pixel) = (2 * out.row(), 2 * out.channels);
+        let (output, output_len) = (out.data.as_mut_ptr(), out.data.len());
+        let jobs = std::array::from_fn::<_, 4, _>(|position| {
+            let layer = &layers[position];
             assert!(x.channels == layer.inputs && layer.outputs <= out.channels);
             let (dy, dx) = (position / 2, position % 2);
             let first_output = out.at(dy, dx);
-            let (output_row, output_pixel) = (2 * out.row(), 2 * out.channels);
-            let output = &mut out.data[first_output..];
-            let job = Job {
+            assert!(first_output < output_len);
+            Job {
                 layer,
                 rows: x.height,
                 columns: x.width,
@@ -778,16 +786,18 @@ impl<I: Isa> Unet<I> {
                 input_row: x.row(),
                 input_pixel: x.channels,
                 taps: &[0],
-                output: output.as_mut_ptr(),
-                output_len: output.len(),
+                // SAFETY: `first_output` lies inside `out.data` (asserted above).
+                output: unsafe { output.add(first_output) },
+                output_len: output_len - first_output,
                 output_row,
                 output_pixel,
                 relu: false,
-            };
-            // SAFETY: input pixel (y, x) writes output pixel (2y + dy, 2x + dx), inside out
-            // (checked by the kernel), which is borrowed mutably here.
-            unsafe { self.isa.run_job(&job) };
-        }
+            }
+        });
+        // SAFETY: input pixel (y, x) writes output pixel (2y + dy, 2x + dx) of the job for
+        // (dy, dx), inside out (checked by the kernel), which is borrowed mutably here: the
+        // four jobs write disjoint pixels.
+        unsafe { self.isa.run_jobs(&jobs) };
         out.fill_border(0..layers[0].outputs);
     }
 
