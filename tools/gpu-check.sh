@@ -241,6 +241,11 @@ step_2() {
     # error's dump of kernel source cut short.
     grep -v "^ *$" "$LOGS/fused-$1.log" | head -n 60 | tee -a "$OUT/summary.txt"
   done
+  # The rows' last cell: the streamed batches' difference from their inputs' first forwards.
+  say "-- streams: $(cat "$LOGS"/fused-*.log 2>/dev/null | awk -F'|' '
+    $1 ~ /^ *f(16|32) *$/ && NF >= 7 { rows++; v = $NF; row = $1 " batch" $2; gsub(/ +/, " ", row); gsub(/ /, "", v)
+      if (v + 0 != 0 || v ~ /[Nn]a[Nn]/) bad = bad ";" row "(" v ")" }
+    END { if (!rows) print "no streamed rows"; else if (bad) print "streamed batches DIFFER from their first forwards:" bad; else print "every streamed batch equal to its first forward (" rows " rows)" }')"
   say "-- the tuner's measurements: each layer shape's fastest, cubek's fastest tiling, our tilings' fastest"
   tuner_rows "$LOGS/autotune.log"
 }
