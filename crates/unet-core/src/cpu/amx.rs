@@ -106,35 +106,52 @@ fn line_length(job: &Job<bf16>) -> usize {
     (job.rows - 1) * span + job.columns
 }
 
-/// Runs `job` on all cores: each task a run of strip pairs through as many pairs of B tiles
-/// (32 output channels each) as [`TASK_WEIGHT_BYTES`] holds.
+/// Runs `jobs`, alike in their lines, taps and channels, on all cores: each task a run of
+/// strip pairs through as many pairs of B tiles (32 output channels each) as
+/// [`TASK_WEIGHT_BYTES`] holds, of every job in turn (as [`conv::run`](super::conv::run)
+/// takes them).
 ///
 /// # Safety
 /// As [`conv::run`](super::conv::run), and `T::configure`'s.
-pub unsafe fn run<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K, job: &Job<bf16>) {
-    job.check_bounds();
-    assert!(fits(job), "a job the tiles cannot run");
-    let strip_pairs = line_length(job).div_ceil(2 * ROWS);
-    let output_pairs = job.layer.outputs / OUTPUTS;
-    let per_task = output_pairs_per_task(job.taps.len(), job.layer.inputs, output_pairs);
+pub unsafe fn run<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K, jobs: &[Job<bf16>]) {
+    let Some(first) = jobs.first() else { return };
+    let shape = |job: &Job<bf16>| {
+        let layer = job.layer;
+        (
+            line_length(job),
+            job.taps.len(),
+            layer.inputs,
+            layer.outputs,
+        )
+    };
+    for job in jobs {
+        job.check_bounds();
+        assert!(fits(job), "a job the tiles cannot run");
+        assert_eq!(shape(job), shape(first));
+    }
+    let strip_pairs = line_length(first).div_ceil(2 * ROWS);
+    let output_pairs = first.layer.outputs / OUTPUTS;
+    let per_task = output_pairs_per_task(first.taps.len(), first.layer.inputs, output_pairs);
     let output_groups = output_pairs.div_ceil(per_task);
     let per_group = row_groups(output_groups, strip_pairs);
     let groups = strip_pairs.div_ceil(per_group);
-    let shared = Shared(job);
+    let shared = Shared(jobs);
     (0..output_groups * groups)
         .into_par_iter()
         .for_each(|task| {
-            let job = shared.get();
             let (outputs, group) = (task % output_groups, task / output_groups);
             let pairs = group * per_group..((group + 1) * per_group).min(strip_pairs);
-            let task = Strips::<T> {
-                job,
-                outputs: outputs * per_task..((outputs + 1) * per_task).min(output_pairs),
-                pairs,
-                tiles: PhantomData,
-            };
-            // SAFETY: this task writes only its output pairs' channels of its strips' pixels.
-            unsafe { kernel.compiled(task) };
+            for job in shared.get() {
+                let task = Strips::<T> {
+                    job,
+                    outputs: outputs * per_task..((outputs + 1) * per_task).min(output_pairs),
+                    pairs: pairs.clone(),
+                    tiles: PhantomData,
+                };
+                // SAFETY: this task writes only its output pairs' channels of its strips'
+                // pixels of each job.
+                unsafe { kernel.compiled(task) };
+            }
         });
 }
 
@@ -494,8 +511,8 @@ mod hardware {
 fn agrees<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K) -> Result<(), String> {
     let sample = Sample::new(64, 32, (3, 20), block_of(kernel));
     // SAFETY: `T`'s tiles exist (the caller's word); the sample's jobs fit the tiles.
-    let tiles = sample.output(|job| unsafe { run::<_, T>(kernel, job) });
-    let emulated = sample.output(|job| unsafe { run::<_, Emulated>(kernel, job) });
+    let tiles = sample.output(|job| unsafe { run::<_, T>(kernel, &[job]) });
+    let emulated = sample.output(|job| unsafe { run::<_, Emulated>(kernel, &[job]) });
     let agree = tiles.iter().zip(&emulated).all(|(t, e)| {
         let (t, e) = (t.to_f32(), e.to_f32());
         (t - e).abs() <= (t.abs().max(e.abs()) / 64.0).max(1e-6)
@@ -549,7 +566,7 @@ impl Sample {
     }
 
     /// The layer's output (interior pixels, with ReLU) as `run_job` leaves it.
-    pub fn output(&self, run_job: impl Fn(&Job<bf16>)) -> Vec<bf16> {
+    pub fn output(&self, run_job: impl Fn(Job<bf16>)) -> Vec<bf16> {
         let (rows, columns) = self.size;
         let (pixel, outputs) = (self.layer.inputs, self.layer.outputs);
         let taps: Vec<usize> = (0..9)
@@ -570,7 +587,7 @@ impl Sample {
             output_pixel: outputs,
             relu: true,
         };
-        run_job(&job);
+        run_job(job);
         output
     }
 
@@ -626,8 +643,8 @@ mod tests {
         for (inputs, outputs, size, block) in cases {
             let sample = Sample::new(inputs, outputs, size, block);
             let tiles = sample.output(|job| {
-                assert!(fits(job));
-                unsafe { run::<_, Emulated>(PortableBf16, job) }
+                assert!(fits(&job));
+                unsafe { run::<_, Emulated>(PortableBf16, &[job]) }
             });
             let worst = tiles
                 .iter()

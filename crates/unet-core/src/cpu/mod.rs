@@ -485,13 +485,9 @@ impl Isa for Bf16Isa {
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                Bf16Isa::Amx(k) if on_tiles => jobs
-                    .iter()
-                    .for_each(|job| amx::run::<_, amx::Hardware>(k, job)),
+                Bf16Isa::Amx(k) if on_tiles => amx::run::<_, amx::Hardware>(k, jobs),
                 #[cfg(test)]
-                Bf16Isa::EmulatedAmx(k) if on_tiles => jobs
-                    .iter()
-                    .for_each(|job| amx::run::<_, amx::Emulated>(k, job)),
+                Bf16Isa::EmulatedAmx(k) if on_tiles => amx::run::<_, amx::Emulated>(k, jobs),
                 _ => self.run(jobs),
             }
         }
