@@ -13,8 +13,10 @@
 # layer shape (cubecl's autotune compiles each candidate), then a second that reads the tuning
 # and the compiled kernels back. It prints per run the first forward's seconds (compilation,
 # as kernels take no time here), the modules loaded (each through ptxas, timed), launches and
-# refusals; for the first runs, the candidates cubek refused and why. It fails where NVRTC or
-# ptxas refuses a kernel, a launch passes the card's limits, or fused_forward fails.
+# refusals, and the streams the patches' upload, the kernels and the maps' read went on; for
+# the first runs, the candidates cubek refused and why. It fails where NVRTC or ptxas refuses
+# a kernel, a launch passes the card's limits, a copy shares the kernels' stream, or
+# fused_forward fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wsi-unet/target}"
@@ -64,6 +66,24 @@ run() {
   launches=$(grep -c '^launch' "$dir/$run.log")
   refused=$(grep -c 'REFUSED\|^refused' "$dir/$run.log")
   echo "$run: first forward ${seconds:-?} s, $modules modules loaded (ptxas ${ptxas} s of it), $launches launches, $refused refused"
+  # The fused engine's streams (engine/fused.rs): the patches' upload (batch x side^2 x 3
+  # bytes) and the maps' read (x 4) each on a stream the kernels do not run on, or they would
+  # not overlap the kernels on a card. Copies before the first launch are the weights' (one of
+  # the w64 model's is the patches' size).
+  local streams
+  streams=$(awk -v up=$((batch * side * side * 3)) -v down=$((batch * side * side * 4)) '
+    function list(set,   s, out) { out = ""; for (s in set) out = out (out ? "," : "") s; return out ? out : "none" }
+    /^launch/ { kernels[$NF] = 1; launched = 1 }
+    /^copy to the device:/ && $5 == up && launched { uploads[$NF] = 1 }
+    /^copy to the host:/ && $5 == down { reads[$NF] = 1 }
+    END {
+      for (s in uploads) if (s in kernels) shared = 1
+      for (s in reads) if (s in kernels) shared = 1
+      printf "streams: patches uploaded on %s, kernels on %s, maps read on %s%s\n", list(uploads), list(kernels), list(reads),
+        shared ? " SHARED: the copies wait for the kernels" : ""
+    }' "$dir/$run.log")
+  echo "  $streams"
+  case "$streams" in *SHARED*) failed=1 ;; esac
   if [ "$status" -ne 0 ]; then
     echo "  fused_forward failed ($status): $(grep -m 3 -i 'error\|panicked' "$dir/$run.out" | tr '\n' ' ')"
     failed=1
