@@ -11,6 +11,11 @@ fn root() -> PathBuf {
 /// Runs infer on `slide` with `extra` args (on the CPU, unless they name a device) into a
 /// fresh directory; returns stderr and what the directory holds afterwards.
 fn fails(slide: &Path, extra: &[&str]) -> (String, Vec<String>) {
+    fails_with_env(slide, extra, &[])
+}
+
+/// [`fails`] with environment variables set.
+fn fails_with_env(slide: &Path, extra: &[&str], env: &[(&str, &str)]) -> (String, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut args: Vec<&str> = vec![slide.to_str().unwrap(), "--out", out.to_str().unwrap()];
@@ -21,6 +26,7 @@ fn fails(slide: &Path, extra: &[&str]) -> (String, Vec<String>) {
     args.extend_from_slice(extra);
     let output = Command::new(env!("CARGO_BIN_EXE_infer"))
         .args(&args)
+        .envs(env.iter().copied())
         .current_dir(root())
         .output()
         .unwrap();
@@ -179,6 +185,21 @@ fn an_engine_that_cannot_run_here() {
     );
     let (message, _) = fails(&demo(), &["--engine", "gpu"]);
     assert!(message.contains("unknown engine `gpu`"), "{message}");
+}
+
+/// A CPU kernel `UNET_CPU_KERNEL` names that this CPU has not: one line naming those it has.
+#[test]
+fn a_cpu_kernel_that_is_not_there() {
+    let env = [("UNET_CPU_KERNEL", "neon")];
+    let (message, left) = fails_with_env(&demo(), &["--precision", "f32"], &env);
+    assert!(
+        message.contains(
+            "cpu engine cannot run in f32: UNET_CPU_KERNEL=neon is not one of this CPU's kernels ("
+        ) && message.contains("portable)")
+            && message.trim_end().lines().count() == 1,
+        "{message}"
+    );
+    assert!(left.is_empty());
 }
 
 /// A device that is not one, or not there (this build has no CUDA; a CUDA build without

@@ -176,6 +176,41 @@ fn bf16_map_is_the_f32_map_within_2_levels() {
     assert!((dice(&bf16) - dice(f32)).abs() <= 0.001);
 }
 
+/// `UNET_CPU_KERNEL` names each f32 kernel this CPU has: the summary records that one, and
+/// the demo slide's map is the default kernel's within 1 level on every pixel (the kernels
+/// sum in other orders).
+#[test]
+fn every_f32_kernel_named_gives_the_same_map() {
+    let mut kernels = vec!["portable"];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            kernels.push("avx2");
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            kernels.push("avx512");
+        }
+    }
+    let default = overlap_0();
+    let expected = default.map();
+    for kernel in kernels {
+        let args = ["--overlap", "0", "--tissue", "off"];
+        let run = Run::with_env(&args, &[("UNET_CPU_KERNEL", kernel)]);
+        assert_eq!(run.summary["kernel"], kernel);
+        let map = run.map();
+        let off = map
+            .pixels()
+            .zip(expected.pixels())
+            .map(|(p, q)| p.0[0].abs_diff(q.0[0]))
+            .max();
+        println!(
+            "{kernel}: at most {off:?} levels from {}",
+            default.summary["kernel"]
+        );
+        assert!(off.is_some_and(|off| off <= 1), "{kernel}: {off:?} levels");
+    }
+}
+
 #[test]
 fn written_map_is_what_was_computed() {
     // The summary's Dice was counted on the rows as they were stitched; the same count on the

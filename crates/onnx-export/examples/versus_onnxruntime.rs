@@ -1,8 +1,11 @@
 //! Ours against the CPU peers, in one run: the full-width UNet (w = 64, random weights, seed
 //! 17) in f32 (and bf16 where this CPU has AVX-512-BF16), exported to ONNX for ONNX Runtime
-//! fp32, and (with `--torch`) PyTorch's fp32 and bf16 autocast, both channels_last, on the
-//! same architecture; ms per patch for each batch size, and the ratios (ours / peer; below 1
-//! is faster).
+//! fp32, and (with `--torch`) PyTorch's fp32 and bf16 autocast (where ours runs bf16), both
+//! channels_last, on the same architecture; ms per patch for each batch size, and the ratios
+//! (ours / peer; below 1 is faster).
+//!
+//! As a CPU without AVX-512 runs them: `UNET_CPU_KERNEL=avx2 ATEN_CPU_CAPABILITY=avx2
+//! ONEDNN_MAX_CPU_ISA=AVX2` (ONNX Runtime has no such setting: it runs what the CPU has).
 //!
 //! `cargo run --release -p onnx-export --example versus_onnxruntime -- [--batch 1,4] [--side 512] [--runs 3] [--torch VENV/bin/python]`
 //!
@@ -33,7 +36,7 @@ struct Args {
     runs: usize,
     #[arg(long, default_value_t = 64)]
     width: usize,
-    /// A Python with PyTorch (a venv's `bin/python`): adds PyTorch's fp32 and bf16 rows.
+    /// A Python with PyTorch (a venv's `bin/python`): adds PyTorch's fp32 and bf16 columns.
     #[arg(long)]
     torch: Option<PathBuf>,
 }
@@ -87,8 +90,11 @@ fn main() -> Result<()> {
         let ort = onnxruntime_ms_per_patch(&onnx, &args, batch)?;
         let (torch_f32, torch_bf16) = match &args.torch {
             Some(python) => {
-                let (f32, bf16) = torch_ms_per_patch(python, &args, batch)?;
-                (Some(f32), Some(bf16))
+                let torch = torch_ms_per_patch(python, &args, batch, bf16.is_some())?;
+                if batch == args.batch[0] {
+                    println!("(PyTorch {}, {})", torch.version, torch.cpu_capability);
+                }
+                (Some(torch.f32), torch.bf16)
             }
             None => (None, None),
         };
@@ -122,15 +128,34 @@ fn ms_per_patch(predictor: &Predictor, patches: &[RgbPatch], runs: usize) -> Res
     Ok(1000.0 * times[times.len() / 2] / patches.len() as f64)
 }
 
-/// Runs `tools/torch_cpu_bench.py` and reads its fp32 and bf16 medians.
-fn torch_ms_per_patch(python: &Path, args: &Args, batch: usize) -> Result<(f64, f64)> {
+/// What `tools/torch_cpu_bench.py` measured.
+struct TorchTimes {
+    f32: f64,
+    bf16: Option<f64>,
+    version: String,
+    /// The instruction set ATen ran on (`AVX512`, `AVX2`).
+    cpu_capability: String,
+}
+
+/// Runs `tools/torch_cpu_bench.py` and reads its fp32 median, and its bf16 one if asked.
+fn torch_ms_per_patch(
+    python: &Path,
+    args: &Args,
+    batch: usize,
+    with_bf16: bool,
+) -> Result<TorchTimes> {
+    let mut command = Command::new(python);
+    command
+        .arg(tool("torch_cpu_bench.py"))
+        .args(["--width", &args.width.to_string()])
+        .args(["--side", &args.side.to_string()])
+        .args(["--batch", &batch.to_string()])
+        .args(["--runs", &args.runs.to_string(), "--json"]);
+    if !with_bf16 {
+        command.arg("--no-bf16");
+    }
     let report = run_json(
-        Command::new(python)
-            .arg(tool("torch_cpu_bench.py"))
-            .args(["--width", &args.width.to_string()])
-            .args(["--side", &args.side.to_string()])
-            .args(["--batch", &batch.to_string()])
-            .args(["--runs", &args.runs.to_string(), "--json"]),
+        &mut command,
         "tools/torch_cpu_bench.py (pip install torch numpy)",
     )?;
     let field = |name: &str| {
@@ -138,7 +163,13 @@ fn torch_ms_per_patch(python: &Path, args: &Args, batch: usize) -> Result<(f64, 
             .as_f64()
             .with_context(|| format!("tools/torch_cpu_bench.py's JSON has no {name}"))
     };
-    Ok((field("fp32_ms_per_patch")?, field("bf16_ms_per_patch")?))
+    let text = |name: &str| report[name].as_str().unwrap_or("?").to_string();
+    Ok(TorchTimes {
+        f32: field("fp32_ms_per_patch")?,
+        bf16: with_bf16.then(|| field("bf16_ms_per_patch")).transpose()?,
+        version: text("version"),
+        cpu_capability: text("cpu_capability"),
+    })
 }
 
 fn tool(name: &str) -> PathBuf {

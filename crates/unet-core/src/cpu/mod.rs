@@ -46,15 +46,20 @@ use winograd::{Frame, Transform, Winograd};
 /// 30-33 in bf16 and 44 against 45-54 in f32 from 16 channels, slower from 8.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
 
-/// Set to `portable`, runs the plain-Rust kernels whatever the CPU has: slow, but bf16 on
-/// any CPU (the tests check the bf16 pipeline so where the CPU lacks AVX-512-BF16), and the
-/// same arithmetic everywhere.
+/// Names the kernel the CPU engine runs, where set: one of the names `summary.json` records
+/// (`avx512`, `avx2`, `portable`; `amx-bf16`, `avx512-bf16`, `portable-bf16`), a bf16 one
+/// also without its suffix. `portable` runs the plain-Rust kernels on any CPU, in either
+/// precision: slow, but the same arithmetic everywhere (the tests check the bf16 pipeline so
+/// where the CPU lacks AVX-512-BF16). The others compare instruction sets on one machine (a
+/// CPU without AVX-512, as many cloud machines are, runs `avx2`). A kernel the CPU lacks is an
+/// error naming those it has.
 pub const KERNEL_VARIABLE: &str = "UNET_CPU_KERNEL";
 
-/// Whether [`KERNEL_VARIABLE`] asks for the portable kernels (`CpuUnet::load` refuses any
-/// other value).
-fn portable_forced() -> bool {
-    std::env::var(KERNEL_VARIABLE).is_ok_and(|value| value == "portable")
+/// The kernel [`KERNEL_VARIABLE`] names, if set.
+fn forced_kernel() -> Option<String> {
+    std::env::var(KERNEL_VARIABLE)
+        .ok()
+        .filter(|name| !name.is_empty())
 }
 
 /// Activation memory a batch may hold at once for images run side by side (see
@@ -272,12 +277,48 @@ trait Isa: Copy + Send + Sync + 'static {
     type Elem: Element;
     const PRECISION: Precision;
 
-    /// The best this CPU has, or why it has none.
-    fn detect() -> Result<Self, String>;
+    /// The instruction sets' kernels this CPU runs, best first: what `auto` chooses from.
+    fn native() -> Vec<Self>;
+
+    /// The plain-Rust kernels, on any CPU.
+    fn portable() -> Self;
 
     /// Every one this CPU can run, best first.
     #[cfg(test)]
     fn available() -> Vec<Self>;
+
+    /// The kernels [`KERNEL_VARIABLE`] names, else the best native ones, or why there are none.
+    fn detect() -> Result<Self, String> {
+        let native = Self::native();
+        let Some(name) = forced_kernel() else {
+            // Only bf16 can have none: f32's native kernels end with the portable ones.
+            return native.first().copied().ok_or_else(|| {
+                format!(
+                    "this CPU has no {} multiply-adds (AVX-512-BF16); use f32 (or \
+                     {KERNEL_VARIABLE}=portable: slow)",
+                    Self::PRECISION
+                )
+            });
+        };
+        let mut runnable = native;
+        runnable.push(Self::portable());
+        let answers = |isa: &Self| {
+            isa.name() == name || isa.name().strip_suffix("-bf16") == Some(name.as_str())
+        };
+        if let Some(isa) = runnable.iter().copied().find(answers) {
+            return Ok(isa);
+        }
+        let mut names: Vec<&str> = runnable.iter().map(|isa| isa.name()).collect();
+        names.dedup();
+        Err(format!(
+            "{KERNEL_VARIABLE}={name} is not one of this CPU's kernels ({})",
+            names.join(", ")
+        ))
+    }
+
+    fn is_portable(self) -> bool {
+        self.name().starts_with("portable")
+    }
 
     /// What `summary.json` records as the kernel that ran.
     fn name(self) -> &'static str;
@@ -325,31 +366,25 @@ impl Isa for F32Isa {
     type Elem = f32;
     const PRECISION: Precision = Precision::F32;
 
-    fn detect() -> Result<F32Isa, String> {
-        if portable_forced() {
-            return Ok(F32Isa::Portable(F32(Portable)));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(avx512) = simd::Avx512::detect() {
-            return Ok(F32Isa::Avx512(F32(avx512)));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(avx2) = simd::Avx2::detect() {
-            return Ok(F32Isa::Avx2(F32(avx2)));
-        }
-        Ok(F32Isa::Portable(F32(Portable)))
-    }
-
-    #[cfg(test)]
-    fn available() -> Vec<F32Isa> {
+    fn native() -> Vec<F32Isa> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             all.extend(simd::Avx512::detect().map(|s| F32Isa::Avx512(F32(s))));
             all.extend(simd::Avx2::detect().map(|s| F32Isa::Avx2(F32(s))));
         }
-        all.push(F32Isa::Portable(F32(Portable)));
+        // Elsewhere the plain arrays, which the compiler vectorises for the target (NEON).
+        all.push(F32Isa::portable());
         all
+    }
+
+    fn portable() -> F32Isa {
+        F32Isa::Portable(F32(Portable))
+    }
+
+    #[cfg(test)]
+    fn available() -> Vec<F32Isa> {
+        F32Isa::native()
     }
 
     fn name(self) -> &'static str {
@@ -401,42 +436,38 @@ enum Bf16Isa {
 }
 
 /// Whether `auto` runs the CPU in bf16: where AMX tiles make it several times faster than f32
-/// (on AVX-512-BF16 alone it gains at most 2x, and on Intel's it loses; see `Precision`).
+/// (on AVX-512-BF16 alone it gains at most 2x, and on Intel's it loses; see `Precision`), or
+/// where [`KERNEL_VARIABLE`] names a bf16 kernel and no f32 one.
 pub fn prefers_bf16() -> bool {
-    matches!(Bf16Isa::detect(), Ok(isa) if isa.has_tiles())
+    match Bf16Isa::detect() {
+        Ok(_) if forced_kernel().is_some() => F32Isa::detect().is_err(),
+        Ok(isa) => isa.has_tiles(),
+        Err(_) => false,
+    }
 }
 
 impl Isa for Bf16Isa {
     type Elem = bf16;
     const PRECISION: Precision = Precision::Bf16;
 
-    fn detect() -> Result<Bf16Isa, String> {
-        if portable_forced() {
-            return Ok(Bf16Isa::Portable(PortableBf16));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(kernel) = simd::Avx512Bf16::detect() {
-            return Ok(if amx::usable(kernel) {
-                Bf16Isa::Amx(kernel)
-            } else {
-                Bf16Isa::Avx512(kernel)
-            });
-        }
-        Err(format!(
-            "this CPU has no bf16 multiply-adds (AVX-512-BF16); use f32 (or {KERNEL_VARIABLE}=portable: slow)"
-        ))
-    }
-
-    #[cfg(test)]
-    fn available() -> Vec<Bf16Isa> {
+    fn native() -> Vec<Bf16Isa> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
         if let Some(kernel) = simd::Avx512Bf16::detect() {
             all.extend(amx::usable(kernel).then_some(Bf16Isa::Amx(kernel)));
             all.push(Bf16Isa::Avx512(kernel));
         }
-        all.push(Bf16Isa::EmulatedAmx(PortableBf16));
-        all.push(Bf16Isa::Portable(PortableBf16));
+        all
+    }
+
+    fn portable() -> Bf16Isa {
+        Bf16Isa::Portable(PortableBf16)
+    }
+
+    #[cfg(test)]
+    fn available() -> Vec<Bf16Isa> {
+        let mut all = Bf16Isa::native();
+        all.extend([Bf16Isa::EmulatedAmx(PortableBf16), Bf16Isa::portable()]);
         all
     }
 
@@ -602,7 +633,12 @@ impl<I: Isa> Unet<I> {
                 })
             })
             .collect::<Result<_, WeightsError>>()?;
-        let head_isa = F32Isa::detect().expect("an f32 kernel runs on every CPU");
+        // The head's f32 kernels: portable beside portable ones, else the CPU's best.
+        let head_isa = if isa.is_portable() {
+            F32Isa::portable()
+        } else {
+            F32Isa::native()[0] // never empty: it ends with the portable kernels
+        };
         // The head reads the last activation as stored (rounded up to the group).
         let head = {
             let layer = &plan.head;
@@ -888,13 +924,6 @@ impl Engine for CpuUnet {
                 engine: "cpu",
                 what,
             }
-        }
-        if let Ok(value) = std::env::var(KERNEL_VARIABLE)
-            && value != "portable"
-        {
-            return Err(unsupported(format!(
-                "run the kernel {KERNEL_VARIABLE}={value} names: only `portable` can be forced"
-            )));
         }
         fn unet<I: Isa>(weights: &FoldedWeights) -> Result<Unet<I>, PredictError> {
             let isa = I::detect()
