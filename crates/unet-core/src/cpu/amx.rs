@@ -7,12 +7,12 @@
 //! B tiles are 16 input pairs of the weights as [`Packed`] already lays them out for the
 //! vector kernel (a row of 16 outputs x 2 every `2 x block` values); the sums go through a
 //! small buffer to the vector kernel's epilogue (bias, ReLU, rounding to bf16, the job's
-//! output strides). Pixels run along the padded rows as one line, border columns included:
-//! a strip of 16 may cross from one row into the next, and the sums of the two border pixels
-//! it passes are dropped, as are those of the last strip past the line's end (the activation
-//! buffers keep spare pixels for it to read), so any width fills the tiles. Layers whose
-//! channels do not fill them (inputs or outputs not a multiple of 32) stay on the vector
-//! kernel.
+//! output strides), which runs between the next block's dot products. Pixels run along the
+//! padded rows as one line, border columns included: a strip of 16 may cross from one row into
+//! the next, and the sums of the two border pixels it passes are dropped, as are those of the
+//! last strip past the line's end (the activation buffers keep spare pixels for it to read), so
+//! any width fills the tiles. Layers whose channels do not fill them (inputs or outputs not a
+//! multiple of 32) stay on the vector kernel.
 //!
 //! Most machines this project is built and tested on hide AMX (CI's among them), so the
 //! kernel's logic is tested on [`Emulated`] tiles, which follow the instructions' definitions
@@ -206,6 +206,12 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
         let (a_stride, b_stride) = (2 * job.input_pixel, 4 * block);
         // Strip `i`, outputs `j`: `sums[i][j]`.
         let mut sums = [[Sums([[0.0; ROWS]; ROWS]); 2]; 2];
+        // The block of outputs stored last, whose epilogue runs a few pixels after each K step
+        // of the next block, on the vector units the tiles leave idle while their dot products
+        // run (at the end of its block it had cost 15 % of a 64-channel layer): its pixels'
+        // outputs and its bias. The next block's tiles are stored only after the last step.
+        let mut pending: Option<(Destinations, *const f32)> = None;
+        let steps = job.taps.len() * inputs.div_ceil(CHANNELS);
         // SAFETY: the caller's contract is `configure`'s.
         let mut tiles = unsafe { T::configure() };
         // Each strip pair through all the task's outputs while its pixels are in cache.
@@ -220,6 +226,7 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
             tiles.zero::<5>();
             tiles.zero::<6>();
             tiles.zero::<7>();
+            let mut step = 0;
             for (tap, &offset) in job.taps.iter().enumerate() {
                 let weights = (tap * inputs) * block;
                 for chunk in (0..inputs).step_by(CHANNELS) {
@@ -233,6 +240,11 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
                     tiles.dot::<5, 0, 3>();
                     tiles.dot::<6, 1, 2>();
                     tiles.dot::<7, 1, 3>();
+                    if let Some((destinations, bias)) = &pending {
+                        let pixels = step * 2 * ROWS / steps..(step + 1) * 2 * ROWS / steps;
+                        unsafe { finish(kernel, &sums, destinations, pixels, *bias, job.relu) };
+                    }
+                    step += 1;
                 }
             }
             let row_bytes = size_of::<[f32; ROWS]>();
@@ -242,25 +254,16 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
                 tiles.store::<6>(sums[1][0].0.as_mut_ptr().cast(), row_bytes);
                 tiles.store::<7>(sums[1][1].0.as_mut_ptr().cast(), row_bytes);
             }
-            for (start, strip) in starts.into_iter().zip(&sums) {
-                // The strip's pixels walk the line: one division a strip, not one a pixel
-                // (which cost as much as the sums at 64 input channels).
+            // Where each of the strips' pixels goes: null for a border pixel or one past the
+            // line. The pixels walk the line: one division a strip, not one a pixel (which
+            // cost as much as the sums at 64 input channels).
+            let mut destinations = [std::ptr::null_mut(); 2 * ROWS];
+            for (strip, start) in starts.into_iter().enumerate() {
                 let (mut y, mut x) = (start / span, start % span);
-                for m in 0..ROWS {
+                for destination in &mut destinations[strip * ROWS..(strip + 1) * ROWS] {
                     if y < job.rows && x < job.columns {
-                        let output = unsafe {
-                            job.output
-                                .add(y * job.output_row + x * job.output_pixel + first_output)
-                        };
-                        unsafe {
-                            epilogue(
-                                kernel,
-                                [&strip[0].0[m], &strip[1].0[m]],
-                                bias,
-                                output,
-                                job.relu,
-                            )
-                        };
+                        let at = y * job.output_row + x * job.output_pixel + first_output;
+                        *destination = unsafe { job.output.add(at) };
                     }
                     x += 1;
                     if x == span {
@@ -268,6 +271,36 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
                     }
                 }
             }
+            pending = Some((destinations, bias));
+        }
+        if let Some((destinations, bias)) = &pending {
+            unsafe { finish(kernel, &sums, destinations, 0..2 * ROWS, *bias, job.relu) };
+        }
+    }
+}
+
+/// Each of a block's 32 pixels (strip `p / 16`, row `p % 16`): its 32 outputs' address, or
+/// null where it has none.
+type Destinations = [*mut bf16; 2 * ROWS];
+
+/// The epilogue of a stored block's `pixels`.
+///
+/// # Safety
+/// `bias` is readable for 32 values, and each non-null output writable for 32.
+#[inline(always)]
+unsafe fn finish<K: Kernel<Elem = bf16>>(
+    kernel: K,
+    sums: &[[Sums; 2]; 2],
+    destinations: &Destinations,
+    pixels: std::ops::Range<usize>,
+    bias: *const f32,
+    relu: bool,
+) {
+    for p in pixels {
+        let (strip, row) = (p / ROWS, p % ROWS);
+        if !destinations[p].is_null() {
+            let sums = [&sums[strip][0].0[row], &sums[strip][1].0[row]];
+            unsafe { epilogue(kernel, sums, bias, destinations[p], relu) };
         }
     }
 }
