@@ -7,10 +7,11 @@ usage: torch_cpu_bench.py [--width 64] [--side 512] [--batch 1] [--runs 3] [--no
 The model is tools/torch_anchor.py's (the users' architecture), with random weights and
 BatchNorm statistics: the time does not depend on the values. With --json the one line
 printed is {"fp32_ms_per_patch": ..., "bf16_ms_per_patch": ..., "bf16_vs_fp32_max_abs": ...,
-"version": ..., "cpu_capability": ...}, the bf16 fields null with --no-bf16 (where the CPU, or
-oneDNN as ONEDNN_MAX_CPU_ISA limits it, has no bf16 instructions, autocast emulates them: 46 s
-a 512x512 patch on a 2-core Xeon limited to AVX2, 2026-12-06) (`cargo run --release -p onnx-export --example versus_onnxruntime -- --torch
-PYTHON` reads it). Needs `pip install torch numpy` (a venv: tools/README.md).
+"version": ..., "cpu_capability": ...} (`cargo run --release -p onnx-export --example
+versus_onnxruntime -- --torch PYTHON` reads it). --no-bf16 leaves the bf16 fields null: where
+the CPU, or oneDNN as ONEDNN_MAX_CPU_ISA limits it, has no bf16 instructions, autocast emulates
+them (46 s a 512x512 patch on a 2-core Xeon held to AVX2, 2026-12-06). Needs `pip install torch
+numpy` (a venv: tools/README.md).
 """
 import argparse
 import json
