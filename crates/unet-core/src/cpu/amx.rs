@@ -141,10 +141,11 @@ pub unsafe fn run<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K, jobs: &[Job<bf16>
         .for_each(|task| {
             let (outputs, group) = (task % output_groups, task / output_groups);
             let pairs = group * per_group..((group + 1) * per_group).min(strip_pairs);
+            let outputs = outputs * per_task..((outputs + 1) * per_task).min(output_pairs);
             for job in shared.get() {
                 let task = Strips::<T> {
                     job,
-                    outputs: outputs * per_task..((outputs + 1) * per_task).min(output_pairs),
+                    outputs: outputs.clone(),
                     pairs: pairs.clone(),
                     tiles: PhantomData,
                 };

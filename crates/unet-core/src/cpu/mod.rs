@@ -316,9 +316,8 @@ trait Isa: Copy + Send + Sync + 'static {
         ))
     }
 
-    fn is_portable(self) -> bool {
-        self.name().starts_with("portable")
-    }
+    /// The f32 kernels on the same instructions (the head's, which stays f32).
+    fn f32_kernels(self) -> F32Isa;
 
     /// What `summary.json` records as the kernel that ran.
     fn name(self) -> &'static str;
@@ -385,6 +384,10 @@ impl Isa for F32Isa {
     #[cfg(test)]
     fn available() -> Vec<F32Isa> {
         F32Isa::native()
+    }
+
+    fn f32_kernels(self) -> F32Isa {
+        self
     }
 
     fn name(self) -> &'static str {
@@ -469,6 +472,17 @@ impl Isa for Bf16Isa {
         let mut all = Bf16Isa::native();
         all.extend([Bf16Isa::EmulatedAmx(PortableBf16), Bf16Isa::portable()]);
         all
+    }
+
+    fn f32_kernels(self) -> F32Isa {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Isa::Amx(k) | Bf16Isa::Avx512(k) => F32Isa::Avx512(F32(k.simd())),
+            // The emulated tiles are the portable arithmetic.
+            #[cfg(test)]
+            Bf16Isa::EmulatedAmx(_) => F32Isa::portable(),
+            Bf16Isa::Portable(_) => F32Isa::portable(),
+        }
     }
 
     fn name(self) -> &'static str {
@@ -633,12 +647,7 @@ impl<I: Isa> Unet<I> {
                 })
             })
             .collect::<Result<_, WeightsError>>()?;
-        // The head's f32 kernels: portable beside portable ones, else the CPU's best.
-        let head_isa = if isa.is_portable() {
-            F32Isa::portable()
-        } else {
-            F32Isa::native()[0] // never empty: it ends with the portable kernels
-        };
+        let head_isa = isa.f32_kernels();
         // The head reads the last activation as stored (rounded up to the group).
         let head = {
             let layer = &plan.head;
