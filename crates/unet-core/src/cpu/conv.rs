@@ -1,6 +1,6 @@
-//! The one convolution kernel every layer of the CPU path runs on: a direct convolution over
-//! NHWC activations, `taps` shifted 1x1 products summed (9 for a 3x3 convolution, 1 for a
-//! transposed convolution's tap or the head), bias first, ReLU last.
+//! The one convolution kernel every layer of the CPU path but the head runs on: a direct
+//! convolution over NHWC activations, `taps` shifted 1x1 products summed (9 for a 3x3
+//! convolution, 1 for a transposed convolution's tap), bias first, ReLU last.
 //!
 //! Each call of [`tile`] keeps `PIXELS x VECTORS` f32 output vectors in registers and, for
 //! every group of input channels (one channel in f32, a pair in bf16) of every tap, broadcasts
@@ -184,23 +184,6 @@ pub unsafe fn run<K: Kernel>(kernel: K, jobs: &[Job<K::Elem>]) {
             };
         }
     });
-}
-
-/// Runs the job on the calling thread alone: a job that is itself one task of a parallel loop.
-///
-/// # Safety
-/// As [`run`].
-pub unsafe fn run_here<K: Kernel>(kernel: K, job: &Job<K::Elem>) {
-    for block in 0..output_blocks(kernel, job) {
-        // SAFETY: the caller's contract; the blocks are written one after another.
-        unsafe {
-            kernel.compiled(Rows {
-                job,
-                block,
-                rows: 0..job.rows,
-            })
-        };
-    }
 }
 
 /// The job's blocks of output channels, after checking its bounds and that its weights are

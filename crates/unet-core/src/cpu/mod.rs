@@ -1,10 +1,11 @@
-//! The CPU path: the same UNet on NHWC activations, every layer on one register-blocked
-//! SIMD kernel ([`conv`]): the 3x3 convolutions of at least [`WINOGRAD_MIN_CHANNELS`] as
-//! Winograd F(4x4, 3x3) or F(2x2, 3x3) ([`winograd`]), the others as direct convolutions; all
-//! cores through rayon.
+//! The CPU path: the same UNet on NHWC activations, every layer but the head on one
+//! register-blocked SIMD kernel ([`conv`]): the 3x3 convolutions of at least
+//! [`WINOGRAD_MIN_CHANNELS`] as Winograd F(4x4, 3x3) or F(2x2, 3x3) ([`winograd`]), the others
+//! as direct convolutions; the head's few outputs as dot products along each pixel's channels
+//! ([`head`]); all cores through rayon.
 //! Weights and activations are f32, or bf16 where the CPU multiplies bf16 pairs
 //! (AVX-512-BF16): half the memory traffic and twice the multiply-adds per instruction; sums
-//! are f32 in both, and the head's 1x1 convolution and sigmoid always run in f32. Where the
+//! are f32 in both, and the head's weights and sigmoid are f32 in both. Where the
 //! CPU also has AMX tiles, the bf16 convolutions whose channels fill them run there
 //! ([`amx`]), directly (no Winograd).
 //!
@@ -19,9 +20,11 @@ mod aligned;
 #[cfg(any(test, target_arch = "x86_64"))]
 mod amx;
 mod conv;
+mod head;
 mod simd;
 mod winograd;
 
+use std::cell::Cell;
 use std::sync::Mutex;
 
 use half::bf16;
@@ -36,6 +39,7 @@ use crate::target::{Device, EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
 use aligned::Aligned;
 use conv::{Job, Packed};
+use head::Head;
 use simd::{Element, F32, Kernel, Portable, PortableBf16};
 use winograd::{Frame, Transform, Winograd};
 
@@ -66,10 +70,6 @@ fn forced_kernel() -> Option<String> {
 /// [`Unet::images_at_once`]): the demo model's 512x512 forward needs ~60 MB, the w = 64
 /// model's ~450 MB, which therefore runs one image at a time.
 const CONCURRENT_ACTIVATION_BYTES: usize = 512 << 20;
-
-/// f32 values' bytes a task of the head widens and reads at once: its rows stay in the core's
-/// L2 cache between the two (two rows of the w = 64 model's 512x512).
-const HEAD_TASK_BYTES: usize = 256 << 10;
 
 /// A 3x3 convolution with replicate padding, bias and ReLU.
 enum Conv3x3<E> {
@@ -110,14 +110,12 @@ impl<E: Element> Op for [Job<'_, E>] {
     }
 }
 
-/// A job run on the calling thread alone: one task of a parallel loop of its own.
-struct OnThisThread<'a, E>(Job<'a, E>);
-
-impl<E: Element> Op for OnThisThread<'_, E> {
+/// Rows of the head, on this thread.
+impl<E: Element> Op for head::Rows<'_, E> {
     type Elem = E;
     unsafe fn run<K: Kernel<Elem = E>>(&self, kernel: K) {
         // SAFETY: the caller's contract is the kernel's.
-        unsafe { conv::run_here(kernel, &self.0) }
+        unsafe { kernel.compiled(*self) }
     }
 }
 
@@ -316,9 +314,6 @@ trait Isa: Copy + Send + Sync + 'static {
         ))
     }
 
-    /// The f32 kernels on the same instructions (the head's, which stays f32).
-    fn f32_kernels(self) -> F32Isa;
-
     /// What `summary.json` records as the kernel that ran.
     fn name(self) -> &'static str;
 
@@ -384,10 +379,6 @@ impl Isa for F32Isa {
     #[cfg(test)]
     fn available() -> Vec<F32Isa> {
         F32Isa::native()
-    }
-
-    fn f32_kernels(self) -> F32Isa {
-        self
     }
 
     fn name(self) -> &'static str {
@@ -474,17 +465,6 @@ impl Isa for Bf16Isa {
         all
     }
 
-    fn f32_kernels(self) -> F32Isa {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Bf16Isa::Amx(k) | Bf16Isa::Avx512(k) => F32Isa::Avx512(F32(k.simd())),
-            // The emulated tiles are the portable arithmetic.
-            #[cfg(test)]
-            Bf16Isa::EmulatedAmx(_) => F32Isa::portable(),
-            Bf16Isa::Portable(_) => F32Isa::portable(),
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             #[cfg(target_arch = "x86_64")]
@@ -567,10 +547,7 @@ struct Unet<I: Isa> {
     encoder: Vec<[Conv3x3<I::Elem>; 2]>,
     /// The plan's decoder, deepest first.
     decoder: Vec<DecoderLevel<I::Elem>>,
-    /// The head, in f32 whatever the rest (in bf16 it moved the w4 fixture's output from
-    /// 7.5e-2 to 9.4e-2 off PyTorch's).
-    head: Packed<f32>,
-    head_isa: F32Isa,
+    head: Head,
     buffers: BufferPool<I::Elem>,
 }
 
@@ -647,20 +624,16 @@ impl<I: Isa> Unet<I> {
                 })
             })
             .collect::<Result<_, WeightsError>>()?;
-        let head_isa = isa.f32_kernels();
         // The head reads the last activation as stored (rounded up to the group).
         let head = {
             let layer = &plan.head;
             let weight = weights.tap_major(layer)?;
-            let read = (layer.inputs.next_multiple_of(shape.1), layer.outputs);
-            let weight = |_, c, out| {
-                if c < layer.inputs {
-                    weight.get(0, c, out)
-                } else {
-                    0.0
-                }
-            };
-            Packed::new(1, read, head_isa.shape(), weight, weights.bias(layer)?)
+            let stored = layer.inputs.next_multiple_of(shape.1);
+            Head::new(
+                (layer.inputs, stored, layer.outputs),
+                |c, out| weight.get(0, c, out),
+                weights.bias(layer)?,
+            )
         };
         Ok(Unet {
             config: weights.config,
@@ -668,7 +641,6 @@ impl<I: Isa> Unet<I> {
             encoder: plan.encoder.iter().map(double).collect::<Result<_, _>>()?,
             decoder,
             head,
-            head_isa,
             buffers: BufferPool(Mutex::default()),
         })
     }
@@ -842,66 +814,45 @@ impl<I: Isa> Unet<I> {
         out.fill_border(0..layers[0].outputs);
     }
 
-    /// The 1x1 head and sigmoid, CHW, or the probability map: the sigmoid of each pixel's
-    /// largest logit, which is the largest sigmoid (the sigmoid is monotonic, in f32 too), for a
-    /// third of the exponentials. Each task takes a few rows: in bf16 it widens them to f32 in
-    /// its thread's scratch, where they stay in cache for the kernel's read (a widened copy of
-    /// the whole activation, 67 MB for the w = 64 model's 512x512, went through memory twice).
+    /// The head's sigmoid outputs, CHW, or the probability map ([`head`]), a few rows a task.
     fn head(&self, x: &Padded<I::Elem>, output: Output) -> Vec<f32> {
         assert_eq!(x.channels, self.head.inputs);
-        let (plane, outputs) = (x.height * x.width, self.head.outputs);
-        let rows_per_task = (HEAD_TASK_BYTES / (x.row() * size_of::<f32>())).max(1);
-        let mut logits = vec![0.0; plane * outputs];
-        logits
-            .par_chunks_mut(rows_per_task * x.width * outputs)
-            .enumerate()
-            .for_each(|(task, logits)| {
-                let (first_row, rows) = (task * rows_per_task, logits.len() / (x.width * outputs));
-                // The rows' whole padded lines: from the left border pixel of the first.
-                let lines = &x.data[(first_row + 1) * x.row()..][..rows * x.row()];
-                let [mut wide, spare] = f32::scratch().take();
-                let input = Element::widen(lines, &mut wide);
-                let job = Job {
-                    layer: &self.head,
-                    rows,
-                    columns: x.width,
-                    input: &input[x.channels..],
-                    input_row: x.row(),
-                    input_pixel: x.channels,
-                    taps: &[0],
-                    output: logits.as_mut_ptr(),
-                    output_len: logits.len(),
-                    output_row: x.width * outputs,
-                    output_pixel: outputs,
-                    relu: false,
-                };
-                // SAFETY: logits holds every output pixel's channels of the task's rows
-                // (checked by the kernel), and only this task writes it.
-                unsafe { self.head_isa.run(&OnThisThread(job)) };
-                f32::scratch().set([wide, spare]);
-                if output == Output::Sigmoid {
-                    logits.iter_mut().for_each(|value| *value = sigmoid(*value));
+        let (plane, width) = (x.height * x.width, x.width);
+        let maps = match output {
+            Output::Probability => 1,
+            Output::Sigmoid => self.head.outputs,
+        };
+        let mut values = vec![0.0; maps * plane];
+        let rows_per_task = conv::row_groups(1, x.height);
+        // Each task's part of every map.
+        let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
+        for map in values.chunks_exact_mut(plane) {
+            for (task, part) in map.chunks_mut(rows_per_task * width).enumerate() {
+                if task == tasks.len() {
+                    tasks.push(Vec::with_capacity(maps));
                 }
-            });
-        match output {
-            Output::Probability => logits
-                .par_chunks_exact(outputs)
-                .map(|pixel| sigmoid(pixel.iter().copied().fold(f32::MIN, f32::max)))
-                .collect(),
-            Output::Sigmoid => {
-                let mut chw = vec![0.0; outputs * plane];
-                chw.par_chunks_mut(plane)
-                    .enumerate()
-                    .for_each(|(c, channel)| {
-                        let pixels = logits[c..].iter().step_by(outputs);
-                        channel
-                            .iter_mut()
-                            .zip(pixels)
-                            .for_each(|(to, from)| *to = *from);
-                    });
-                chw
+                tasks[task].push(part);
             }
         }
+        tasks.into_par_iter().enumerate().for_each(|(task, parts)| {
+            let first_row = task * rows_per_task;
+            let maps: Vec<&[Cell<f32>]> = parts
+                .into_iter()
+                .map(|part| Cell::from_mut(part).as_slice_of_cells())
+                .collect();
+            let rows = head::Rows {
+                head: &self.head,
+                input: &x.data[x.at(first_row, 0)..],
+                row: x.row(),
+                rows: maps[0].len() / width,
+                columns: width,
+                output,
+                maps: &maps,
+            };
+            // SAFETY: the head checks its reads and writes against its slices.
+            unsafe { self.isa.run(&rows) };
+        });
+        values
     }
 
     fn forward(&self, batch: &Batch, output: Output) -> Vec<f32> {
@@ -992,10 +943,6 @@ impl Engine for CpuUnet {
 }
 
 /// The logistic function, `1 / (1 + e^-x)`, in f32.
-fn sigmoid(logit: f32) -> f32 {
-    1.0 / (1.0 + (-logit).exp())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -1115,7 +1062,7 @@ mod tests {
     #[test]
     fn pooling_on_bits_takes_the_floats_max() {
         fn check<E: Element>() {
-            let as_f32 = |value: E| E::widen(&[value], &mut Vec::new())[0];
+            let as_f32 = |value: E| value.to_f32();
             let pool = BufferPool(Mutex::default());
             let (height, width, channels) = (4, 7, 5);
             let mut x = Padded::<E>::new(&pool, (height, width), channels, 1);

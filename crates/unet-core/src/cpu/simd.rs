@@ -39,8 +39,9 @@ pub trait Element: bytemuck::Pod + Default + Send + Sync + 'static {
     /// leaves (non-negative values, and -0 below them), so a max over ReLU'd values runs on
     /// integers, which every instruction set compares lane by lane.
     type Ordered: bytemuck::Pod + Ord + Send + Sync;
-    /// The values as f32: `values` itself where they are f32 already, else `scratch`, filled.
-    fn widen<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
+    /// The value as f32 (exact).
+    #[cfg(test)]
+    fn to_f32(self) -> f32;
     /// Each thread's scratch buffers of this type, kept from task to task (a thread-local
     /// cannot be generic, so each type names its own).
     fn scratch() -> &'static LocalKey<Scratch<Self>>;
@@ -53,8 +54,9 @@ impl Element for f32 {
     fn from_f32(value: f32) -> f32 {
         value
     }
-    fn widen<'a>(values: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
-        values
+    #[cfg(test)]
+    fn to_f32(self) -> f32 {
+        self
     }
     fn scratch() -> &'static LocalKey<Scratch<f32>> {
         thread_local!(static SCRATCH: Scratch<f32> = const { RefCell::new([Vec::new(), Vec::new()]) });
@@ -67,10 +69,9 @@ impl Element for bf16 {
     fn from_f32(value: f32) -> bf16 {
         bf16::from_f32(value)
     }
-    fn widen<'a>(values: &'a [bf16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
-        scratch.clear();
-        scratch.extend(values.iter().map(|value| value.to_f32()));
-        scratch
+    #[cfg(test)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
     }
     fn scratch() -> &'static LocalKey<Scratch<bf16>> {
         thread_local!(static SCRATCH: Scratch<bf16> = const { RefCell::new([Vec::new(), Vec::new()]) });
@@ -309,6 +310,9 @@ pub trait Simd: Copy + Send + Sync {
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Lane `i`: the sum of `v[i]`'s lanes, for `LANES` vectors `v` (a transpose and add,
+    /// not one horizontal sum a vector).
+    fn sum_each(self, v: &[Self::V]) -> Self::V;
 }
 
 /// AVX-512F; only constructed after the CPU was seen to have it.
@@ -375,6 +379,39 @@ impl Simd for Avx512 {
     #[inline(always)]
     fn sub(self, a: __m512, b: __m512) -> __m512 {
         unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sum_each(self, v: &[__m512]) -> __m512 {
+        let v: &[__m512; 16] = v.try_into().expect("16 vectors");
+        unsafe {
+            // Vectors 2k and 2k + 1, their lanes interleaved and added: each 128-bit block
+            // holds two sums of each.
+            let pairs: [__m512; 8] = std::array::from_fn(|k| {
+                let (a, b) = (v[2 * k], v[2 * k + 1]);
+                _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+            });
+            // Vectors 4k..4k + 4: each block holds one sum of each, in order.
+            let fours: [__m512; 4] = std::array::from_fn(|k| {
+                let (a, b) = (
+                    _mm512_castps_pd(pairs[2 * k]),
+                    _mm512_castps_pd(pairs[2 * k + 1]),
+                );
+                _mm512_add_ps(
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+                )
+            });
+            // The four blocks of each added: block k of the result is vectors 4k..4k + 4.
+            let add_block_pairs = |a: __m512, b: __m512| {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+                )
+            };
+            let low = add_block_pairs(fours[0], fours[1]);
+            let high = add_block_pairs(fours[2], fours[3]);
+            add_block_pairs(low, high)
+        }
     }
 }
 
@@ -447,6 +484,21 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn sub(self, a: __m256, b: __m256) -> __m256 {
         unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sum_each(self, v: &[__m256]) -> __m256 {
+        let v: &[__m256; 8] = v.try_into().expect("8 vectors");
+        unsafe {
+            // Per 128-bit half: each of the four vectors' four lanes there, summed.
+            let fours = |v: &[__m256]| {
+                _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]))
+            };
+            let (low, high) = (fours(&v[..4]), fours(&v[4..]));
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(low, high),
+                _mm256_permute2f128_ps::<0x31>(low, high),
+            )
+        }
     }
 }
 
@@ -521,5 +573,10 @@ impl Simd for Portable {
     #[inline(always)]
     fn sub(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
         std::array::from_fn(|i| a[i] - b[i])
+    }
+    #[inline(always)]
+    fn sum_each(self, v: &[[f32; 8]]) -> [f32; 8] {
+        let v: &[[f32; 8]; 8] = v.try_into().expect("8 vectors");
+        v.map(|v| v.iter().sum())
     }
 }
