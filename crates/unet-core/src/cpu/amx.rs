@@ -7,7 +7,8 @@
 //! B tiles are 16 input pairs of the weights as [`Packed`] already lays them out for the
 //! vector kernel (a row of 16 outputs x 2 every `2 x block` values); the sums go through a
 //! small buffer to the vector kernel's epilogue (bias, ReLU, rounding to bf16, the job's
-//! output strides), which runs between the next block's dot products. Pixels run along the
+//! output strides; large outputs streamed past the caches), which runs between the next
+//! block's dot products. Pixels run along the
 //! padded rows as one line, border columns included: a strip of 16 may cross from one row into
 //! the next, and the sums of the two border pixels it passes are dropped, as are those of the
 //! last strip past the line's end (the activation buffers keep spare pixels for it to read), so
@@ -42,6 +43,11 @@ const OUTPUTS: usize = 2 * ROWS;
 /// strip of pixels through all of them, so that the strip is read from memory once rather
 /// than once per pair, while the weights stay in the core's L2 cache.
 const TASK_WEIGHT_BYTES: usize = 1 << 20;
+/// Outputs of at least this many bytes are streamed past the caches ([`epilogue`]): 4x a
+/// core's L2 on Sapphire Rapids. Measured on the w = 64 model at 512x512 (the AMX Xeon, 2
+/// cores): the layers of levels 0-2 (8.6-67 MB) ran up to twice as fast (the 2x2 transposed
+/// convolution into level 0), the deeper ones (2-4 MB) neither gained nor lost.
+const STREAMED_OUTPUT_BYTES: usize = 8 << 20;
 
 /// The eight tile registers as the kernel uses them: A tiles 0 and 1 (two strips of 16
 /// pixels x 32 input channels), B tiles 2 and 3 (16 input pairs x 16 output channels each),
@@ -114,6 +120,20 @@ fn line_length(job: &Job<bf16>) -> usize {
 /// # Safety
 /// As [`conv::run`](super::conv::run), and `T::configure`'s.
 pub unsafe fn run<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K, jobs: &[Job<bf16>]) {
+    // SAFETY: the caller's contract.
+    unsafe { run_streaming_from::<K, T>(kernel, jobs, STREAMED_OUTPUT_BYTES) }
+}
+
+/// [`run`], streaming the outputs of the jobs whose output rows span `streamed_from` bytes or
+/// more.
+///
+/// # Safety
+/// As [`run`].
+unsafe fn run_streaming_from<K: Kernel<Elem = bf16>, T: Tiles>(
+    kernel: K,
+    jobs: &[Job<bf16>],
+    streamed_from: usize,
+) {
     let Some(first) = jobs.first() else { return };
     let shape = |job: &Job<bf16>| {
         let layer = job.layer;
@@ -147,6 +167,7 @@ pub unsafe fn run<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K, jobs: &[Job<bf16>
                     job,
                     outputs: outputs.clone(),
                     pairs: pairs.clone(),
+                    stream: job.rows * job.output_row * size_of::<bf16>() >= streamed_from,
                     tiles: PhantomData,
                 };
                 // SAFETY: this task writes only its output pairs' channels of its strips'
@@ -164,11 +185,12 @@ fn output_pairs_per_task(taps: usize, inputs: usize, output_pairs: usize) -> usi
 }
 
 /// One task of [`run`]: output channel pairs `outputs` (32 channels each) of strip pairs
-/// `pairs`.
+/// `pairs`, the outputs streamed past the caches if `stream`.
 struct Strips<'a, T> {
     job: &'a Job<'a, bf16>,
     outputs: std::ops::Range<usize>,
     pairs: std::ops::Range<usize>,
+    stream: bool,
     tiles: PhantomData<T>,
 }
 
@@ -186,6 +208,7 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
             job,
             outputs,
             pairs,
+            stream,
             ..
         } = self;
         let layer = job.layer;
@@ -212,6 +235,10 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
         // run (at the end of its block it had cost 15 % of a 64-channel layer): its pixels'
         // outputs and its bias. The next block's tiles are stored only after the last step.
         let mut pending: Option<(Destinations, *const f32)> = None;
+        let store = Store {
+            relu: job.relu,
+            stream,
+        };
         let steps = job.taps.len() * inputs.div_ceil(CHANNELS);
         // SAFETY: the caller's contract is `configure`'s.
         let mut tiles = unsafe { T::configure() };
@@ -243,7 +270,7 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
                     tiles.dot::<7, 1, 3>();
                     if let Some((destinations, bias)) = &pending {
                         let pixels = step * 2 * ROWS / steps..(step + 1) * 2 * ROWS / steps;
-                        unsafe { finish(kernel, &sums, destinations, pixels, *bias, job.relu) };
+                        unsafe { finish(kernel, &sums, destinations, pixels, *bias, store) };
                     }
                     step += 1;
                 }
@@ -275,7 +302,10 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
             pending = Some((destinations, bias));
         }
         if let Some((destinations, bias)) = &pending {
-            unsafe { finish(kernel, &sums, destinations, 0..2 * ROWS, *bias, job.relu) };
+            unsafe { finish(kernel, &sums, destinations, 0..2 * ROWS, *bias, store) };
+        }
+        if stream {
+            kernel.fence_streams();
         }
     }
 }
@@ -283,6 +313,13 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
 /// Each of a block's 32 pixels (strip `p / 16`, row `p % 16`): its 32 outputs' address, or
 /// null where it has none.
 type Destinations = [*mut bf16; 2 * ROWS];
+
+/// How the epilogue writes: through a ReLU or not, streamed past the caches or not.
+#[derive(Clone, Copy)]
+struct Store {
+    relu: bool,
+    stream: bool,
+}
 
 /// The epilogue of a stored block's `pixels`.
 ///
@@ -295,18 +332,21 @@ unsafe fn finish<K: Kernel<Elem = bf16>>(
     destinations: &Destinations,
     pixels: std::ops::Range<usize>,
     bias: *const f32,
-    relu: bool,
+    store: Store,
 ) {
     for p in pixels {
         let (strip, row) = (p / ROWS, p % ROWS);
         if !destinations[p].is_null() {
             let sums = [&sums[strip][0].0[row], &sums[strip][1].0[row]];
-            unsafe { epilogue(kernel, sums, bias, destinations[p], relu) };
+            unsafe { epilogue(kernel, sums, bias, destinations[p], store) };
         }
     }
 }
 
-/// One pixel's 32 sums plus bias, through ReLU where asked, rounded to bf16 at `output`.
+/// One pixel's 32 sums plus bias, through ReLU where asked, rounded to bf16 at `output`;
+/// streamed past the caches where asked ([`Kernel::stream_values`]): an output larger than
+/// the caches, read whole by the next layer, gains nothing from them, and a store that misses
+/// them first reads the line it writes.
 ///
 /// # Safety
 /// `bias` is readable and `output` writable for 32 values.
@@ -316,7 +356,7 @@ unsafe fn epilogue<K: Kernel<Elem = bf16>>(
     sums: [&[f32; ROWS]; 2],
     bias: *const f32,
     output: *mut bf16,
-    relu: bool,
+    store: Store,
 ) {
     let (simd, lanes) = (kernel.simd(), K::Simd::LANES);
     for (j, sums) in sums.into_iter().enumerate() {
@@ -327,10 +367,15 @@ unsafe fn epilogue<K: Kernel<Elem = bf16>>(
                     simd.load(sums.as_ptr().add(l)),
                     simd.load(bias.add(j * ROWS + l)),
                 );
-                if relu {
+                if store.relu {
                     value = simd.max(value, simd.zero());
                 }
-                kernel.store_values(output.add(j * ROWS + l), value, lanes);
+                let output = output.add(j * ROWS + l);
+                if store.stream {
+                    kernel.stream_values(output, value);
+                } else {
+                    kernel.store_values(output, value, lanes);
+                }
             }
         }
     }
@@ -606,7 +651,8 @@ impl Sample {
         let taps: Vec<usize> = (0..9)
             .map(|tap| (tap / 3) * columns * pixel + (tap % 3) * pixel)
             .collect();
-        let mut output = vec![bf16::NAN; (rows - 2) * (columns - 2) * outputs];
+        // On a cache line, as the activations: the aligned streaming stores run.
+        let mut output = Aligned::filled((rows - 2) * (columns - 2) * outputs, bf16::NAN);
         let job = Job {
             layer: &self.layer,
             rows: rows - 2,
@@ -622,7 +668,7 @@ impl Sample {
             relu: true,
         };
         run_job(job);
-        output
+        output.to_vec()
     }
 
     /// The same output summed in f64 from the stored (bf16) values, unrounded.
@@ -653,8 +699,11 @@ impl Sample {
 
 #[cfg(test)]
 mod tests {
-    use super::super::simd::PortableBf16;
-    use super::{Emulated, OUTPUTS, Sample, agrees, fits, output_pairs_per_task, run};
+    use half::bf16;
+
+    use super::super::simd::{Kernel, PortableBf16};
+    use super::run_streaming_from;
+    use super::{Emulated, OUTPUTS, Sample, Tiles, agrees, fits, output_pairs_per_task, run};
 
     /// The kernel on emulated tiles against the layer summed in f64: lines that cross rows, a
     /// last strip that overlaps the one before, an odd number of strips, several output
@@ -696,6 +745,32 @@ mod tests {
                 worst <= 4e-3,
                 "{inputs} -> {outputs} over {size:?}: {worst}"
             );
+        }
+    }
+
+    /// Outputs streamed past the caches are the values stored through them, on every kernel
+    /// and tiles this CPU has (AVX-512-BF16's streaming stores are non-temporal, the portable
+    /// kernel's plain).
+    #[test]
+    fn streamed_outputs_are_the_stored_ones() {
+        fn check<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K, name: &str) {
+            let sample = Sample::new(64, 96, (3, 20), super::super::conv::block_of(kernel));
+            let [stored, streamed] = [usize::MAX, 0].map(|streamed_from| {
+                sample.output(|job| unsafe {
+                    run_streaming_from::<_, T>(kernel, &[job], streamed_from)
+                })
+            });
+            assert!(stored.iter().all(|value| value.is_finite()), "{name}");
+            let bits = |values: &[bf16]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&streamed), bits(&stored), "{name}");
+        }
+        check::<_, Emulated>(PortableBf16, "portable on emulated tiles");
+        #[cfg(target_arch = "x86_64")]
+        if let Some(kernel) = super::super::simd::Avx512Bf16::detect() {
+            check::<_, Emulated>(kernel, "avx512-bf16 on emulated tiles");
+            if super::usable(kernel) {
+                check::<_, super::Hardware>(kernel, "avx512-bf16 on the tiles");
+            }
         }
     }
 

@@ -116,6 +116,21 @@ pub trait Kernel: Copy + Send + Sync {
     /// # Safety
     /// `ptr` is valid for `count` writes.
     unsafe fn store_values(self, ptr: *mut Self::Elem, v: Lanes<Self>, count: usize);
+    /// Every lane, rounded to the element type, written past the caches (a non-temporal store)
+    /// where the kernel has such a store and `ptr` is aligned for it, else as `store_values`.
+    /// For outputs larger than the caches: a store that misses reads the line from memory
+    /// before writing it, a streamed one does not. Before another thread reads what this one
+    /// streamed, this one calls [`Kernel::fence_streams`].
+    /// # Safety
+    /// `ptr` is valid for `LANES` writes.
+    #[inline(always)]
+    unsafe fn stream_values(self, ptr: *mut Self::Elem, v: Lanes<Self>) {
+        unsafe { self.store_values(ptr, v, Self::Simd::LANES) }
+    }
+    /// Orders the streamed stores before every later store of this thread (`sfence`): those
+    /// that tell other threads the work is done.
+    #[inline(always)]
+    fn fence_streams(self) {}
 }
 
 /// A kernel's f32 vector.
@@ -225,6 +240,21 @@ impl Kernel for Avx512Bf16 {
             let bits = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
             _mm256_mask_storeu_epi16(ptr.cast(), first_lanes(count), bits)
         }
+    }
+    #[inline(always)]
+    unsafe fn stream_values(self, ptr: *mut bf16, v: __m512) {
+        unsafe {
+            let bits = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+            if (ptr as usize).is_multiple_of(size_of::<__m256i>()) {
+                _mm256_stream_si256(ptr.cast(), bits)
+            } else {
+                _mm256_storeu_si256(ptr.cast(), bits)
+            }
+        }
+    }
+    #[inline(always)]
+    fn fence_streams(self) {
+        unsafe { _mm_sfence() }
     }
 }
 
