@@ -43,11 +43,6 @@ const OUTPUTS: usize = 2 * ROWS;
 /// strip of pixels through all of them, so that the strip is read from memory once rather
 /// than once per pair, while the weights stay in the core's L2 cache.
 const TASK_WEIGHT_BYTES: usize = 1 << 20;
-/// Outputs of at least this many bytes are streamed past the caches ([`epilogue`]): 4x a
-/// core's L2 on Sapphire Rapids. Measured on the w = 64 model at 512x512 (the AMX Xeon, 2
-/// cores): the layers of levels 0-2 (8.6-67 MB) ran up to twice as fast (the 2x2 transposed
-/// convolution into level 0), the deeper ones (2-4 MB) neither gained nor lost.
-const STREAMED_OUTPUT_BYTES: usize = 8 << 20;
 
 /// The eight tile registers as the kernel uses them: A tiles 0 and 1 (two strips of 16
 /// pixels x 32 input channels), B tiles 2 and 3 (16 input pairs x 16 output channels each),
@@ -120,20 +115,6 @@ fn line_length(job: &Job<bf16>) -> usize {
 /// # Safety
 /// As [`conv::run`](super::conv::run), and `T::configure`'s.
 pub unsafe fn run<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K, jobs: &[Job<bf16>]) {
-    // SAFETY: the caller's contract.
-    unsafe { run_streaming_from::<K, T>(kernel, jobs, STREAMED_OUTPUT_BYTES) }
-}
-
-/// [`run`], streaming the outputs of the jobs whose output rows span `streamed_from` bytes or
-/// more.
-///
-/// # Safety
-/// As [`run`].
-unsafe fn run_streaming_from<K: Kernel<Elem = bf16>, T: Tiles>(
-    kernel: K,
-    jobs: &[Job<bf16>],
-    streamed_from: usize,
-) {
     let Some(first) = jobs.first() else { return };
     let shape = |job: &Job<bf16>| {
         let layer = job.layer;
@@ -167,7 +148,6 @@ unsafe fn run_streaming_from<K: Kernel<Elem = bf16>, T: Tiles>(
                     job,
                     outputs: outputs.clone(),
                     pairs: pairs.clone(),
-                    stream: job.rows * job.output_row * size_of::<bf16>() >= streamed_from,
                     tiles: PhantomData,
                 };
                 // SAFETY: this task writes only its output pairs' channels of its strips'
@@ -185,12 +165,11 @@ fn output_pairs_per_task(taps: usize, inputs: usize, output_pairs: usize) -> usi
 }
 
 /// One task of [`run`]: output channel pairs `outputs` (32 channels each) of strip pairs
-/// `pairs`, the outputs streamed past the caches if `stream`.
+/// `pairs`.
 struct Strips<'a, T> {
     job: &'a Job<'a, bf16>,
     outputs: std::ops::Range<usize>,
     pairs: std::ops::Range<usize>,
-    stream: bool,
     tiles: PhantomData<T>,
 }
 
@@ -208,7 +187,6 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
             job,
             outputs,
             pairs,
-            stream,
             ..
         } = self;
         let layer = job.layer;
@@ -237,7 +215,7 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
         let mut pending: Option<(Destinations, *const f32)> = None;
         let store = Store {
             relu: job.relu,
-            stream,
+            stream: job.stream,
         };
         let steps = job.taps.len() * inputs.div_ceil(CHANNELS);
         // SAFETY: the caller's contract is `configure`'s.
@@ -304,7 +282,7 @@ impl<T: Tiles> Compiled for Strips<'_, T> {
         if let Some((destinations, bias)) = &pending {
             unsafe { finish(kernel, &sums, destinations, 0..2 * ROWS, *bias, store) };
         }
-        if stream {
+        if job.stream {
             kernel.fence_streams();
         }
     }
@@ -666,6 +644,7 @@ impl Sample {
             output_row: (columns - 2) * outputs,
             output_pixel: outputs,
             relu: true,
+            stream: false,
         };
         run_job(job);
         output.to_vec()
@@ -701,8 +680,8 @@ impl Sample {
 mod tests {
     use half::bf16;
 
+    use super::super::conv::Job;
     use super::super::simd::{Kernel, PortableBf16};
-    use super::run_streaming_from;
     use super::{Emulated, OUTPUTS, Sample, Tiles, agrees, fits, output_pairs_per_task, run};
 
     /// The kernel on emulated tiles against the layer summed in f64: lines that cross rows, a
@@ -755,10 +734,8 @@ mod tests {
     fn streamed_outputs_are_the_stored_ones() {
         fn check<K: Kernel<Elem = bf16>, T: Tiles>(kernel: K, name: &str) {
             let sample = Sample::new(64, 96, (3, 20), super::super::conv::block_of(kernel));
-            let [stored, streamed] = [usize::MAX, 0].map(|streamed_from| {
-                sample.output(|job| unsafe {
-                    run_streaming_from::<_, T>(kernel, &[job], streamed_from)
-                })
+            let [stored, streamed] = [false, true].map(|stream| {
+                sample.output(|job| unsafe { run::<_, T>(kernel, &[Job { stream, ..job }]) })
             });
             assert!(stored.iter().all(|value| value.is_finite()), "{name}");
             let bits = |values: &[bf16]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();

@@ -111,6 +111,10 @@ pub struct Job<'a, E> {
     pub output_row: usize,
     pub output_pixel: usize,
     pub relu: bool,
+    /// The outputs streamed past the caches ([`Kernel::stream_values`]), for an output larger
+    /// than them, where the AMX tiles run the job. This vector kernel stores them: streamed,
+    /// its transposed convolutions took 1.5-2x as long (f32, w = 64 at 512x512).
+    pub stream: bool,
 }
 
 impl<E> Job<'_, E> {

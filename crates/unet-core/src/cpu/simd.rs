@@ -130,7 +130,9 @@ pub trait Kernel: Copy + Send + Sync {
     /// Orders the streamed stores before every later store of this thread (`sfence`): those
     /// that tell other threads the work is done.
     #[inline(always)]
-    fn fence_streams(self) {}
+    fn fence_streams(self) {
+        self.simd().fence_streams()
+    }
 }
 
 /// A kernel's f32 vector.
@@ -172,6 +174,10 @@ impl<S: Simd> Kernel for F32<S> {
     #[inline(always)]
     unsafe fn store_values(self, ptr: *mut f32, v: S::V, count: usize) {
         unsafe { self.0.store_first(ptr, v, count) }
+    }
+    #[inline(always)]
+    unsafe fn stream_values(self, ptr: *mut f32, v: S::V) {
+        unsafe { self.0.stream(ptr, v) }
     }
 }
 
@@ -251,10 +257,6 @@ impl Kernel for Avx512Bf16 {
                 _mm256_storeu_si256(ptr.cast(), bits)
             }
         }
-    }
-    #[inline(always)]
-    fn fence_streams(self) {
-        unsafe { _mm_sfence() }
     }
 }
 
@@ -343,6 +345,13 @@ pub trait Simd: Copy + Send + Sync {
     /// Lane `i`: the sum of `v[i]`'s lanes, for `LANES` vectors `v` (a transpose and add,
     /// not one horizontal sum a vector).
     fn sum_each(self, v: &[Self::V]) -> Self::V;
+    /// All lanes to `ptr` past the caches (a non-temporal store) where `ptr` is aligned for
+    /// one, else stored: see [`Kernel::stream_values`].
+    /// # Safety
+    /// `ptr` is valid for `LANES` writes.
+    unsafe fn stream(self, ptr: *mut f32, v: Self::V);
+    /// Orders this thread's streamed stores before its later stores (`sfence`).
+    fn fence_streams(self);
 }
 
 /// AVX-512F; only constructed after the CPU was seen to have it.
@@ -443,6 +452,20 @@ impl Simd for Avx512 {
             add_block_pairs(low, high)
         }
     }
+    #[inline(always)]
+    unsafe fn stream(self, ptr: *mut f32, v: __m512) {
+        unsafe {
+            if (ptr as usize).is_multiple_of(size_of::<__m512>()) {
+                _mm512_stream_ps(ptr, v)
+            } else {
+                _mm512_storeu_ps(ptr, v)
+            }
+        }
+    }
+    #[inline(always)]
+    fn fence_streams(self) {
+        unsafe { _mm_sfence() }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -530,6 +553,20 @@ impl Simd for Avx2 {
             )
         }
     }
+    #[inline(always)]
+    unsafe fn stream(self, ptr: *mut f32, v: __m256) {
+        unsafe {
+            if (ptr as usize).is_multiple_of(size_of::<__m256>()) {
+                _mm256_stream_ps(ptr, v)
+            } else {
+                _mm256_storeu_ps(ptr, v)
+            }
+        }
+    }
+    #[inline(always)]
+    fn fence_streams(self) {
+        unsafe { _mm_sfence() }
+    }
 }
 
 /// Lanes `0..count` set (all bits), the rest clear: AVX2's mask for masked loads and stores.
@@ -609,4 +646,11 @@ impl Simd for Portable {
         let v: &[[f32; 8]; 8] = v.try_into().expect("8 vectors");
         v.map(|v| v.iter().sum())
     }
+    /// A plain store: portable Rust has no non-temporal one.
+    #[inline(always)]
+    unsafe fn stream(self, ptr: *mut f32, v: [f32; 8]) {
+        unsafe { ptr.cast::<[f32; 8]>().write_unaligned(v) }
+    }
+    #[inline(always)]
+    fn fence_streams(self) {}
 }

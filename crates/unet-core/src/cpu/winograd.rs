@@ -149,6 +149,8 @@ pub struct Frame<'a, E> {
     pub output_len: usize,
     pub output_row: usize,
     pub output_pixel: usize,
+    /// The outputs streamed past the caches ([`Kernel::stream_values`]).
+    pub stream: bool,
 }
 
 impl<E> Frame<'_, E> {
@@ -308,6 +310,7 @@ impl<E: Element, const N: usize, const M: usize> Compiled for Tiles<'_, E, N, M>
                     output_row: 0,
                     output_pixel: outputs,
                     relu: false,
+                    stream: false,
                 };
                 job.check_bounds();
                 for block in 0..outputs.div_ceil(weights.block()) {
@@ -344,13 +347,23 @@ impl<E: Element, const N: usize, const M: usize> Compiled for Tiles<'_, E, N, M>
                             let at = first + a * frame.output_row + b * frame.output_pixel + o;
                             // SAFETY: output pixel (M ty + a, M tx + b), channels
                             // o..o + count, lies inside the frame `run` checked.
-                            unsafe { kernel.store_values(frame.output.add(at), y, count) };
+                            unsafe {
+                                let output = frame.output.add(at);
+                                if frame.stream && count == lanes {
+                                    kernel.stream_values(output, y)
+                                } else {
+                                    kernel.store_values(output, y, count)
+                                }
+                            };
                         }
                     }
                 }
             }
         }
         E::scratch().set([transformed, products]);
+        if frame.stream {
+            kernel.fence_streams();
+        }
     }
 }
 
