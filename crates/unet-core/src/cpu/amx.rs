@@ -348,12 +348,7 @@ unsafe fn epilogue<K: Kernel<Elem = bf16>>(
                 if store.relu {
                     value = simd.max(value, simd.zero());
                 }
-                let output = output.add(j * ROWS + l);
-                if store.stream {
-                    kernel.stream_values(output, value);
-                } else {
-                    kernel.store_values(output, value, lanes);
-                }
+                kernel.write_values(output.add(j * ROWS + l), value, lanes, store.stream);
             }
         }
     }

@@ -127,6 +127,20 @@ pub trait Kernel: Copy + Send + Sync {
     unsafe fn stream_values(self, ptr: *mut Self::Elem, v: Lanes<Self>) {
         unsafe { self.store_values(ptr, v, Self::Simd::LANES) }
     }
+    /// The first `count` lanes, streamed where `stream` asks and they are every lane
+    /// ([`Kernel::stream_values`]), else stored.
+    /// # Safety
+    /// `ptr` is valid for `count` writes.
+    #[inline(always)]
+    unsafe fn write_values(self, ptr: *mut Self::Elem, v: Lanes<Self>, count: usize, stream: bool) {
+        unsafe {
+            if stream && count == Self::Simd::LANES {
+                self.stream_values(ptr, v)
+            } else {
+                self.store_values(ptr, v, count)
+            }
+        }
+    }
     /// Orders the streamed stores before every later store of this thread (`sfence`): those
     /// that tell other threads the work is done.
     #[inline(always)]

@@ -348,12 +348,7 @@ impl<E: Element, const N: usize, const M: usize> Compiled for Tiles<'_, E, N, M>
                             // SAFETY: output pixel (M ty + a, M tx + b), channels
                             // o..o + count, lies inside the frame `run` checked.
                             unsafe {
-                                let output = frame.output.add(at);
-                                if frame.stream && count == lanes {
-                                    kernel.stream_values(output, y)
-                                } else {
-                                    kernel.store_values(output, y, count)
-                                }
+                                kernel.write_values(frame.output.add(at), y, count, frame.stream)
                             };
                         }
                     }
