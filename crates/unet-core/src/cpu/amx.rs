@@ -8,12 +8,12 @@
 //! vector kernel (a row of 16 outputs x 2 every `2 x block` values); the sums go through a
 //! small buffer to the vector kernel's epilogue (bias, ReLU, rounding to bf16, the job's
 //! output strides; large outputs streamed past the caches), which runs between the next
-//! block's dot products. Pixels run along the
-//! padded rows as one line, border columns included: a strip of 16 may cross from one row into
-//! the next, and the sums of the two border pixels it passes are dropped, as are those of the
-//! last strip past the line's end (the activation buffers keep spare pixels for it to read), so
-//! any width fills the tiles. Layers whose channels do not fill them (inputs or outputs not a
-//! multiple of 32) stay on the vector kernel.
+//! block's dot products. Pixels run along the padded rows as one line, border columns
+//! included: a strip of 16 may cross from one row into the next, and the sums of the two
+//! border pixels it passes are dropped, as are those of the last strip past the line's end
+//! (the activation buffers keep spare pixels for it to read), so any width fills the tiles.
+//! Layers whose channels do not fill them (inputs or outputs not a multiple of 32) stay on
+//! the vector kernel.
 //!
 //! Most machines this project is built and tested on hide AMX (CI's among them), so the
 //! kernel's logic is tested on [`Emulated`] tiles, which follow the instructions' definitions

@@ -146,6 +146,7 @@ impl<E: Element> Compiled for Rows<'_, E> {
     }
 }
 
+/// The logistic function, `1 / (1 + e^-x)`, in f32.
 fn sigmoid(logit: f32) -> f32 {
     1.0 / (1.0 + (-logit).exp())
 }

@@ -839,18 +839,18 @@ impl<I: Isa> Unet<I> {
     fn head(&self, x: &Padded<I::Elem>, output: Output) -> Vec<f32> {
         assert_eq!(x.channels, self.head.inputs);
         let (plane, width) = (x.height * x.width, x.width);
-        let maps = match output {
+        let map_count = match output {
             Output::Probability => 1,
             Output::Sigmoid => self.head.outputs,
         };
-        let mut values = vec![0.0; maps * plane];
+        let mut values = vec![0.0; map_count * plane];
         let rows_per_task = conv::row_groups(1, x.height);
         // Each task's part of every map.
         let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
         for map in values.chunks_exact_mut(plane) {
             for (task, part) in map.chunks_mut(rows_per_task * width).enumerate() {
                 if task == tasks.len() {
-                    tasks.push(Vec::with_capacity(maps));
+                    tasks.push(Vec::with_capacity(map_count));
                 }
                 tasks[task].push(part);
             }
@@ -963,7 +963,6 @@ impl Engine for CpuUnet {
     }
 }
 
-/// The logistic function, `1 / (1 + e^-x)`, in f32.
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -992,17 +991,26 @@ mod tests {
             .collect()
     }
 
+    /// A fixture's checkpoint and its input image, normalised, CHW.
+    fn model_and_input(case: &Case) -> (Checkpoint, Vec<f32>) {
+        let checkpoint = Checkpoint::read(&case.checkpoint_path()).unwrap();
+        let image = case.input_image();
+        let mut input = Vec::new();
+        normalise_into(
+            &RgbPatch::new(case.width, case.height, image.as_raw()),
+            &mut input,
+        );
+        (checkpoint, input)
+    }
+
     /// Every kernel of `I` this CPU has, not only the one `Predictor` picks, against PyTorch's
     /// outputs (the fixtures' cases: narrow models, odd channel counts and widths, odd sides
     /// at the deepest level), with every layer direct, the layers as `Predictor` runs them,
     /// and every layer Winograd.
     fn check_against_pytorch<I: Isa>(tolerance: impl Fn(&Case) -> f32) {
         for case in cases() {
-            let checkpoint = Checkpoint::read(&case.checkpoint_path()).unwrap();
-            let image = case.input_image();
+            let (checkpoint, input) = model_and_input(&case);
             let (width, height) = (case.width, case.height);
-            let mut input = Vec::new();
-            normalise_into(&RgbPatch::new(width, height, image.as_raw()), &mut input);
             let (_, expected) = case.expected_sigmoid();
             for isa in I::available() {
                 for winograd_min_channels in [usize::MAX, WINOGRAD_MIN_CHANNELS, 1] {
@@ -1044,11 +1052,8 @@ mod tests {
     fn streamed_layers_give_the_stored_outputs() {
         fn check<I: Isa>() {
             for case in cases() {
-                let checkpoint = Checkpoint::read(&case.checkpoint_path()).unwrap();
+                let (checkpoint, input) = model_and_input(&case);
                 let (width, height) = (case.width, case.height);
-                let mut input = Vec::new();
-                let image = case.input_image();
-                normalise_into(&RgbPatch::new(width, height, image.as_raw()), &mut input);
                 for isa in I::available() {
                     for winograd_min_channels in [usize::MAX, 1] {
                         let mut model =
