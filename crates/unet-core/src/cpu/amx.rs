@@ -22,6 +22,10 @@
 //! emulation, and a disagreement keeps the CPU on AVX-512-BF16. Tiles load whole cache lines
 //! only where activations and weights start on one ([`Aligned`]): split lines halved the rate
 //! at 64 input channels.
+// Off x86-64 no CPU has the tiles: the module is built there for the layer plan's questions
+// (`fits_channels`), which keep every layer on the vector kernels, and for the tests, which
+// run it on `Emulated` tiles.
+#![cfg_attr(not(any(test, target_arch = "x86_64")), allow(dead_code))]
 
 use std::marker::PhantomData;
 

@@ -17,7 +17,6 @@
 //! channels of the buffer its decoder level reads, after the transposed convolution's.
 
 mod aligned;
-#[cfg(any(test, target_arch = "x86_64"))]
 mod amx;
 mod conv;
 mod head;
@@ -370,15 +369,19 @@ impl Isa for F32Isa {
     const PRECISION: Precision = Precision::F32;
 
     fn native() -> Vec<F32Isa> {
-        let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        {
-            all.extend(simd::Avx512::detect().map(|s| F32Isa::Avx512(F32(s))));
-            all.extend(simd::Avx2::detect().map(|s| F32Isa::Avx2(F32(s))));
-        }
+        let vector = [
+            simd::Avx512::detect().map(|s| F32Isa::Avx512(F32(s))),
+            simd::Avx2::detect().map(|s| F32Isa::Avx2(F32(s))),
+        ];
+        #[cfg(not(target_arch = "x86_64"))]
+        let vector: [Option<F32Isa>; 0] = [];
         // Elsewhere the plain arrays, which the compiler vectorises for the target (NEON).
-        all.push(F32Isa::portable());
-        all
+        vector
+            .into_iter()
+            .flatten()
+            .chain([F32Isa::portable()])
+            .collect()
     }
 
     fn portable() -> F32Isa {
@@ -454,13 +457,12 @@ impl Isa for Bf16Isa {
     const PRECISION: Precision = Precision::Bf16;
 
     fn native() -> Vec<Bf16Isa> {
-        let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
         if let Some(kernel) = simd::Avx512Bf16::detect() {
-            all.extend(amx::usable(kernel).then_some(Bf16Isa::Amx(kernel)));
-            all.push(Bf16Isa::Avx512(kernel));
+            let amx = amx::usable(kernel).then_some(Bf16Isa::Amx(kernel));
+            return amx.into_iter().chain([Bf16Isa::Avx512(kernel)]).collect();
         }
-        all
+        Vec::new()
     }
 
     fn portable() -> Bf16Isa {
@@ -515,13 +517,16 @@ impl Isa for Bf16Isa {
     unsafe fn run_jobs(self, jobs: &[Job<bf16>]) {
         // SAFETY (each arm): the caller's contract is the jobs'; `Amx` exists only where
         // `amx::usable` said the tiles work.
-        let on_tiles = jobs.iter().all(amx::fits);
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                Bf16Isa::Amx(k) if on_tiles => amx::run::<_, amx::Hardware>(k, jobs),
+                Bf16Isa::Amx(k) if jobs.iter().all(amx::fits) => {
+                    amx::run::<_, amx::Hardware>(k, jobs)
+                }
                 #[cfg(test)]
-                Bf16Isa::EmulatedAmx(k) if on_tiles => amx::run::<_, amx::Emulated>(k, jobs),
+                Bf16Isa::EmulatedAmx(k) if jobs.iter().all(amx::fits) => {
+                    amx::run::<_, amx::Emulated>(k, jobs)
+                }
                 _ => self.run(jobs),
             }
         }
