@@ -13,7 +13,9 @@
 //! border pixels it passes are dropped, as are those of the last strip past the line's end
 //! (the activation buffers keep spare pixels for it to read), so any width fills the tiles.
 //! Layers whose channels do not fill them (inputs or outputs not a multiple of 32) stay on
-//! the vector kernel.
+//! the vector kernel, but for a layer of a few input channels, which the CPU path hands over
+//! as a job of three taps reading 32 values each (a padded row's three pixels and the ones
+//! after them, weighted zero: `Conv3x3::RowTaps`).
 //!
 //! Most machines this project is built and tested on hide AMX (CI's among them), so the
 //! kernel's logic is tested on [`Emulated`] tiles, which follow the instructions' definitions
@@ -40,7 +42,7 @@ use super::simd::{Compiled, Kernel, Simd};
 /// channels of both B and C tiles (their 64-byte rows: 16 bf16 pairs, or 16 f32 sums).
 const ROWS: usize = 16;
 /// Input channels an A tile holds: 64 bytes of bf16.
-const CHANNELS: usize = 32;
+pub const CHANNELS: usize = 32;
 /// Output channels a kernel call sums: two B tiles.
 const OUTPUTS: usize = 2 * ROWS;
 /// Weight bytes one task reads: a task takes as many 32-output pairs as fit, and runs each

@@ -82,20 +82,31 @@ const STREAMED_OUTPUT_BYTES: usize = 8 << 20;
 /// A 3x3 convolution with replicate padding, bias and ReLU.
 enum Conv3x3<E> {
     Direct(Packed<E>),
+    /// A layer whose input pixels are too narrow for the AMX tiles (the users' first layer:
+    /// 3 channels, stored as 4) run on them all the same: each padded row's three taps read
+    /// as one input of a tile row's [`amx::CHANNELS`] values, the row's pixels' channels in
+    /// turn from its first tap's on, with weights of zero past the third pixel. Three dot
+    /// products a strip of pixels, where the vector kernel ran nine taps of a few channels.
+    RowTaps {
+        layer: Packed<E>,
+        inputs: usize,
+    },
     Winograd(Winograd<E>),
 }
 
 impl<E> Conv3x3<E> {
+    /// Input channels as stored.
     fn inputs(&self) -> usize {
         match self {
             Conv3x3::Direct(layer) => layer.inputs,
+            Conv3x3::RowTaps { inputs, .. } => *inputs,
             Conv3x3::Winograd(layer) => layer.inputs,
         }
     }
 
     fn outputs(&self) -> usize {
         match self {
-            Conv3x3::Direct(layer) => layer.outputs,
+            Conv3x3::Direct(layer) | Conv3x3::RowTaps { layer, .. } => layer.outputs,
             Conv3x3::Winograd(layer) => layer.outputs,
         }
     }
@@ -589,6 +600,8 @@ impl<I: Isa> Unet<I> {
             let channels = (layer.inputs, layer.outputs);
             let weight = |tap, c, out| weight.get(tap, c, out);
             let stored_inputs = layer.inputs.next_multiple_of(shape.1);
+            let row_taps =
+                3 * stored_inputs <= amx::CHANNELS && isa.tiles(amx::CHANNELS, layer.outputs);
             let winograd = layer.inputs.min(layer.outputs) >= winograd_min_channels
                 && !isa.tiles(stored_inputs, layer.outputs);
             // F(4x4, 3x3) in f32 but at the deepest level, where a 512x512 patch gives 8x8
@@ -603,7 +616,22 @@ impl<I: Isa> Unet<I> {
             } else {
                 Transform::F2x2
             };
-            Ok(if winograd {
+            Ok(if row_taps {
+                // Input `c` of row `dy`'s taps: channel `c % stored` of its pixel `c / stored`.
+                let weight = |dy: usize, c: usize, out| {
+                    let (dx, c) = (c / stored_inputs, c % stored_inputs);
+                    if dx < 3 && c < layer.inputs {
+                        weight(3 * dy + dx, c, out)
+                    } else {
+                        0.0
+                    }
+                };
+                let channels = (amx::CHANNELS, layer.outputs);
+                Conv3x3::RowTaps {
+                    layer: Packed::new(3, channels, shape, weight, bias),
+                    inputs: stored_inputs,
+                }
+            } else if winograd {
                 Conv3x3::Winograd(Winograd::new(channels, shape, weight, bias, transform))
             } else {
                 Conv3x3::Direct(Packed::new(9, channels, shape, weight, bias))
@@ -750,14 +778,20 @@ impl<I: Isa> Unet<I> {
         let first_output = out.at(0, 0) + offset;
         let output = &mut out.data[first_output..];
         let (output_len, output) = (output.len(), output.as_mut_ptr());
-        // SAFETY (both arms): output (y, x) reads padded rows y..y + 3 and columns x..x + 3 of
-        // x; the output pixels are out's interior, channels offset..offset + outputs; the
-        // kernels check both against the buffers' lengths, and `out` is borrowed mutably here.
+        // SAFETY (both arms): output (y, x) reads padded rows y..y + 3 of x from column x on
+        // (three columns, or a row-taps layer's tile row of values, which may run on into the
+        // next row or the zeros past the last); the output pixels are out's interior, channels
+        // offset..offset + outputs; the kernels check both against the buffers' lengths, and
+        // `out` is borrowed mutably here.
         match layer {
-            Conv3x3::Direct(layer) => {
-                let taps: Vec<usize> = (0..9)
-                    .map(|tap| (tap / 3) * x.row() + (tap % 3) * x.channels)
-                    .collect();
+            Conv3x3::Direct(layer) | Conv3x3::RowTaps { layer, .. } => {
+                // From an output pixel's first input value: each tap's, or each row's first.
+                let taps: Vec<usize> = match layer.taps() {
+                    9 => (0..9)
+                        .map(|tap| (tap / 3) * x.row() + (tap % 3) * x.channels)
+                        .collect(),
+                    _ => (0..3).map(|dy| dy * x.row()).collect(),
+                };
                 let job = Job {
                     layer,
                     rows: x.height,
