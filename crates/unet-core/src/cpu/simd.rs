@@ -640,8 +640,14 @@ impl Simd for Portable {
     }
     #[inline(always)]
     fn mul_add(self, a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
-        // Not `f32::mul_add`: without an FMA unit that is a libm call per lane.
-        std::array::from_fn(|i| a[i] * b[i] + c[i])
+        // One fused multiply-add a lane where the target has the instruction (every aarch64
+        // CPU: NEON's `fmla`, which Rust does not make of a multiply and an add on its own);
+        // elsewhere `f32::mul_add` would be a libm call per lane.
+        if cfg!(any(target_arch = "aarch64", target_feature = "fma")) {
+            std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+        } else {
+            std::array::from_fn(|i| a[i] * b[i] + c[i])
+        }
     }
     #[inline(always)]
     fn max(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
