@@ -83,10 +83,10 @@ const STREAMED_OUTPUT_BYTES: usize = 8 << 20;
 enum Conv3x3<E> {
     Direct(Packed<E>),
     /// A layer whose input pixels are too narrow for the AMX tiles (the users' first layer:
-    /// 3 channels, stored as 4) run on them all the same: each padded row's three taps read
-    /// as one input of a tile row's [`amx::CHANNELS`] values, the row's pixels' channels in
-    /// turn from its first tap's on, with weights of zero past the third pixel. Three dot
-    /// products a strip of pixels, where the vector kernel ran nine taps of a few channels.
+    /// 3 channels, stored as 4), run on them by reading each padded row's three taps as one
+    /// input: a tile row's [`amx::CHANNELS`] values from the row's first tap on (its pixels'
+    /// channels in turn), weighted zero past the third pixel. Three dot products a strip of
+    /// pixels, where the vector kernel ran nine taps of a few channels.
     RowTaps {
         layer: Packed<E>,
         inputs: usize,
@@ -784,16 +784,17 @@ impl<I: Isa> Unet<I> {
         // offset..offset + outputs; the kernels check both against the buffers' lengths, and
         // `out` is borrowed mutably here.
         match layer {
-            Conv3x3::Direct(layer) | Conv3x3::RowTaps { layer, .. } => {
+            Conv3x3::Direct(packed) | Conv3x3::RowTaps { layer: packed, .. } => {
                 // From an output pixel's first input value: each tap's, or each row's first.
-                let taps: Vec<usize> = match layer.taps() {
-                    9 => (0..9)
+                let taps: Vec<usize> = if matches!(layer, Conv3x3::RowTaps { .. }) {
+                    (0..3).map(|dy| dy * x.row()).collect()
+                } else {
+                    (0..9)
                         .map(|tap| (tap / 3) * x.row() + (tap % 3) * x.channels)
-                        .collect(),
-                    _ => (0..3).map(|dy| dy * x.row()).collect(),
+                        .collect()
                 };
                 let job = Job {
-                    layer,
+                    layer: packed,
                     rows: x.height,
                     columns: x.width,
                     input: &x.data,
