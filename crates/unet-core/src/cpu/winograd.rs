@@ -27,7 +27,8 @@ const MIN_TILES: usize = 96;
 /// Which Winograd transform: output blocks of 2x2 or 4x4 pixels from input tiles of 4x4 or
 /// 6x6. F(4x4, 3x3) does 36 products per 16 outputs where F(2x2, 3x3) does 16 per 4 (1.8x
 /// fewer) but its transforms scale values by up to 100 before the products: fine in f32,
-/// too coarse for bf16's 8 bits.
+/// too coarse for bf16's 8 bits. F(3x3, 3x3) between them would leave bf16 at 4x F(2x2)'s
+/// error a layer (`tools/winograd_bf16_error.py`, benches/RESULTS.md), so bf16 keeps F(2x2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transform {
     F2x2,
