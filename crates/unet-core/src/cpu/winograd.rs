@@ -21,7 +21,8 @@ use super::simd::{Compiled, Element, Kernel, Simd};
 /// Bytes of transformed input (or products) per task (2 MB), so that they stay in the core's
 /// L2 cache between the transform and the products...
 const TRANSFORMED_BYTES: usize = 2 << 20;
-/// ...but at least this many tiles, or the products are too short to reuse their weights.
+/// ...but at least this many tiles, or the products are too short to reuse their weights
+/// (before the tasks are evened out over the threads, which may make them shorter).
 const MIN_TILES: usize = 96;
 
 /// Which Winograd transform: output blocks of 2x2 or 4x4 pixels from input tiles of 4x4 or
@@ -195,6 +196,13 @@ pub unsafe fn run<K: Kernel>(kernel: K, layer: &Winograd<K::Elem>, frame: &Frame
     let values = TRANSFORMED_BYTES / size_of::<K::Elem>();
     let positions = layer.transformed.len();
     let tiles_per_task = (values / (positions * layer.inputs.max(layer.outputs))).max(MIN_TILES);
+    // Whole rounds of tasks, evened out over the threads: the deepest layers have a few
+    // tasks' tiles (a 512x512 patch's 32x32 level, 256 F(2x2) blocks: 3 tasks of 96), and a
+    // last, lone task left the other cores idle (see benches/RESULTS.md, Zen 4 session 30).
+    let tasks = all_tiles
+        .div_ceil(tiles_per_task)
+        .next_multiple_of(rayon::current_num_threads());
+    let tiles_per_task = all_tiles.div_ceil(tasks);
     let shared = Shared((layer, frame));
     (0..all_tiles.div_ceil(tiles_per_task))
         .into_par_iter()
