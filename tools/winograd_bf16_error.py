@@ -48,14 +48,15 @@ def bf16(x):
     return bits.view(np.float32).astype(np.float64)
 
 
-def block_error(at, g_, bt, operands, products):
+def block_error(at, g_matrix, bt, operands, products):
+    """Median largest error of an m x m output block; `operands`, `products`: round them."""
     m, n = at.shape
     errors = []
     for _ in range(TRIALS):
         d = rng.standard_normal((CHANNELS, n, n))
         g = rng.standard_normal((CHANNELS, 3, 3)) / np.sqrt(9 * CHANNELS)
         v = np.einsum("ij,cjk,lk->cil", bt, d, bt)
-        u = np.einsum("ij,cjk,lk->cil", g_, g, g_)
+        u = np.einsum("ij,cjk,lk->cil", g_matrix, g, g_matrix)
         if operands:
             v, u = bf16(v), bf16(u)
         mm = (v * u).sum(0)
