@@ -103,13 +103,18 @@ if [ -n "$(squeue -h -j "$job")" ]; then echo "the array did not finish in 10 mi
 cat "$work"/logs/infer-*.log
 "$infer" merge "$work/out"
 
-python3 - "$work/out/cohort.json" <<'PY'
-import json, sys
-report = json.load(open(sys.argv[1]))
+python3 - "$work/out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+report = json.load(open(os.path.join(out, "cohort.json")))
 stems = sorted(s["stem"] for s in report["slides"])
 expected = sorted(["tiny_vips_jpeg", "tiny_tf_jpeg_rgb", "odd_vips_jpeg", "odd_vips_lzw",
                    "odd_vips_deflate", "tiny_aperio"])
 assert stems == expected, stems
 assert all(s["status"] == "done" for s in report["slides"]), report
-print(f"Slurm: {len(stems)} slides over 3 array tasks, each done exactly once")
+# No cgroups here (task/none): each task sees the whole node and runs on its --cpus-per-task.
+for stem in stems:
+    hardware = json.load(open(os.path.join(out, stem + ".summary.json")))["hardware"]
+    assert hardware.endswith(", 1 thread"), (stem, hardware)
+print(f"Slurm: {len(stems)} slides over 3 array tasks, each done exactly once, on 1 thread each")
 PY

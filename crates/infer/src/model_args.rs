@@ -33,17 +33,45 @@ pub struct ModelArgs {
     /// Patches per forward pass.
     #[arg(long, default_value_t = 12)]
     pub batch: usize,
+    /// CPU threads: the model's on the CPU, and (up to 8) the slide readers' [default:
+    /// RAYON_NUM_THREADS where set, else SLURM_CPUS_PER_TASK in a Slurm job, else the CPUs
+    /// this process may use: its affinity and cgroup quota].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl ModelArgs {
-    /// The predictor and the path of the model it came from.
+    /// The predictor and the path of the model it came from, the threads started first.
     pub fn load(&self) -> Result<(Predictor, PathBuf)> {
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
+        self.start_threads()?;
         let path = self.model_path()?;
         let predictor = Predictor::load(&path, self.device, self.precision, self.engine)?;
         Ok((predictor, path))
+    }
+
+    /// Starts the process's pool of CPU threads (rayon's) with `--threads`, or as its default
+    /// says; returns how many it has. A Slurm job whose cgroups do not confine it sees every
+    /// CPU of its node, where the other jobs run too: its `--cpus-per-task` is its share.
+    pub fn start_threads(&self) -> Result<usize> {
+        let threads = match self.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(threads) => Some(threads),
+            None if std::env::var_os("RAYON_NUM_THREADS").is_some() => None,
+            None => std::env::var("SLURM_CPUS_PER_TASK")
+                .ok()
+                .and_then(|cpus| cpus.trim().parse().ok())
+                .filter(|&cpus| cpus > 0),
+        };
+        if let Some(threads) = threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build_global()
+                .with_context(|| format!("cannot start {threads} threads"))?;
+        }
+        Ok(rayon::current_num_threads())
     }
 
     pub fn model_path(&self) -> Result<PathBuf> {

@@ -604,9 +604,8 @@ impl<'a> PatchStream<'a> {
         let (patch_tx, patch_rx) = sync_channel::<ReadPatch>(2 * self.batch);
         let next = AtomicUsize::new(0);
         let read_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-        let readers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 8);
+        // As many as the model's CPU threads (`--threads`), up to 8.
+        let readers = rayon::current_num_threads().clamp(1, 8);
         // The readers see the slide and the grid, not the model.
         let reader = PatchReader {
             slide: self.slide,

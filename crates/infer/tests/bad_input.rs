@@ -156,6 +156,16 @@ fn a_patch_size_not_a_multiple_of_16() {
 }
 
 #[test]
+fn no_threads() {
+    let (message, left) = fails(&demo(), &["--threads", "0"]);
+    assert!(
+        message.contains("--threads must be at least 1"),
+        "{message}"
+    );
+    assert!(left.is_empty());
+}
+
+#[test]
 fn a_region_outside_the_slide() {
     let (message, left) = fails(&demo(), &["--region", "4000,0,512,512"]);
     assert!(message.contains("outside the slide"), "{message}");

@@ -180,3 +180,40 @@ fn the_engine_asked_for_runs_and_is_recorded() {
         .unwrap();
     assert!(largest <= 1, "maps differ by {largest} levels");
 }
+
+/// The model's CPU threads, as the summary records them: `--threads`; else RAYON_NUM_THREADS;
+/// else a Slurm job's `--cpus-per-task` (a job not confined by cgroups sees its whole node).
+#[test]
+fn threads_come_from_the_flag_rayon_or_slurm() {
+    let out = tempfile::tempdir().unwrap();
+    let slide = fixtures().join("pipeline/demo_vips_jpeg.tif");
+    let hardware = |name: &str, flags: &[&str], env: &[(&str, &str)]| {
+        let dir = out.path().join(name);
+        let output = common::infer_command()
+            .arg(&slide)
+            .arg("--out")
+            .arg(&dir)
+            .args(["--device", "cpu", "--precision", "f32", "--quiet"])
+            .args(["--region", "0,0,512,512", "--tissue", "off"])
+            .args(flags)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{name}: {stderr}");
+        let summary = read_json(&dir.join("demo_vips_jpeg.summary.json"));
+        summary["hardware"].as_str().unwrap().to_string()
+    };
+    let slurm = ("SLURM_CPUS_PER_TASK", "1");
+    let flag = hardware("flag", &["--threads", "1"], &[]);
+    assert!(flag.ends_with(", 1 thread"), "{flag}");
+    let from_slurm = hardware("slurm", &[], &[slurm]);
+    assert!(from_slurm.ends_with(", 1 thread"), "{from_slurm}");
+    let rayon = hardware("rayon", &[], &[slurm, ("RAYON_NUM_THREADS", "3")]);
+    assert!(rayon.ends_with(", 3 threads"), "{rayon}");
+    let flag_over_slurm = hardware("flag over slurm", &["--threads", "3"], &[slurm]);
+    assert!(
+        flag_over_slurm.ends_with(", 3 threads"),
+        "{flag_over_slurm}"
+    );
+}

@@ -106,7 +106,10 @@ fn bench_compares_both_paths_and_draws_the_chart() {
             .map(str::trim)
             .collect();
         assert_eq!(&cells[1..4], &row[..3], "{table}");
-        assert!(cells[4].ends_with(" threads"), "the hardware: {table}");
+        assert!(
+            cells[4].trim_end_matches('s').ends_with(" thread"),
+            "the hardware: {table}"
+        );
         assert_eq!(&cells[5..9], &row[3..], "{table}");
     }
     let chart = image::open(out.path().join("bench.png")).unwrap();

@@ -169,11 +169,14 @@ impl Target {
     pub fn hardware(self) -> String {
         match self.device {
             Device::Cuda(index) => format!("{} (cuda:{index})", cuda::name(index)),
-            Device::Cpu => format!(
-                "{}, {} threads",
-                cpu_name().unwrap_or_else(|| std::env::consts::ARCH.to_string()),
-                rayon::current_num_threads()
-            ),
+            Device::Cpu => {
+                let threads = rayon::current_num_threads();
+                format!(
+                    "{}, {threads} thread{}",
+                    cpu_name().unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+                    if threads == 1 { "" } else { "s" }
+                )
+            }
         }
     }
 }

@@ -77,6 +77,7 @@ fn run(cli: Cli) -> Result<()> {
         bail!("--patches and --batch must be at least 1");
     }
     let model = cli.model.model_path()?;
+    let threads = cli.model.start_threads()?;
     let args = BenchArgs {
         slide: &slide,
         model: &model,
@@ -85,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         precision: cli.model.precision,
         patches: cli.patches,
         batch: cli.model.batch,
+        threads,
         tta: cli.tta,
         out: &cli.out,
     };
@@ -133,6 +135,8 @@ struct BenchArgs<'a> {
     precision: Precision,
     patches: usize,
     batch: usize,
+    /// The CPU threads each path's process starts (`--threads`, or its default here).
+    threads: usize,
     tta: Tta,
     out: &'a Path,
 }
@@ -162,6 +166,7 @@ fn compare(args: &BenchArgs) -> Result<()> {
                 &args.patches.to_string(),
             ])
             .args(["--batch", &args.batch.to_string(), "--path", &name])
+            .args(["--threads", &args.threads.to_string()])
             .args(["--tta", &args.tta.to_string()])
             .output()
             .with_context(|| format!("cannot run the {name} path"))?;

@@ -22,9 +22,12 @@ pub fn infer<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
 pub fn infer_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_infer"));
     command
-        // A job scheduler's shard, should the tests run inside one, is not theirs.
+        // A job scheduler's shard and threads, should the tests run inside one, are not
+        // theirs.
         .env_remove("SLURM_ARRAY_TASK_ID")
         .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("SLURM_CPUS_PER_TASK")
+        .env_remove("RAYON_NUM_THREADS")
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
     command
 }
