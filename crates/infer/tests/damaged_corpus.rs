@@ -5,22 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{fixtures, infer};
-
-fn corpus(prefixes: &[&str]) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures().join("bad"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            prefixes.iter().any(|s| name.starts_with(s))
-        })
-        .collect();
-    files.sort();
-    files
-}
+use test_fixtures::damaged;
 
 /// Runs `infer SLIDE --out OUT EXTRA...` (OUT not yet there); checks the refusal.
 fn refused(slide: &Path, extra: &[&Path], named: &Path) -> String {
@@ -49,7 +37,7 @@ fn refused(slide: &Path, extra: &[&Path], named: &Path) -> String {
 
 #[test]
 fn damaged_slides_are_refused() {
-    let slides = corpus(&["slide_", "svs_", "dicom_"]);
+    let slides = damaged(&["slide_", "svs_", "dicom_"]);
     assert!(slides.len() >= 25);
     for slide in &slides {
         println!(
@@ -62,13 +50,13 @@ fn damaged_slides_are_refused() {
 #[test]
 fn damaged_models_and_annotations_are_refused() {
     let demo = fixtures().join("slides/odd_vips_jpeg.tif");
-    for model in corpus(&["model_"]) {
+    for model in damaged(&["model_"]) {
         println!(
             "{}",
             refused(&demo, &[Path::new("--model"), &model], &model)
         );
     }
-    for truth in corpus(&["annotations_"]) {
+    for truth in damaged(&["annotations_"]) {
         println!(
             "{}",
             refused(&demo, &[Path::new("--truth"), &truth], &truth)

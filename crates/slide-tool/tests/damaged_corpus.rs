@@ -3,23 +3,10 @@
 //! does; in one line naming the file, leaving no PNG. Those named `readable_` are damaged in
 //! a way no reader can tell from a smaller slide: they open and read. None costs much memory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-/// The slides of `tests/fixtures/bad` whose names start with one of `prefixes`.
-fn bad_slides(prefixes: &[&str]) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/bad");
-    let mut slides: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            prefixes.iter().any(|s| name.starts_with(s))
-        })
-        .collect();
-    slides.sort();
-    slides
-}
+use test_fixtures::damaged;
 
 /// `slide ARGS` under a 2 GiB address-space cap, so that a runaway allocation cannot take the
 /// test machine with it; below the cap it succeeds, and the peak memory check below sees it.
@@ -45,7 +32,7 @@ fn refusal(output: &Output, file: &Path) -> String {
 
 #[test]
 fn every_damaged_slide_is_refused_in_one_line() {
-    let slides = bad_slides(&["slide_", "svs_", "dicom_"]);
+    let slides = damaged(&["slide_", "svs_", "dicom_"]);
     assert!(slides.len() >= 25, "{} damaged slides", slides.len());
     let out = tempfile::tempdir().unwrap();
     let png = out.path().join("region.png");
@@ -73,7 +60,7 @@ fn every_damaged_slide_is_refused_in_one_line() {
         };
         println!("{message}");
     }
-    let readable = bad_slides(&["readable_"]);
+    let readable = damaged(&["readable_"]);
     assert!(!readable.is_empty());
     for file in &readable {
         let info = slide(&[Path::new("info"), file]);

@@ -1,6 +1,7 @@
 //! The PyTorch fixtures (`tests/fixtures/pytorch`, made by PyTorch in float64 by
 //! `tools/make_fixtures.py`; see its README), for the tests of every crate: the cases, their
-//! checkpoints, inputs and PyTorch's outputs. Dev-only: no crate ships with it.
+//! checkpoints, inputs and PyTorch's outputs; and the damaged-input corpus
+//! (`tests/fixtures/bad`). Dev-only: no crate ships with it.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,22 @@ pub fn root() -> PathBuf {
 /// `tests/fixtures/pytorch`.
 pub fn pytorch_dir() -> PathBuf {
     root().join("tests/fixtures/pytorch")
+}
+
+/// The files of the damaged-input corpus (`tests/fixtures/bad`, made by
+/// `tools/make_bad_inputs.py` and `tools/make_bad_checkpoints.py`) whose names start with one
+/// of `prefixes`, sorted.
+pub fn damaged(prefixes: &[&str]) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures/bad"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            prefixes.iter().any(|s| name.starts_with(s))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// One checkpoint of `cases.json`, with PyTorch's output for its input.
