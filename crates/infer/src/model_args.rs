@@ -22,7 +22,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     /// `f32`, `f16`, `bf16` (the CPU engine, on CPUs with AVX-512-BF16, on AMX tiles where
-    /// they exist), or `auto`: f16 on CUDA; on the CPU, bf16 where it has AMX, else f32.
+    /// they exist), or `auto`: f16 on CUDA; on the CPU, bf16 where it is faster than f32 (AMX
+    /// tiles, AMD's AVX-512-BF16), else f32.
     #[arg(long, default_value = "auto")]
     pub precision: Precision,
     /// What runs the model: `fused` (our CUDA engine; CUDA builds), `burn`, `cpu` (our CPU

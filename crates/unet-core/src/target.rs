@@ -46,9 +46,9 @@ impl std::fmt::Display for DeviceChoice {
 /// Float precision of weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// f16 on CUDA (tensor cores); on the CPU, bf16 where our CPU engine runs it on AMX tiles,
-    /// else f32 (f16 is emulated there and slower; bf16 on AVX-512-BF16 alone gains at most
-    /// 2x and loses on Intel's).
+    /// f16 on CUDA (tensor cores); on the CPU, bf16 where our CPU engine runs it faster than
+    /// f32 (on AMX tiles, and on AMD's AVX-512-BF16; Intel's without AMX loses), else f32 (f16
+    /// is emulated there and slower).
     #[default]
     Auto,
     F32,
@@ -131,7 +131,8 @@ pub struct Target {
 
 impl Target {
     /// `Auto` device: CUDA when a GPU answers, else the CPU; `Auto` precision: f16 on CUDA,
-    /// on the CPU bf16 where `engine` may be our CPU engine and the CPU has AMX, else f32.
+    /// on the CPU bf16 where `engine` may be our CPU engine and bf16 is faster there than f32
+    /// (AMX tiles, AMD's AVX-512-BF16), else f32.
     pub fn resolve(
         device: DeviceChoice,
         precision: Precision,
@@ -309,5 +310,37 @@ mod tests {
             let error = text.parse::<DeviceChoice>().unwrap_err();
             assert!(error.contains("cuda:N") && error.contains(text), "{error}");
         }
+    }
+
+    /// `auto` on the CPU is bf16 where our CPU engine runs it faster than f32 (AMX tiles, and
+    /// AMD's AVX-512-BF16), else f32; Burn's engine has no bf16. What the CPU is, Linux says.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn auto_precision_on_the_cpu_is_bf16_where_that_is_faster() {
+        if std::env::var(crate::cpu::KERNEL_VARIABLE).is_ok_and(|name| !name.is_empty()) {
+            return; // the variable's kernel decides instead
+        }
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let field = |name: &str| {
+            let line = cpuinfo.lines().find(|line| line.starts_with(name));
+            line.and_then(|line| line.split_once(':'))
+                .map_or("", |(_, value)| value.trim())
+        };
+        let flags: Vec<&str> = field("flags").split_whitespace().collect();
+        let has = |flag: &str| flags.contains(&flag);
+        let bf16 = has("avx512_bf16") && has("avx512bw") && has("avx512vl");
+        let tiles = has("amx_tile") && has("amx_bf16");
+        let vendor = field("vendor_id");
+        let faster = bf16 && (tiles || vendor == "AuthenticAMD");
+        let expected = if faster {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        let auto = |engine| Target::resolve(DeviceChoice::Cpu, Precision::Auto, engine).unwrap();
+        let cpu = format!("{vendor}, AVX-512-BF16 {bf16}, AMX {tiles}");
+        assert_eq!(auto(EngineChoice::Auto).precision, expected, "{cpu}");
+        assert_eq!(auto(EngineChoice::Cpu).precision, expected);
+        assert_eq!(auto(EngineChoice::Burn).precision, Precision::F32);
     }
 }

@@ -452,13 +452,12 @@ enum Bf16Isa {
     Portable(PortableBf16),
 }
 
-/// Whether `auto` runs the CPU in bf16: where AMX tiles make it several times faster than f32
-/// (on AVX-512-BF16 alone it gains at most 2x, and on Intel's it loses; see `Precision`), or
-/// where [`KERNEL_VARIABLE`] names a bf16 kernel and no f32 one.
+/// Whether `auto` runs the CPU in bf16: where it is faster than f32 ([`Bf16Isa::beats_f32`]),
+/// or where [`KERNEL_VARIABLE`] names a bf16 kernel and no f32 one.
 pub fn prefers_bf16() -> bool {
     match Bf16Isa::detect() {
         Ok(_) if forced_kernel().is_some() => F32Isa::detect().is_err(),
-        Ok(isa) => isa.has_tiles(),
+        Ok(isa) => isa.beats_f32(),
         Err(_) => false,
     }
 }
@@ -545,6 +544,18 @@ impl Isa for Bf16Isa {
 }
 
 impl Bf16Isa {
+    /// Whether the bf16 forward is faster than the f32 one on this CPU: on AMX tiles (3.6-4x
+    /// on a Xeon), and on AVX-512-BF16 where its dot product issues as often as the FMA
+    /// (AMD's: 1.5x on Zen 4), not where it issues half as often (Intel's: 0.6x); see
+    /// benches/RESULTS.md.
+    fn beats_f32(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Isa::Avx512(kernel) => kernel.dot_product_at_fma_rate(),
+            _ => self.has_tiles(),
+        }
+    }
+
     fn has_tiles(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
