@@ -82,6 +82,14 @@ pub struct Winograd<E> {
 }
 
 impl<E: Element> Winograd<E> {
+    /// The transformed weights' size.
+    pub fn weight_bytes(&self) -> usize {
+        self.transformed
+            .iter()
+            .map(|u| size_of_val(u.weights()))
+            .sum()
+    }
+
     /// As [`Packed::new`] with 9 taps (`tap = ky * 3 + kx`).
     pub fn new(
         (inputs, outputs): (usize, usize),
@@ -153,6 +161,8 @@ pub struct Frame<'a, E> {
     pub output_pixel: usize,
     /// The outputs streamed past the caches ([`Kernel::stream_values`]).
     pub stream: bool,
+    /// Whether tasks may split the output channels ([`task_grid`]).
+    pub split_channels: bool,
 }
 
 impl<E> Frame<'_, E> {
@@ -181,7 +191,8 @@ impl<E> Frame<'_, E> {
     }
 }
 
-/// Runs the layer on all cores, a range of output blocks (row-major) per task.
+/// Runs the layer on all cores, a range of output blocks (row-major) and of the kernel's
+/// blocks of output channels per task ([`task_grid`]).
 ///
 /// # Safety
 /// `output` is valid for writes of `output_len` floats that nothing else accesses meanwhile
@@ -196,26 +207,37 @@ pub unsafe fn run<K: Kernel>(kernel: K, layer: &Winograd<K::Elem>, frame: &Frame
     let values = TRANSFORMED_BYTES / size_of::<K::Elem>();
     let positions = layer.transformed.len();
     let tiles_per_task = (values / (positions * layer.inputs.max(layer.outputs))).max(MIN_TILES);
-    // Whole rounds of tasks, evened out over the threads: the deepest layers have a few
-    // tasks' tiles (a 512x512 patch's 32x32 level, 256 F(2x2) blocks: 3 tasks of 96), and a
-    // last, lone task left the other cores idle (see benches/RESULTS.md, Zen 4 session 30).
-    let tasks = all_tiles
-        .div_ceil(tiles_per_task)
-        .next_multiple_of(rayon::current_num_threads());
-    let tiles_per_task = all_tiles.div_ceil(tasks);
+    let channel_blocks = layer.outputs.div_ceil(layer.transformed[0].block());
+    let (tile_groups, channel_groups) = task_grid(
+        all_tiles.div_ceil(tiles_per_task),
+        if frame.split_channels {
+            channel_blocks
+        } else {
+            1
+        },
+        rayon::current_num_threads(),
+    );
+    let tiles_per_task = all_tiles.div_ceil(tile_groups);
+    let blocks_per_task = channel_blocks.div_ceil(channel_groups);
+    let channel_groups = channel_blocks.div_ceil(blocks_per_task); // none left empty
     let shared = Shared((layer, frame));
-    (0..all_tiles.div_ceil(tiles_per_task))
+    (0..all_tiles.div_ceil(tiles_per_task) * channel_groups)
         .into_par_iter()
         .for_each(|task| {
             let (layer, frame) = shared.get();
-            let tiles = task * tiles_per_task..((task + 1) * tiles_per_task).min(all_tiles);
-            // SAFETY (both arms): this task writes only its tiles' output pixels.
+            let (group, channels) = (task / channel_groups, task % channel_groups);
+            let tiles = group * tiles_per_task..((group + 1) * tiles_per_task).min(all_tiles);
+            let first = channels * blocks_per_task;
+            let channel_blocks = first..(first + blocks_per_task).min(channel_blocks);
+            // SAFETY (both arms): this task writes only its blocks' channels of its tiles'
+            // output pixels.
             match layer.transform {
                 Transform::F2x2 => unsafe {
                     kernel.compiled(Tiles::<_, 4, 2> {
                         layer,
                         frame,
                         tiles,
+                        channel_blocks,
                     })
                 },
                 Transform::F4x4 => unsafe {
@@ -223,10 +245,28 @@ pub unsafe fn run<K: Kernel>(kernel: K, layer: &Winograd<K::Elem>, frame: &Frame
                         layer,
                         frame,
                         tiles,
+                        channel_blocks,
                     })
                 },
             }
         });
+}
+
+/// The tasks of a layer as (ranges of tiles, ranges of output channels), for `tile_tasks`
+/// ranges of tiles that fill the L2 budget, channels in up to `channel_groups` ranges and
+/// `threads` threads: a whole number of rounds over the threads, so that no last, lone task
+/// leaves the other cores idle (see benches/RESULTS.md, Zen 4 session 30). Each task reads
+/// all of its channels' weights, so tiles split finely would have each of many tasks read
+/// all of them for a few tiles: where the tiles give fewer tasks than threads (a 512x512
+/// patch's 32x32 level has 256 F(2x2) blocks, 3 tasks' worth, against 16 threads), the
+/// channels split as well, in as many ranges as keep each task at its share of the tiles.
+fn task_grid(tile_tasks: usize, channel_groups: usize, threads: usize) -> (usize, usize) {
+    let tasks = tile_tasks.max(threads).next_multiple_of(threads);
+    let channel_groups = (1..=channel_groups.min(tasks))
+        .rev()
+        .find(|&groups| tasks.is_multiple_of(groups) && tasks / groups >= tile_tasks)
+        .unwrap_or(1);
+    (tasks / channel_groups, channel_groups)
 }
 
 /// A task's output blocks for a transform of `N x N` tiles and `M x M` blocks.
@@ -236,6 +276,8 @@ struct Tiles<'a, E, const N: usize, const M: usize> {
     /// Tile `t` is the output block at (M * (t / across), M * (t % across)), `across` the
     /// frame's blocks a row.
     tiles: std::ops::Range<usize>,
+    /// Its blocks of output channels, [`Packed::block`] channels each.
+    channel_blocks: std::ops::Range<usize>,
 }
 
 impl<E: Element, const N: usize, const M: usize> Compiled for Tiles<'_, E, N, M> {
@@ -250,8 +292,12 @@ impl<E: Element, const N: usize, const M: usize> Compiled for Tiles<'_, E, N, M>
             layer,
             frame,
             tiles: range,
+            channel_blocks,
         } = self;
         let (inputs, outputs) = (layer.inputs, layer.outputs);
+        let channels_per_block = layer.transformed[0].block();
+        let channels = channel_blocks.start * channels_per_block
+            ..(channel_blocks.end * channels_per_block).min(outputs);
         let (_, tiles_per_row) = frame.blocks(M);
         let tiles = range.len();
         let block_of = |tile: usize| {
@@ -322,7 +368,7 @@ impl<E: Element, const N: usize, const M: usize> Compiled for Tiles<'_, E, N, M>
                     stream: false,
                 };
                 job.check_bounds();
-                for block in 0..outputs.div_ceil(weights.block()) {
+                for block in channel_blocks.clone() {
                     // SAFETY: both scratch matrices hold `tiles` rows of their channels.
                     unsafe { conv::run_rows(kernel, &job, block, 0..1) };
                 }
@@ -333,7 +379,7 @@ impl<E: Element, const N: usize, const M: usize> Compiled for Tiles<'_, E, N, M>
                 let first = (M * ty) * frame.output_row + (M * tx) * frame.output_pixel;
                 let rows = M.min(frame.height - M * ty);
                 let columns = M.min(frame.width - M * tx);
-                for o in (0..outputs).step_by(lanes) {
+                for o in channels.clone().step_by(lanes) {
                     let count = lanes.min(outputs - o);
                     // r[j] is column j of Aᵀ M.
                     let mut r = [[simd.zero(); M]; N];
