@@ -314,7 +314,7 @@ mod tests {
 
     /// `auto` on the CPU is bf16 where our CPU engine runs it faster than f32 (AMX tiles, and
     /// AMD's AVX-512-BF16), else f32; Burn's engine has no bf16. What the CPU is, Linux says.
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[test]
     fn auto_precision_on_the_cpu_is_bf16_where_that_is_faster() {
         if std::env::var(crate::cpu::KERNEL_VARIABLE).is_ok_and(|name| !name.is_empty()) {
