@@ -1,6 +1,6 @@
-//! The UNet as Burn modules, built by walking the [`Plan`] over folded weights (BatchNorm was
-//! folded into each convolution at import: exact in inference, and it keeps f16 free of the
-//! `running_var` underflow).
+//! The UNet as Burn modules, built by walking the [`crate::Plan`] over folded weights
+//! (BatchNorm was folded into each convolution at import: exact in inference, and it keeps f16
+//! free of the `running_var` underflow).
 
 use burn::module::{Module, Param};
 use burn::nn::PaddingConfig2d;

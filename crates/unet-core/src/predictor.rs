@@ -97,7 +97,7 @@ impl Predictor {
         })
     }
 
-    /// An engine built elsewhere (e.g. [`crate::engine::FusedUnet`] on a wgpu client).
+    /// An engine built elsewhere (e.g. `FusedUnet`, feature `fused`, on a wgpu client).
     pub fn from_engine(engine: Box<dyn Engine>, config: UnetConfig) -> Predictor {
         Predictor {
             engine,

@@ -3,22 +3,22 @@
 //!
 //! Every activation lives in a *bordered* buffer, `[n, height + 2, width + 2, stride]`: its
 //! one-pixel border repeats the edge pixels (replicate padding), written right after the
-//! image (by [`replicate_border`], or by the kernel that writes the image), so a 3x3
+//! image (by [`replicate_border()`], or by the kernel that writes the image), so a 3x3
 //! convolution reads its nine taps with neither a padding pass nor clamping. A buffer may
 //! hold two layers' outputs side by side in its channels (the decoder's concatenation: the
 //! upsampled channels first, then the skip, as PyTorch's `cat([up(x), skip], dim=1)`), so
 //! each producer writes its channels at an offset and the skip is never copied.
 //!
-//! - [`input_bordered`]: the patches' packed RGB bytes, normalised, into the first buffer;
-//! - [`conv3x3`]: a 3x3 convolution (BatchNorm folded into it), bias and ReLU included, into
+//! - [`input_bordered()`]: the patches' packed RGB bytes, normalised, into the first buffer;
+//! - [`conv3x3()`]: a 3x3 convolution (BatchNorm folded into it), bias and ReLU included, into
 //!   the interior of its bordered output at its channel offset, as unet-core's tensor-core
 //!   main loop (cubek's, with this epilogue in its store) writes it too; then
-//!   [`replicate_border`], the border around what it wrote, and where a level ends
-//!   [`max_pool_bordered`], each 2x2 block's max into the next level's input;
-//! - [`up2x2`]: the 2x2 stride-2 transposed convolution, into the interior of its half of a
+//!   [`replicate_border()`], the border around what it wrote, and where a level ends
+//!   [`max_pool_bordered()`], each 2x2 block's max into the next level's input;
+//! - [`up2x2()`]: the 2x2 stride-2 transposed convolution, into the interior of its half of a
 //!   concatenation (on tensor cores, one 1x1 GEMM to four times the channels scattered in its
-//!   store); then [`replicate_border`];
-//! - [`head`]: the 1x1 convolution, the sigmoid and the max over channels in one kernel, so
+//!   store); then [`replicate_border()`];
+//! - [`head()`]: the 1x1 convolution, the sigmoid and the max over channels in one kernel, so
 //!   only the per-pixel map leaves the device (or every channel's sigmoid, for the raw output).
 //!
 //! These are the portable variants, one unit per output value, for any CubeCL runtime and
@@ -158,7 +158,7 @@ pub fn input_bordered<F: Float>(
 /// The portable main loop of a 3x3 convolution: `relu(bias[o] + sum)` for every output value,
 /// into channels `offset..offset + outputs` of the interior of a bordered output of `stride`
 /// channels (what unet-core's tensor-core main loop writes too); one unit per value, `units`
-/// of them. The border is [`replicate_border`]'s.
+/// of them. The border is [`replicate_border()`]'s.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3<F: Float>(
@@ -316,7 +316,7 @@ fn store_up<F: Float>(
 
 /// The 2x2 stride-2 transposed convolution of a bordered input (`height` x `width`) into
 /// channels `0..outputs` of the interior of a bordered output of `stride` channels, twice the
-/// size; weights `[(dy * 2 + dx) * inputs + c][o]`. The border is [`replicate_border`]'s.
+/// size; weights `[(dy * 2 + dx) * inputs + c][o]`. The border is [`replicate_border()`]'s.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn up2x2<F: Float>(

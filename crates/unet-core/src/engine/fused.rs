@@ -99,7 +99,7 @@ impl<'a> Store<'a> {
 /// one's into its half of the decoder's concatenation), then a pass for the border and, where
 /// a level ends, one for the pooling; one kernel for the input and one for the head; no host
 /// synchronisation inside a forward. The kernels go on one stream, the patches' upload and the
-/// map's copy back on two others (see [`Streams`]).
+/// map's copy back on two others (see `Streams`).
 pub struct FusedUnet<F> {
     client: Client,
     /// What the client runs on (`wgpu`, `cuda`), for the engine's reports.

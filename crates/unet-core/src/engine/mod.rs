@@ -3,7 +3,7 @@
 //!
 //! - [`BurnEngine`]: Burn's modules (CUDA, or f16 on the CPU);
 //! - [`crate::CpuUnet`]: the CPU kernels, f32 or bf16;
-//! - [`FusedUnet`] (feature `fused`): unet-kernels' CubeCL kernels on bordered NHWC buffers;
+//! - `FusedUnet` (feature `fused`): unet-kernels' CubeCL kernels on bordered NHWC buffers;
 //! - [`Fastest`]: `auto` on CUDA, the faster of the fused engine and Burn's on the first batch.
 //!
 //! A new engine is a new implementation of [`Engine`], and a line in [`load`].
@@ -132,8 +132,8 @@ impl InFlight for Done {
 const AUTO_ON_CUDA: &[EngineChoice] = &[EngineChoice::Fused, EngineChoice::Burn];
 
 /// The engine `Predictor::load` uses: the one chosen, or for `Auto` the CPU kernels for f32
-/// and bf16 on the CPU, on CUDA the fastest of [`AUTO_ON_CUDA`] as the first batch measures
-/// them, and Burn for the rest (f16 on the CPU).
+/// and bf16 on the CPU, on CUDA the faster of the fused engine and Burn's as the first batch
+/// measures them, and Burn for the rest (f16 on the CPU).
 pub fn load(
     weights: &FoldedWeights,
     target: Target,
