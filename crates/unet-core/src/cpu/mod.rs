@@ -65,10 +65,13 @@ fn forced_kernel() -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
-/// Activation memory a batch may hold at once for images run side by side (see
-/// [`Unet::images_at_once`]): the demo model's 512x512 forward needs ~60 MB, the w = 64
-/// model's ~450 MB, which therefore runs one image at a time.
-const CONCURRENT_ACTIVATION_BYTES: usize = 512 << 20;
+/// Activation memory a batch may hold at once for images run side by side, up to one a
+/// thread (see [`Unet::images_at_once`]): a 512x512 forward of the demo model needs ~60 MB,
+/// of the w = 64 model ~506 MiB in f32 and ~253 MiB in bf16, so two of those run at once in
+/// f32 (five in bf16, threads allowing). On 2 cores two w = 64 images at once took 0.89x the
+/// time of one after the other in f32 and 0.97x in bf16, for ~0.5 GB more
+/// (benches/RESULTS.md).
+const CONCURRENT_ACTIVATION_BYTES: usize = 1280 << 20;
 
 /// Layers write into buffers of at least this many bytes with streaming stores, past the
 /// caches ([`simd::Kernel::stream_values`]), where they run on the AMX tiles or as Winograd
@@ -598,6 +601,9 @@ struct Unet<I: Isa> {
     streamed_from: usize,
     /// [`SPLIT_WEIGHT_BYTES`] (tests move it to split every Winograd layer's channels).
     split_weights_from: usize,
+    /// [`CONCURRENT_ACTIVATION_BYTES`] (tests move it to run images one by one, or all at
+    /// once).
+    concurrent_bytes: usize,
 }
 
 struct DecoderLevel<E> {
@@ -710,6 +716,7 @@ impl<I: Isa> Unet<I> {
             buffers: BufferPool(Mutex::default()),
             streamed_from: STREAMED_OUTPUT_BYTES,
             split_weights_from: SPLIT_WEIGHT_BYTES,
+            concurrent_bytes: CONCURRENT_ACTIVATION_BYTES,
         })
     }
 
@@ -718,7 +725,7 @@ impl<I: Isa> Unet<I> {
         Padded::new(&self.buffers, (height, width), channels, self.isa.shape().1)
     }
 
-    /// How many `height x width` images to run side by side: one per core while their
+    /// How many `height x width` images to run side by side: one per thread while their
     /// activations fit [`CONCURRENT_ACTIVATION_BYTES`], at least one.
     fn images_at_once(&self, height: usize, width: usize) -> usize {
         // Per level: the decoder's input (up + skip channels) and two layers' outputs.
@@ -731,7 +738,7 @@ impl<I: Isa> Unet<I> {
                 4 * pixels * size_of::<I::Elem>() * second.outputs()
             })
             .sum();
-        (CONCURRENT_ACTIVATION_BYTES / bytes.max(1)).clamp(1, rayon::current_num_threads())
+        (self.concurrent_bytes / bytes.max(1)).clamp(1, rayon::current_num_threads())
     }
 
     /// One normalised image, CHW, to its sigmoid outputs, CHW, or its probability map.
@@ -942,9 +949,9 @@ impl<I: Isa> Unet<I> {
 
     fn forward(&self, batch: &Batch, output: Output) -> Vec<f32> {
         let (height, width) = (batch.height, batch.width);
-        // Several images at once where their activations are small: fewer of the per-layer
+        // Several images at once where their activations fit: fewer of the per-layer
         // hand-overs between cores go idle (the demo model at batch 12 went from 53 to 45 ms
-        // a patch).
+        // a patch; the w = 64 model in f32, two at once, to 0.89x).
         let at_once = self.images_at_once(height, width);
         let mut outputs = Vec::new();
         for group in batch.patches.chunks(at_once) {
@@ -1036,7 +1043,7 @@ mod tests {
     use super::{Bf16Isa, F32Isa, Isa, Unet, WINOGRAD_MIN_CHANNELS};
     use super::{BufferPool, Element, Padded};
     use crate::UnetConfig;
-    use crate::engine::Output;
+    use crate::engine::{Batch, Output};
     use crate::patch::{RgbPatch, normalise_into};
     use crate::{BurnEngine, Checkpoint, DeviceChoice, FoldedWeights, Precision, Predictor};
     use test_fixtures::{Case, cases, max_abs_difference};
@@ -1196,6 +1203,59 @@ mod tests {
         }
         check::<F32Isa>(&weights, &input, &expected, 1e-4);
         check::<Bf16Isa>(&weights, &input, &expected, 5e-3);
+    }
+
+    /// A batch run as images side by side gives each image the bits it gets alone, in the
+    /// batch's order: the images share the weights and the buffer pool, never a buffer.
+    #[test]
+    fn images_side_by_side_give_the_bits_of_one_at_a_time() {
+        let config = UnetConfig::new(3, 2, 32);
+        let weights = FoldedWeights::random(config, 5);
+        let (width, height) = (48, 32);
+        let pixels: Vec<Vec<u8>> = (0..3)
+            .map(|k| {
+                (0..width * height * 3)
+                    .map(|i| ((i * 7919 + k * 104_729) % 251) as u8)
+                    .collect()
+            })
+            .collect();
+        let patches: Vec<RgbPatch> = pixels
+            .iter()
+            .map(|image| RgbPatch::new(width, height, image))
+            .collect();
+        let batch = Batch {
+            patches: &patches,
+            width,
+            height,
+        };
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        fn check<I: Isa>(weights: &FoldedWeights, batch: &Batch, threads: &rayon::ThreadPool) {
+            for isa in I::available() {
+                let mut model = Unet::with(weights, isa, WINOGRAD_MIN_CHANNELS).unwrap();
+                let mut run = |concurrent_bytes| {
+                    model.concurrent_bytes = concurrent_bytes;
+                    threads.install(|| {
+                        let at_once = model.images_at_once(batch.height, batch.width);
+                        let maps = model.forward(batch, Output::Probability);
+                        (
+                            at_once,
+                            maps.iter().map(|p| p.to_bits()).collect::<Vec<_>>(),
+                        )
+                    })
+                };
+                let (one, alone) = run(0);
+                let (three, side_by_side) = run(usize::MAX);
+                assert_eq!((one, three), (1, 3), "{}", isa.name());
+                assert!(alone == side_by_side, "{}", isa.name());
+                let maps: Vec<&[u32]> = alone.chunks(batch.plane()).collect();
+                assert!(maps[0] != maps[1] && maps[1] != maps[2], "{}", isa.name());
+            }
+        }
+        check::<F32Isa>(&weights, &batch, &threads);
+        check::<Bf16Isa>(&weights, &batch, &threads);
     }
 
     /// 2x2 max pooling on the values' bits against the floats' own max, in both storage
