@@ -44,9 +44,10 @@ use winograd::{Frame, Transform, Winograd};
 
 /// 3x3 convolutions run as Winograd convolutions when both sides have at least this many
 /// channels, in f32 and bf16 alike. Measured with F(2x2, 3x3) on an AMD EPYC (Zen 4, 2
-/// cores), ms a 512x512 patch: the w = 64 model 580-640 in bf16 with every layer Winograd against 930-990 all
-/// direct, 1 170-1 240 against 1 850 in f32; the w = 8 demo model at batch 4, 32-34 against
-/// 30-33 in bf16 and 44 against 45-54 in f32 from 16 channels, slower from 8.
+/// cores), ms a 512x512 patch: the w = 64 model 580-640 in bf16 with every layer Winograd
+/// against 930-990 all direct, 1 170-1 240 against 1 850 in f32; the w = 8 demo model at
+/// batch 4, 32-34 against 30-33 in bf16 and 44 against 45-54 in f32 from 16 channels, slower
+/// from 8.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 /// Names the kernel the CPU engine runs, where set: one of the names `summary.json` records
