@@ -1210,7 +1210,7 @@ mod tests {
     /// batch's order: the images share the weights and the buffer pool, never a buffer.
     #[test]
     fn images_side_by_side_give_the_bits_of_one_at_a_time() {
-        let config = UnetConfig::new(3, 2, 32);
+        let config = UnetConfig::new(3, 2, 8);
         let weights = FoldedWeights::random(config, 5);
         let (width, height) = (48, 32);
         let pixels: Vec<Vec<u8>> = (0..3)
