@@ -952,7 +952,7 @@ impl<I: Isa> Unet<I> {
         let (height, width) = (batch.height, batch.width);
         // Several images at once where their activations fit: fewer of the per-layer
         // hand-overs between cores go idle (the demo model at batch 12 went from 53 to 45 ms
-        // a patch; the w = 64 model in f32, two at once, to 0.89x).
+        // a patch; the w = 64 model: CONCURRENT_ACTIVATION_BYTES).
         let at_once = self.images_at_once(height, width);
         let mut outputs = Vec::new();
         for group in batch.patches.chunks(at_once) {
@@ -1049,6 +1049,11 @@ mod tests {
     use crate::{BurnEngine, Checkpoint, DeviceChoice, FoldedWeights, Precision, Predictor};
     use test_fixtures::{Case, cases, max_abs_difference};
 
+    /// The values' bits, for comparisons that must be exact.
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|value| value.to_bits()).collect()
+    }
+
     /// `[N, channels, plane]` sigmoid outputs to `[N, plane]` probabilities, the plain way.
     fn max_over_channels(sigmoid: &[f32], channels: usize, plane: usize) -> Vec<f32> {
         sigmoid
@@ -1132,12 +1137,7 @@ mod tests {
                             Unet::with(&checkpoint.weights, isa, winograd_min_channels).unwrap();
                         let [stored, streamed] = [usize::MAX, 0].map(|streamed_from| {
                             model.streamed_from = streamed_from;
-                            let output =
-                                model.forward_image(&input, height, width, Output::Sigmoid);
-                            output
-                                .iter()
-                                .map(|value| value.to_bits())
-                                .collect::<Vec<_>>()
+                            bits(&model.forward_image(&input, height, width, Output::Sigmoid))
                         });
                         let layers = match winograd_min_channels {
                             1 => "all winograd",
@@ -1190,7 +1190,6 @@ mod tests {
                 let map = model.forward_image(input, 32, 48, Output::Probability);
                 let maxima = max_over_channels(&output, output.len() / map.len(), map.len());
                 assert_eq!(map, maxima, "w32 {}", isa.name());
-                let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 let expected_bits = bits(&output);
                 for (threads, split_weights_from) in [(1, 0), (3, 0), (16, 0), (16, usize::MAX)] {
                     model.split_weights_from = split_weights_from;
@@ -1241,10 +1240,7 @@ mod tests {
                     threads.install(|| {
                         let at_once = model.images_at_once(batch.height, batch.width);
                         let maps = model.forward(batch, Output::Probability);
-                        (
-                            at_once,
-                            maps.iter().map(|p| p.to_bits()).collect::<Vec<_>>(),
-                        )
+                        (at_once, bits(&maps))
                     })
                 };
                 let (one, alone) = run(0);
