@@ -1,4 +1,5 @@
-//! The allocator's handling of large buffers, for programs that run many batches.
+//! The allocator's handling of large buffers, for programs that run many batches, and how much
+//! memory the process may still take.
 //!
 //! glibc serves and frees every allocation of 32 MiB or more (at most: its threshold grows
 //! to the largest one freed, up to 32 MiB) with mmap and munmap, so a buffer of that size
@@ -21,4 +22,38 @@ pub fn reuse_large_buffers() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, KEPT_BYTES);
         libc::mallopt(libc::M_TRIM_THRESHOLD, KEPT_BYTES);
     }
+}
+
+/// Memory this process may still take, in bytes: the host's available memory, or under a
+/// cgroup memory limit (a container's, a Slurm job's `--mem`) that limit less what the cgroup
+/// holds resident, whichever is less. Page cache does not count: the kernel reclaims it before
+/// the limit kills anything. Off Linux only the host's figure counts; `None` where the system
+/// gives none.
+///
+/// sysinfo reads both cgroup versions and walks the limits of the cgroup's ancestors. The
+/// process's own cgroup is where a Slurm job's limit is; the root of the mounted hierarchy is
+/// where a container without its own cgroup namespace sees its limit; the least of the two
+/// holds.
+pub fn spare_bytes() -> Option<u64> {
+    use sysinfo::{
+        CGroupLimits, MemoryRefreshKind, ProcessRefreshKind, ProcessesToUpdate, RefreshKind,
+        System, get_current_pid,
+    };
+    let mut system = System::new_with_specifics(
+        RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
+    );
+    let host = Some(system.available_memory()).filter(|&bytes| bytes > 0);
+    let process = get_current_pid().ok().and_then(|pid| {
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            false,
+            ProcessRefreshKind::nothing(),
+        );
+        system.process(pid)?.cgroup_limits()
+    });
+    let spare = |limits: Option<CGroupLimits>| limits.map(|l| l.total_memory.saturating_sub(l.rss));
+    [host, spare(process), spare(system.cgroup_limits())]
+        .into_iter()
+        .flatten()
+        .min()
 }

@@ -33,6 +33,7 @@ use crate::patch::normalise_into;
 
 use crate::architecture::{self, LEVELS, Layer, UnetConfig};
 use crate::engine::{Batch, Engine, Output};
+use crate::memory;
 use crate::predictor::PredictError;
 use crate::target::{Device, EngineChoice, Precision, Target};
 use crate::weights::{FoldedWeights, WeightsError};
@@ -71,8 +72,22 @@ fn forced_kernel() -> Option<String> {
 /// of the w = 64 model ~506 MiB in f32 and ~253 MiB in bf16, so two of those run at once in
 /// f32 (five in bf16, threads allowing). On 2 cores two w = 64 images at once took 0.89x the
 /// time of one after the other in f32 and 0.97x in bf16, for ~0.5 GB more
-/// (benches/RESULTS.md).
+/// (benches/RESULTS.md). Under a memory limit, less: [`concurrent_bytes`].
 const CONCURRENT_ACTIVATION_BYTES: usize = 1280 << 20;
+
+/// [`CONCURRENT_ACTIVATION_BYTES`], or half the memory this process may still take
+/// ([`memory::spare_bytes`], read as the model loads, its weights in place) where that is less:
+/// in a memory cgroup limited to 1.4 GB (as a Slurm job's `--mem` makes) the w = 64 model in
+/// f32 was killed running two images at once, where one at a time peaks at ~0.9 GB. The other
+/// half is for the first image's activations and what the rest of the program holds (the
+/// slide's patches, the stitched map).
+fn concurrent_bytes() -> usize {
+    let half_spare =
+        memory::spare_bytes().map(|bytes| usize::try_from(bytes / 2).unwrap_or(usize::MAX));
+    half_spare.map_or(CONCURRENT_ACTIVATION_BYTES, |bytes| {
+        bytes.min(CONCURRENT_ACTIVATION_BYTES)
+    })
+}
 
 /// Layers write into buffers of at least this many bytes with streaming stores, past the
 /// caches ([`simd::Kernel::stream_values`]), where they run on the AMX tiles or as Winograd
@@ -602,8 +617,7 @@ struct Unet<I: Isa> {
     streamed_from: usize,
     /// [`SPLIT_WEIGHT_BYTES`] (tests move it to split every Winograd layer's channels).
     split_weights_from: usize,
-    /// [`CONCURRENT_ACTIVATION_BYTES`] (tests move it to run images one by one, or all at
-    /// once).
+    /// [`concurrent_bytes`] (tests move it to run images one by one, or all at once).
     concurrent_bytes: usize,
 }
 
@@ -717,7 +731,7 @@ impl<I: Isa> Unet<I> {
             buffers: BufferPool(Mutex::default()),
             streamed_from: STREAMED_OUTPUT_BYTES,
             split_weights_from: SPLIT_WEIGHT_BYTES,
-            concurrent_bytes: CONCURRENT_ACTIVATION_BYTES,
+            concurrent_bytes: concurrent_bytes(),
         })
     }
 
@@ -727,7 +741,7 @@ impl<I: Isa> Unet<I> {
     }
 
     /// How many `height x width` images to run side by side: one per thread while their
-    /// activations fit [`CONCURRENT_ACTIVATION_BYTES`], at least one.
+    /// activations fit [`concurrent_bytes`], at least one.
     fn images_at_once(&self, height: usize, width: usize) -> usize {
         // Per level: the decoder's input (up + skip channels) and two layers' outputs.
         let bytes: usize = self
