@@ -20,7 +20,7 @@ use infer::patches;
 use infer::pipeline::{self, Options, ProbFormat, SlideJob, Summary};
 use infer::truth;
 use tiling::Blend;
-use unet_core::{SIDE_MULTIPLE, Tta, model_file};
+use unet_core::{Predictor, SIDE_MULTIPLE, Tta, model_file};
 
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -202,6 +202,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Says so, once, when one patch's activations may need more than the memory this process may
+/// still take: under a Slurm job's `--mem` or a container's limit the kernel kills the process
+/// without a word. The activations are an upper bound (the full-width model in f32: 0.53 GB,
+/// where 0.46 GB more sufficed under a cgroup limit), so the warning says "may".
+fn warn_of_memory(predictor: &Predictor, patch: u64) {
+    let side = usize::try_from(patch).unwrap_or(usize::MAX);
+    let (Some(needed), Some(spare)) = (
+        predictor.activation_bytes(side, side),
+        unet_core::memory::spare_bytes(),
+    ) else {
+        return;
+    };
+    if needed as u64 > spare {
+        let gb = |bytes: u64| bytes as f64 / 1e9;
+        eprintln!(
+            "warning: a {patch}x{patch} patch may need up to {:.2} GB for its activations and this process may take only {:.2} GB more (the machine's free memory or its memory limit): it may be killed; if it is, ask for more memory (Slurm's --mem)",
+            gb(needed as u64),
+            gb(spare),
+        );
+    }
+}
+
 /// How a run ended, short of an error.
 enum Outcome {
     Success,
@@ -272,6 +294,7 @@ fn run_slides(
             model.display()
         );
     }
+    warn_of_memory(&predictor, args.patch);
     let model_sha256 = pipeline::file_sha256(&model)?;
     let options = |entry: &Entry, truth: &Option<PathBuf>| Options {
         model_sha256: model_sha256.clone(),

@@ -219,7 +219,8 @@ fn threads_come_from_the_flag_rayon_or_slurm() {
 }
 
 /// Under a memory limit (a Slurm job's `--mem`, a container's), the CPU engine runs no more
-/// images side by side than the limit has room for. A w = 32 model in f32 holds ~265 MB of
+/// images side by side than the limit has room for, and a limit too small for one image is
+/// named before the kernel kills the process. A w = 32 model in f32 holds ~265 MB of
 /// activations an image: on 2 threads two at once peaked at 539 MB and were killed under a
 /// 450 MB limit before the engine read the limit (measured on the 2-core EPYC); one at a time
 /// peaks at ~335 MB. The limit is a memory cgroup's, v1 or v2, which takes root and a writable
@@ -231,40 +232,53 @@ fn a_memory_limit_runs_images_one_at_a_time_rather_than_be_killed() {
     let config = unet_core::UnetConfig::new(3, 3, 32);
     let weights = unet_core::FoldedWeights::random(config, 32);
     unet_core::model_file::save(&weights, "random weights", None, &model).unwrap();
-    let cgroup = match MemoryCgroup::new(
-        &format!("wsi-unet-test-{}", std::process::id()),
-        450_000_000,
-    ) {
-        Ok(cgroup) => cgroup,
+    let run_under = |bytes: u64| {
+        let name = format!("wsi-unet-test-{}-{bytes}", std::process::id());
+        let cgroup = MemoryCgroup::new(&name, bytes)?;
+        // The shell moves itself into the cgroup, then becomes `infer`.
+        let output = Command::new("sh")
+            .args(["-c", r#"echo $$ > "$0/cgroup.procs" && exec "$@""#])
+            .arg(&cgroup.dir)
+            .arg(env!("CARGO_BIN_EXE_infer"))
+            .arg(fixtures().join("pipeline/demo_vips_jpeg.tif"))
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(out.path().join(&name))
+            .args(["--device", "cpu", "--precision", "f32"])
+            .args(["--threads", "2", "--batch", "2", "--quiet"])
+            .args(["--region", "0,0,1024,512", "--tissue", "off"])
+            .output()
+            .unwrap();
+        Ok::<_, String>((output, out.path().join(&name)))
+    };
+    let (output, dir) = match run_under(450_000_000) {
+        Ok(run) => run,
         Err(why) if std::env::var_os("CI").is_none() => {
             eprintln!("SKIPPED: no memory cgroup to run in: {why}");
             return;
         }
         Err(why) => panic!("no memory cgroup to run in: {why}"),
     };
-    // The shell moves itself into the cgroup, then becomes `infer`.
-    let output = Command::new("sh")
-        .args(["-c", r#"echo $$ > "$0/cgroup.procs" && exec "$@""#])
-        .arg(&cgroup.dir)
-        .arg(env!("CARGO_BIN_EXE_infer"))
-        .arg(fixtures().join("pipeline/demo_vips_jpeg.tif"))
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(out.path())
-        .args(["--device", "cpu", "--precision", "f32"])
-        .args(["--threads", "2", "--batch", "2", "--quiet"])
-        .args(["--region", "0,0,1024,512", "--tissue", "off"])
-        .output()
-        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "under a 450 MB limit, {} (the limit kills with signal 9): {}",
+        "under a 450 MB limit, {} (the limit kills with signal 9): {stderr}",
         output.status,
-        String::from_utf8_lossy(&output.stderr)
     );
-    let summary = read_json(&out.path().join("demo_vips_jpeg.summary.json"));
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let summary = read_json(&dir.join("demo_vips_jpeg.summary.json"));
     assert_eq!(summary["patches_run"], 2, "{summary}");
+
+    // ~90 MB of it are taken before the first patch: too little is left for one image.
+    let (output, _) = run_under(250_000_000).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: a 512x512 patch may need up to 0.2")
+            && stderr.contains("it may be killed"),
+        "under a 250 MB limit, {}: {stderr}",
+        output.status
+    );
 }
 
 /// A memory cgroup limited to `bytes`, removed when dropped (once nothing runs in it).

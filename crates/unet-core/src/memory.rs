@@ -39,6 +39,14 @@ pub fn spare_bytes() -> Option<u64> {
         CGroupLimits, MemoryRefreshKind, ProcessRefreshKind, ProcessesToUpdate, RefreshKind,
         System, get_current_pid,
     };
+    // Memory freed and kept for reuse (`reuse_large_buffers`: the model file's bytes, the
+    // weights before packing) counts as resident: given back, it counts as spare.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim returns free pages of the heap to the OS under the allocator's lock;
+    // it moves and touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let mut system = System::new_with_specifics(
         RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
     );

@@ -138,6 +138,13 @@ impl Predictor {
         self.engine.precision()
     }
 
+    /// The host memory one `height x width` patch's forward may take beyond the loaded model,
+    /// at most, for an engine that computes in the host's memory (the CPU engine); compare
+    /// with [`crate::memory::spare_bytes`].
+    pub fn activation_bytes(&self, height: usize, width: usize) -> Option<usize> {
+        self.engine.activation_bytes(height, width)
+    }
+
     /// The tumour probability of every pixel of every patch (max over output channels).
     pub fn predict_batch(&self, patches: &[RgbPatch]) -> Result<Vec<ProbabilityMap>, PredictError> {
         Ok(self.predict_maps(patches)?.into_maps())

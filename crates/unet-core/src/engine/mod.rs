@@ -89,6 +89,12 @@ pub trait Engine: Send {
     /// The device it runs on: `cpu`, `cuda`, `wgpu`.
     fn device(&self) -> &'static str;
 
+    /// The host memory one `height x width` image's forward may take beyond the loaded model,
+    /// at most, where it is the host's (the CPU engine's activations); `None` for a device's.
+    fn activation_bytes(&self, _height: usize, _width: usize) -> Option<usize> {
+        None
+    }
+
     /// F32, F16 or Bf16 (never `Auto`).
     fn precision(&self) -> Precision;
 
