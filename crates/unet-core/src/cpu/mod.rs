@@ -79,8 +79,9 @@ const CONCURRENT_ACTIVATION_BYTES: usize = 1280 << 20;
 /// ([`memory::spare_bytes`], read as the model loads, its weights in place) where that is less:
 /// in a memory cgroup limited to 1.4 GB (as a Slurm job's `--mem` makes) the w = 64 model in
 /// f32 was killed running two images at once, where one at a time peaks at ~0.9 GB. The other
-/// half is for the first image's activations and what the rest of the program holds (the
-/// slide's patches, the stitched map).
+/// half is for what the rest of the program holds (the slide's patches, the stitched map) and
+/// the allocator's slack. So two such images run at once from a limit of ~2.6 GB (1.5 GB
+/// peak), one below it.
 fn concurrent_bytes() -> usize {
     let half_spare =
         memory::spare_bytes().map(|bytes| usize::try_from(bytes / 2).unwrap_or(usize::MAX));
