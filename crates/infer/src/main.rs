@@ -204,8 +204,8 @@ fn main() -> ExitCode {
 
 /// Says so, once, when one patch's activations may need more than the memory this process may
 /// still take: under a Slurm job's `--mem` or a container's limit the kernel kills the process
-/// without a word. The activations are an upper bound (the full-width model in f32: 0.53 GB,
-/// where 0.46 GB more sufficed under a cgroup limit), so the warning says "may".
+/// without a word. The activations are an upper bound (`Predictor::activation_bytes`), so the
+/// warning says "may".
 fn warn_of_memory(predictor: &Predictor, patch: u64) {
     let side = usize::try_from(patch).unwrap_or(usize::MAX);
     let (Some(needed), Some(spare)) = (

@@ -28,7 +28,7 @@ pub fn reuse_large_buffers() {
 /// cgroup memory limit (a container's, a Slurm job's `--mem`) that limit less what the cgroup
 /// holds resident, whichever is less. Page cache does not count: the kernel reclaims it before
 /// the limit kills anything. Off Linux only the host's figure counts; `None` where the system
-/// gives none.
+/// gives none. On glibc it first gives the allocator's kept free memory back to the OS.
 ///
 /// sysinfo reads both cgroup versions and walks the limits of the cgroup's ancestors. The
 /// process's own cgroup is where a Slurm job's limit is; the root of the mounted hierarchy is
