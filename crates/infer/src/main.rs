@@ -214,11 +214,12 @@ fn warn_of_memory(predictor: &Predictor, patch: u64) {
     ) else {
         return;
     };
-    if needed as u64 > spare {
+    let needed = needed as u64;
+    if needed > spare {
         let gb = |bytes: u64| bytes as f64 / 1e9;
         eprintln!(
             "warning: a {patch}x{patch} patch may need up to {:.2} GB for its activations and this process may take only {:.2} GB more (the machine's free memory or its memory limit): it may be killed; if it is, ask for more memory (Slurm's --mem)",
-            gb(needed as u64),
+            gb(needed),
             gb(spare),
         );
     }

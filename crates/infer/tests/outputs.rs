@@ -235,6 +235,7 @@ fn a_memory_limit_runs_images_one_at_a_time_rather_than_be_killed() {
     let run_under = |bytes: u64| {
         let name = format!("wsi-unet-test-{}-{bytes}", std::process::id());
         let cgroup = MemoryCgroup::new(&name, bytes)?;
+        let dir = out.path().join(&name);
         // The shell moves itself into the cgroup, then becomes `infer`.
         let output = Command::new("sh")
             .args(["-c", r#"echo $$ > "$0/cgroup.procs" && exec "$@""#])
@@ -244,13 +245,13 @@ fn a_memory_limit_runs_images_one_at_a_time_rather_than_be_killed() {
             .arg("--model")
             .arg(&model)
             .arg("--out")
-            .arg(out.path().join(&name))
+            .arg(&dir)
             .args(["--device", "cpu", "--precision", "f32"])
             .args(["--threads", "2", "--batch", "2", "--quiet"])
             .args(["--region", "0,0,1024,512", "--tissue", "off"])
             .output()
             .unwrap();
-        Ok::<_, String>((output, out.path().join(&name)))
+        Ok::<_, String>((output, dir))
     };
     let (output, dir) = match run_under(450_000_000) {
         Ok(run) => run,
@@ -291,23 +292,18 @@ impl MemoryCgroup {
         let v1 = Path::new("/sys/fs/cgroup/memory");
         // v1's memory hierarchy where mounted, else the unified (v2) one; swap off in either,
         // so that the limit kills rather than pages out.
-        let (root, files) = if v1.join("memory.limit_in_bytes").exists() {
-            (
-                v1,
-                [("memory.limit_in_bytes", bytes), ("memory.swappiness", 0)],
-            )
+        let (root, limit, swap) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1, "memory.limit_in_bytes", "memory.swappiness")
         } else {
-            let v2 = Path::new("/sys/fs/cgroup");
-            (v2, [("memory.max", bytes), ("memory.swap.max", 0)])
+            (Path::new("/sys/fs/cgroup"), "memory.max", "memory.swap.max")
         };
         let dir = root.join(name);
         std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let cgroup = MemoryCgroup { dir };
-        let [(limit, bytes), (swap, off)] = files;
         std::fs::write(cgroup.dir.join(limit), bytes.to_string())
             .map_err(|e| format!("{limit}: {e}"))?;
         // A machine without swap may lack the file.
-        let _ = std::fs::write(cgroup.dir.join(swap), off.to_string());
+        let _ = std::fs::write(cgroup.dir.join(swap), "0");
         Ok(cgroup)
     }
 }
