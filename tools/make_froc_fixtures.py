@@ -9,8 +9,9 @@ Each cohort is a folder under OUT (default tests/fixtures/froc):
   monai.json           MONAI's results on the same pixels: LesionFROC's score (run unchanged,
                        at level 0, with its mask reader fed from the PNG), the sensitivities at
                        Camelyon's six false-positive rates, each slide's lesion and
-                       detection counts, and compute_roc_auc of each slide's highest
-                       probability.
+                       detection counts, its detections (PathologyProbNMS) in map pixels
+                       and in the pixels of the slide the maps are level 6 of, and
+                       compute_roc_auc of each slide's highest probability.
 
 The masks are built from the repository's tumour masks (the demo slide's, the tiny and odd
 slides'), scaled, moved and combined; the maps are those masks blurred, scaled (some lesions
@@ -151,6 +152,8 @@ def write_cohort(folder, slides):
         labels.append(int(mask.any()))
         # The per-slide figures, by LesionFROC's own steps.
         detections = nms(probs_map=values.copy(), resolution_level=0)
+        # The same detections placed in the slide the maps are level 6 of (pixel centres).
+        in_slide = nms(probs_map=values.copy(), resolution_level=6)
         grow = 75 / (SPACING * 2)
         instances = compute_multi_instance_mask(mask=mask, threshold=grow)
         itcs = compute_isolated_tumor_cells(tumor_mask=instances, threshold=275 / SPACING)
@@ -175,6 +178,10 @@ def write_cohort(folder, slides):
                 "detections": len(detections),
                 "false_positives": len(fp),
                 "score": float(values.max()),
+                # [probability, x, y], highest first: MONAI gives (row, column), Camelyon's
+                # submissions (and infer) x then y.
+                "detected": [[float(p), int(x), int(y)] for p, y, x in detections],
+                "detected_in_slide": [[float(p), int(x), int(y)] for p, y, x in in_slide],
             }
         )
     froc = LesionFROC(data=data, image_reader_name="tifffile")

@@ -130,10 +130,10 @@ impl Target {
                 let _ = unet_core::model_file::read_weights(path);
             }
             Target::Asap | Target::Mask => {
-                if let Ok(truth) = Truth::load(path, 4096, 3072) {
+                if let Ok(truth) = Truth::load(path, 4096.0, 3072.0) {
                     let mut row = Vec::new();
-                    for y in [0, 1500, 3071] {
-                        truth.row(0, y, 4096, &mut row);
+                    for y in [0.0, 1500.0, 3071.0] {
+                        truth.row(0.0, y, 4096, &mut row);
                     }
                 }
             }

@@ -1,21 +1,26 @@
 //! `infer evaluate MAPS --truth TRUTH`: a cohort's probability maps scored as Camelyon16
 //! scored them (the `froc` crate): lesion-level FROC and slide-level ROC AUC, written as
-//! `evaluation.json` and a FROC curve, `froc.png`.
+//! `evaluation.json` and a FROC curve, `froc.png`; and each slide's detections as the
+//! challenge took submissions, `detections/STEM.csv`.
 //!
 //! Each `STEM.prob.tif` (or `.prob.ome.tif`) in MAPS is read at the evaluation level and
 //! matched with TRUTH/STEM.xml (ASAP polygons) or a mask image TRUTH/STEM.png (or
 //! `STEM_mask.png`, non-zero = tumour, any size); a slide with neither is tumour-free, as
-//! Camelyon16's normal slides are.
+//! Camelyon16's normal slides are. Both are in the slide's terms; where the map lies in the
+//! slide (its scale, and its corner when `infer` ran a `--region`) is read from the
+//! `STEM.summary.json` beside it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use froc::{Detection, Froc, Lesions, Plane, SlideOutcome};
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tiling::Rect;
 use wsi::Slide;
 
 use crate::output::Staged;
+use crate::resolution::Analysis;
 use crate::truth::{self, Truth};
 
 /// Probability-map suffixes `infer` writes.
@@ -70,11 +75,18 @@ pub struct SlideReport {
 /// Scores every map in `maps`, writes the report and the curve into `out`.
 pub fn run(evaluation: &Evaluation) -> Result<Report> {
     let maps = probability_maps(&evaluation.maps)?;
+    let mut staged = Staged::create(&evaluation.out)?;
     let mut slides = Vec::new();
     let mut outcomes = Vec::new();
     for (stem, path) in &maps {
-        let (report, outcome) = evaluate_slide(stem, path, evaluation)
+        let (report, outcome, detected) = evaluate_slide(stem, path, evaluation)
             .with_context(|| format!("{}: cannot evaluate", path.display()))?;
+        staged.write(&format!("{DETECTIONS}/{stem}.csv"), |out| {
+            for (probability, (x, y)) in detected {
+                writeln!(out, "{probability},{x},{y}")?;
+            }
+            Ok(())
+        })?;
         slides.push(report);
         outcomes.push(outcome);
     }
@@ -92,7 +104,6 @@ pub fn run(evaluation: &Evaluation) -> Result<Report> {
         }),
         slides,
     };
-    let mut staged = Staged::create(&evaluation.out)?;
     staged.write("evaluation.json", |out| {
         Ok(serde_json::to_writer_pretty(out, &report)?)
     })?;
@@ -132,23 +143,85 @@ fn probability_maps(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(maps)
 }
 
-/// Slide level-0 pixels per pixel of the map's level 0, from `STEM.summary.json` beside the
-/// map (1 when there is none, or it predates reading at the model's resolution).
-fn analysis_scale(map: &Path, stem: &str) -> f64 {
-    let summary = map.with_file_name(format!("{stem}.summary.json"));
-    std::fs::read_to_string(summary)
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|summary| summary["resolution"]["scale"].as_f64())
-        .unwrap_or(1.0)
+/// Where a map lies in its slide: `scale` slide level-0 pixels per pixel of the map's level 0
+/// (the analysis resolution), the map's corner at `origin` and the whole slide's `size`, both
+/// in those pixels.
+struct Placement {
+    scale: f64,
+    origin: (f64, f64),
+    size: (f64, f64),
 }
+
+impl Placement {
+    /// From `STEM.summary.json` beside the map; without one (or one from before the
+    /// resolution was recorded), the map is the whole slide at level 0.
+    fn beside(map: &Path, stem: &str, level0: wsi::Level) -> Result<Placement> {
+        #[derive(Deserialize)]
+        struct Summary {
+            resolution: Analysis,
+            region: [u64; 4],
+        }
+        let path = map.with_file_name(format!("{stem}.summary.json"));
+        let summary = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Summary>(&text).ok());
+        let Some(Summary {
+            resolution,
+            region: [x, y, width, height],
+        }) = summary
+        else {
+            return Ok(Placement {
+                scale: 1.0,
+                origin: (0.0, 0.0),
+                size: (level0.width as f64, level0.height as f64),
+            });
+        };
+        let scale = resolution.scale;
+        if !(scale.is_finite() && scale > 0.0) || resolution.width == 0 || resolution.height == 0 {
+            bail!(
+                "{}: the resolution it records (scale {scale}, {}x{} pixels) places no map",
+                path.display(),
+                resolution.width,
+                resolution.height
+            );
+        }
+        // As the run placed its grid: the region in analysis pixels.
+        let corner = resolution.from_level0(Rect {
+            x,
+            y,
+            width,
+            height,
+        });
+        Ok(Placement {
+            scale,
+            origin: (corner.x as f64, corner.y as f64),
+            size: (resolution.width as f64, resolution.height as f64),
+        })
+    }
+
+    /// The centre of pixel (`x`, `y`) of a level `factor` times coarser than the map's level 0,
+    /// in the slide's level-0 pixels, truncated (MONAI's `PathologyProbNMS`).
+    fn in_slide(&self, x: usize, y: usize, factor: f64) -> (u64, u64) {
+        let at = |origin: f64, v: usize| ((origin + (v as f64 + 0.5) * factor) * self.scale) as u64;
+        (at(self.origin.0, x), at(self.origin.1, y))
+    }
+}
+
+/// The subfolder of `--out` holding each slide's detections, `STEM.csv`: one line a
+/// detection, `probability,x,y` in the slide's level-0 pixels, highest first, no header, as
+/// Camelyon16 took submissions (and its `Evaluation_FROC.py` reads a folder of them).
+pub const DETECTIONS: &str = "detections";
+
+/// A detection's probability and its place in the slide's level-0 pixels.
+type Detected = (f32, (u64, u64));
 
 fn evaluate_slide(
     stem: &str,
     path: &Path,
     evaluation: &Evaluation,
-) -> Result<(SlideReport, SlideOutcome)> {
+) -> Result<(SlideReport, SlideOutcome, Vec<Detected>)> {
     let map = Slide::open(path)?;
+    let placement = Placement::beside(path, stem, map.levels()[0])?;
     let Some(mpp) = map.mpp() else {
         bail!("the map has no pixel size (resolution tags): 75 µm cannot be measured");
     };
@@ -164,20 +237,22 @@ fn evaluate_slide(
     let pixels = map.read_region(level, 0, 0, size.width as u32, size.height as u32)?;
     let probability: Vec<f32> = pixels.pixels().map(|p| p.0[0] as f32 / 255.0).collect();
     // Camelyon's (and MONAI's) pixel size at a level: level 0's times 2^level.
-    let microns_per_pixel = mpp * (1u64 << level) as f64;
+    let factor = (1u64 << level) as f64;
+    let microns_per_pixel = mpp * factor;
 
     let truth_path = truth::find_in(&evaluation.truth, stem);
     let tumour = match &truth_path {
         Some(truth_path) => {
-            // ASAP polygons are in the slide's level-0 pixels; the map's level 0 is the
-            // analysis grid, `scale` slide pixels a pixel (its summary says; 1 without one).
-            let scale = analysis_scale(path, stem);
-            let truth = Truth::load(truth_path, size.width, size.height)?
-                .downscaled((1u64 << level) as f64 * scale);
+            // The truth covers the slide, in its level-0 pixels (ASAP) or any size (a mask),
+            // sampled on the evaluation level's pixels where the map lies.
+            let (slide_width, slide_height) = placement.size;
+            let truth = Truth::load(truth_path, slide_width / factor, slide_height / factor)?
+                .downscaled(factor * placement.scale);
+            let (x, y) = (placement.origin.0 / factor, placement.origin.1 / factor);
             let mut mask = Vec::with_capacity(width * height);
             let mut row = Vec::new();
-            for y in 0..height {
-                truth.row(0, y as u64, width, &mut row);
+            for j in 0..height {
+                truth.row(x, y + j as f64, width, &mut row);
                 mask.extend_from_slice(&row);
             }
             mask
@@ -212,7 +287,11 @@ fn evaluate_slide(
         size: [width, height],
         microns_per_pixel,
     };
-    Ok((report, outcome))
+    let detected = found
+        .iter()
+        .map(|d| (d.probability, placement.in_slide(d.x, d.y, factor)))
+        .collect();
+    Ok((report, outcome, detected))
 }
 
 /// The FROC curve, false positives per slide on a log axis, Camelyon's six rates marked.

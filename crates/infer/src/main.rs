@@ -42,7 +42,8 @@ enum Command {
         model: ModelArgs,
     },
     /// A cohort's probability maps scored as Camelyon16 did: lesion-level FROC and
-    /// slide-level ROC AUC, into evaluation.json and froc.png.
+    /// slide-level ROC AUC, into evaluation.json and froc.png; each slide's detections in
+    /// Camelyon16's submission format, detections/STEM.csv.
     Evaluate {
         /// The directory of `STEM.prob.tif` maps (`infer`'s --out).
         maps: PathBuf,
@@ -53,7 +54,7 @@ enum Command {
         /// The maps' pyramid level at which lesions and detections are found (Camelyon16: 5).
         #[arg(long, default_value_t = 5)]
         level: usize,
-        /// Where evaluation.json and froc.png go [default: MAPS].
+        /// Where evaluation.json, froc.png and detections/ go [default: MAPS].
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -471,7 +472,11 @@ fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
         figure(report.froc),
         figure(report.auc)
     );
-    output_file::outln!("wrote {}", evaluation.out.join("evaluation.json").display());
+    output_file::outln!(
+        "wrote {} and each slide's detections in {}",
+        evaluation.out.join("evaluation.json").display(),
+        evaluation.out.join(evaluate::DETECTIONS).display()
+    );
     Ok(Outcome::Success)
 }
 

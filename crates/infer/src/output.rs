@@ -21,19 +21,28 @@ pub struct Staged {
 impl Staged {
     /// Outputs into `dir`, created (with its missing parents) if need be.
     pub fn create(dir: &Path) -> Result<Staged> {
-        let created: Vec<PathBuf> = dir
+        let mut staged = Staged {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            created: Vec::new(),
+            committed: false,
+        };
+        staged.create_dir(dir)?;
+        Ok(staged)
+    }
+
+    /// Creates `dir` and its missing parents, remembered for removal unless committed.
+    fn create_dir(&mut self, dir: &Path) -> Result<()> {
+        let missing: Vec<PathBuf> = dir
             .ancestors()
             .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
             .map(Path::to_path_buf)
             .collect();
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create the output directory", dir.display()))?;
-        Ok(Staged {
-            dir: dir.to_path_buf(),
-            files: Vec::new(),
-            created,
-            committed: false,
-        })
+        // Deeper than every directory created before.
+        self.created.splice(0..0, missing);
+        Ok(())
     }
 
     /// Where `name` will be once committed.
@@ -46,13 +55,17 @@ impl Staged {
         self.files.push((file, self.dir.join(name)));
     }
 
-    /// Writes `name` through `write` into a temporary file, kept for the commit.
+    /// Writes `name` (which may name a subfolder, created if need be) through `write` into a
+    /// temporary file, kept for the commit.
     pub fn write(
         &mut self,
         name: &str,
         write: impl FnOnce(&mut dyn Write) -> Result<()>,
     ) -> Result<()> {
         let path = self.dir.join(name);
+        if let Some(parent) = path.parent() {
+            self.create_dir(parent)?;
+        }
         let mut file = output_file::beside(&path)
             .with_context(|| format!("{}: cannot write", path.display()))?;
         let mut buffered = std::io::BufWriter::new(&mut file);

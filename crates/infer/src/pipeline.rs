@@ -311,7 +311,7 @@ impl Planned {
         let truth = job
             .truth
             .as_ref()
-            .map(|path| Truth::load(path, analysis.width, analysis.height))
+            .map(|path| Truth::load(path, analysis.width as f64, analysis.height as f64))
             .transpose()?
             .map(|truth| truth.downscaled(analysis.scale));
         // The heatmap: at most `heatmap_side` on its long side, and from a pyramid level, not level 0.
@@ -867,8 +867,8 @@ impl RowSink<'_> {
                 self.tally.add_row(row);
                 if let Some(truth) = self.truth {
                     truth.row(
-                        self.region.x,
-                        self.region.y + next_row,
+                        self.region.x as f64,
+                        (self.region.y + next_row) as f64,
                         width,
                         &mut truth_row,
                     );

@@ -35,8 +35,9 @@ pub enum Truth {
 }
 
 impl Truth {
-    /// Reads `path`: `.xml` as ASAP annotations, anything else as a mask image.
-    pub fn load(path: &Path, slide_width: u64, slide_height: u64) -> Result<Truth> {
+    /// Reads `path`: `.xml` as ASAP annotations, anything else as a mask image, which covers
+    /// the whole slide: `slide_width` x `slide_height` pixels of the grid its rows are asked on.
+    pub fn load(path: &Path, slide_width: f64, slide_height: f64) -> Result<Truth> {
         let is_xml = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("xml"));
@@ -59,8 +60,8 @@ impl Truth {
             .with_context(|| format!("{}: cannot read the mask image", path.display()))?
             .to_luma8();
         let scale = (
-            mask.width() as f64 / slide_width as f64,
-            mask.height() as f64 / slide_height as f64,
+            mask.width() as f64 / slide_width,
+            mask.height() as f64 / slide_height,
         );
         Ok(Truth::Mask { mask, scale })
     }
@@ -90,18 +91,19 @@ impl Truth {
         }
     }
 
-    /// Tumour or not for `width` level-0 pixels of row `y`, from column `x`.
-    pub fn row(&self, x: u64, y: u64, width: usize, out: &mut Vec<bool>) {
+    /// Tumour or not for `width` pixels of row `y`, from column `x`, by pixel centres.
+    /// `x` and `y` may fall between pixels: a map whose corner is not on this grid's.
+    pub fn row(&self, x: f64, y: f64, width: usize, out: &mut Vec<bool>) {
         out.clear();
         match self {
             Truth::Mask { mask, scale } => {
-                let my = ((y as f64 + 0.5) * scale.1) as u32;
+                let my = ((y + 0.5) * scale.1) as u32;
                 if my >= mask.height() {
                     out.resize(width, false);
                     return;
                 }
-                out.extend((0..width as u64).map(|i| {
-                    let mx = (((x + i) as f64 + 0.5) * scale.0) as u32;
+                out.extend((0..width).map(|i| {
+                    let mx = ((x + i as f64 + 0.5) * scale.0) as u32;
                     mx < mask.width() && mask.get_pixel(mx, my).0[0] != 0
                 }));
             }
@@ -132,10 +134,10 @@ const EXCLUDED_GROUPS: [&str; 3] = ["_2", "Exclusion", "normal"];
 
 /// Inside-or-not of `polygons` (even-odd) for `width` pixels of row `y` from column `x`, by
 /// pixel centres.
-fn fill_row(polygons: &[Polygon], x: u64, y: u64, width: usize, out: &mut Vec<bool>) {
+fn fill_row(polygons: &[Polygon], x: f64, y: f64, width: usize, out: &mut Vec<bool>) {
     out.clear();
     out.resize(width, false);
-    let centre = y as f64 + 0.5;
+    let centre = y + 0.5;
     let mut crossings = Vec::new();
     for polygon in polygons {
         crossings.clear();
@@ -148,8 +150,8 @@ fn fill_row(polygons: &[Polygon], x: u64, y: u64, width: usize, out: &mut Vec<bo
         crossings.sort_by(f64::total_cmp);
         for span in crossings.chunks_exact(2) {
             // Pixel i is inside when its centre is.
-            let from = (span[0] - 0.5 - x as f64).ceil().max(0.0) as usize;
-            let to = ((span[1] - 0.5 - x as f64).floor() + 1.0).clamp(0.0, width as f64) as usize;
+            let from = (span[0] - 0.5 - x).ceil().max(0.0) as usize;
+            let to = ((span[1] - 0.5 - x).floor() + 1.0).clamp(0.0, width as f64) as usize;
             for inside in out.iter_mut().take(to).skip(from) {
                 *inside = !*inside;
             }
@@ -258,9 +260,9 @@ mod tests {
             </Coordinates></Annotation></Annotations></ASAP_Annotations>"#;
         let truth = asap_polygons(xml).unwrap();
         let mut row = Vec::new();
-        truth.row(0, 2, 8, &mut row);
+        truth.row(0.0, 2.0, 8, &mut row);
         assert_eq!(row, [false, false, true, true, true, true, false, false]);
-        truth.row(0, 0, 8, &mut row);
+        truth.row(0.0, 0.0, 8, &mut row);
         assert!(row.iter().all(|&t| !t));
     }
 
@@ -282,7 +284,7 @@ mod tests {
         );
         let truth = asap_polygons(&xml).unwrap();
         let mut row = Vec::new();
-        truth.row(0, 6, 12, &mut row);
+        truth.row(0.0, 6.0, 12, &mut row);
         let expected: Vec<bool> = (0..12).map(|x| x < 4).collect();
         assert_eq!(row, expected);
         let nan = square("Tumor", 0.0, 8.0).replace(r#"X="8""#, r#"X="NaN""#);

@@ -1,6 +1,7 @@
 //! `infer evaluate` against MONAI's Camelyon16 evaluation (`tests/fixtures/froc`, made by
 //! `tools/make_froc_fixtures.py`): FROC, the sensitivities at the six false-positive rates,
-//! the slide-level AUC and each slide's counts; and on a map `infer` wrote.
+//! the slide-level AUC, each slide's counts and its detections; and on maps `infer` wrote,
+//! of a whole slide and of a region of it.
 
 mod common;
 
@@ -35,6 +36,36 @@ fn evaluate(maps: &Path, truth: &Path, level: &str, out: &Path) -> Value {
 fn close(ours: &Value, monai: &Value, what: &str) {
     let (a, b) = (ours.as_f64().unwrap(), monai.as_f64().unwrap());
     assert!((a - b).abs() <= 1e-6, "{what}: ours {a}, MONAI {b}");
+}
+
+/// `detections/STEM.csv` in `out`: `(probability, x, y)` a line.
+fn detections(out: &Path, stem: &str) -> Vec<(f64, u64, u64)> {
+    let csv = std::fs::read_to_string(out.join("detections").join(format!("{stem}.csv")))
+        .unwrap_or_else(|e| panic!("{stem}: {e}"));
+    csv.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), 3, "{stem}: {line}");
+            (
+                fields[0].parse().unwrap(),
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Our detections of `stem` against MONAI's `[probability, x, y]` list: the same places in
+/// the same order.
+fn same_detections(out: &Path, stem: &str, monai: &Value) {
+    let ours = detections(out, stem);
+    let monai = monai.as_array().unwrap();
+    assert_eq!(ours.len(), monai.len(), "{stem}: {ours:?}");
+    for (ours, monai) in ours.iter().zip(monai) {
+        let place = (monai[1].as_u64().unwrap(), monai[2].as_u64().unwrap());
+        assert_eq!((ours.1, ours.2), place, "{stem}");
+        close(&ours.0.into(), &monai[0], stem);
+    }
 }
 
 #[test]
@@ -80,10 +111,68 @@ fn froc_and_auc_match_monai_on_three_cohorts() {
                 );
             }
             close(&slide["score"], &expected["score"], "score");
+            let stem = expected["slide"].as_str().unwrap();
+            same_detections(out.path(), stem, &expected["detected"]);
         }
         assert!(out.path().join("froc.png").is_file());
         println!("{cohort}: FROC {} AUC {}", ours["froc"], ours["auc"]);
     }
+}
+
+/// Maps that are a slide's level 6, as their summaries say: the detections are placed in
+/// the slide's level-0 pixels as MONAI places them (`PathologyProbNMS` at resolution level
+/// 6), and the score is unchanged.
+#[test]
+fn detections_are_placed_in_the_slide_the_summary_names() {
+    let folder = fixtures().join("froc").join("several_lesions");
+    let maps = tempfile::tempdir().unwrap();
+    let monai = read_json(&folder.join("monai.json"));
+    for entry in std::fs::read_dir(folder.join("maps")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        std::fs::copy(&path, maps.path().join(name)).unwrap();
+        let stem = name.strip_suffix(".prob.tif").unwrap();
+        let level = wsi::Slide::open(&path).unwrap().levels()[0];
+        let (width, height) = (level.width, level.height);
+        // What infer records for a 0.243 µm/px slide read for a 15.552 µm/px model.
+        let summary = serde_json::json!({
+            "resolution": {
+                "slide_mpp": 0.243, "model_mpp": 15.552, "level": 0, "resample": 64.0,
+                "scale": 64.0, "width": width, "height": height,
+            },
+            "region": [0, 0, width * 64, height * 64],
+        });
+        std::fs::write(
+            maps.path().join(format!("{stem}.summary.json")),
+            summary.to_string(),
+        )
+        .unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let ours = evaluate(maps.path(), &folder.join("truth"), "0", out.path());
+    close(&ours["froc"], &monai["froc"], "FROC");
+    for expected in monai["slides"].as_array().unwrap() {
+        let stem = expected["slide"].as_str().unwrap();
+        same_detections(out.path(), stem, &expected["detected_in_slide"]);
+    }
+
+    // A summary that places the map nowhere is named, not trusted.
+    let odd = maps.path().join("odd.summary.json");
+    let mut summary = read_json(&odd);
+    summary["resolution"]["scale"] = 0.0.into();
+    std::fs::write(&odd, summary.to_string()).unwrap();
+    let failed = infer(evaluate_args(
+        maps.path(),
+        &folder.join("truth"),
+        "0",
+        out.path(),
+    ));
+    let message = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(
+        message.contains("odd.summary.json") && message.contains("scale 0"),
+        "{message}"
+    );
 }
 
 /// The demo slide's map, as `infer` writes it, against the demo slide's ASAP annotation at
@@ -102,17 +191,46 @@ fn a_map_infer_wrote_finds_the_annotated_lesion() {
     )
     .unwrap();
     let report = evaluate(&maps, &truth, "2", out.path());
-    let slide = &report["slides"][0];
-    assert_eq!(slide["tumour"], true);
-    assert_eq!(slide["size"], serde_json::json!([1024, 768]));
-    assert!((slide["microns_per_pixel"].as_f64().unwrap() - 0.972).abs() < 1e-6);
+    let whole_slide = &report["slides"][0];
+    assert_eq!(whole_slide["tumour"], true);
+    assert_eq!(whole_slide["size"], serde_json::json!([1024, 768]));
+    assert!((whole_slide["microns_per_pixel"].as_f64().unwrap() - 0.972).abs() < 1e-6);
     assert_eq!(
-        (slide["lesions"].as_u64(), slide["lesions_found"].as_u64()),
+        (
+            whole_slide["lesions"].as_u64(),
+            whole_slide["lesions_found"].as_u64()
+        ),
         (Some(1), Some(1))
     );
     // One tumour slide: a FROC, but no AUC.
     assert!(report["froc"].as_f64().unwrap() > 0.0);
     assert!(report["auc"].is_null());
+
+    // A run over the lesion's corner of the slide (on the patch grid, so its pixels are the
+    // whole map's): the annotation and the detections placed where the region lies.
+    let region_maps = out.path().join("region");
+    infer_slide(&slide, &region_maps, &["--region", "1024,2048,1536,1024"]);
+    let region_out = out.path().join("region_evaluation");
+    let region_report = evaluate(&region_maps, &truth, "2", &region_out);
+    let region_slide = &region_report["slides"][0];
+    assert_eq!(region_slide["size"], serde_json::json!([384, 256]));
+    assert_eq!(
+        (
+            region_slide["lesions"].as_u64(),
+            region_slide["lesions_found"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let (whole, region) = (
+        detections(out.path(), "demo_vips_jpeg"),
+        detections(&region_out, "demo_vips_jpeg"),
+    );
+    let highest = whole[0];
+    assert!(
+        (1024..2560).contains(&highest.1) && (2048..3072).contains(&highest.2),
+        "the whole map's highest detection {highest:?} lies outside the region"
+    );
+    assert_eq!(region[0], highest);
     // Level 5 does not exist in a 4-level map: said so.
     let too_deep = infer(evaluate_args(&maps, &truth, "5", out.path()));
     let message = String::from_utf8_lossy(&too_deep.stderr);

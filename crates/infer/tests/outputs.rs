@@ -70,11 +70,11 @@ fn asap_xml_reads_back_as_the_thresholded_map() {
     let xml = dir.path().join("demo_vips_jpeg.tumour.xml");
     let map = map(&dir.path().join("demo_vips_jpeg.prob.tif"));
     let (width, height) = map.dimensions();
-    let truth = Truth::load(&xml, width as u64, height as u64).unwrap();
+    let truth = Truth::load(&xml, width as f64, height as f64).unwrap();
     let mut overlap = Overlap::default();
     let mut row = Vec::new();
     for y in 0..height {
-        truth.row(0, y as u64, width as usize, &mut row);
+        truth.row(0.0, y as f64, width as usize, &mut row);
         let predicted: Vec<u8> = (0..width).map(|x| map.get_pixel(x, y).0[0]).collect();
         overlap.add_row(&predicted, &row);
     }

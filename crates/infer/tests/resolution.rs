@@ -23,13 +23,13 @@ fn agreement(a: &GrayImage, b: &GrayImage, levels: u8) -> f64 {
 /// Dice of the polygons of an ASAP XML, scaled down by `factor`, against `mask`.
 fn dice_on_mask(xml: &Path, factor: f64, mask: &GrayImage) -> f64 {
     let (width, height) = mask.dimensions();
-    let polygons = infer::truth::Truth::load(xml, width as u64, height as u64)
+    let polygons = infer::truth::Truth::load(xml, width as f64, height as f64)
         .unwrap()
         .downscaled(factor);
     let (mut both, mut total) = (0u64, 0u64);
     let mut row = Vec::new();
     for y in 0..height {
-        polygons.row(0, y as u64, width as usize, &mut row);
+        polygons.row(0.0, y as f64, width as usize, &mut row);
         for (x, &inside) in row.iter().enumerate() {
             let tumour = mask.get_pixel(x as u32, y).0[0] > 0;
             both += (inside && tumour) as u64;
