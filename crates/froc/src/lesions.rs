@@ -173,7 +173,7 @@ fn fill_holes(inside: &mut [bool], width: usize, height: usize) {
 }
 
 /// 8-connected regions, labelled 1, 2, ... in the raster order of their first pixel.
-fn label_8_connected(inside: &[bool], width: usize, height: usize) -> Vec<u32> {
+pub(crate) fn label_8_connected(inside: &[bool], width: usize, height: usize) -> Vec<u32> {
     let mut labels = vec![0u32; inside.len()];
     let mut next = 0u32;
     let mut stack = Vec::new();
@@ -213,7 +213,7 @@ fn label_8_connected(inside: &[bool], width: usize, height: usize) -> Vec<u32> {
 
 /// Each label's major axis length: 4 √λ, λ the larger eigenvalue of the covariance of its
 /// pixels' (row, column) coordinates (scikit-image's `major_axis_length`).
-fn major_axes(labels: &[u32], width: usize) -> Vec<f64> {
+pub(crate) fn major_axes(labels: &[u32], width: usize) -> Vec<f64> {
     let count = labels.iter().copied().max().unwrap_or(0) as usize;
     let pixels = || {
         labels

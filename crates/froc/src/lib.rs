@@ -1,5 +1,6 @@
 //! Camelyon16's evaluation, as the challenge's `Evaluation_FROC.py` and MONAI's `LesionFROC`
-//! compute it, on maps at one pyramid level ("the evaluation level", 5 in Camelyon16):
+//! compute it, and Camelyon17's, on maps at one pyramid level ("the evaluation level", 5 in
+//! Camelyon16):
 //!
 //! - [`Lesions`]: the ground truth's tumour grown by 75 µm, holes filled, split into
 //!   8-connected lesions; lesions whose major axis is under 275 µm are isolated tumour cells,
@@ -9,7 +10,9 @@
 //! - [`SlideOutcome`]: each detection a hit on a lesion or a false positive;
 //! - [`Froc`]: sensitivity against false positives per slide over a cohort, and its score,
 //!   the mean sensitivity at 1/4, 1/2, 1, 2, 4 and 8 false positives per slide;
-//! - [`roc_auc`]: the slide-level area under the ROC curve.
+//! - [`roc_auc`]: the slide-level area under the ROC curve;
+//! - [`staging`]: Camelyon17's task, each node classed by its largest metastasis, each
+//!   patient's pN stage, and the quadratic-weighted kappa between stagings.
 //!
 //! One difference from MONAI, on purpose: a slide without tumour has no lesions here (as in
 //! Camelyon's code), where MONAI's distance transform of an empty mask invents a small one in
@@ -17,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod lesions;
+pub mod staging;
 
 pub use lesions::Lesions;
 

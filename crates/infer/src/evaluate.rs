@@ -9,10 +9,14 @@
 //! Camelyon16's normal slides are. Both are in the slide's terms; where the map lies in the
 //! slide (its scale, and its corner when `infer` ran a `--region`) is read from the
 //! `STEM.summary.json` beside it.
+//!
+//! Camelyon17's task comes with it ([`staging`]): each slide classed by its largest
+//! metastasis, and where slides are named as a patient's nodes, each patient's pN stage.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use froc::staging::{Finding, largest_metastasis};
 use froc::{Detection, Froc, Lesions, Plane, SlideOutcome};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -23,6 +27,8 @@ use crate::output::Staged;
 use crate::resolution::Analysis;
 use crate::truth::{self, Truth};
 
+pub mod staging;
+
 /// Probability-map suffixes `infer` writes.
 const MAP_SUFFIXES: [&str; 2] = [".prob.ome.tif", ".prob.tif"];
 
@@ -31,6 +37,8 @@ pub struct Evaluation {
     pub truth: PathBuf,
     /// Pyramid level of the maps at which lesions and detections are found.
     pub level: usize,
+    /// Camelyon17's reference stages (`stage_labels.csv`), for the kappa.
+    pub stages: Option<PathBuf>,
     pub out: PathBuf,
 }
 
@@ -46,6 +54,9 @@ pub struct Report {
     /// and tumour-free slides are present.
     pub auc: Option<f64>,
     pub curve: Option<Curve>,
+    /// Camelyon17's patients and their stages; absent unless slides are named as nodes
+    /// (`PATIENT_node_N`).
+    pub staging: Option<staging::Staging>,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,6 +81,10 @@ pub struct SlideReport {
     /// Evaluation-level pixels and microns per pixel there.
     pub size: [usize; 2],
     pub microns_per_pixel: f64,
+    /// The longest extent of the largest region of p >= 0.5, mm; absent without one.
+    pub largest_metastasis_mm: Option<f64>,
+    /// The node's class by it, as Camelyon17 names them: negative, itc, micro, macro.
+    pub finding: &'static str,
 }
 
 /// Scores every map in `maps`, writes the report and the curve into `out`.
@@ -90,6 +105,25 @@ pub fn run(evaluation: &Evaluation) -> Result<Report> {
         slides.push(report);
         outcomes.push(outcome);
     }
+    let findings: Vec<(&str, Finding)> = slides
+        .iter()
+        .map(|s| {
+            (
+                s.slide.as_str(),
+                Finding::from_largest(s.largest_metastasis_mm),
+            )
+        })
+        .collect();
+    let staging = match staging::stage(&findings, evaluation.stages.as_deref())? {
+        Some((staging, csv)) => {
+            staged.write_bytes(staging::STAGES_CSV, csv.as_bytes())?;
+            Some(staging)
+        }
+        None if evaluation.stages.is_some() => {
+            bail!("--stages: no map is named as a patient's node (PATIENT_node_N.prob.tif)")
+        }
+        None => None,
+    };
     let froc = Froc::new(&outcomes);
     let scores: Vec<f64> = slides.iter().map(|s| s.score).collect();
     let tumour: Vec<bool> = slides.iter().map(|s| s.tumour).collect();
@@ -103,6 +137,7 @@ pub fn run(evaluation: &Evaluation) -> Result<Report> {
             sensitivity: f.sensitivity,
         }),
         slides,
+        staging,
     };
     staged.write("evaluation.json", |out| {
         Ok(serde_json::to_writer_pretty(out, &report)?)
@@ -274,6 +309,13 @@ fn evaluate_slide(
         values: &probability,
     });
     let outcome = SlideOutcome::new(&lesions, &found);
+    let predicted: Vec<bool> = probability.iter().map(|&p| p >= 0.5).collect();
+    let largest_metastasis_mm = largest_metastasis(Plane {
+        width,
+        height,
+        values: &predicted,
+    })
+    .map(|pixels| pixels * microns_per_pixel / 1000.0);
     let report = SlideReport {
         slide: stem.to_string(),
         truth: truth_path.map(|p| p.display().to_string()),
@@ -286,6 +328,8 @@ fn evaluate_slide(
         score: probability.iter().fold(0.0f32, |m, &p| m.max(p)) as f64,
         size: [width, height],
         microns_per_pixel,
+        largest_metastasis_mm,
+        finding: Finding::from_largest(largest_metastasis_mm).name(),
     };
     let detected = found
         .iter()

@@ -54,6 +54,10 @@ enum Command {
         /// The maps' pyramid level at which lesions and detections are found (Camelyon16: 5).
         #[arg(long, default_value_t = 5)]
         level: usize,
+        /// Camelyon17's reference stages (its stage_labels.csv: PATIENT.zip,STAGE lines): the
+        /// quadratic-weighted kappa of the patients' stages, from maps named PATIENT_node_N.
+        #[arg(long)]
+        stages: Option<PathBuf>,
         /// Where evaluation.json, froc.png and detections/ go [default: MAPS].
         #[arg(long)]
         out: Option<PathBuf>,
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
                     maps,
                     truth,
                     level,
+                    stages,
                     out,
                 }),
             ..
@@ -181,6 +186,7 @@ fn main() -> ExitCode {
             maps,
             truth,
             level,
+            stages,
         }),
         Cli {
             command: Some(Command::Merge { dir }),
@@ -456,13 +462,14 @@ fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
     let report = evaluate::run(&evaluation)?;
     for slide in &report.slides {
         output_file::outln!(
-            "{}: lesions {}, found {}, isolated tumour cells {}, false positives {}, score {:.3}",
+            "{}: lesions {}, found {}, isolated tumour cells {}, false positives {}, score {:.3}, {}",
             slide.slide,
             slide.lesions,
             slide.lesions_found,
             slide.isolated_tumour_cells,
             slide.false_positives,
-            slide.score
+            slide.score,
+            slide.finding
         );
     }
     let figure = |value: Option<f64>| value.map_or("n/a".to_string(), |v| format!("{v:.4}"));
@@ -472,6 +479,18 @@ fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
         figure(report.froc),
         figure(report.auc)
     );
+    if let Some(staging) = &report.staging {
+        let missing = match staging.missing.len() {
+            0 => String::new(),
+            n => format!(" ({n} of the reference's patients have no maps here)"),
+        };
+        output_file::outln!(
+            "{} patients staged in {}: kappa {}{missing}",
+            staging.patients.len(),
+            evaluation.out.join(evaluate::staging::STAGES_CSV).display(),
+            figure(staging.kappa),
+        );
+    }
     output_file::outln!(
         "wrote {} and each slide's detections in {}",
         evaluation.out.join("evaluation.json").display(),

@@ -35,7 +35,7 @@ fn evaluate(maps: &Path, truth: &Path, level: &str, out: &Path) -> Value {
 
 fn close(ours: &Value, monai: &Value, what: &str) {
     let (a, b) = (ours.as_f64().unwrap(), monai.as_f64().unwrap());
-    assert!((a - b).abs() <= 1e-6, "{what}: ours {a}, MONAI {b}");
+    assert!((a - b).abs() <= 1e-6, "{what}: ours {a}, the reference {b}");
 }
 
 /// `detections/STEM.csv` in `out`: `(probability, x, y)` a line.
@@ -237,6 +237,80 @@ fn a_map_infer_wrote_finds_the_annotated_lesion() {
     assert!(!too_deep.status.success());
     assert!(
         message.contains("4 levels") && message.contains("--level 3"),
+        "{message}"
+    );
+}
+
+/// Camelyon17's task on seven patients' nodes (`tests/fixtures/staging`, made by
+/// `tools/make_staging_fixtures.py`): each node's largest metastasis as scikit-image measures
+/// it, its class and each patient's stage by the challenge's definitions, and the kappa as
+/// scikit-learn computes it against a reference that disagrees on three patients and names one
+/// more.
+#[test]
+fn patients_are_staged_and_scored_as_camelyon17() {
+    let folder = fixtures().join("staging");
+    let expected = read_json(&folder.join("expected.json"));
+    // No lesion annotations: the FROC has nothing to find, the staging needs none.
+    let truth = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let maps = folder.join("maps");
+    let reference = folder.join("stage_labels.csv");
+    let with_stages = |reference: &Path| {
+        let mut args = evaluate_args(&maps, truth.path(), "0", out.path()).to_vec();
+        args.extend(["--stages".as_ref(), reference.as_os_str()]);
+        infer(args)
+    };
+    let ran = with_stages(&reference);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let report = read_json(&out.path().join("evaluation.json"));
+    let slides = report["slides"].as_array().unwrap();
+    assert_eq!(slides.len(), 35);
+    for slide in slides {
+        let stem = slide["slide"].as_str().unwrap();
+        let want = &expected["slides"][stem];
+        assert_eq!(slide["finding"], want["finding"], "{stem}");
+        match want["largest_metastasis_mm"].as_f64() {
+            Some(mm) => close(&slide["largest_metastasis_mm"], &mm.into(), stem),
+            None => assert!(slide["largest_metastasis_mm"].is_null(), "{stem}"),
+        }
+    }
+    let staging = &report["staging"];
+    close(&staging["kappa"], &expected["kappa"], "kappa");
+    assert_eq!(staging["missing"], expected["missing"]);
+
+    // stages.csv in the challenge's format: each patient's stage, then its nodes' findings.
+    let csv = std::fs::read_to_string(out.path().join("stages.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("patient,stage"));
+    let mut patients = 0;
+    for line in lines {
+        let (name, class) = line.split_once(',').unwrap();
+        if let Some(patient) = name.strip_suffix(".zip") {
+            assert_eq!(expected["patients"][patient], class, "{line}");
+            patients += 1;
+        } else {
+            let stem = name.strip_suffix(".tif").unwrap();
+            assert_eq!(expected["slides"][stem]["finding"], class, "{line}");
+        }
+    }
+    assert_eq!(patients, 7);
+
+    // A reference with a stage the challenge does not have is named, line and all.
+    let bad = truth.path().join("stage_labels.csv");
+    std::fs::write(
+        &bad,
+        "patient,stage\npatient_000.zip,pN0\npatient_001.zip,pN3\n",
+    )
+    .unwrap();
+    let refused = with_stages(&bad);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        message.contains("line 3") && message.contains("\"pN3\" is not a stage"),
         "{message}"
     );
 }
