@@ -49,9 +49,9 @@ impl Finding {
     }
 }
 
-/// The longest extent of the largest tumour region, in pixels: among the 8-connected regions
-/// of `tumour`, the largest major axis (that of the ellipse with the region's second moments,
-/// as Camelyon16's evaluation measures lesions); `None` without tumour.
+/// The size of the largest metastasis, in pixels: the longest major axis among the
+/// 8-connected regions of `tumour` (that of the ellipse with a region's second moments, as
+/// Camelyon16's evaluation measures lesions); `None` without tumour.
 pub fn largest_metastasis(tumour: Plane<bool>) -> Option<f64> {
     let Plane {
         width,

@@ -81,7 +81,8 @@ pub struct SlideReport {
     /// Evaluation-level pixels and microns per pixel there.
     pub size: [usize; 2],
     pub microns_per_pixel: f64,
-    /// The longest extent of the largest region of p >= 0.5, mm; absent without one.
+    /// The size of the largest metastasis, mm: the longest major axis among the 8-connected
+    /// regions of p >= 0.5; absent without one.
     pub largest_metastasis_mm: Option<f64>,
     /// The node's class by it, as Camelyon17 names them: negative, itc, micro, macro.
     pub finding: &'static str,
