@@ -10,8 +10,8 @@ Writes OUT (default tests/fixtures/staging):
                                     below 0.5, some just below or at the threshold (127, 128);
   stage_labels.csv                  a reference in the challenge's format (`patient,stage`;
                                     patients as `patient_NNN.zip`, nodes as `..._node_M.tif`),
-                                    which disagrees with the maps on three patients and names
-                                    one patient without maps;
+                                    which disagrees with the maps on three patients and two
+                                    nodes and names one patient without maps;
   expected.json                     per map the largest metastasis, mm (scikit-image's
                                     `axis_major_length` of the largest 8-connected region of
                                     p >= 0.5, times the pixel size) and its class by the
@@ -20,7 +20,7 @@ Writes OUT (default tests/fixtures/staging):
                                     stages against the reference's (scikit-learn's
                                     `cohen_kappa_score`, the five stages as labels, as the
                                     challenge's evaluation computes it) over the patients both
-                                    name.
+                                    name; how many nodes' findings the reference shares.
 
 Needs NumPy, scikit-image, scikit-learn and tifffile:
   python3 -m venv /tmp/staging && /tmp/staging/bin/pip install numpy scikit-image scikit-learn tifffile
@@ -61,8 +61,10 @@ PATIENTS = {
     "patient_005": [MICRO, MICRO_LONG, MICRO, MICRO_LONG, MICRO],
     "patient_006": [MACRO, MACRO, NEGATIVE, NEGATIVE, NEGATIVE],
 }
-# The reference's stages where it disagrees with the maps, and a patient with no maps.
+# The reference's stages and findings where it disagrees with the maps, and a patient with no
+# maps.
 REFERENCE_DIFFERS = {"patient_001": "pN0", "patient_004": "pN1", "patient_006": "pN2"}
+REFERENCE_NODES_DIFFER = {"patient_001_node_3": "negative", "patient_004_node_2": "macro"}
 REFERENCE_ONLY = {"patient_007": "pN1mi"}
 
 
@@ -110,8 +112,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "staging")
     args = parser.parse_args()
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    # What this script wrote before, not the folder's README.
+    shutil.rmtree(args.out / "maps", ignore_errors=True)
     (args.out / "maps").mkdir(parents=True)
     rng = np.random.default_rng(17)
     slides, patients, reference_rows = {}, {}, []
@@ -133,7 +135,7 @@ def main():
             mm = largest_mm(values)
             slides[stem] = {"largest_metastasis_mm": mm, "finding": finding(mm)}
             findings.append(finding(mm))
-            node_rows.append(f"{stem}.tif,{finding(mm)}")
+            node_rows.append(f"{stem}.tif,{REFERENCE_NODES_DIFFER.get(stem, finding(mm))}")
         patients[patient] = stage(findings)
         reference_rows.append(f"{patient}.zip,{REFERENCE_DIFFERS.get(patient, patients[patient])}")
         reference_rows.extend(node_rows)
@@ -147,6 +149,8 @@ def main():
         "patients": patients,
         "kappa": float(kappa),
         "missing": sorted(REFERENCE_ONLY),
+        "nodes_compared": len(slides),
+        "nodes_agreeing": sum(REFERENCE_NODES_DIFFER.get(stem, s["finding"]) == s["finding"] for stem, s in slides.items()),
     }
     (args.out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     print(f"kappa {kappa:.6f}", patients)

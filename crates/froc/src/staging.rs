@@ -28,6 +28,13 @@ pub enum Finding {
 }
 
 impl Finding {
+    pub const ALL: [Finding; 4] = [
+        Finding::Negative,
+        Finding::IsolatedTumourCells,
+        Finding::Micro,
+        Finding::Macro,
+    ];
+
     /// A node whose largest metastasis measures `largest_mm` (`None`: no tumour at all).
     pub fn from_largest(largest_mm: Option<f64>) -> Finding {
         match largest_mm {
@@ -46,6 +53,13 @@ impl Finding {
             Finding::Micro => "micro",
             Finding::Macro => "macro",
         }
+    }
+
+    /// A finding by its name, in any case.
+    pub fn parse(name: &str) -> Option<Finding> {
+        Finding::ALL
+            .into_iter()
+            .find(|finding| finding.name().eq_ignore_ascii_case(name.trim()))
     }
 }
 
@@ -159,6 +173,8 @@ mod tests {
         assert_eq!(Finding::from_largest(Some(0.21)), Micro);
         assert_eq!(Finding::from_largest(Some(2.0)), Micro);
         assert_eq!(Finding::from_largest(Some(2.01)), Macro);
+        assert_eq!(Finding::parse(" ITC"), Some(Itc));
+        assert_eq!(Finding::parse("tumour"), None);
     }
 
     /// The challenge's five definitions, one case each, and their edges: metastases are

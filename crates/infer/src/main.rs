@@ -484,8 +484,12 @@ fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
             0 => String::new(),
             n => format!(" ({n} of the reference's patients have no maps here)"),
         };
+        let nodes = match staging.nodes_compared {
+            0 => String::new(),
+            n => format!(", {} of {n} nodes as the reference", staging.nodes_agreeing),
+        };
         output_file::outln!(
-            "{} patients staged in {}: kappa {}{missing}",
+            "{} patients staged in {}: kappa {}{missing}{nodes}",
             staging.patients.len(),
             evaluation.out.join(evaluate::staging::STAGES_CSV).display(),
             figure(staging.kappa),

@@ -244,8 +244,8 @@ fn a_map_infer_wrote_finds_the_annotated_lesion() {
 /// Camelyon17's task on seven patients' nodes (`tests/fixtures/staging`, made by
 /// `tools/make_staging_fixtures.py`): each node's largest metastasis as scikit-image measures
 /// it, its class and each patient's stage by the challenge's definitions, and the kappa as
-/// scikit-learn computes it against a reference that disagrees on three patients and names one
-/// more.
+/// scikit-learn computes it against a reference that disagrees on three patients and two
+/// nodes and names one more patient.
 #[test]
 fn patients_are_staged_and_scored_as_camelyon17() {
     let folder = fixtures().join("staging");
@@ -281,6 +281,9 @@ fn patients_are_staged_and_scored_as_camelyon17() {
     let staging = &report["staging"];
     close(&staging["kappa"], &expected["kappa"], "kappa");
     assert_eq!(staging["missing"], expected["missing"]);
+    for key in ["nodes_compared", "nodes_agreeing"] {
+        assert_eq!(staging[key], expected[key], "{key}");
+    }
 
     // stages.csv in the challenge's format: each patient's stage, then its nodes' findings.
     let csv = std::fs::read_to_string(out.path().join("stages.csv")).unwrap();

@@ -1,7 +1,8 @@
 //! Camelyon17's patient-level task over a cohort's maps: slides named `PATIENT_node_N` are
 //! one patient's lymph nodes; each patient's pN stage, from its nodes' findings (the `froc`
 //! crate's `staging`), goes to `stages.csv` in the challenge's submission format, and, given
-//! the challenge's reference (`stage_labels.csv`), the quadratic-weighted kappa against it.
+//! the challenge's reference (`stage_labels.csv`), the quadratic-weighted kappa against it and
+//! how many nodes' findings agree with it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,14 +23,26 @@ pub struct Staging {
     pub kappa: Option<f64>,
     /// Patients the reference names that have no maps here: left out of the kappa.
     pub missing: Vec<String>,
+    /// Nodes whose finding the reference gives, and how many of those are ours too (the
+    /// slide-level accuracy Camelyon17's papers report).
+    pub nodes_compared: usize,
+    pub nodes_agreeing: usize,
 }
 
 #[derive(Debug, Serialize)]
 pub struct PatientReport {
     pub patient: String,
-    pub nodes: usize,
     pub stage: &'static str,
     /// The reference's stage, where one was given and names the patient.
+    pub reference: Option<&'static str>,
+    pub nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeReport {
+    pub slide: String,
+    pub finding: &'static str,
+    /// The reference's finding, where it gives the node's.
     pub reference: Option<&'static str>,
 }
 
@@ -48,31 +61,46 @@ pub fn stage(
     if patients.is_empty() {
         return Ok(None);
     }
-    let reference = reference.map(read_reference).transpose()?;
+    let reference = reference
+        .map(read_reference)
+        .transpose()?
+        .unwrap_or_default();
     let mut csv = String::from("patient,stage\n");
     let mut reports = Vec::new();
     let mut pairs = Vec::new();
+    let (mut nodes_compared, mut nodes_agreeing) = (0, 0);
     for (patient, nodes) in &patients {
         let findings: Vec<Finding> = nodes.iter().map(|&(_, finding)| finding).collect();
         let stage = Stage::of(&findings);
-        let expected = reference.as_ref().and_then(|r| r.get(*patient)).copied();
+        let expected = reference.stages.get(*patient).copied();
         if let Some(expected) = expected {
             pairs.push((expected, stage));
         }
         csv += &format!("{patient}.zip,{}\n", stage.name());
-        for (stem, finding) in nodes {
+        let mut node_reports = Vec::new();
+        for &(stem, finding) in nodes {
             csv += &format!("{stem}.tif,{}\n", finding.name());
+            let expected = reference.findings.get(stem).copied();
+            if let Some(expected) = expected {
+                nodes_compared += 1;
+                nodes_agreeing += usize::from(expected == finding);
+            }
+            node_reports.push(NodeReport {
+                slide: stem.to_string(),
+                finding: finding.name(),
+                reference: expected.map(Finding::name),
+            });
         }
         reports.push(PatientReport {
             patient: patient.to_string(),
-            nodes: nodes.len(),
             stage: stage.name(),
             reference: expected.map(Stage::name),
+            nodes: node_reports,
         });
     }
     let missing = reference
-        .iter()
-        .flat_map(|r| r.keys())
+        .stages
+        .keys()
         .filter(|patient| !patients.contains_key(patient.as_str()))
         .cloned()
         .collect();
@@ -80,6 +108,8 @@ pub fn stage(
         patients: reports,
         kappa: quadratic_kappa(&pairs),
         missing,
+        nodes_compared,
+        nodes_agreeing,
     };
     Ok(Some((staging, csv)))
 }
@@ -91,41 +121,55 @@ fn patient_of(stem: &str) -> Option<&str> {
     (!patient.is_empty() && numbered).then_some(patient)
 }
 
-/// Each patient's stage in a reference in the challenge's format: lines `PATIENT.zip,STAGE`
-/// (other lines, the header and the nodes' `SLIDE.tif,FINDING`, are passed over).
-fn read_reference(path: &Path) -> Result<BTreeMap<String, Stage>> {
+/// A reference in the challenge's format.
+#[derive(Default)]
+struct Reference {
+    /// Each patient's stage (lines `PATIENT.zip,STAGE`)...
+    stages: BTreeMap<String, Stage>,
+    /// ...and each node's finding (lines `SLIDE.tif,FINDING`), where it gives them.
+    findings: BTreeMap<String, Finding>,
+}
+
+/// Reads a reference; other lines (the header) are passed over.
+fn read_reference(path: &Path) -> Result<Reference> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read the reference stages", path.display()))?;
-    let mut stages = BTreeMap::new();
+    let mut reference = Reference::default();
     for (index, line) in text.lines().enumerate() {
         let mut fields = line.split(',').map(str::trim);
-        let (Some(name), Some(stage)) = (fields.next(), fields.next()) else {
+        let (Some(name), Some(class)) = (fields.next(), fields.next()) else {
             continue;
         };
         // Lowercasing ASCII keeps every byte where it was: the cut is the name's too.
-        let Some(patient) = name
-            .to_ascii_lowercase()
-            .strip_suffix(".zip")
-            .map(|lower| name[..lower.len()].to_string())
-        else {
-            continue;
-        };
-        let Some(stage) = Stage::parse(stage) else {
-            bail!(
-                "{}: line {}: \"{stage}\" is not a stage (pN0, pN0(i+), pN1mi, pN1, pN2)",
+        let lower = name.to_ascii_lowercase();
+        let unknown = |what: &str, names: &str| {
+            anyhow::anyhow!(
+                "{}: line {}: \"{class}\" is not a {what} ({names})",
                 path.display(),
                 index + 1
-            );
+            )
         };
-        stages.insert(patient, stage);
+        if let Some(patient) = lower.strip_suffix(".zip") {
+            let stage = Stage::parse(class)
+                .ok_or_else(|| unknown("stage", "pN0, pN0(i+), pN1mi, pN1, pN2"))?;
+            reference
+                .stages
+                .insert(name[..patient.len()].to_string(), stage);
+        } else if let Some(slide) = lower.strip_suffix(".tif") {
+            let finding = Finding::parse(class)
+                .ok_or_else(|| unknown("finding", "negative, itc, micro, macro"))?;
+            reference
+                .findings
+                .insert(name[..slide.len()].to_string(), finding);
+        }
     }
-    if stages.is_empty() {
+    if reference.stages.is_empty() {
         bail!(
             "{}: no patient's stage (lines PATIENT.zip,STAGE, as Camelyon17's stage_labels.csv)",
             path.display()
         );
     }
-    Ok(stages)
+    Ok(reference)
 }
 
 #[cfg(test)]
