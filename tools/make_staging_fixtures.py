@@ -10,8 +10,10 @@ Writes OUT (default tests/fixtures/staging):
                                     below 0.5, some just below or at the threshold (127, 128);
   stage_labels.csv                  a reference in the challenge's format (`patient,stage`;
                                     patients as `patient_NNN.zip`, nodes as `..._node_M.tif`),
-                                    which disagrees with the maps on three patients and two
+                                    which disagrees with the maps on four patients and three
                                     nodes and names one patient without maps;
+  truth/patient_003_node_0.png      the one node annotated (its map's p >= 0.5), as Camelyon17
+                                    annotates only some metastatic nodes;
   expected.json                     per map the largest metastasis, mm (scikit-image's
                                     `axis_major_length` of the largest 8-connected region of
                                     p >= 0.5, times the pixel size) and its class by the
@@ -20,7 +22,11 @@ Writes OUT (default tests/fixtures/staging):
                                     stages against the reference's (scikit-learn's
                                     `cohen_kappa_score`, the five stages as labels, as the
                                     challenge's evaluation computes it) over the patients both
-                                    name; how many nodes' findings the reference shares.
+                                    name; how many nodes' findings the reference shares; which
+                                    maps count in the FROC (annotated, or negative by the
+                                    reference); the slide-level ROC AUC of each map's highest
+                                    probability, tumour by the reference (scikit-learn's
+                                    `roc_auc_score`).
 
 Needs NumPy, scikit-image, scikit-learn and tifffile:
   python3 -m venv /tmp/staging && /tmp/staging/bin/pip install numpy scikit-image scikit-learn tifffile
@@ -36,7 +42,8 @@ import numpy as np
 import tifffile
 from skimage.draw import ellipse
 from skimage.measure import label, regionprops
-from sklearn.metrics import cohen_kappa_score
+from PIL import Image
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 REPO = Path(__file__).resolve().parent.parent
 SPACING = 0.243 * 64
@@ -63,9 +70,21 @@ PATIENTS = {
 }
 # The reference's stages and findings where it disagrees with the maps, and a patient with no
 # maps.
-REFERENCE_DIFFERS = {"patient_001": "pN0", "patient_004": "pN1", "patient_006": "pN2"}
-REFERENCE_NODES_DIFFER = {"patient_001_node_3": "negative", "patient_004_node_2": "macro"}
+REFERENCE_DIFFERS = {
+    "patient_000": "pN0(i+)",
+    "patient_001": "pN0",
+    "patient_004": "pN1",
+    "patient_006": "pN2",
+}
+REFERENCE_NODES_DIFFER = {
+    "patient_000_node_4": "itc",
+    "patient_001_node_3": "negative",
+    "patient_004_node_2": "macro",
+}
 REFERENCE_ONLY = {"patient_007": "pN1mi"}
+# The one node whose metastases an annotation outlines (a mask of its tumour), as Camelyon17
+# annotates only some of its metastatic nodes.
+ANNOTATED = "patient_003_node_0"
 
 
 def node_map(shapes, rng):
@@ -113,8 +132,9 @@ def main():
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "staging")
     args = parser.parse_args()
     # What this script wrote before, not the folder's README.
-    shutil.rmtree(args.out / "maps", ignore_errors=True)
-    (args.out / "maps").mkdir(parents=True)
+    for folder in ("maps", "truth"):
+        shutil.rmtree(args.out / folder, ignore_errors=True)
+        (args.out / folder).mkdir(parents=True)
     rng = np.random.default_rng(17)
     slides, patients, reference_rows = {}, {}, []
     for patient, nodes in PATIENTS.items():
@@ -132,10 +152,20 @@ def main():
                 resolutionunit="CENTIMETER",
                 photometric="minisblack",
             )
+            if stem == ANNOTATED:
+                Image.fromarray((values >= 128).astype(np.uint8)).save(args.out / "truth" / f"{stem}.png")
             mm = largest_mm(values)
-            slides[stem] = {"largest_metastasis_mm": mm, "finding": finding(mm)}
+            reference_finding = REFERENCE_NODES_DIFFER.get(stem, finding(mm))
+            slides[stem] = {
+                "largest_metastasis_mm": mm,
+                "finding": finding(mm),
+                "score": float(values.max()) / 255,
+                # A node the reference calls a metastasis without an annotation has unknown lesions.
+                "in_froc": stem == ANNOTATED or reference_finding == "negative",
+                "tumour": reference_finding != "negative",
+            }
             findings.append(finding(mm))
-            node_rows.append(f"{stem}.tif,{REFERENCE_NODES_DIFFER.get(stem, finding(mm))}")
+            node_rows.append(f"{stem}.tif,{reference_finding}")
         patients[patient] = stage(findings)
         reference_rows.append(f"{patient}.zip,{REFERENCE_DIFFERS.get(patient, patients[patient])}")
         reference_rows.extend(node_rows)
@@ -151,6 +181,8 @@ def main():
         "missing": sorted(REFERENCE_ONLY),
         "nodes_compared": len(slides),
         "nodes_agreeing": sum(REFERENCE_NODES_DIFFER.get(stem, s["finding"]) == s["finding"] for stem, s in slides.items()),
+        # Slide-level ROC AUC of each map's highest probability, tumour by the reference.
+        "auc": float(roc_auc_score([s["tumour"] for s in slides.values()], [s["score"] for s in slides.values()])),
     }
     (args.out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     print(f"kappa {kappa:.6f}", patients)

@@ -69,7 +69,12 @@ pub struct Curve {
 pub struct SlideReport {
     pub slide: String,
     pub truth: Option<String>,
+    /// Tumour in the truth, or, for a slide without one, in the reference's finding
+    /// (`--stages`).
     pub tumour: bool,
+    /// Counted in the FROC: false for a slide the reference calls a metastasis (itc, micro,
+    /// macro) that no annotation outlines, whose lesions are unknown (most of Camelyon17's).
+    pub in_froc: bool,
     /// Lesions that count, and isolated tumour cells (left out).
     pub lesions: usize,
     pub isolated_tumour_cells: usize,
@@ -91,11 +96,16 @@ pub struct SlideReport {
 /// Scores every map in `maps`, writes the report and the curve into `out`.
 pub fn run(evaluation: &Evaluation) -> Result<Report> {
     let maps = probability_maps(&evaluation.maps)?;
+    let reference = evaluation
+        .stages
+        .as_deref()
+        .map(staging::read_reference)
+        .transpose()?;
     let mut staged = Staged::create(&evaluation.out)?;
     let mut slides = Vec::new();
     let mut outcomes = Vec::new();
     for (stem, path) in &maps {
-        let (report, outcome, detected) = evaluate_slide(stem, path, evaluation)
+        let (mut report, outcome, detected) = evaluate_slide(stem, path, evaluation)
             .with_context(|| format!("{}: cannot evaluate", path.display()))?;
         staged.write(&format!("{DETECTIONS}/{stem}.csv"), |out| {
             for (probability, (x, y)) in detected {
@@ -103,8 +113,17 @@ pub fn run(evaluation: &Evaluation) -> Result<Report> {
             }
             Ok(())
         })?;
+        let metastatic = reference
+            .as_ref()
+            .and_then(|r| r.finding(stem))
+            .is_some_and(|finding| finding != Finding::Negative);
+        if report.truth.is_none() && metastatic {
+            report.tumour = true;
+            report.in_froc = false;
+        } else {
+            outcomes.push(outcome);
+        }
         slides.push(report);
-        outcomes.push(outcome);
     }
     let findings: Vec<(&str, Finding)> = slides
         .iter()
@@ -115,12 +134,12 @@ pub fn run(evaluation: &Evaluation) -> Result<Report> {
             )
         })
         .collect();
-    let staging = match staging::stage(&findings, evaluation.stages.as_deref())? {
+    let staging = match staging::stage(&findings, reference.as_ref()) {
         Some((staging, csv)) => {
             staged.write_bytes(staging::STAGES_CSV, csv.as_bytes())?;
             Some(staging)
         }
-        None if evaluation.stages.is_some() => {
+        None if reference.is_some() => {
             bail!("--stages: no map is named as a patient's node (PATIENT_node_N.prob.tif)")
         }
         None => None,
@@ -321,6 +340,7 @@ fn evaluate_slide(
         slide: stem.to_string(),
         truth: truth_path.map(|p| p.display().to_string()),
         tumour: tumour.iter().any(|&t| t),
+        in_froc: true,
         lesions: lesions.targets(),
         isolated_tumour_cells: lesions.isolated_tumour_cells(),
         lesions_found: outcome.lesions_found(),

@@ -461,8 +461,17 @@ fn merge(dir: &Path) -> Result<Outcome> {
 fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
     let report = evaluate::run(&evaluation)?;
     for slide in &report.slides {
+        if !slide.in_froc {
+            output_file::outln!(
+                "{}: metastatic by the reference but not annotated: left out of the FROC; score {:.3}, class {}",
+                slide.slide,
+                slide.score,
+                slide.finding
+            );
+            continue;
+        }
         output_file::outln!(
-            "{}: lesions {}, found {}, isolated tumour cells {}, false positives {}, score {:.3}, {}",
+            "{}: lesions {}, found {}, isolated tumour cells {}, false positives {}, score {:.3}, class {}",
             slide.slide,
             slide.lesions,
             slide.lesions_found,

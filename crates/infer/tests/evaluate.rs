@@ -244,19 +244,19 @@ fn a_map_infer_wrote_finds_the_annotated_lesion() {
 /// Camelyon17's task on seven patients' nodes (`tests/fixtures/staging`, made by
 /// `tools/make_staging_fixtures.py`): each node's largest metastasis as scikit-image measures
 /// it, its class and each patient's stage by the challenge's definitions, and the kappa as
-/// scikit-learn computes it against a reference that disagrees on three patients and two
-/// nodes and names one more patient.
+/// scikit-learn computes it against a reference that disagrees on four patients and three
+/// nodes and names one more patient; the slides that reference calls metastatic but no
+/// annotation outlines are left out of the FROC, and its labels make the AUC's.
 #[test]
 fn patients_are_staged_and_scored_as_camelyon17() {
     let folder = fixtures().join("staging");
     let expected = read_json(&folder.join("expected.json"));
-    // No lesion annotations: the FROC has nothing to find, the staging needs none.
-    let truth = tempfile::tempdir().unwrap();
+    let truth = folder.join("truth");
     let out = tempfile::tempdir().unwrap();
     let maps = folder.join("maps");
     let reference = folder.join("stage_labels.csv");
     let with_stages = |reference: &Path| {
-        let mut args = evaluate_args(&maps, truth.path(), "0", out.path()).to_vec();
+        let mut args = evaluate_args(&maps, &truth, "0", out.path()).to_vec();
         args.extend(["--stages".as_ref(), reference.as_os_str()]);
         infer(args)
     };
@@ -272,7 +272,9 @@ fn patients_are_staged_and_scored_as_camelyon17() {
     for slide in slides {
         let stem = slide["slide"].as_str().unwrap();
         let want = &expected["slides"][stem];
-        assert_eq!(slide["finding"], want["finding"], "{stem}");
+        for key in ["finding", "in_froc", "tumour"] {
+            assert_eq!(slide[key], want[key], "{stem}: {key}");
+        }
         match want["largest_metastasis_mm"].as_f64() {
             Some(mm) => close(&slide["largest_metastasis_mm"], &mm.into(), stem),
             None => assert!(slide["largest_metastasis_mm"].is_null(), "{stem}"),
@@ -284,6 +286,18 @@ fn patients_are_staged_and_scored_as_camelyon17() {
     for key in ["nodes_compared", "nodes_agreeing"] {
         assert_eq!(staging[key], expected[key], "{key}");
     }
+    close(&report["auc"], &expected["auc"], "AUC");
+
+    // What is left out of the FROC counts as if its maps were not there.
+    let counted = tempfile::tempdir().unwrap();
+    for slide in slides.iter().filter(|s| s["in_froc"] == true) {
+        let name = format!("{}.prob.tif", slide["slide"].as_str().unwrap());
+        std::fs::copy(maps.join(&name), counted.path().join(&name)).unwrap();
+    }
+    let alone = evaluate(counted.path(), &truth, "0", &counted.path().join("out"));
+    assert!(report["froc"].as_f64().is_some());
+    assert_eq!(report["froc"], alone["froc"]);
+    assert_eq!(report["sensitivity_at"], alone["sensitivity_at"]);
 
     // stages.csv in the challenge's format: each patient's stage, then its nodes' findings.
     let csv = std::fs::read_to_string(out.path().join("stages.csv")).unwrap();
@@ -303,7 +317,8 @@ fn patients_are_staged_and_scored_as_camelyon17() {
     assert_eq!(patients, 7);
 
     // A reference with a stage the challenge does not have is named, line and all.
-    let bad = truth.path().join("stage_labels.csv");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let bad = elsewhere.path().join("stage_labels.csv");
     std::fs::write(
         &bad,
         "patient,stage\npatient_000.zip,pN0\npatient_001.zip,pN3\n",
