@@ -70,29 +70,29 @@ pub fn stage(
     for (patient, nodes) in &patients {
         let findings: Vec<Finding> = nodes.iter().map(|&(_, finding)| finding).collect();
         let stage = Stage::of(&findings);
-        let expected = reference.stages.get(*patient).copied();
-        if let Some(expected) = expected {
-            pairs.push((expected, stage));
+        let reference_stage = reference.stages.get(*patient).copied();
+        if let Some(reference_stage) = reference_stage {
+            pairs.push((reference_stage, stage));
         }
         csv += &format!("{patient}.zip,{}\n", stage.name());
         let mut node_reports = Vec::new();
         for &(stem, finding) in nodes {
             csv += &format!("{stem}.tif,{}\n", finding.name());
-            let expected = reference.finding(stem);
-            if let Some(expected) = expected {
+            let reference_finding = reference.finding(stem);
+            if let Some(reference_finding) = reference_finding {
                 nodes_compared += 1;
-                nodes_agreeing += usize::from(expected == finding);
+                nodes_agreeing += usize::from(reference_finding == finding);
             }
             node_reports.push(NodeReport {
                 slide: stem.to_string(),
                 finding: finding.name(),
-                reference: expected.map(Finding::name),
+                reference: reference_finding.map(Finding::name),
             });
         }
         reports.push(PatientReport {
             patient: patient.to_string(),
             stage: stage.name(),
-            reference: expected.map(Stage::name),
+            reference: reference_stage.map(Stage::name),
             nodes: node_reports,
         });
     }
