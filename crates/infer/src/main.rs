@@ -43,19 +43,21 @@ enum Command {
     },
     /// A cohort's probability maps scored as Camelyon16 did: lesion-level FROC and
     /// slide-level ROC AUC, into evaluation.json and froc.png; each slide's detections in
-    /// Camelyon16's submission format, detections/STEM.csv.
+    /// Camelyon16's submission format, detections/STEM.csv; Camelyon17's pN stages, stages.csv.
     Evaluate {
         /// The directory of `STEM.prob.tif` maps (`infer`'s --out).
         maps: PathBuf,
         /// Ground truth: `STEM.xml` (ASAP) or `STEM.png` / `STEM_mask.png` (non-zero =
-        /// tumour); a slide with neither is tumour-free.
+        /// tumour); a slide with neither is tumour-free (unless --stages calls it metastatic).
         #[arg(long)]
         truth: PathBuf,
         /// The maps' pyramid level at which lesions and detections are found (Camelyon16: 5).
         #[arg(long, default_value_t = 5)]
         level: usize,
         /// Camelyon17's reference stages (its stage_labels.csv: PATIENT.zip,STAGE lines): the
-        /// quadratic-weighted kappa of the patients' stages, from maps named PATIENT_node_N.
+        /// quadratic-weighted kappa of the patients' stages, from maps named PATIENT_node_N;
+        /// its SLIDE.tif,FINDING lines leave a metastatic node without ground truth out of
+        /// the FROC.
         #[arg(long)]
         stages: Option<PathBuf>,
         /// Where evaluation.json, froc.png and detections/ go [default: MAPS].
