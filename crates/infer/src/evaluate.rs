@@ -8,7 +8,9 @@
 //! `STEM_mask.png`, non-zero = tumour, any size); a slide with neither is tumour-free, as
 //! Camelyon16's normal slides are. Both are in the slide's terms; where the map lies in the
 //! slide (its scale, and its corner when `infer` ran a `--region`) is read from the
-//! `STEM.summary.json` beside it.
+//! `STEM.summary.json` beside it. Without TRUTH (a test set's maps) no lesion is known: the
+//! FROC is left out, and the submission files and the per-slide figures are written all the
+//! same.
 //!
 //! Camelyon17's task comes with it ([`staging`]): each slide classed by its largest
 //! metastasis, and where slides are named as a patient's nodes, each patient's pN stage.
@@ -34,7 +36,8 @@ const MAP_SUFFIXES: [&str; 2] = [".prob.ome.tif", ".prob.tif"];
 
 pub struct Evaluation {
     pub maps: PathBuf,
-    pub truth: PathBuf,
+    /// The annotations; without them no slide counts in the FROC.
+    pub truth: Option<PathBuf>,
     /// Pyramid level of the maps at which lesions and detections are found.
     pub level: usize,
     /// Camelyon17's reference stages (`stage_labels.csv`), for the kappa.
@@ -46,7 +49,8 @@ pub struct Evaluation {
 pub struct Report {
     pub level: usize,
     pub slides: Vec<SlideReport>,
-    /// Camelyon16's FROC score; absent when no slide has a lesion.
+    /// Camelyon16's FROC score; absent when no slide it counts has a lesion (none without
+    /// `--truth`).
     pub froc: Option<f64>,
     /// Sensitivity at 1/4, 1/2, 1, 2, 4 and 8 false positives per slide.
     pub sensitivity_at: Option<[f64; 6]>,
@@ -69,11 +73,12 @@ pub struct Curve {
 pub struct SlideReport {
     pub slide: String,
     pub truth: Option<String>,
-    /// Tumour in the truth, or, for a slide without one, in the reference's finding
-    /// (`--stages`).
-    pub tumour: bool,
-    /// Counted in the FROC: false for a slide the reference calls a metastasis (itc, micro,
-    /// macro) that no annotation outlines, whose lesions are unknown (most of Camelyon17's).
+    /// Tumour in the truth; for a slide without one, the reference's finding (`--stages`),
+    /// else none where no `--truth` was given, as the slide's lesions are unknown.
+    pub tumour: Option<bool>,
+    /// Counted in the FROC: false for a slide whose lesions are unknown, which no annotation
+    /// outlines while the reference calls it a metastasis (itc, micro, macro; most of
+    /// Camelyon17's), or while no `--truth` was given.
     pub in_froc: bool,
     /// Lesions that count, and isolated tumour cells (left out).
     pub lesions: usize,
@@ -96,6 +101,10 @@ pub struct SlideReport {
 /// Scores every map in `maps`, writes the report and the curve into `out`.
 pub fn run(evaluation: &Evaluation) -> Result<Report> {
     let maps = probability_maps(&evaluation.maps)?;
+    // A mistyped folder would make every slide tumour-free.
+    if let Some(truth) = evaluation.truth.as_deref().filter(|dir| !dir.is_dir()) {
+        bail!("--truth {}: not a folder of annotations", truth.display());
+    }
     let reference = evaluation
         .stages
         .as_deref()
@@ -113,14 +122,23 @@ pub fn run(evaluation: &Evaluation) -> Result<Report> {
             }
             Ok(())
         })?;
-        let metastatic = reference
-            .as_ref()
-            .and_then(|r| r.finding(stem))
-            .is_some_and(|finding| finding != Finding::Negative);
-        if report.truth.is_none() && metastatic {
-            report.tumour = true;
-            report.in_froc = false;
-        } else {
+        if report.truth.is_none() {
+            let by_reference = reference
+                .as_ref()
+                .and_then(|r| r.finding(stem))
+                .map(|finding| finding != Finding::Negative);
+            // In an annotated cohort a slide without annotations is tumour-free (Camelyon16's
+            // normal slides) unless the reference says otherwise; then, or without annotations
+            // at all, its lesions are unknown.
+            let tumour_free = evaluation.truth.is_some() && by_reference != Some(true);
+            report.tumour = if tumour_free {
+                Some(false)
+            } else {
+                by_reference
+            };
+            report.in_froc = tumour_free;
+        }
+        if report.in_froc {
             outcomes.push(outcome);
         }
         slides.push(report);
@@ -145,8 +163,11 @@ pub fn run(evaluation: &Evaluation) -> Result<Report> {
         None => None,
     };
     let froc = Froc::new(&outcomes);
-    let scores: Vec<f64> = slides.iter().map(|s| s.score).collect();
-    let tumour: Vec<bool> = slides.iter().map(|s| s.tumour).collect();
+    // The AUC over the slides whose tumour is known.
+    let (scores, tumour): (Vec<f64>, Vec<bool>) = slides
+        .iter()
+        .filter_map(|s| Some((s.score, s.tumour?)))
+        .unzip();
     let report = Report {
         level: evaluation.level,
         froc: froc.as_ref().map(|f| f.score),
@@ -295,7 +316,10 @@ fn evaluate_slide(
     let factor = (1u64 << level) as f64;
     let microns_per_pixel = mpp * factor;
 
-    let truth_path = truth::find_in(&evaluation.truth, stem);
+    let truth_path = evaluation
+        .truth
+        .as_deref()
+        .and_then(|dir| truth::find_in(dir, stem));
     let tumour = match &truth_path {
         Some(truth_path) => {
             // The truth covers the slide, in its level-0 pixels (ASAP) or any size (a mask),
@@ -338,9 +362,9 @@ fn evaluate_slide(
     .map(|pixels| pixels * microns_per_pixel / 1000.0);
     let report = SlideReport {
         slide: stem.to_string(),
-        truth: truth_path.map(|p| p.display().to_string()),
-        tumour: tumour.iter().any(|&t| t),
-        in_froc: true,
+        truth: truth_path.as_ref().map(|p| p.display().to_string()),
+        tumour: truth_path.is_some().then(|| tumour.iter().any(|&t| t)),
+        in_froc: truth_path.is_some(),
         lesions: lesions.targets(),
         isolated_tumour_cells: lesions.isolated_tumour_cells(),
         lesions_found: outcome.lesions_found(),

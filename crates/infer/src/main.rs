@@ -49,8 +49,10 @@ enum Command {
         maps: PathBuf,
         /// Ground truth: `STEM.xml` (ASAP) or `STEM.png` / `STEM_mask.png` (non-zero =
         /// tumour); a slide with neither is tumour-free (unless --stages calls it metastatic).
+        /// Without it (a test set) there is no FROC, and the AUC takes each slide's tumour
+        /// from --stages' findings.
         #[arg(long)]
-        truth: PathBuf,
+        truth: Option<PathBuf>,
         /// The maps' pyramid level at which lesions and detections are found (Camelyon16: 5).
         #[arg(long, default_value_t = 5)]
         level: usize,
@@ -464,8 +466,12 @@ fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
     let report = evaluate::run(&evaluation)?;
     for slide in &report.slides {
         if !slide.in_froc {
+            let why = match evaluation.truth {
+                Some(_) => "metastatic by the reference but not annotated: left out of the FROC; ",
+                None => "",
+            };
             output_file::outln!(
-                "{}: metastatic by the reference but not annotated: left out of the FROC; score {:.3}, class {}",
+                "{}: {why}score {:.3}, class {}",
                 slide.slide,
                 slide.score,
                 slide.finding

@@ -1,7 +1,8 @@
 //! `infer evaluate` against MONAI's Camelyon16 evaluation (`tests/fixtures/froc`, made by
 //! `tools/make_froc_fixtures.py`): FROC, the sensitivities at the six false-positive rates,
-//! the slide-level AUC, each slide's counts and its detections; and on maps `infer` wrote,
-//! of a whole slide and of a region of it.
+//! the slide-level AUC, each slide's counts and its detections; on maps `infer` wrote, of a
+//! whole slide and of a region of it; and Camelyon17's staging against scikit-image and
+//! scikit-learn (`tests/fixtures/staging`), with annotations and without.
 
 mod common;
 
@@ -299,22 +300,7 @@ fn patients_are_staged_and_scored_as_camelyon17() {
     assert_eq!(report["froc"], alone["froc"]);
     assert_eq!(report["sensitivity_at"], alone["sensitivity_at"]);
 
-    // stages.csv in the challenge's format: each patient's stage, then its nodes' findings.
-    let csv = std::fs::read_to_string(out.path().join("stages.csv")).unwrap();
-    let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("patient,stage"));
-    let mut patients = 0;
-    for line in lines {
-        let (name, class) = line.split_once(',').unwrap();
-        if let Some(patient) = name.strip_suffix(".zip") {
-            assert_eq!(expected["patients"][patient], class, "{line}");
-            patients += 1;
-        } else {
-            let stem = name.strip_suffix(".tif").unwrap();
-            assert_eq!(expected["slides"][stem]["finding"], class, "{line}");
-        }
-    }
-    assert_eq!(patients, 7);
+    stages_as_expected(out.path(), &expected);
 
     // A reference with a stage the challenge does not have is named, line and all.
     let elsewhere = tempfile::tempdir().unwrap();
@@ -331,4 +317,92 @@ fn patients_are_staged_and_scored_as_camelyon17() {
         message.contains("line 3") && message.contains("\"pN3\" is not a stage"),
         "{message}"
     );
+}
+
+/// A test set's maps, without annotations: no FROC, the same stages and kappa, and the AUC
+/// over the reference's findings (the labels the fixture's AUC was computed with); without
+/// the reference either, no slide's tumour is known and there is no AUC, but the submission
+/// files are written all the same.
+#[test]
+fn a_cohort_without_annotations_is_staged_and_scored_by_the_reference() {
+    let folder = fixtures().join("staging");
+    let expected = read_json(&folder.join("expected.json"));
+    let maps = folder.join("maps");
+    let reference = folder.join("stage_labels.csv");
+    let without_truth = |extra: &[&std::ffi::OsStr]| {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "evaluate".as_ref(),
+            maps.as_os_str(),
+            "--level".as_ref(),
+            "0".as_ref(),
+            "--out".as_ref(),
+            out.path().as_os_str(),
+        ];
+        args.extend(extra);
+        infer_ok(args);
+        let report = read_json(&out.path().join("evaluation.json"));
+        assert!(report["froc"].is_null() && report["curve"].is_null());
+        assert!(!out.path().join("froc.png").exists());
+        stages_as_expected(out.path(), &expected);
+        for slide in report["slides"].as_array().unwrap() {
+            let stem = slide["slide"].as_str().unwrap();
+            assert_eq!(slide["in_froc"], false, "{stem}");
+            assert!(out.path().join(format!("detections/{stem}.csv")).exists());
+        }
+        report
+    };
+
+    let staged = without_truth(&["--stages".as_ref(), reference.as_os_str()]);
+    for slide in staged["slides"].as_array().unwrap() {
+        let stem = slide["slide"].as_str().unwrap();
+        assert_eq!(
+            slide["tumour"], expected["slides"][stem]["tumour"],
+            "{stem}"
+        );
+    }
+    close(&staged["auc"], &expected["auc"], "AUC");
+    close(&staged["staging"]["kappa"], &expected["kappa"], "kappa");
+
+    let bare = without_truth(&[]);
+    assert!(
+        bare["slides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["tumour"].is_null())
+    );
+    assert!(bare["auc"].is_null() && bare["staging"]["kappa"].is_null());
+
+    // A mistyped --truth is refused, not taken for a cohort without tumour.
+    let out = tempfile::tempdir().unwrap();
+    let refused = infer(evaluate_args(
+        &maps,
+        &folder.join("lesion_annotations"),
+        "0",
+        out.path(),
+    ));
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(message.contains("not a folder of annotations"), "{message}");
+}
+
+/// `stages.csv` in `out`, in the challenge's format: each patient's stage, then its nodes'
+/// findings, as `expected` has them.
+fn stages_as_expected(out: &Path, expected: &Value) {
+    let csv = std::fs::read_to_string(out.join("stages.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("patient,stage"));
+    let mut patients = 0;
+    for line in lines {
+        let (name, class) = line.split_once(',').unwrap();
+        if let Some(patient) = name.strip_suffix(".zip") {
+            assert_eq!(expected["patients"][patient], class, "{line}");
+            patients += 1;
+        } else {
+            let stem = name.strip_suffix(".tif").unwrap();
+            assert_eq!(expected["slides"][stem]["finding"], class, "{line}");
+        }
+    }
+    assert_eq!(patients, 7);
 }
