@@ -39,6 +39,15 @@ fn close(ours: &Value, monai: &Value, what: &str) {
     assert!((a - b).abs() <= 1e-6, "{what}: ours {a}, the reference {b}");
 }
 
+/// `infer` failed, saying each of `words`.
+fn refused(output: std::process::Output, words: &[&str]) {
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{message}");
+    for word in words {
+        assert!(message.contains(word), "{word:?} not said: {message}");
+    }
+}
+
 /// `detections/STEM.csv` in `out`: `(probability, x, y)` a line.
 fn detections(out: &Path, stem: &str) -> Vec<(f64, u64, u64)> {
     let csv = std::fs::read_to_string(out.join("detections").join(format!("{stem}.csv")))
@@ -162,17 +171,14 @@ fn detections_are_placed_in_the_slide_the_summary_names() {
     let mut summary = read_json(&odd);
     summary["resolution"]["scale"] = 0.0.into();
     std::fs::write(&odd, summary.to_string()).unwrap();
-    let failed = infer(evaluate_args(
-        maps.path(),
-        &folder.join("truth"),
-        "0",
-        out.path(),
-    ));
-    let message = String::from_utf8_lossy(&failed.stderr);
-    assert!(!failed.status.success());
-    assert!(
-        message.contains("odd.summary.json") && message.contains("scale 0"),
-        "{message}"
+    refused(
+        infer(evaluate_args(
+            maps.path(),
+            &folder.join("truth"),
+            "0",
+            out.path(),
+        )),
+        &["odd.summary.json", "scale 0"],
     );
 }
 
@@ -233,12 +239,9 @@ fn a_map_infer_wrote_finds_the_annotated_lesion() {
     );
     assert_eq!(region[0], highest);
     // Level 5 does not exist in a 4-level map: said so.
-    let too_deep = infer(evaluate_args(&maps, &truth, "5", out.path()));
-    let message = String::from_utf8_lossy(&too_deep.stderr);
-    assert!(!too_deep.status.success());
-    assert!(
-        message.contains("4 levels") && message.contains("--level 3"),
-        "{message}"
+    refused(
+        infer(evaluate_args(&maps, &truth, "5", out.path())),
+        &["4 levels", "--level 3"],
     );
 }
 
@@ -310,13 +313,7 @@ fn patients_are_staged_and_scored_as_camelyon17() {
         "patient,stage\npatient_000.zip,pN0\npatient_001.zip,pN3\n",
     )
     .unwrap();
-    let refused = with_stages(&bad);
-    let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(
-        message.contains("line 3") && message.contains("\"pN3\" is not a stage"),
-        "{message}"
-    );
+    refused(with_stages(&bad), &["line 3", "\"pN3\" is not a stage"]);
 }
 
 /// A test set's maps, without annotations: no FROC, the same stages and kappa, and the AUC
@@ -376,15 +373,15 @@ fn a_cohort_without_annotations_is_staged_and_scored_by_the_reference() {
 
     // A mistyped --truth is refused, not taken for a cohort without tumour.
     let out = tempfile::tempdir().unwrap();
-    let refused = infer(evaluate_args(
-        &maps,
-        &folder.join("lesion_annotations"),
-        "0",
-        out.path(),
-    ));
-    let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(message.contains("not a folder of annotations"), "{message}");
+    refused(
+        infer(evaluate_args(
+            &maps,
+            &folder.join("lesion_annotations"),
+            "0",
+            out.path(),
+        )),
+        &["not a folder of annotations"],
+    );
 }
 
 /// `stages.csv` in `out`, in the challenge's format: each patient's stage, then its nodes'
