@@ -466,9 +466,10 @@ fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
     let report = evaluate::run(&evaluation)?;
     for slide in &report.slides {
         if !slide.in_froc {
-            let why = match evaluation.truth {
-                Some(_) => "metastatic by the reference but not annotated: left out of the FROC; ",
-                None => "",
+            let why = if evaluation.truth.is_some() {
+                "metastatic by the reference but not annotated: left out of the FROC; "
+            } else {
+                ""
             };
             output_file::outln!(
                 "{}: {why}score {:.3}, class {}",

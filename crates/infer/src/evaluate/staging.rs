@@ -147,22 +147,23 @@ pub fn read_reference(path: &Path) -> Result<Reference> {
         };
         // Lowercasing ASCII keeps every byte where it was: the cut is the name's too.
         let lower = name.to_ascii_lowercase();
-        let unknown = |what: &str, names: &str| {
+        let unknown = |what: &str, names: &[&str]| {
             anyhow::anyhow!(
-                "{}: line {}: \"{class}\" is not a {what} ({names})",
+                "{}: line {}: \"{class}\" is not a {what} ({})",
                 path.display(),
-                index + 1
+                index + 1,
+                names.join(", ")
             )
         };
         if let Some(patient) = lower.strip_suffix(".zip") {
             let stage = Stage::parse(class)
-                .ok_or_else(|| unknown("stage", "pN0, pN0(i+), pN1mi, pN1, pN2"))?;
+                .ok_or_else(|| unknown("stage", &Stage::ALL.map(Stage::name)))?;
             reference
                 .stages
                 .insert(name[..patient.len()].to_string(), stage);
         } else if let Some(slide) = lower.strip_suffix(".tif") {
             let finding = Finding::parse(class)
-                .ok_or_else(|| unknown("finding", "negative, itc, micro, macro"))?;
+                .ok_or_else(|| unknown("finding", &Finding::ALL.map(Finding::name)))?;
             reference
                 .findings
                 .insert(name[..slide.len()].to_string(), finding);
