@@ -450,8 +450,9 @@ impl Planned {
             .write_bytes(&format!("{stem}.heatmap.png"), &streamed.heatmap_png)?;
         let geojson = qupath_geojson(regions, self.slide.mpp());
         self.staged
+            // Compact: pretty-printed, a vertex took five lines.
             .write(&format!("{stem}.tumour.geojson"), |out| {
-                Ok(serde_json::to_writer_pretty(out, &geojson)?)
+                Ok(serde_json::to_writer(out, &geojson)?)
             })?;
         self.staged
             .write_bytes(&format!("{stem}.tumour.xml"), asap_xml(regions).as_bytes())?;

@@ -260,17 +260,31 @@ fn heatmap_geojson_and_summary_are_written() {
     assert_eq!(geojson["type"], "FeatureCollection");
     let features = geojson["features"].as_array().unwrap();
     assert!(!features.is_empty());
-    // Every vertex in level-0 pixels, inside the slide; each area in µm², as QuPath names it.
+    // Every vertex in level-0 pixels, inside the slide; each area in µm², as QuPath names it;
+    // each polygon valid by OGC's rules (geo's, as GEOS and QuPath's JTS judge them).
     for feature in features {
         let area = feature["properties"]["measurements"]["Area µm^2"]
             .as_f64()
             .unwrap();
         assert!(area > 0.0, "{area}");
         assert_eq!(feature["geometry"]["type"], "Polygon");
-        for point in feature["geometry"]["coordinates"][0].as_array().unwrap() {
-            let (x, y) = (point[0].as_f64().unwrap(), point[1].as_f64().unwrap());
-            assert!((0.0..=4096.0).contains(&x) && (0.0..=3072.0).contains(&y));
+        let rings: Vec<geo::LineString> = feature["geometry"]["coordinates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ring| {
+                let points = ring.as_array().unwrap().iter();
+                points
+                    .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+                    .collect()
+            })
+            .collect();
+        for point in rings[0].points() {
+            assert!((0.0..=4096.0).contains(&point.x()) && (0.0..=3072.0).contains(&point.y()));
         }
+        let polygon = geo::Polygon::new(rings[0].clone(), rings[1..].to_vec());
+        let errors = geo::Validation::validation_errors(&polygon);
+        assert!(errors.is_empty(), "{errors:?}");
     }
     for key in [
         "seconds",
