@@ -44,8 +44,8 @@ const TUMOUR_LEVEL: u8 = 128;
 
 /// Contours of `p >= 0.5` on a map whose pixel `(x, y)` covers level-0 pixels from
 /// `origin + (x, y) * downsample`, traced as the map's rows arrive (top to bottom, each
-/// once): when the last one has, only its cells are left. Regions and holes under a level-0
-/// pixel's area are dropped.
+/// once): when the last one has, only its cells are left. Regions under a level-0 pixel's
+/// area are dropped.
 pub struct TumourTracer {
     rings: RingTracer,
     downsample: f64,
@@ -80,10 +80,10 @@ impl TumourTracer {
 }
 
 /// A region with its vertices rounded to a thousandth of a level-0 pixel, for short numbers
-/// in the files, and its holes under a level-0 pixel's area dropped. Not to whole pixels: a
-/// contour's vertices lie on the map's grid lines, at least 1/256 of a map pixel from its
-/// nodes, and rounded to whole level-0 pixels, parts of a ring met or crossed (9 of the demo
-/// slide's 92 regions were not valid polygons to GEOS, as QuPath's JTS judges them).
+/// in the files. Not to whole pixels: a contour's vertices lie on the map's grid lines, at
+/// least 1/256 of a map pixel from its nodes, and rounded to whole level-0 pixels, parts of a
+/// ring met or crossed (9 of the demo slide's 92 regions were not valid polygons to GEOS, as
+/// QuPath's JTS judges them).
 fn rounded(outline: Vec<[f64; 2]>, holes: Vec<Vec<[f64; 2]>>) -> Region {
     let round = |ring: Vec<[f64; 2]>| -> Vec<[f64; 2]> {
         let thousandths = |v: f64| (v * 1000.0).round() / 1000.0;
@@ -93,12 +93,92 @@ fn rounded(outline: Vec<[f64; 2]>, holes: Vec<Vec<[f64; 2]>>) -> Region {
     };
     Region {
         exterior: round(outline),
-        holes: holes
-            .into_iter()
-            .map(round)
-            .filter(|hole| ring_area(hole) >= 1.0)
-            .collect(),
+        holes: holes.into_iter().map(round).collect(),
     }
+}
+
+/// What the model said inside a region, among its measurements in QuPath.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegionProbability {
+    /// The mean over the map's pixels inside the region (each the mean of the probability
+    /// map's pixels it covers, `STEM.prob.tif`'s).
+    pub mean: f64,
+    /// The highest of the probability map's pixels that the region's map pixels cover.
+    pub max: f64,
+}
+
+/// Each region's [`RegionProbability`], in order, from the map its contours were traced on:
+/// `means` (row-major, `width` wide, placed as [`TumourTracer::new`] places it) and `peaks`
+/// (the probability map's highest value behind each of its pixels). A map pixel is inside a region where
+/// its centre is (the contours pass between pixel centres, never through one): each map row's
+/// centre line crosses the rings, outline and holes alike, and the pixels between the first
+/// crossing and the second, the third and the fourth, ... are in. A row looks only at the
+/// edges that span it (a scanline fill), so a region costs its edges and its pixels.
+pub fn region_probabilities(
+    regions: &[Region],
+    means: &[u8],
+    peaks: &[u8],
+    width: usize,
+    downsample: f64,
+    origin: (u64, u64),
+) -> Vec<RegionProbability> {
+    let height = means.len() / width.max(1);
+    // Map pixel i's centre along an axis whose map starts at `start`, in level-0 pixels, and
+    // back: the first pixel whose centre is at or past `at`.
+    let centre = |i: usize, start: u64| start as f64 + (i as f64 + 0.5) * downsample;
+    let first_at = |at: f64, start: u64| ((at - start as f64) / downsample - 0.5).ceil().max(0.0);
+    regions
+        .iter()
+        .map(|region| {
+            // Each edge top end first, by its top; a line crosses an edge where `top <= line
+            // < bottom`, so that a vertex on the line counts once where the ring passes
+            // through it and not at all where it only touches it, and a level edge never.
+            let mut edges: Vec<[[f64; 2]; 2]> = std::iter::once(&region.exterior)
+                .chain(&region.holes)
+                .flat_map(|ring| ring.iter().zip(ring.iter().cycle().skip(1)))
+                .map(|(&a, &b)| if a[1] <= b[1] { [a, b] } else { [b, a] })
+                .filter(|[top, bottom]| top[1] < bottom[1])
+                .collect();
+            edges.sort_by(|e, f| e[0][1].total_cmp(&f[0][1]));
+            let mut waiting = edges.iter().peekable();
+            let mut spanning: Vec<&[[f64; 2]; 2]> = Vec::new();
+            let mut crossings = Vec::new();
+            let (mut sum, mut count, mut max) = (0u64, 0u64, 0u8);
+            let top = edges.first().map_or(f64::MAX, |edge| edge[0][1]);
+            for y in first_at(top, origin.1) as usize..height {
+                let line = centre(y, origin.1);
+                while let Some(edge) = waiting.next_if(|edge| edge[0][1] <= line) {
+                    spanning.push(edge);
+                }
+                spanning.retain(|[_, bottom]| line < bottom[1]);
+                if spanning.is_empty() && waiting.peek().is_none() {
+                    break;
+                }
+                crossings.clear();
+                crossings.extend(
+                    spanning
+                        .iter()
+                        .map(|[a, b]| a[0] + (line - a[1]) / (b[1] - a[1]) * (b[0] - a[0])),
+                );
+                crossings.sort_by(f64::total_cmp);
+                for span in crossings.chunks_exact(2) {
+                    let [from, to] =
+                        [span[0], span[1]].map(|x| (first_at(x, origin.0) as usize).min(width));
+                    for at in y * width + from..y * width + to {
+                        sum += means[at] as u64;
+                        count += 1;
+                        max = max.max(peaks[at]);
+                    }
+                }
+            }
+            RegionProbability {
+                // Every region holds a pixel at or above the level; `max(1)` only keeps a
+                // region that lost its pixels to rounding from dividing by zero.
+                mean: sum as f64 / count.max(1) as f64 / 255.0,
+                max: max as f64 / 255.0,
+            }
+        })
+        .collect()
 }
 
 /// [`TumourTracer`] over a whole map.
@@ -112,18 +192,26 @@ pub fn tumour_regions(map: &GrayImage, downsample: f64, origin: (u64, u64)) -> V
 }
 
 /// A GeoJSON FeatureCollection as QuPath exports annotations: one feature per region,
-/// classified "Tumor", holes as polygon interiors, its area among the measurements (in µm²
-/// when the slide's mpp is known, else in pixels, as QuPath names them).
-pub fn qupath_geojson(regions: &[Region], mpp: Option<f64>) -> Value {
+/// classified "Tumor", holes as polygon interiors, among the measurements its area (in µm²
+/// when the slide's mpp is known, else in pixels, as QuPath names them) and its
+/// probabilities (one a region, in order), by which QuPath's measurement table sorts them.
+pub fn qupath_geojson(
+    regions: &[Region],
+    probabilities: &[RegionProbability],
+    mpp: Option<f64>,
+) -> Value {
     let features: Vec<Value> = regions
         .iter()
-        .map(|region| {
+        .zip(probabilities)
+        .map(|(region, probability)| {
             let mut rings = vec![region.exterior.clone()];
             rings.extend(region.holes.iter().cloned());
-            let measurements = match mpp {
+            let mut measurements = match mpp {
                 Some(mpp) => json!({"Area µm^2": region.area() * mpp * mpp}),
                 None => json!({"Area px^2": region.area()}),
             };
+            measurements["Mean probability"] = json!(probability.mean);
+            measurements["Max probability"] = json!(probability.max);
             json!({
                 "type": "Feature",
                 "geometry": {"type": "Polygon", "coordinates": rings},
@@ -221,10 +309,7 @@ mod tests {
 
     /// The contour crate's regions (its smoothed rings of the whole map, scaled, `rounded`,
     /// specks dropped), as `infer` traced them before it traced row by row, and valid polygons
-    /// by OGC's rules (geo's, as GEOS and JTS judge them): on maps of noise, of the levels
-    /// that put vertices nearest the map's pixel centres (127 and 128 beside 0 and 255), of
-    /// two levels, and of soft blobs with and without holes, touching the edges or not, at two
-    /// scales.
+    /// by OGC's rules (geo's, as GEOS and JTS judge them), on [`random_maps`].
     #[test]
     fn regions_are_the_contour_crates_and_valid_polygons() {
         use geo::Validation;
@@ -254,47 +339,13 @@ mod tests {
                 .filter(|region| region.area() >= 1.0)
                 .collect::<Vec<_>>()
         };
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random = move |below: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % below
-        };
         let mut regions = 0;
-        for trial in 0..400 {
-            let (width, height) = (1 + random(40) as u32, 1 + random(40) as u32);
-            let blobs: Vec<[f64; 3]> = (0..1 + random(6))
-                .map(|_| {
-                    let x = random(width as u64 + 1) as f64;
-                    let y = random(height as u64 + 1) as f64;
-                    [x, y, 1.0 + random(12) as f64]
-                })
-                .collect();
-            let map = GrayImage::from_fn(width, height, |x, y| {
-                let distance = blobs
-                    .iter()
-                    .map(|[bx, by, r]| (x as f64 - bx).hypot(y as f64 - by) / r)
-                    .fold(f64::MAX, f64::min);
-                image::Luma([match trial % 5 {
-                    0 => random(256) as u8,
-                    1 => [40, 40, 200][random(3) as usize],
-                    2 => [0, 127, 128, 255][random(4) as usize],
-                    4 if distance < 0.4 => 30,
-                    _ => (255.0 * (1.2 - 0.7 * distance)).clamp(0.0, 255.0) as u8,
-                }])
-            });
-            let (downsample, origin) = [(1.0, (0, 0)), (4.88, (1000, 2000))][trial % 2];
+        for (trial, (map, downsample, origin)) in random_maps().into_iter().enumerate() {
             let expected = reference(&map, downsample, origin);
             let traced = tumour_regions(&map, downsample, origin);
             assert_eq!(traced, expected, "trial {trial}");
             for region in &traced {
-                let ring = |ring: &Vec<[f64; 2]>| geo::LineString::from(ring.clone());
-                let polygon = geo::Polygon::new(
-                    ring(&region.exterior),
-                    region.holes.iter().map(ring).collect(),
-                );
-                let errors = polygon.validation_errors();
+                let errors = polygon(region).validation_errors();
                 assert!(errors.is_empty(), "trial {trial}: {errors:?} in {region:?}");
             }
             regions += expected.len();
@@ -316,34 +367,144 @@ mod tests {
     }
 
     #[test]
-    fn rounding_keeps_thousandths_and_drops_holes_without_a_pixels_area() {
-        let square = [[0.0004, 0.0], [10.0, 0.0004], [9.9996, 10.0], [0.0, 10.0]];
-        let half_pixel = vec![[3.0, 3.0], [4.0, 3.0], [3.0, 4.0], [3.0, 3.0]];
-        let hole = vec![[4.0, 4.0], [6.0, 4.0], [6.0, 6.0], [4.0, 4.0]];
+    fn vertices_are_rounded_to_thousandths_of_a_pixel() {
         let region = rounded(
-            [square.as_slice(), &square[..1]].concat(),
-            vec![half_pixel, hole.clone()],
+            vec![
+                [0.0004, 0.0],
+                [10.0, 0.0004],
+                [9.9996, 10.0],
+                [0.12345, 7.0006],
+            ],
+            vec![vec![[4.00049, 4.0], [6.0, 4.0006]]],
         );
         assert_eq!(
             region.exterior,
-            [
-                [0.0, 0.0],
-                [10.0, 0.0],
-                [10.0, 10.0],
-                [0.0, 10.0],
-                [0.0, 0.0]
-            ]
+            [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.123, 7.001]]
         );
-        assert_eq!(region.holes, [hole]);
-        assert_eq!(region.area(), 98.0);
-        let fine = rounded(vec![[0.12345, 7.0006]], vec![]);
-        assert_eq!(fine.exterior, [[0.123, 7.001]]);
+        assert_eq!(region.holes, [[[4.0, 4.0], [6.0, 4.001]]]);
+    }
+
+    /// 400 maps of up to 40x40 pixels, each with its downsample and origin: noise, the
+    /// levels that put a contour's vertices nearest the pixel centres (127 and 128 beside 0
+    /// and 255), two levels, and soft blobs with and without holes, touching the edges or
+    /// not; at two scales.
+    fn random_maps() -> Vec<(GrayImage, f64, (u64, u64))> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        (0..400)
+            .map(|trial| {
+                let (width, height) = (1 + random(40) as u32, 1 + random(40) as u32);
+                let blobs: Vec<[f64; 3]> = (0..1 + random(6))
+                    .map(|_| {
+                        let x = random(width as u64 + 1) as f64;
+                        let y = random(height as u64 + 1) as f64;
+                        [x, y, 1.0 + random(12) as f64]
+                    })
+                    .collect();
+                let map = GrayImage::from_fn(width, height, |x, y| {
+                    let distance = blobs
+                        .iter()
+                        .map(|[bx, by, r]| (x as f64 - bx).hypot(y as f64 - by) / r)
+                        .fold(f64::MAX, f64::min);
+                    image::Luma([match trial % 5 {
+                        0 => random(256) as u8,
+                        1 => [40, 40, 200][random(3) as usize],
+                        2 => [0, 127, 128, 255][random(4) as usize],
+                        4 if distance < 0.4 => 30,
+                        _ => (255.0 * (1.2 - 0.7 * distance)).clamp(0.0, 255.0) as u8,
+                    }])
+                });
+                let (downsample, origin) = [(1.0, (0, 0)), (4.88, (1000, 2000))][trial % 2];
+                (map, downsample, origin)
+            })
+            .collect()
+    }
+
+    /// A region as geo's polygon.
+    fn polygon(region: &Region) -> geo::Polygon {
+        let ring = |ring: &Vec<[f64; 2]>| geo::LineString::from(ring.clone());
+        geo::Polygon::new(
+            ring(&region.exterior),
+            region.holes.iter().map(ring).collect(),
+        )
+    }
+
+    /// Each region's probabilities are those of the map pixels whose centres geo's `Contains`
+    /// puts inside its polygon, and those pixels are the map's at or above the level, each in
+    /// one region.
+    #[test]
+    fn region_probabilities_are_those_of_the_pixels_inside() {
+        use geo::Contains;
+        let mut inside = 0;
+        for (trial, (map, downsample, origin)) in random_maps().into_iter().enumerate() {
+            let width = map.width() as usize;
+            // Peaks unlike the means, so that the maximum tells which pixels were taken.
+            let peaks: Vec<u8> = (0..map.as_raw().len())
+                .map(|i| (i * 7919 % 251) as u8)
+                .collect();
+            let regions = tumour_regions(&map, downsample, origin);
+            let measured =
+                region_probabilities(&regions, map.as_raw(), &peaks, width, downsample, origin);
+            assert_eq!(measured.len(), regions.len());
+            let mut taken = vec![false; peaks.len()];
+            let centre = |i: usize, start: u64| start as f64 + (i as f64 + 0.5) * downsample;
+            for (region, probability) in regions.iter().zip(&measured) {
+                let polygon = polygon(region);
+                let (mut sum, mut count, mut max) = (0u64, 0u64, 0u8);
+                for (at, value) in map.as_raw().iter().enumerate() {
+                    let point =
+                        geo::Point::new(centre(at % width, origin.0), centre(at / width, origin.1));
+                    if polygon.contains(&point) {
+                        sum += *value as u64;
+                        count += 1;
+                        max = max.max(peaks[at]);
+                        assert!(!taken[at], "trial {trial}: pixel {at} in two regions");
+                        taken[at] = true;
+                    }
+                }
+                assert!(count > 0, "trial {trial}: no pixel in {region:?}");
+                let expected = RegionProbability {
+                    mean: sum as f64 / count as f64 / 255.0,
+                    max: max as f64 / 255.0,
+                };
+                assert_eq!(*probability, expected, "trial {trial}");
+                inside += count;
+            }
+            for (at, value) in map.as_raw().iter().enumerate() {
+                if taken[at] {
+                    assert!(
+                        *value >= TUMOUR_LEVEL,
+                        "trial {trial}: pixel {at} is {value}"
+                    );
+                }
+            }
+        }
+        assert!(
+            inside > 10_000,
+            "{inside} pixels inside regions: the maps test little"
+        );
     }
 
     #[test]
-    fn geojson_has_qupaths_fields_and_the_area_in_square_microns() {
-        let regions = tumour_regions(&blob_with_hole(), 16.0, (0, 0));
-        let geojson = qupath_geojson(&regions, Some(0.5));
+    fn geojson_has_qupaths_fields_the_area_in_square_microns_and_the_probabilities() {
+        let map = blob_with_hole();
+        let regions = tumour_regions(&map, 16.0, (0, 0));
+        // The blob's pixels are all 230; their peaks 240 where x is 9, 250 in the hole.
+        let peaks = GrayImage::from_fn(20, 20, |x, y| {
+            image::Luma([match (x, map.get_pixel(x, y).0[0]) {
+                (_, 0) => 250,
+                (9, _) => 240,
+                (_, value) => value,
+            }])
+        });
+        let probabilities =
+            region_probabilities(&regions, map.as_raw(), peaks.as_raw(), 20, 16.0, (0, 0));
+        let geojson = qupath_geojson(&regions, &probabilities, Some(0.5));
         let feature = &geojson["features"][0];
         assert_eq!(feature["properties"]["objectType"], "annotation");
         assert_eq!(feature["properties"]["classification"]["name"], "Tumor");
@@ -356,7 +517,10 @@ mod tests {
             .as_f64()
             .unwrap();
         assert!((area - regions[0].area() * 0.25).abs() < 1e-9);
-        let uncalibrated = qupath_geojson(&regions, None);
+        let measurements = &feature["properties"]["measurements"];
+        assert_eq!(measurements["Mean probability"], 230.0 / 255.0);
+        assert_eq!(measurements["Max probability"], 240.0 / 255.0);
+        let uncalibrated = qupath_geojson(&regions, &probabilities, None);
         assert!(uncalibrated["features"][0]["properties"]["measurements"]["Area px^2"].is_f64());
     }
 

@@ -17,7 +17,8 @@ pub fn register_font() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the chart font does not load"))
 }
 
-/// The probability map at low resolution, averaged from level-0 rows as they are emitted.
+/// The probability map at low resolution, averaged from level-0 rows as they are emitted,
+/// and the highest level-0 value behind each of its pixels (what the contours report).
 pub struct LowResolutionMap {
     /// Level-0 pixels per map pixel.
     pub downsample: f64,
@@ -26,11 +27,14 @@ pub struct LowResolutionMap {
     region_height: u64,
     /// The map, row-major: each map row is written once, when its last region row arrives.
     pixels: Vec<u8>,
+    /// The highest region pixel of each map pixel, written with it.
+    peaks: Vec<u8>,
     /// Where each map column's run of region columns starts, and past the last one's end.
     runs: Vec<usize>,
-    /// The region rows of the map row being built, summed column by column (one vector add
-    /// a row; the runs are summed once a map row).
+    /// The region rows of the map row being built, summed and maxed column by column (two
+    /// vector passes a row; the runs are reduced once a map row).
     rows: Vec<u32>,
+    row_peaks: Vec<u8>,
     rows_added: u32,
     /// Map rows final so far (handed out by `add_row`).
     finished: usize,
@@ -55,8 +59,10 @@ impl LowResolutionMap {
             height,
             region_height,
             pixels: vec![0; width * height],
+            peaks: vec![0; width * height],
             runs,
             rows: vec![0; region_width as usize],
+            row_peaks: vec![0; region_width as usize],
             rows_added: 0,
             finished: 0,
         }
@@ -75,19 +81,29 @@ impl LowResolutionMap {
         for (sum, &value) in self.rows.iter_mut().zip(row) {
             *sum += value as u32;
         }
+        for (peak, &value) in self.row_peaks.iter_mut().zip(row) {
+            *peak = (*peak).max(value);
+        }
         self.rows_added += 1;
         let my = self.map_row(y);
         if y + 1 < self.region_height && self.map_row(y + 1) == my {
             return self.finished..self.finished;
         }
         let line = &mut self.pixels[my * self.width..][..self.width];
-        for (pixel, run) in line.iter_mut().zip(self.runs.windows(2)) {
+        let peaks = &mut self.peaks[my * self.width..][..self.width];
+        for ((pixel, peak), run) in line.iter_mut().zip(peaks).zip(self.runs.windows(2)) {
             // The rounded mean; a map pixel no region pixel falls in stays 0.
             let sum = self.rows[run[0]..run[1]].iter().sum::<u32>();
             let count = (run[1] - run[0]) as u32 * self.rows_added;
             *pixel = (sum + count / 2).checked_div(count).unwrap_or(0) as u8;
+            *peak = self.row_peaks[run[0]..run[1]]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0);
         }
         self.rows.fill(0);
+        self.row_peaks.fill(0);
         self.rows_added = 0;
         let start = self.finished;
         self.finished = if y + 1 == self.region_height {
@@ -101,6 +117,16 @@ impl LowResolutionMap {
     /// Map row `index`.
     pub fn row(&self, index: usize) -> &[u8] {
         &self.pixels[index * self.width..][..self.width]
+    }
+
+    /// The whole map, row-major (complete once the region's last row is added).
+    pub fn pixels(&self) -> &[u8] {
+        &self.pixels
+    }
+
+    /// The highest region pixel behind each map pixel, row-major as [`Self::pixels`].
+    pub fn peaks(&self) -> &[u8] {
+        &self.peaks
     }
 
     /// The map's width and height in its pixels.
@@ -241,7 +267,7 @@ mod tests {
 
     /// Each map pixel is the rounded mean of the region pixels `floor(x / downsample)` and
     /// `floor(y / downsample)` put in it (the last column and row taking the rest; one that
-    /// none falls in is 0).
+    /// none falls in is 0), and its peak their highest.
     #[test]
     fn low_resolution_map_averages_the_pixels_that_fall_in_it() {
         let (width, height, downsample) = (103u64, 41u64, 4.88);
@@ -264,12 +290,14 @@ mod tests {
         assert_eq!((map_width, map_height), (22, 9));
         let mut sum = vec![0u32; map_width * map_height];
         let mut count = vec![0u32; map_width * map_height];
+        let mut peak = vec![0u8; map_width * map_height];
         for y in 0..height {
             for x in 0..width {
                 let mx = ((x as f64 / downsample) as usize).min(map_width - 1);
                 let my = ((y as f64 / downsample) as usize).min(map_height - 1);
                 sum[my * map_width + mx] += value(x, y) as u32;
                 count[my * map_width + mx] += 1;
+                peak[my * map_width + mx] = peak[my * map_width + mx].max(value(x, y));
             }
         }
         let expected: Vec<u8> = sum
@@ -278,6 +306,8 @@ mod tests {
             .map(|(&s, &c)| (s + c / 2).checked_div(c).unwrap_or(0) as u8)
             .collect();
         assert_eq!(image.as_raw(), &expected);
+        assert_eq!(map.pixels(), &expected);
+        assert_eq!(map.peaks(), &peak);
     }
 
     /// A map row no region row falls in (10 rows at 3.3 a map row: rows 0-3, 4-6, 7-9 and

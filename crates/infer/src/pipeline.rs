@@ -21,7 +21,9 @@ use tiling::{Blend, Grid, Rect, Stitcher, TissueMask};
 use unet_core::{PendingMaps, Predictor, ProbabilityMaps, RgbPatch, Tta};
 use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
 
-use crate::annotations::{Region, TumourTracer, asap_xml, qupath_geojson};
+use crate::annotations::{
+    Region, RegionProbability, TumourTracer, asap_xml, qupath_geojson, region_probabilities,
+};
 use crate::output::Staged;
 use crate::pictures::{LowResolutionMap, heatmap_png};
 use crate::resolution::Analysis;
@@ -274,6 +276,8 @@ struct Streamed {
     /// low-resolution map's rows were finished.
     heatmap_png: Vec<u8>,
     regions: Vec<Region>,
+    /// Each region's, from the complete low-resolution map.
+    probabilities: Vec<RegionProbability>,
     tally: Tally,
     first_batch: Option<Instant>,
 }
@@ -375,11 +379,11 @@ impl Planned {
         let (heatmap_rows, heatmap_rows_rx) = channel();
         let (contour_rows, contour_rows_rx) = channel::<Vec<u8>>();
         // Contours in level-0 pixels, whatever the analysis resolution.
-        let mut tracer = TumourTracer::new(
-            map_width as usize,
+        let (map_downsample, map_origin) = (
             self.downsample * self.analysis.scale,
             (region0.x, region0.y),
         );
+        let mut tracer = TumourTracer::new(map_width as usize, map_downsample, map_origin);
         let stitch = StitchJob {
             grid: self.grid,
             blend: job.options.blend,
@@ -426,10 +430,19 @@ impl Planned {
         progress.finish_and_clear();
         let (stitched, heatmap_png, regions, first_batch) = outcome?;
         self.staged.keep(stitched.prob_file, &self.prob_name);
+        let probabilities = region_probabilities(
+            &regions,
+            stitched.low_resolution.pixels(),
+            stitched.low_resolution.peaks(),
+            map_width as usize,
+            map_downsample,
+            map_origin,
+        );
         Ok(Streamed {
             overlap: stitched.overlap,
             heatmap_png,
             regions,
+            probabilities,
             tally: stitched.tally,
             first_batch,
         })
@@ -448,7 +461,7 @@ impl Planned {
         let regions = &streamed.regions;
         self.staged
             .write_bytes(&format!("{stem}.heatmap.png"), &streamed.heatmap_png)?;
-        let geojson = qupath_geojson(regions, self.slide.mpp());
+        let geojson = qupath_geojson(regions, &streamed.probabilities, self.slide.mpp());
         self.staged
             // Compact: pretty-printed, a vertex took five lines.
             .write(&format!("{stem}.tumour.geojson"), |out| {
@@ -778,9 +791,11 @@ struct StitchJob<'a> {
     map_rows: [Sender<Vec<u8>>; 2],
 }
 
-/// What the stitcher leaves: the complete map's file and what was counted on the way.
+/// What the stitcher leaves: the complete map's file, the low-resolution map, and what was
+/// counted on the way.
 struct Stitched {
     prob_file: NamedTempFile,
+    low_resolution: LowResolutionMap,
     overlap: Overlap,
     tally: Tally,
 }
@@ -831,6 +846,7 @@ impl StitchJob<'_> {
             }
             Ok(Stitched {
                 prob_file: sunk.writer.finish_temporary()?,
+                low_resolution: sunk.low,
                 overlap: sunk.overlap,
                 tally: sunk.tally,
             })

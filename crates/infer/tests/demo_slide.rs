@@ -263,10 +263,18 @@ fn heatmap_geojson_and_summary_are_written() {
     // Every vertex in level-0 pixels, inside the slide; each area in µm², as QuPath names it;
     // each polygon valid by OGC's rules (geo's, as GEOS and QuPath's JTS judge them).
     for feature in features {
-        let area = feature["properties"]["measurements"]["Area µm^2"]
-            .as_f64()
-            .unwrap();
+        let measurements = &feature["properties"]["measurements"];
+        let area = measurements["Area µm^2"].as_f64().unwrap();
         assert!(area > 0.0, "{area}");
+        // Each region's pixels at the contours' resolution are at or above 0.5, and the
+        // highest of the level-0 pixels behind them is at most the map's.
+        let mean = measurements["Mean probability"].as_f64().unwrap();
+        let max = measurements["Max probability"].as_f64().unwrap();
+        let map_max = run.summary["max_probability"].as_f64().unwrap();
+        assert!(
+            0.5 <= mean && mean <= max && max <= map_max,
+            "{mean} {max} {map_max}"
+        );
         assert_eq!(feature["geometry"]["type"], "Polygon");
         let rings: Vec<geo::LineString> = feature["geometry"]["coordinates"]
             .as_array()
