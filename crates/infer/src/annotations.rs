@@ -109,11 +109,12 @@ pub struct RegionProbability {
 
 /// Each region's [`RegionProbability`], in order, from the map its contours were traced on:
 /// `means` (row-major, `width` wide, placed as [`TumourTracer::new`] places it) and `peaks`
-/// (the probability map's highest value behind each of its pixels). A map pixel is inside a region where
-/// its centre is (the contours pass between pixel centres, never through one): each map row's
-/// centre line crosses the rings, outline and holes alike, and the pixels between the first
-/// crossing and the second, the third and the fourth, ... are in. A row looks only at the
-/// edges that span it (a scanline fill), so a region costs its edges and its pixels.
+/// (the probability map's highest value behind each of its pixels). A map pixel is inside a
+/// region where its centre is (the contours pass between pixel centres, never through one):
+/// each map row's centre line crosses the rings, outline and holes alike, and the pixels
+/// between the first crossing and the second, the third and the fourth, ... are in. A row
+/// looks only at the edges that span it (a scanline fill), so a region costs its edges and
+/// its pixels.
 pub fn region_probabilities(
     regions: &[Region],
     means: &[u8],
@@ -130,9 +131,10 @@ pub fn region_probabilities(
     regions
         .iter()
         .map(|region| {
-            // Each edge top end first, by its top; a line crosses an edge where `top <= line
-            // < bottom`, so that a vertex on the line counts once where the ring passes
-            // through it and not at all where it only touches it, and a level edge never.
+            // The edges, each with its top end first, in order of their tops. A line crosses
+            // an edge where `top <= line < bottom`, so that a vertex on the line counts once
+            // where the ring passes through it and not at all where it only touches it, and
+            // a level edge never.
             let mut edges: Vec<[[f64; 2]; 2]> = std::iter::once(&region.exterior)
                 .chain(&region.holes)
                 .flat_map(|ring| ring.iter().zip(ring.iter().cycle().skip(1)))
@@ -172,8 +174,8 @@ pub fn region_probabilities(
                 }
             }
             RegionProbability {
-                // Every region holds a pixel at or above the level; `max(1)` only keeps a
-                // region that lost its pixels to rounding from dividing by zero.
+                // Every region holds a pixel at or above the level; `max(1)` keeps one that
+                // held none from dividing by zero.
                 mean: sum as f64 / count.max(1) as f64 / 255.0,
                 max: max as f64 / 255.0,
             }
