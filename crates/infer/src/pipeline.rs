@@ -462,8 +462,8 @@ impl Planned {
         self.staged
             .write_bytes(&format!("{stem}.heatmap.png"), &streamed.heatmap_png)?;
         let geojson = qupath_geojson(regions, &streamed.probabilities, self.slide.mpp());
+        // Compact: pretty-printed, a vertex took five lines.
         self.staged
-            // Compact: pretty-printed, a vertex took five lines.
             .write(&format!("{stem}.tumour.geojson"), |out| {
                 Ok(serde_json::to_writer(out, &geojson)?)
             })?;
