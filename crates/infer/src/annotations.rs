@@ -42,23 +42,42 @@ fn ring_area(ring: &[[f64; 2]]) -> f64 {
 /// The smallest level of `p >= 0.5` in the u8 map (`v / 255 >= 0.5`).
 const TUMOUR_LEVEL: u8 = 128;
 
-/// Contours of `p >= 0.5` on a map whose pixel `(x, y)` covers level-0 pixels from
-/// `origin + (x, y) * downsample`, traced as the map's rows arrive (top to bottom, each
-/// once): when the last one has, only its cells are left. Regions under a level-0 pixel's
-/// area are dropped.
+/// Where a low-resolution map lies on the slide: its pixel `(x, y)` covers level-0 pixels from
+/// `origin + (x, y) * downsample`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MapPlacement {
+    pub downsample: f64,
+    pub origin: [u64; 2],
+}
+
+impl MapPlacement {
+    /// Map pixel `i`'s centre along `axis` (0: x, 1: y), in level-0 pixels.
+    fn centre(self, i: usize, axis: usize) -> f64 {
+        self.origin[axis] as f64 + (i as f64 + 0.5) * self.downsample
+    }
+
+    /// The first map pixel along `axis` whose centre is at or past level-0 coordinate `at`.
+    fn first_at(self, at: f64, axis: usize) -> usize {
+        ((at - self.origin[axis] as f64) / self.downsample - 0.5)
+            .ceil()
+            .max(0.0) as usize
+    }
+}
+
+/// Contours of `p >= 0.5` on a map placed on the slide as a [`MapPlacement`] says, traced as
+/// the map's rows arrive (top to bottom, each once): when the last one has, only its cells are
+/// left. Regions under a level-0 pixel's area are dropped.
 pub struct TumourTracer {
     rings: RingTracer,
-    downsample: f64,
-    origin: (u64, u64),
+    placement: MapPlacement,
 }
 
 impl TumourTracer {
     /// For a map `width` wide.
-    pub fn new(width: usize, downsample: f64, origin: (u64, u64)) -> TumourTracer {
+    pub fn new(width: usize, placement: MapPlacement) -> TumourTracer {
         TumourTracer {
             rings: RingTracer::new(width, TUMOUR_LEVEL),
-            downsample,
-            origin,
+            placement,
         }
     }
 
@@ -69,8 +88,8 @@ impl TumourTracer {
 
     /// The regions of the rows added (all of the map's, unless it was cut short).
     pub fn finish(self) -> Vec<Region> {
-        let origin = [self.origin.0 as f64, self.origin.1 as f64];
-        rings::polygons(self.rings.finish(), self.downsample, origin)
+        let MapPlacement { downsample, origin } = self.placement;
+        rings::polygons(self.rings.finish(), downsample, origin.map(|v| v as f64))
             .into_iter()
             .map(|(outline, holes)| rounded(outline, holes))
             // A speck of the map's finest values: less than a level-0 pixel.
@@ -107,29 +126,30 @@ pub struct RegionProbability {
     pub max: f64,
 }
 
-/// Each region's [`RegionProbability`], in order, from the map its contours were traced on:
-/// `means` (row-major, `width` wide, placed as [`TumourTracer::new`] places it) and `peaks`
-/// (the probability map's highest value behind each of its pixels). A map pixel is inside a
-/// region where its centre is (the contours pass between pixel centres, never through one):
-/// each map row's centre line crosses the rings, outline and holes alike, and the pixels
-/// between the first crossing and the second, the third and the fourth, ... are in. A row
-/// looks only at the edges that span it (a scanline fill), so a region costs its edges and
-/// its pixels.
-pub fn region_probabilities(
-    regions: &[Region],
+/// A region with what the model said inside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasuredRegion {
+    pub region: Region,
+    pub probability: RegionProbability,
+}
+
+/// The regions with their [`RegionProbability`], from the map their contours were traced on:
+/// `means` (row-major, `width` wide, placed as `placement` says) and `peaks` (the probability
+/// map's highest value behind each of its pixels). A map pixel is inside a region where its
+/// centre is (the contours pass between pixel centres, never through one): each map row's
+/// centre line crosses the rings, outline and holes alike, and the pixels between the first
+/// crossing and the second, the third and the fourth, ... are in. A row looks only at the
+/// edges that span it (a scanline fill), so a region costs its edges and its pixels.
+pub fn measure(
+    regions: Vec<Region>,
     means: &[u8],
     peaks: &[u8],
     width: usize,
-    downsample: f64,
-    origin: (u64, u64),
-) -> Vec<RegionProbability> {
+    placement: MapPlacement,
+) -> Vec<MeasuredRegion> {
     let height = means.len() / width.max(1);
-    // Map pixel i's centre along an axis whose map starts at `start`, in level-0 pixels, and
-    // back: the first pixel whose centre is at or past `at`.
-    let centre = |i: usize, start: u64| start as f64 + (i as f64 + 0.5) * downsample;
-    let first_at = |at: f64, start: u64| ((at - start as f64) / downsample - 0.5).ceil().max(0.0);
     regions
-        .iter()
+        .into_iter()
         .map(|region| {
             // The edges, each with its top end first, in order of their tops. A line crosses
             // an edge where `top <= line < bottom`, so that a vertex on the line counts once
@@ -147,8 +167,8 @@ pub fn region_probabilities(
             let mut crossings = Vec::new();
             let (mut sum, mut count, mut max) = (0u64, 0u64, 0u8);
             let top = edges.first().map_or(f64::MAX, |edge| edge[0][1]);
-            for y in first_at(top, origin.1) as usize..height {
-                let line = centre(y, origin.1);
+            for y in placement.first_at(top, 1)..height {
+                let line = placement.centre(y, 1);
                 while let Some(edge) = waiting.next_if(|edge| edge[0][1] <= line) {
                     spanning.push(edge);
                 }
@@ -165,7 +185,7 @@ pub fn region_probabilities(
                 crossings.sort_by(f64::total_cmp);
                 for span in crossings.chunks_exact(2) {
                     let [from, to] =
-                        [span[0], span[1]].map(|x| (first_at(x, origin.0) as usize).min(width));
+                        [span[0], span[1]].map(|x| placement.first_at(x, 0).min(width));
                     for at in y * width + from..y * width + to {
                         sum += means[at] as u64;
                         count += 1;
@@ -173,20 +193,24 @@ pub fn region_probabilities(
                     }
                 }
             }
-            RegionProbability {
+            let probability = RegionProbability {
                 // Every region holds a pixel at or above the level; `max(1)` keeps one that
                 // held none from dividing by zero.
                 mean: sum as f64 / count.max(1) as f64 / 255.0,
                 max: max as f64 / 255.0,
+            };
+            MeasuredRegion {
+                region,
+                probability,
             }
         })
         .collect()
 }
 
 /// [`TumourTracer`] over a whole map.
-pub fn tumour_regions(map: &GrayImage, downsample: f64, origin: (u64, u64)) -> Vec<Region> {
+pub fn tumour_regions(map: &GrayImage, placement: MapPlacement) -> Vec<Region> {
     let width = map.width() as usize;
-    let mut tracer = TumourTracer::new(width, downsample, origin);
+    let mut tracer = TumourTracer::new(width, placement);
     for row in map.as_raw().chunks_exact(width) {
         tracer.add_row(row);
     }
@@ -196,35 +220,35 @@ pub fn tumour_regions(map: &GrayImage, downsample: f64, origin: (u64, u64)) -> V
 /// A GeoJSON FeatureCollection as QuPath exports annotations: one feature per region,
 /// classified "Tumor", holes as polygon interiors, among the measurements its area (in µm²
 /// when the slide's mpp is known, else in pixels, as QuPath names them) and its
-/// probabilities (one a region, in order), by which QuPath's measurement table sorts them.
-pub fn qupath_geojson(
-    regions: &[Region],
-    probabilities: &[RegionProbability],
-    mpp: Option<f64>,
-) -> Value {
+/// probabilities, by which QuPath's measurement table sorts them.
+pub fn qupath_geojson(regions: &[MeasuredRegion], mpp: Option<f64>) -> Value {
     let features: Vec<Value> = regions
         .iter()
-        .zip(probabilities)
-        .map(|(region, probability)| {
-            let mut rings = vec![region.exterior.clone()];
-            rings.extend(region.holes.iter().cloned());
-            let mut measurements = match mpp {
-                Some(mpp) => json!({"Area µm^2": region.area() * mpp * mpp}),
-                None => json!({"Area px^2": region.area()}),
-            };
-            measurements["Mean probability"] = json!(probability.mean);
-            measurements["Max probability"] = json!(probability.max);
-            json!({
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": rings},
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": CLASS, "color": [200, 0, 0]},
-                    "isLocked": false,
-                    "measurements": measurements
-                }
-            })
-        })
+        .map(
+            |MeasuredRegion {
+                 region,
+                 probability,
+             }| {
+                let mut rings = vec![region.exterior.clone()];
+                rings.extend(region.holes.iter().cloned());
+                let mut measurements = match mpp {
+                    Some(mpp) => json!({"Area µm^2": region.area() * mpp * mpp}),
+                    None => json!({"Area px^2": region.area()}),
+                };
+                measurements["Mean probability"] = json!(probability.mean);
+                measurements["Max probability"] = json!(probability.max);
+                json!({
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": rings},
+                    "properties": {
+                        "objectType": "annotation",
+                        "classification": {"name": CLASS, "color": [200, 0, 0]},
+                        "isLocked": false,
+                        "measurements": measurements
+                    }
+                })
+            },
+        )
         .collect();
     json!({"type": "FeatureCollection", "features": features})
 }
@@ -232,9 +256,9 @@ pub fn qupath_geojson(
 /// ASAP's XML as the Camelyon annotations use it: each outline an `Annotation` of group
 /// "Tumor" and each hole one of group "Exclusion" (Camelyon's own evaluation and our `--truth`
 /// reader cut those out), coordinates in level-0 pixels.
-pub fn asap_xml(regions: &[Region]) -> String {
+pub fn asap_xml<'a>(regions: impl IntoIterator<Item = &'a Region>) -> String {
     let mut xml = String::from("<?xml version=\"1.0\"?>\n<ASAP_Annotations>\n\t<Annotations>\n");
-    let rings = regions.iter().flat_map(|region| {
+    let rings = regions.into_iter().flat_map(|region| {
         std::iter::once((region.exterior.as_slice(), CLASS, "#F4FA58")).chain(
             region
                 .holes
@@ -275,6 +299,10 @@ pub fn asap_xml(regions: &[Region]) -> String {
 mod tests {
     use super::*;
 
+    fn placed(downsample: f64, origin: [u64; 2]) -> MapPlacement {
+        MapPlacement { downsample, origin }
+    }
+
     /// A 20x20 map with a blob over map pixels 4..12 x 5..10 holding a 2x1 hole.
     fn blob_with_hole() -> GrayImage {
         let mut map = GrayImage::new(20, 20);
@@ -289,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_blob_becomes_one_region_in_level_0_pixels_with_its_hole() {
-        let regions = tumour_regions(&blob_with_hole(), 16.0, (1000, 2000));
+        let regions = tumour_regions(&blob_with_hole(), placed(16.0, [1000, 2000]));
         assert_eq!(regions.len(), 1);
         let region = &regions[0];
         assert_eq!(region.holes.len(), 1);
@@ -315,12 +343,12 @@ mod tests {
     #[test]
     fn regions_are_the_contour_crates_and_valid_polygons() {
         use geo::Validation;
-        let reference = |map: &GrayImage, downsample: f64, origin: (u64, u64)| {
+        let reference = |map: &GrayImage, MapPlacement { downsample, origin }| {
             let (width, height) = (map.width() as usize, map.height() as usize);
             let values: Vec<f64> = map.as_raw().iter().map(|&v| v as f64 / 255.0).collect();
             let contours = contour::ContourBuilder::new(width, height, true)
-                .x_origin(origin.0 as f64)
-                .y_origin(origin.1 as f64)
+                .x_origin(origin[0] as f64)
+                .y_origin(origin[1] as f64)
                 .x_step(downsample)
                 .y_step(downsample)
                 .contours(&values, &[0.5])
@@ -342,9 +370,9 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let mut regions = 0;
-        for (trial, (map, downsample, origin)) in random_maps().into_iter().enumerate() {
-            let expected = reference(&map, downsample, origin);
-            let traced = tumour_regions(&map, downsample, origin);
+        for (trial, (map, placement)) in random_maps().into_iter().enumerate() {
+            let expected = reference(&map, placement);
+            let traced = tumour_regions(&map, placement);
             assert_eq!(traced, expected, "trial {trial}");
             for region in &traced {
                 let errors = polygon(region).validation_errors();
@@ -357,15 +385,15 @@ mod tests {
         let map = GrayImage::from_fn(30, 30, |x, y| {
             image::Luma([((x * 37 + y * 11) % 256) as u8])
         });
-        let mut tracer = TumourTracer::new(30, 4.88, (0, 0));
+        let mut tracer = TumourTracer::new(30, placed(4.88, [0, 0]));
         map.as_raw()
             .chunks_exact(30)
             .take(17)
             .for_each(|row| tracer.add_row(row));
         let top = GrayImage::from_raw(30, 17, map.as_raw()[..30 * 17].to_vec()).unwrap();
-        assert_eq!(tracer.finish(), reference(&top, 4.88, (0, 0)));
+        assert_eq!(tracer.finish(), reference(&top, placed(4.88, [0, 0])));
         let below = GrayImage::from_pixel(20, 20, image::Luma([TUMOUR_LEVEL - 1]));
-        assert_eq!(tumour_regions(&below, 4.88, (0, 0)), []);
+        assert_eq!(tumour_regions(&below, placed(4.88, [0, 0])), []);
     }
 
     #[test]
@@ -386,11 +414,11 @@ mod tests {
         assert_eq!(region.holes, [[[4.0, 4.0], [6.0, 4.001]]]);
     }
 
-    /// 400 maps of up to 40x40 pixels, each with its downsample and origin: noise, the
+    /// 400 maps of up to 40x40 pixels, each with its placement: noise, the
     /// levels that put a contour's vertices nearest the pixel centres (127 and 128 beside 0
     /// and 255), two levels, and soft blobs with and without holes, touching the edges or
     /// not; at two scales.
-    fn random_maps() -> Vec<(GrayImage, f64, (u64, u64))> {
+    fn random_maps() -> Vec<(GrayImage, MapPlacement)> {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut random = move |below: u64| {
             state ^= state << 13;
@@ -421,8 +449,10 @@ mod tests {
                         _ => (255.0 * (1.2 - 0.7 * distance)).clamp(0.0, 255.0) as u8,
                     }])
                 });
-                let (downsample, origin) = [(1.0, (0, 0)), (4.88, (1000, 2000))][trial % 2];
-                (map, downsample, origin)
+                (
+                    map,
+                    [placed(1.0, [0, 0]), placed(4.88, [1000, 2000])][trial % 2],
+                )
             })
             .collect()
     }
@@ -443,24 +473,32 @@ mod tests {
     fn region_probabilities_are_those_of_the_pixels_inside() {
         use geo::Contains;
         let mut inside = 0;
-        for (trial, (map, downsample, origin)) in random_maps().into_iter().enumerate() {
+        for (trial, (map, placement)) in random_maps().into_iter().enumerate() {
             let width = map.width() as usize;
             // Peaks unlike the means, so that the maximum tells which pixels were taken.
             let peaks: Vec<u8> = (0..map.as_raw().len())
                 .map(|i| (i * 7919 % 251) as u8)
                 .collect();
-            let regions = tumour_regions(&map, downsample, origin);
-            let measured =
-                region_probabilities(&regions, map.as_raw(), &peaks, width, downsample, origin);
+            let regions = tumour_regions(&map, placement);
+            let measured = measure(regions.clone(), map.as_raw(), &peaks, width, placement);
             assert_eq!(measured.len(), regions.len());
             let mut taken = vec![false; peaks.len()];
-            let centre = |i: usize, start: u64| start as f64 + (i as f64 + 0.5) * downsample;
-            for (region, probability) in regions.iter().zip(&measured) {
+            for (
+                region,
+                MeasuredRegion {
+                    region: kept,
+                    probability,
+                },
+            ) in regions.iter().zip(&measured)
+            {
+                assert_eq!(kept, region, "trial {trial}");
                 let polygon = polygon(region);
                 let (mut sum, mut count, mut max) = (0u64, 0u64, 0u8);
                 for (at, value) in map.as_raw().iter().enumerate() {
-                    let point =
-                        geo::Point::new(centre(at % width, origin.0), centre(at / width, origin.1));
+                    let point = geo::Point::new(
+                        placement.centre(at % width, 0),
+                        placement.centre(at / width, 1),
+                    );
                     if polygon.contains(&point) {
                         sum += *value as u64;
                         count += 1;
@@ -495,7 +533,7 @@ mod tests {
     #[test]
     fn geojson_has_qupaths_fields_the_area_in_square_microns_and_the_probabilities() {
         let map = blob_with_hole();
-        let regions = tumour_regions(&map, 16.0, (0, 0));
+        let regions = tumour_regions(&map, placed(16.0, [0, 0]));
         // The blob's pixels are all 230; their peaks 240 where x is 9, 250 in the hole.
         let peaks = GrayImage::from_fn(20, 20, |x, y| {
             image::Luma([match (x, map.get_pixel(x, y).0[0]) {
@@ -504,9 +542,14 @@ mod tests {
                 (_, value) => value,
             }])
         });
-        let probabilities =
-            region_probabilities(&regions, map.as_raw(), peaks.as_raw(), 20, 16.0, (0, 0));
-        let geojson = qupath_geojson(&regions, &probabilities, Some(0.5));
+        let measured = measure(
+            regions.clone(),
+            map.as_raw(),
+            peaks.as_raw(),
+            20,
+            placed(16.0, [0, 0]),
+        );
+        let geojson = qupath_geojson(&measured, Some(0.5));
         let feature = &geojson["features"][0];
         assert_eq!(feature["properties"]["objectType"], "annotation");
         assert_eq!(feature["properties"]["classification"]["name"], "Tumor");
@@ -522,13 +565,13 @@ mod tests {
         let measurements = &feature["properties"]["measurements"];
         assert_eq!(measurements["Mean probability"], 230.0 / 255.0);
         assert_eq!(measurements["Max probability"], 240.0 / 255.0);
-        let uncalibrated = qupath_geojson(&regions, &probabilities, None);
+        let uncalibrated = qupath_geojson(&measured, None);
         assert!(uncalibrated["features"][0]["properties"]["measurements"]["Area px^2"].is_f64());
     }
 
     #[test]
     fn asap_xml_parses_with_outline_and_hole_groups() {
-        let regions = tumour_regions(&blob_with_hole(), 16.0, (0, 0));
+        let regions = tumour_regions(&blob_with_hole(), placed(16.0, [0, 0]));
         let xml = asap_xml(&regions);
         let document = roxmltree::Document::parse(&xml).unwrap();
         let groups: Vec<&str> = document

@@ -22,7 +22,7 @@ use unet_core::{PendingMaps, Predictor, ProbabilityMaps, RgbPatch, Tta};
 use wsi::{Channels, Layout, PyramidWriter, Slide, WriterOptions};
 
 use crate::annotations::{
-    Region, RegionProbability, TumourTracer, asap_xml, qupath_geojson, region_probabilities,
+    MapPlacement, MeasuredRegion, TumourTracer, asap_xml, measure, qupath_geojson,
 };
 use crate::output::Staged;
 use crate::pictures::{LowResolutionMap, heatmap_png};
@@ -273,11 +273,9 @@ struct Planned {
 struct Streamed {
     overlap: Overlap,
     /// The heatmap's PNG file and the tumour's contours (in level-0 pixels), made as the
-    /// low-resolution map's rows were finished.
+    /// low-resolution map's rows were finished, measured on the complete map.
     heatmap_png: Vec<u8>,
-    regions: Vec<Region>,
-    /// Each region's, from the complete low-resolution map.
-    probabilities: Vec<RegionProbability>,
+    regions: Vec<MeasuredRegion>,
     tally: Tally,
     first_batch: Option<Instant>,
 }
@@ -379,11 +377,11 @@ impl Planned {
         let (heatmap_rows, heatmap_rows_rx) = channel();
         let (contour_rows, contour_rows_rx) = channel::<Vec<u8>>();
         // Contours in level-0 pixels, whatever the analysis resolution.
-        let (map_downsample, map_origin) = (
-            self.downsample * self.analysis.scale,
-            (region0.x, region0.y),
-        );
-        let mut tracer = TumourTracer::new(map_width as usize, map_downsample, map_origin);
+        let placement = MapPlacement {
+            downsample: self.downsample * self.analysis.scale,
+            origin: [region0.x, region0.y],
+        };
+        let mut tracer = TumourTracer::new(map_width as usize, placement);
         let stitch = StitchJob {
             grid: self.grid,
             blend: job.options.blend,
@@ -430,19 +428,17 @@ impl Planned {
         progress.finish_and_clear();
         let (stitched, heatmap_png, regions, first_batch) = outcome?;
         self.staged.keep(stitched.prob_file, &self.prob_name);
-        let probabilities = region_probabilities(
-            &regions,
+        let regions = measure(
+            regions,
             stitched.low_resolution.pixels(),
             stitched.low_resolution.peaks(),
             map_width as usize,
-            map_downsample,
-            map_origin,
+            placement,
         );
         Ok(Streamed {
             overlap: stitched.overlap,
             heatmap_png,
             regions,
-            probabilities,
             tally: stitched.tally,
             first_batch,
         })
@@ -461,14 +457,16 @@ impl Planned {
         let regions = &streamed.regions;
         self.staged
             .write_bytes(&format!("{stem}.heatmap.png"), &streamed.heatmap_png)?;
-        let geojson = qupath_geojson(regions, &streamed.probabilities, self.slide.mpp());
+        let geojson = qupath_geojson(regions, self.slide.mpp());
         // Compact: pretty-printed, a vertex took five lines.
         self.staged
             .write(&format!("{stem}.tumour.geojson"), |out| {
                 Ok(serde_json::to_writer(out, &geojson)?)
             })?;
-        self.staged
-            .write_bytes(&format!("{stem}.tumour.xml"), asap_xml(regions).as_bytes())?;
+        self.staged.write_bytes(
+            &format!("{stem}.tumour.xml"),
+            asap_xml(regions.iter().map(|measured| &measured.region)).as_bytes(),
+        )?;
         let summary = self.summary(job, &streamed, started.elapsed().as_secs_f64());
         self.staged.write(&format!("{stem}.summary.json"), |out| {
             Ok(serde_json::to_writer_pretty(out, &summary)?)
