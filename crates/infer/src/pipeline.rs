@@ -644,16 +644,23 @@ impl<'a> PatchStream<'a> {
         }
     }
 
-    /// The model's loop: batches of read patches in, probabilities out to the stitcher. One
-    /// batch stays in flight: the next is gathered and submitted before the last one's maps are
-    /// waited for, so that a GPU computes while this thread reads its results back and hands
-    /// them on.
+    /// The model's loop: batches of read patches in, probabilities out to the stitcher. On a
+    /// device one batch stays in flight: the next is gathered and submitted before the last
+    /// one's maps are waited for, so that a GPU computes while this thread reads its results
+    /// back and hands them on. A batch computed on this thread (the CPU's) goes on at once:
+    /// held back, it would only keep the stitcher and the progress a batch behind. Returns
+    /// when the first batch's maps were handed on.
     fn infer_batches(
         &self,
         patches: Receiver<ReadPatch>,
         stitch: SyncSender<Stitch>,
     ) -> Result<Option<Instant>> {
         let mut first_batch = None;
+        let mut hand_on = |submitted| -> Result<()> {
+            self.hand_on(submitted, &stitch)?;
+            first_batch.get_or_insert_with(Instant::now);
+            Ok(())
+        };
         let mut in_flight: Option<Submitted> = None;
         let mut batch: Vec<ReadPatch> = Vec::with_capacity(self.batch);
         let mut patches = patches.iter();
@@ -665,9 +672,13 @@ impl<'a> PatchStream<'a> {
             let full = batch.len() == self.batch;
             if full || (ended && !stopped && !batch.is_empty()) {
                 let submitted = self.submit(&mut batch)?;
-                if let Some(previous) = in_flight.replace(submitted) {
-                    self.hand_on(previous, &stitch)?;
-                    first_batch.get_or_insert_with(Instant::now);
+                if let Some(previous) = in_flight.take() {
+                    hand_on(previous)?;
+                }
+                if submitted.maps.is_done() {
+                    hand_on(submitted)?;
+                } else {
+                    in_flight = Some(submitted);
                 }
             }
             if ended {
@@ -675,8 +686,7 @@ impl<'a> PatchStream<'a> {
             }
         }
         if let Some(last) = in_flight {
-            self.hand_on(last, &stitch)?;
-            first_batch.get_or_insert_with(Instant::now);
+            hand_on(last)?;
         }
         Ok(first_batch)
     }

@@ -194,6 +194,13 @@ impl<'a> PendingMaps<'a> {
         }
     }
 
+    /// Whether the maps are computed already (the engine ran the forward on the submitting
+    /// thread, as the CPU's does), so that [`PendingMaps::wait`] returns at once: a caller
+    /// keeping a batch in flight for the device's sake has nothing to gain by keeping this one.
+    pub fn is_done(&self) -> bool {
+        self.forward.is_done()
+    }
+
     /// Waits for the engine and returns the maps.
     pub fn wait(self) -> Result<ProbabilityMaps, PredictError> {
         Ok(ProbabilityMaps {

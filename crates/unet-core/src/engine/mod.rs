@@ -119,6 +119,12 @@ pub trait Engine: Send {
 pub trait InFlight: Send {
     /// Waits for the device and returns the forward's output.
     fn wait(self: Box<Self>) -> Result<Vec<f32>, PredictError>;
+
+    /// Whether the output is computed already, so that [`InFlight::wait`] returns at once (a
+    /// forward that ran on the caller's thread).
+    fn is_done(&self) -> bool {
+        false
+    }
 }
 
 /// A forward already computed.
@@ -127,6 +133,10 @@ pub struct Done(pub Vec<f32>);
 impl InFlight for Done {
     fn wait(self: Box<Self>) -> Result<Vec<f32>, PredictError> {
         Ok(self.0)
+    }
+
+    fn is_done(&self) -> bool {
+        true
     }
 }
 
