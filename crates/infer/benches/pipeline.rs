@@ -12,87 +12,21 @@
 //! throughput `infer` keeps (issue 12's bar: 90 %).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use infer::pipeline::{self, Options, ProbFormat, SlideJob};
 use tiling::Blend;
-use unet_core::engine::{Batch, Engine, InFlight, Output};
-use unet_core::{
-    EngineChoice, FoldedWeights, Precision, PredictError, Predictor, Target, Tta, UnetConfig,
-};
+use unet_core::{Predictor, Tta, UnetConfig};
 use wsi::{Channels, PyramidWriter, WriterOptions};
 
-/// An engine whose forward is the host's share of a GPU's (the maps computed when submitted:
-/// the probability is the patch's red level; copied when waited for, as out of pinned memory)
-/// and a device's `ms_per_patch` a patch, each forward queued behind the ones submitted before
-/// it, as on a CUDA stream (at once, if 0).
-struct Paced {
-    ms_per_patch: f64,
-    /// When the device will have finished the forwards submitted so far.
-    device_free: Mutex<Instant>,
-}
-
-impl Paced {
-    fn new(ms_per_patch: f64) -> Paced {
-        Paced {
-            ms_per_patch,
-            device_free: Mutex::new(Instant::now()),
-        }
-    }
-}
-
-/// A [`Paced`] forward: its maps, and when the device is done with it.
-struct PacedInFlight {
-    maps: Vec<f32>,
-    done: Instant,
-}
-
-impl InFlight for PacedInFlight {
-    fn wait(self: Box<Self>) -> Result<Vec<f32>, PredictError> {
-        std::thread::sleep(self.done.saturating_duration_since(Instant::now()));
-        Ok(self.maps.clone())
-    }
-}
-
-impl Engine for Paced {
-    fn load(_: &FoldedWeights, _: Target) -> Result<Self, PredictError> {
-        Ok(Paced::new(0.0))
-    }
-    fn name(&self) -> &'static str {
-        "paced"
-    }
-    fn choice() -> EngineChoice {
-        EngineChoice::Auto
-    }
-    fn device(&self) -> &'static str {
-        "cpu"
-    }
-    fn precision(&self) -> Precision {
-        Precision::F32
-    }
-    fn forward(&self, batch: &Batch, output: Output) -> Result<Vec<f32>, PredictError> {
-        self.submit(batch, output)?.wait()
-    }
-    fn submit<'a>(
-        &'a self,
-        batch: &Batch,
-        _: Output,
-    ) -> Result<Box<dyn InFlight + 'a>, PredictError> {
-        let maps = batch
-            .patches
-            .iter()
-            .flat_map(|patch| patch.pixels.chunks_exact(3).map(|p| p[0] as f32 / 255.0))
-            .collect();
-        let pace = Duration::from_secs_f64(self.ms_per_patch * batch.len() as f64 / 1000.0);
-        let mut device_free = self.device_free.lock().unwrap();
-        let done = (*device_free).max(Instant::now()) + pace;
-        *device_free = done;
-        Ok(Box::new(PacedInFlight { maps, done }))
-    }
-}
+// The tests' stand-in for the model; the bench runs it on a device only.
+#[allow(dead_code)]
+#[path = "../tests/common/stand_in.rs"]
+mod stand_in;
+use stand_in::StandIn;
 
 /// A `side` x `side` slide of textured pink, as deflate tiles in a pyramid.
 fn synthetic_slide(path: &Path, side: u64) {
@@ -124,8 +58,10 @@ fn whole_slide(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let slide = dir.path().join("synthetic.tif");
     synthetic_slide(&slide, side);
-    let predictor =
-        Predictor::from_engine(Box::new(Paced::new(ms_per_patch)), UnetConfig::new(3, 3, 8));
+    let predictor = Predictor::from_engine(
+        Box::new(StandIn::on_a_device(ms_per_patch)),
+        UnetConfig::new(3, 3, 8),
+    );
     let job = SlideJob {
         slide,
         stem: "synthetic".to_string(),

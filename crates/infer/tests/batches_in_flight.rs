@@ -3,77 +3,22 @@
 //! the device (a batch kept in flight, so that a GPU computes while the host reads back). The
 //! summary's `seconds_to_first_batch` is when the first batch's maps were handed on.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use infer::pipeline::{self, Options, ProbFormat, SlideJob};
 use tiling::Blend;
-use unet_core::engine::{Batch, Done, Engine, InFlight, Output};
-use unet_core::{
-    EngineChoice, FoldedWeights, Precision, PredictError, Predictor, Target, Tta, UnetConfig,
-};
+use unet_core::{Predictor, Tta, UnetConfig};
+
+use common::stand_in::StandIn;
 
 mod common;
 
-/// An engine that answers 0 everywhere and records when each batch was submitted; `queued`:
-/// its forwards wait on a device, else they are computed when submitted.
-struct Recording {
-    queued: bool,
-    submitted: Arc<Mutex<Vec<Instant>>>,
-}
-
-/// A forward on [`Recording`]'s device.
-struct Queued(Vec<f32>);
-
-impl InFlight for Queued {
-    fn wait(self: Box<Self>) -> Result<Vec<f32>, PredictError> {
-        Ok(self.0)
-    }
-}
-
-impl Engine for Recording {
-    fn load(_: &FoldedWeights, _: Target) -> Result<Self, PredictError> {
-        unreachable!("made by the test")
-    }
-    fn name(&self) -> &'static str {
-        "recording"
-    }
-    fn choice() -> EngineChoice {
-        EngineChoice::Auto
-    }
-    fn device(&self) -> &'static str {
-        "cpu"
-    }
-    fn precision(&self) -> Precision {
-        Precision::F32
-    }
-    fn forward(&self, batch: &Batch, _: Output) -> Result<Vec<f32>, PredictError> {
-        Ok(vec![0.0; batch.len() * batch.width * batch.height])
-    }
-    fn submit<'a>(
-        &'a self,
-        batch: &Batch,
-        output: Output,
-    ) -> Result<Box<dyn InFlight + 'a>, PredictError> {
-        self.submitted.lock().unwrap().push(Instant::now());
-        let maps = self.forward(batch, output)?;
-        Ok(match self.queued {
-            true => Box::new(Queued(maps)),
-            false => Box::new(Done(maps)),
-        })
-    }
-}
-
-/// The demo slide's top-left 1024 x 1024 pixels, every patch run in batches of one, on an
-/// engine `queued` or not: when the first batch's maps were handed on, and when each batch
-/// was submitted.
-fn first_batch_and_submissions(queued: bool) -> (Instant, Vec<Instant>) {
-    let submitted = Arc::new(Mutex::new(Vec::new()));
-    let engine = Recording {
-        queued,
-        submitted: Arc::clone(&submitted),
-    };
+/// The demo slide's top-left 1024 x 1024 pixels, every patch run in batches of one, on
+/// `engine`: when the first batch's maps were handed on, and when each batch was submitted.
+fn first_batch_and_submissions(engine: StandIn) -> (Instant, Vec<Instant>) {
+    let submitted = engine.submissions();
     let predictor = Predictor::from_engine(Box::new(engine), UnetConfig::new(3, 3, 8));
     let dir = tempfile::tempdir().unwrap();
     let process_start = Instant::now();
@@ -81,7 +26,7 @@ fn first_batch_and_submissions(queued: bool) -> (Instant, Vec<Instant>) {
         slide: common::fixtures().join("pipeline/demo_vips_jpeg.tif"),
         stem: "demo".to_string(),
         predictor: &predictor,
-        model: "recording".into(),
+        model: "stand-in".into(),
         out_dir: dir.path().to_path_buf(),
         batch: 1,
         options: Options {
@@ -116,7 +61,7 @@ const SLACK: Duration = Duration::from_nanos(100);
 
 #[test]
 fn a_batch_computed_when_submitted_goes_on_before_the_next_is_submitted() {
-    let (first_batch, submitted) = first_batch_and_submissions(false);
+    let (first_batch, submitted) = first_batch_and_submissions(StandIn::on_the_host());
     assert_eq!(submitted.len(), 4);
     let slack = SLACK;
     assert!(submitted[0] <= first_batch + slack);
@@ -128,7 +73,7 @@ fn a_batch_computed_when_submitted_goes_on_before_the_next_is_submitted() {
 
 #[test]
 fn a_batch_on_the_device_stays_in_flight_until_the_next_is_submitted() {
-    let (first_batch, submitted) = first_batch_and_submissions(true);
+    let (first_batch, submitted) = first_batch_and_submissions(StandIn::on_a_device(0.0));
     assert_eq!(submitted.len(), 4);
     let slack = SLACK;
     assert!(

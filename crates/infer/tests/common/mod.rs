@@ -1,6 +1,8 @@
 //! What `infer`'s integration tests share: the fixtures, running the binary, reading back
-//! what it wrote.
+//! what it wrote, a stand-in for the model.
 #![allow(dead_code)] // each test file uses its own part
+
+pub mod stand_in;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
