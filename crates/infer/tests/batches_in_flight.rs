@@ -56,17 +56,16 @@ fn first_batch_and_submissions(engine: StandIn) -> (Instant, Vec<Instant>) {
     (first_batch, submitted)
 }
 
-/// The summary's seconds, an f64, give the instant back to within a nanosecond.
+/// The summary's seconds, an f64, give the instant back to within a nanosecond; a margin.
 const SLACK: Duration = Duration::from_nanos(100);
 
 #[test]
 fn a_batch_computed_when_submitted_goes_on_before_the_next_is_submitted() {
     let (first_batch, submitted) = first_batch_and_submissions(StandIn::on_the_host());
     assert_eq!(submitted.len(), 4);
-    let slack = SLACK;
-    assert!(submitted[0] <= first_batch + slack);
+    assert!(submitted[0] <= first_batch + SLACK);
     assert!(
-        first_batch <= submitted[1] + slack,
+        first_batch <= submitted[1] + SLACK,
         "the first batch waited for the second"
     );
 }
@@ -75,9 +74,8 @@ fn a_batch_computed_when_submitted_goes_on_before_the_next_is_submitted() {
 fn a_batch_on_the_device_stays_in_flight_until_the_next_is_submitted() {
     let (first_batch, submitted) = first_batch_and_submissions(StandIn::on_a_device(0.0));
     assert_eq!(submitted.len(), 4);
-    let slack = SLACK;
     assert!(
-        submitted[1] <= first_batch + slack,
+        submitted[1] <= first_batch + SLACK,
         "the first batch went on before the second was submitted"
     );
 }
