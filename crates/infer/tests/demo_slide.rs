@@ -3,16 +3,20 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use common::{fixtures, infer_command};
 use image::GrayImage;
 
-/// One run of the demo slide, kept for every test that looks at it.
+/// One run of the demo slide and its outputs.
 struct Run {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
     summary: serde_json::Value,
+    /// Removes `dir` with the run; `None` for a run the tests share, which a static holds and
+    /// so never drops (its directory is in cargo's target, replaced by the next test run).
+    _removed_on_drop: Option<tempfile::TempDir>,
 }
 
 impl Run {
@@ -23,54 +27,74 @@ impl Run {
     /// With environment variables set.
     fn with_env(extra: &[&str], env: &[(&str, &str)]) -> Run {
         let dir = tempfile::tempdir().unwrap();
-        let slide = fixtures().join("pipeline/demo_vips_jpeg.tif");
-        let mask = fixtures().join("pipeline/demo_mask.png");
-        let mut args = vec![
-            slide.to_str().unwrap(),
-            "--out",
-            dir.path().to_str().unwrap(),
-            "--blend",
-            "mean",
-            "--device",
-            "cpu",
-            "--truth",
-            mask.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        if !extra.contains(&"--precision") {
-            args.extend(["--precision", "f32"]);
-        }
-        let output = infer_command()
-            .args(&args)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let summary = std::fs::read(dir.path().join("demo_vips_jpeg.summary.json")).unwrap();
         Run {
-            summary: serde_json::from_slice(&summary).unwrap(),
+            dir: dir.path().to_owned(),
+            summary: run_infer(dir.path(), extra, env),
+            _removed_on_drop: Some(dir),
+        }
+    }
+
+    /// A run for every test that looks at it: its outputs in `CARGO_TARGET_TMPDIR/NAME`.
+    fn shared(name: &str, extra: &[&str]) -> Run {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        if let Err(err) = std::fs::remove_dir_all(&dir) {
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        Run {
+            summary: run_infer(&dir, extra, &[]),
             dir,
+            _removed_on_drop: None,
         }
     }
 
     /// Level 0 of `demo_vips_jpeg.prob.tif`, read back with our reader.
     fn map(&self) -> GrayImage {
-        common::level0_map(&self.dir.path().join("demo_vips_jpeg.prob.tif"))
+        common::level0_map(&self.dir.join("demo_vips_jpeg.prob.tif"))
     }
+}
+
+/// `infer` on the demo slide, its outputs into `out`; its summary.
+fn run_infer(out: &Path, extra: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let slide = fixtures().join("pipeline/demo_vips_jpeg.tif");
+    let mask = fixtures().join("pipeline/demo_mask.png");
+    let mut args = vec![
+        slide.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--blend",
+        "mean",
+        "--device",
+        "cpu",
+        "--truth",
+        mask.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--precision") {
+        args.extend(["--precision", "f32"]);
+    }
+    let output = infer_command()
+        .args(&args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = std::fs::read(out.join("demo_vips_jpeg.summary.json")).unwrap();
+    serde_json::from_slice(&summary).unwrap()
 }
 
 fn overlap_0() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
-    RUN.get_or_init(|| Run::new(&["--overlap", "0", "--tissue", "off"]))
+    RUN.get_or_init(|| Run::shared("demo-overlap-0", &["--overlap", "0", "--tissue", "off"]))
 }
 
 fn overlap_64() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
-    RUN.get_or_init(|| Run::new(&["--overlap", "64", "--tissue", "off"]))
+    RUN.get_or_init(|| Run::shared("demo-overlap-64", &["--overlap", "64", "--tissue", "off"]))
 }
 
 fn grey(name: &str) -> GrayImage {
@@ -226,7 +250,7 @@ fn written_map_is_what_was_computed() {
         (read_back - streamed).abs() < 1e-12,
         "{read_back} vs {streamed}"
     );
-    let slide = wsi::Slide::open(run.dir.path().join("demo_vips_jpeg.prob.tif")).unwrap();
+    let slide = wsi::Slide::open(run.dir.join("demo_vips_jpeg.prob.tif")).unwrap();
     let sizes: Vec<(u64, u64)> = slide.levels().iter().map(|l| (l.width, l.height)).collect();
     assert_eq!(sizes, [(4096, 3072), (2048, 1536), (1024, 768), (512, 384)]);
     assert!((slide.mpp().unwrap() - 0.243).abs() < 1e-6);
@@ -250,11 +274,11 @@ fn tissue_detection_runs_fewer_patches_for_the_same_dice() {
 #[test]
 fn heatmap_geojson_and_summary_are_written() {
     let run = overlap_0();
-    let heatmap = image::open(run.dir.path().join("demo_vips_jpeg.heatmap.png")).unwrap();
+    let heatmap = image::open(run.dir.join("demo_vips_jpeg.heatmap.png")).unwrap();
     // From level 1 (not level 0): 2048 x 1536.
     assert_eq!((heatmap.width(), heatmap.height()), (2048, 1536));
     let geojson: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(run.dir.path().join("demo_vips_jpeg.tumour.geojson")).unwrap(),
+        &std::fs::read(run.dir.join("demo_vips_jpeg.tumour.geojson")).unwrap(),
     )
     .unwrap();
     assert_eq!(geojson["type"], "FeatureCollection");
@@ -320,7 +344,7 @@ fn heatmap_geojson_and_summary_are_written() {
         "{hardware}"
     );
     // Nothing else is left in the output directory (no temporary files).
-    let mut names: Vec<String> = std::fs::read_dir(run.dir.path())
+    let mut names: Vec<String> = std::fs::read_dir(&run.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -341,7 +365,7 @@ fn heatmap_geojson_and_summary_are_written() {
 /// installs it; skipped outside CI when missing).
 #[test]
 fn openslide_opens_the_probability_map() {
-    let path = overlap_0().dir.path().join("demo_vips_jpeg.prob.tif");
+    let path = overlap_0().dir.join("demo_vips_jpeg.prob.tif");
     let script = "import sys, openslide; s = openslide.OpenSlide(sys.argv[1]); print(s.level_count, s.dimensions, round(float(s.properties['openslide.mpp-x']), 4))";
     match Command::new("python3")
         .args(["-c", script])
