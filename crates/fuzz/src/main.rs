@@ -7,7 +7,8 @@
 //! allocation sized by a damaged field kills the worker instead of the machine; below that
 //! cap, a case whose peak resident memory passes `--rss-mib` is a finding too (the worker
 //! reads its high-water mark after each case and resets it through `/proc`). The worker
-//! writes each case to `OUT/current` before running it and reports progress on stdout; the
+//! writes each case to `OUT/TARGET/current.EXT` (the extension the reader goes by) and runs
+//! the reader on that file, reporting progress on stdout; the
 //! parent restarts a worker that died (a crash, an abort on a refused allocation) or went
 //! silent (a hang) and keeps its case in `OUT/findings/`. A panic is caught in the worker and
 //! kept the same way. Exit status 1 when anything was found.
@@ -91,10 +92,11 @@ fn fuzz_target(cli: &Cli, target: Target) -> Result<bool> {
         .with_context(|| format!("{}: cannot create", out.display()))?;
     let exe = std::env::current_exe().context("cannot find this program")?;
     let deadline = Instant::now() + Duration::from_secs(cli.seconds);
+    let current = target.current_case();
     let (mut cases, mut findings, mut restarts) = (0u64, 0usize, 0u64);
     while Instant::now() < deadline {
-        // `current` is the case in flight; none yet for this worker.
-        let _ = std::fs::remove_file(out.join("current"));
+        // The case in flight; none yet for this worker.
+        let _ = std::fs::remove_file(out.join(&current));
         // A worker under the memory cap, reporting one line per case.
         let script = format!("ulimit -v {} && exec \"$0\" \"$@\"", cli.memory_mib * 1024);
         let mut child = Command::new("sh")
@@ -159,14 +161,14 @@ fn fuzz_target(cli: &Cli, target: Target) -> Result<bool> {
         };
         let _ = child.wait();
         if let Some(fault) = fault {
-            if !out.join("current").exists() {
+            if !out.join(&current).exists() {
                 bail!(
                     "{}: the worker failed before its first case: {fault}",
                     target.name()
                 );
             }
             findings += 1;
-            let kept = keep(&out, "current", findings)?;
+            let kept = keep(&out, &current, findings)?;
             println!(
                 "{}: {fault}; case kept as {}",
                 target.name(),
@@ -206,8 +208,8 @@ fn worker(cli: &Cli, seed: u64) -> Result<()> {
     if seeds.is_empty() {
         bail!("no seeds for {}", target.name());
     }
-    let scratch = tempfile::tempdir()?;
-    let case_path = scratch.path().join(format!("case.{}", target.extension()));
+    // In the output folder, not a temporary one: the worker is killed, never dropped.
+    let case_path = out.join(target.current_case());
     let mut mutator = Mutator::new(seed);
     // Panics are caught and reported; their default message would only repeat it.
     std::panic::set_hook(Box::new(|_| {}));
@@ -222,7 +224,6 @@ fn worker(cli: &Cli, seed: u64) -> Result<()> {
     reset_peak_memory()?;
     loop {
         let case = mutator.case(&seeds);
-        std::fs::write(out.join("current"), &case)?;
         std::fs::write(&case_path, &case)?;
         let outcome = std::panic::catch_unwind(|| target.run(&case_path));
         if let Err(payload) = outcome {

@@ -54,16 +54,18 @@ impl Target {
         }
     }
 
-    /// The case file's extension, which the readers go by.
-    pub fn extension(self) -> &'static str {
-        match self {
+    /// The name of the case in flight in the target's output folder: `current.EXT`, with the
+    /// extension the readers go by.
+    pub fn current_case(self) -> String {
+        let extension = match self {
             Target::Tiff => "tif",
             Target::Dicom => "dcm",
             Target::Checkpoint => "pth",
             Target::Model => "bpk",
             Target::Asap => "xml",
             Target::Mask => "png",
-        }
+        };
+        format!("current.{extension}")
     }
 
     /// The fixtures a case starts from (files under 4 MB).
