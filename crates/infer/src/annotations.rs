@@ -255,18 +255,33 @@ pub fn qupath_geojson(regions: &[MeasuredRegion], mpp: Option<f64>) -> Value {
 
 /// ASAP's XML as the Camelyon annotations use it: each outline an `Annotation` of group
 /// "Tumor" and each hole one of group "Exclusion" (Camelyon's own evaluation and our `--truth`
-/// reader cut those out), coordinates in level-0 pixels.
-pub fn asap_xml<'a>(regions: impl IntoIterator<Item = &'a Region>) -> String {
+/// reader cut those out), coordinates in level-0 pixels. ASAP's format has no measurements,
+/// so each outline's name carries its probabilities, which ASAP's annotation list shows
+/// ("Tumor 2: mean p 0.812, max p 0.969"); its holes are named after it ("Tumor 2: hole 1").
+pub fn asap_xml(regions: &[MeasuredRegion]) -> String {
     let mut xml = String::from("<?xml version=\"1.0\"?>\n<ASAP_Annotations>\n\t<Annotations>\n");
-    let rings = regions.into_iter().flat_map(|region| {
-        std::iter::once((region.exterior.as_slice(), CLASS, "#F4FA58")).chain(
-            region
-                .holes
-                .iter()
-                .map(|h| (h.as_slice(), "Exclusion", "#64FE2E")),
-        )
+    let rings = regions.iter().enumerate().flat_map(|(index, measured)| {
+        let MeasuredRegion {
+            region,
+            probability,
+        } = measured;
+        let name = format!("{CLASS} {}", index + 1);
+        let outline = (
+            region.exterior.as_slice(),
+            format!(
+                "{name}: mean p {:.3}, max p {:.3}",
+                probability.mean, probability.max
+            ),
+            CLASS,
+            "#F4FA58",
+        );
+        let holes = region.holes.iter().enumerate().map(move |(hole, ring)| {
+            let hole_name = format!("{name}: hole {}", hole + 1);
+            (ring.as_slice(), hole_name, "Exclusion", "#64FE2E")
+        });
+        std::iter::once(outline).chain(holes)
     });
-    for (index, (ring, group, colour)) in rings.enumerate() {
+    for (ring, name, group, colour) in rings {
         // The contour's rings repeat their first point last; ASAP closes rings itself.
         let open = match ring {
             [first, .., last] if first == last => &ring[..ring.len() - 1],
@@ -274,7 +289,7 @@ pub fn asap_xml<'a>(regions: impl IntoIterator<Item = &'a Region>) -> String {
         };
         let _ = writeln!(
             xml,
-            "\t\t<Annotation Name=\"Annotation {index}\" Type=\"Polygon\" PartOfGroup=\"{group}\" Color=\"{colour}\">\n\t\t\t<Coordinates>"
+            "\t\t<Annotation Name=\"{name}\" Type=\"Polygon\" PartOfGroup=\"{group}\" Color=\"{colour}\">\n\t\t\t<Coordinates>"
         );
         for (order, [x, y]) in open.iter().enumerate() {
             let _ = writeln!(
@@ -571,15 +586,35 @@ mod tests {
 
     #[test]
     fn asap_xml_parses_with_outline_and_hole_groups() {
-        let regions = tumour_regions(&blob_with_hole(), placed(16.0, [0, 0]));
-        let xml = asap_xml(&regions);
+        let map = blob_with_hole();
+        let regions = tumour_regions(&map, placed(16.0, [0, 0]));
+        let measured = measure(
+            regions.clone(),
+            map.as_raw(),
+            map.as_raw(),
+            20,
+            placed(16.0, [0, 0]),
+        );
+        let xml = asap_xml(&measured);
         let document = roxmltree::Document::parse(&xml).unwrap();
-        let groups: Vec<&str> = document
+        let annotations: Vec<(&str, &str)> = document
             .descendants()
             .filter(|n| n.has_tag_name("Annotation"))
-            .map(|n| n.attribute("PartOfGroup").unwrap())
+            .map(|n| {
+                (
+                    n.attribute("PartOfGroup").unwrap(),
+                    n.attribute("Name").unwrap(),
+                )
+            })
             .collect();
-        assert_eq!(groups, ["Tumor", "Exclusion"]);
+        // The blob's pixels are all 230: p = 0.902.
+        assert_eq!(
+            annotations,
+            [
+                ("Tumor", "Tumor 1: mean p 0.902, max p 0.902"),
+                ("Exclusion", "Tumor 1: hole 1")
+            ]
+        );
         let points = document
             .descendants()
             .filter(|n| n.has_tag_name("Coordinate"))

@@ -463,10 +463,8 @@ impl Planned {
             .write(&format!("{stem}.tumour.geojson"), |out| {
                 Ok(serde_json::to_writer(out, &geojson)?)
             })?;
-        self.staged.write_bytes(
-            &format!("{stem}.tumour.xml"),
-            asap_xml(regions.iter().map(|measured| &measured.region)).as_bytes(),
-        )?;
+        self.staged
+            .write_bytes(&format!("{stem}.tumour.xml"), asap_xml(regions).as_bytes())?;
         let summary = self.summary(job, &streamed, started.elapsed().as_secs_f64());
         self.staged.write(&format!("{stem}.summary.json"), |out| {
             Ok(serde_json::to_writer_pretty(out, &summary)?)

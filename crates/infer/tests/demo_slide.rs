@@ -318,6 +318,25 @@ fn heatmap_geojson_and_summary_are_written() {
         let errors = geo::Validation::validation_errors(&polygon);
         assert!(errors.is_empty(), "{errors:?}");
     }
+    // The ASAP XML's outlines, in the same order, are named with the same probabilities.
+    let xml = std::fs::read_to_string(run.dir.join("demo_vips_jpeg.tumour.xml")).unwrap();
+    let xml = roxmltree::Document::parse(&xml).unwrap();
+    let outlines: Vec<&str> = xml
+        .descendants()
+        .filter(|n| n.has_tag_name("Annotation") && n.attribute("PartOfGroup") == Some("Tumor"))
+        .map(|n| n.attribute("Name").unwrap())
+        .collect();
+    let named: Vec<String> = features
+        .iter()
+        .enumerate()
+        .map(|(index, feature)| {
+            let measurements = &feature["properties"]["measurements"];
+            let [mean, max] = ["Mean probability", "Max probability"]
+                .map(|key| measurements[key].as_f64().unwrap());
+            format!("Tumor {}: mean p {mean:.3}, max p {max:.3}", index + 1)
+        })
+        .collect();
+    assert_eq!(outlines, named);
     for key in [
         "seconds",
         "patches_per_second",
