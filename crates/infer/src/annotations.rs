@@ -217,18 +217,22 @@ pub fn tumour_regions(map: &GrayImage, placement: MapPlacement) -> Vec<Region> {
     tracer.finish()
 }
 
-/// A GeoJSON FeatureCollection as QuPath exports annotations: one feature per region,
-/// classified "Tumor", holes as polygon interiors, among the measurements its area (in µm²
-/// when the slide's mpp is known, else in pixels, as QuPath names them) and its
-/// probabilities, by which QuPath's measurement table sorts them.
+/// A GeoJSON FeatureCollection as QuPath exports annotations: one feature per region, named
+/// as [`asap_xml`] names it ("Tumor 3") and classified "Tumor", holes as polygon interiors,
+/// among the measurements its area (in µm² when the slide's mpp is known, else in pixels, as
+/// QuPath names them) and its probabilities, by which QuPath's measurement table sorts them.
 pub fn qupath_geojson(regions: &[MeasuredRegion], mpp: Option<f64>) -> Value {
     let features: Vec<Value> = regions
         .iter()
+        .enumerate()
         .map(
-            |MeasuredRegion {
-                 region,
-                 probability,
-             }| {
+            |(
+                index,
+                MeasuredRegion {
+                    region,
+                    probability,
+                },
+            )| {
                 let mut rings = vec![region.exterior.clone()];
                 rings.extend(region.holes.iter().cloned());
                 let mut measurements = match mpp {
@@ -242,6 +246,7 @@ pub fn qupath_geojson(regions: &[MeasuredRegion], mpp: Option<f64>) -> Value {
                     "geometry": {"type": "Polygon", "coordinates": rings},
                     "properties": {
                         "objectType": "annotation",
+                        "name": region_name(index),
                         "classification": {"name": CLASS, "color": [200, 0, 0]},
                         "isLocked": false,
                         "measurements": measurements
@@ -251,6 +256,11 @@ pub fn qupath_geojson(regions: &[MeasuredRegion], mpp: Option<f64>) -> Value {
         )
         .collect();
     json!({"type": "FeatureCollection", "features": features})
+}
+
+/// The name of the region at `index` in the outputs: "Tumor 1", "Tumor 2", ...
+fn region_name(index: usize) -> String {
+    format!("{CLASS} {}", index + 1)
 }
 
 /// ASAP's XML as the Camelyon annotations use it: each outline an `Annotation` of group
@@ -265,7 +275,7 @@ pub fn asap_xml(regions: &[MeasuredRegion]) -> String {
             region,
             probability,
         } = measured;
-        let name = format!("{CLASS} {}", index + 1);
+        let name = region_name(index);
         let outline = (
             region.exterior.as_slice(),
             format!(
@@ -567,6 +577,7 @@ mod tests {
         let geojson = qupath_geojson(&measured, Some(0.5));
         let feature = &geojson["features"][0];
         assert_eq!(feature["properties"]["objectType"], "annotation");
+        assert_eq!(feature["properties"]["name"], "Tumor 1");
         assert_eq!(feature["properties"]["classification"]["name"], "Tumor");
         assert_eq!(
             feature["geometry"]["coordinates"].as_array().unwrap().len(),

@@ -318,7 +318,7 @@ fn heatmap_geojson_and_summary_are_written() {
         let errors = geo::Validation::validation_errors(&polygon);
         assert!(errors.is_empty(), "{errors:?}");
     }
-    // The ASAP XML's outlines, in the same order, are named with the same probabilities.
+    // The ASAP XML's outlines, in the same order, have the same names and probabilities.
     let xml = std::fs::read_to_string(run.dir.join("demo_vips_jpeg.tumour.xml")).unwrap();
     let xml = roxmltree::Document::parse(&xml).unwrap();
     let outlines: Vec<&str> = xml
@@ -333,7 +333,12 @@ fn heatmap_geojson_and_summary_are_written() {
             let measurements = &feature["properties"]["measurements"];
             let [mean, max] = ["Mean probability", "Max probability"]
                 .map(|key| measurements[key].as_f64().unwrap());
-            format!("Tumor {}: mean p {mean:.3}, max p {max:.3}", index + 1)
+            let name = &feature["properties"]["name"];
+            assert_eq!(*name, format!("Tumor {}", index + 1));
+            format!(
+                "{}: mean p {mean:.3}, max p {max:.3}",
+                name.as_str().unwrap()
+            )
         })
         .collect();
     assert_eq!(outlines, named);
