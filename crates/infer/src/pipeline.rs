@@ -273,7 +273,8 @@ struct Planned {
 struct Streamed {
     overlap: Overlap,
     /// The heatmap's PNG file and the tumour's contours (in level-0 pixels), made as the
-    /// low-resolution map's rows were finished, measured on the complete map.
+    /// low-resolution map's rows were finished, measured on the complete map; the regions
+    /// highest probability first.
     heatmap_png: Vec<u8>,
     regions: Vec<MeasuredRegion>,
     tally: Tally,
@@ -428,13 +429,21 @@ impl Planned {
         progress.finish_and_clear();
         let (stitched, heatmap_png, regions, first_batch) = outcome?;
         self.staged.keep(stitched.prob_file, &self.prob_name);
-        let regions = measure(
+        let mut regions = measure(
             regions,
             stitched.low_resolution.pixels(),
             stitched.low_resolution.peaks(),
             map_width as usize,
             placement,
         );
+        // The order a reviewer goes through them, so "Tumor 1" is the likeliest (the highest
+        // pixel, then the mean; a tie keeps the trace's order, top to bottom).
+        regions.sort_by(|a, b| {
+            let key = |r: &MeasuredRegion| (r.probability.max, r.probability.mean);
+            key(b)
+                .partial_cmp(&key(a))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         Ok(Streamed {
             overlap: stitched.overlap,
             heatmap_png,

@@ -318,6 +318,16 @@ fn heatmap_geojson_and_summary_are_written() {
         let errors = geo::Validation::validation_errors(&polygon);
         assert!(errors.is_empty(), "{errors:?}");
     }
+    // Highest probability first: the largest pixel, then the mean.
+    let keys: Vec<(f64, f64)> = features
+        .iter()
+        .map(|feature| {
+            let measurements = &feature["properties"]["measurements"];
+            let value = |key: &str| measurements[key].as_f64().unwrap();
+            (value("Max probability"), value("Mean probability"))
+        })
+        .collect();
+    assert!(keys.windows(2).all(|pair| pair[0] >= pair[1]), "{keys:?}");
     // The ASAP XML's outlines, in the same order, have the same names and probabilities.
     let xml = std::fs::read_to_string(run.dir.join("demo_vips_jpeg.tumour.xml")).unwrap();
     let xml = roxmltree::Document::parse(&xml).unwrap();
