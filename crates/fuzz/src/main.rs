@@ -8,10 +8,10 @@
 //! cap, a case whose peak resident memory passes `--rss-mib` is a finding too (the worker
 //! reads its high-water mark after each case and resets it through `/proc`). The worker
 //! writes each case to `OUT/TARGET/current.EXT` (the extension the reader goes by) and runs
-//! the reader on that file, reporting progress on stdout; the
-//! parent restarts a worker that died (a crash, an abort on a refused allocation) or went
-//! silent (a hang) and keeps its case in `OUT/findings/`. A panic is caught in the worker and
-//! kept the same way. Exit status 1 when anything was found.
+//! the reader on that file, reporting progress on stdout; the parent restarts a worker that
+//! died (a crash, an abort on a refused allocation) or went silent (a hang) and keeps its
+//! case in `OUT/TARGET/findings/`. A panic is caught in the worker and kept the same way.
+//! Exit status 1 when anything was found.
 #![forbid(unsafe_code)]
 
 mod mutate;
