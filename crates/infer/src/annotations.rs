@@ -555,11 +555,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn geojson_has_qupaths_fields_the_area_in_square_microns_and_the_probabilities() {
+    /// [`blob_with_hole`]'s region, measured: its pixels are all 230; their peaks 240 where x
+    /// is 9, 250 in the hole (which is not the region's).
+    fn measured_blob() -> Vec<MeasuredRegion> {
         let map = blob_with_hole();
         let regions = tumour_regions(&map, placed(16.0, [0, 0]));
-        // The blob's pixels are all 230; their peaks 240 where x is 9, 250 in the hole.
         let peaks = GrayImage::from_fn(20, 20, |x, y| {
             image::Luma([match (x, map.get_pixel(x, y).0[0]) {
                 (_, 0) => 250,
@@ -567,13 +567,18 @@ mod tests {
                 (_, value) => value,
             }])
         });
-        let measured = measure(
-            regions.clone(),
+        measure(
+            regions,
             map.as_raw(),
             peaks.as_raw(),
             20,
             placed(16.0, [0, 0]),
-        );
+        )
+    }
+
+    #[test]
+    fn geojson_has_qupaths_fields_the_area_in_square_microns_and_the_probabilities() {
+        let measured = measured_blob();
         let geojson = qupath_geojson(&measured, Some(0.5));
         let feature = &geojson["features"][0];
         assert_eq!(feature["properties"]["objectType"], "annotation");
@@ -587,7 +592,7 @@ mod tests {
         let area = feature["properties"]["measurements"]["Area µm^2"]
             .as_f64()
             .unwrap();
-        assert!((area - regions[0].area() * 0.25).abs() < 1e-9);
+        assert!((area - measured[0].region.area() * 0.25).abs() < 1e-9);
         let measurements = &feature["properties"]["measurements"];
         assert_eq!(measurements["Mean probability"], 230.0 / 255.0);
         assert_eq!(measurements["Max probability"], 240.0 / 255.0);
@@ -597,15 +602,7 @@ mod tests {
 
     #[test]
     fn asap_xml_parses_with_outline_and_hole_groups() {
-        let map = blob_with_hole();
-        let regions = tumour_regions(&map, placed(16.0, [0, 0]));
-        let measured = measure(
-            regions.clone(),
-            map.as_raw(),
-            map.as_raw(),
-            20,
-            placed(16.0, [0, 0]),
-        );
+        let measured = measured_blob();
         let xml = asap_xml(&measured);
         let document = roxmltree::Document::parse(&xml).unwrap();
         let annotations: Vec<(&str, &str)> = document
@@ -618,11 +615,11 @@ mod tests {
                 )
             })
             .collect();
-        // The blob's pixels are all 230: p = 0.902.
+        // 230 / 255 and 240 / 255.
         assert_eq!(
             annotations,
             [
-                ("Tumor", "Tumor 1: mean p 0.902, max p 0.902"),
+                ("Tumor", "Tumor 1: mean p 0.902, max p 0.941"),
                 ("Exclusion", "Tumor 1: hole 1")
             ]
         );
@@ -631,9 +628,10 @@ mod tests {
             .filter(|n| n.has_tag_name("Coordinate"))
             .count();
         // Rings written open: one point fewer than the contour's closed rings.
+        let region = &measured[0].region;
         assert_eq!(
             points,
-            regions[0].exterior.len() - 1 + regions[0].holes[0].len() - 1
+            region.exterior.len() - 1 + region.holes[0].len() - 1
         );
     }
 }
