@@ -273,9 +273,9 @@ struct Planned {
 struct Streamed {
     overlap: Overlap,
     /// The heatmap's PNG file and the tumour's contours (in level-0 pixels), made as the
-    /// low-resolution map's rows were finished, measured on the complete map; the regions
-    /// highest probability first.
+    /// low-resolution map's rows were finished, measured on the complete map.
     heatmap_png: Vec<u8>,
+    /// The likeliest first.
     regions: Vec<MeasuredRegion>,
     tally: Tally,
     first_batch: Option<Instant>,
@@ -439,10 +439,8 @@ impl Planned {
         // The order a reviewer goes through them, so "Tumor 1" is the likeliest (the highest
         // pixel, then the mean; a tie keeps the trace's order, top to bottom).
         regions.sort_by(|a, b| {
-            let key = |r: &MeasuredRegion| (r.probability.max, r.probability.mean);
-            key(b)
-                .partial_cmp(&key(a))
-                .unwrap_or(std::cmp::Ordering::Equal)
+            let (a, b) = (&a.probability, &b.probability);
+            b.max.total_cmp(&a.max).then(b.mean.total_cmp(&a.mean))
         });
         Ok(Streamed {
             overlap: stitched.overlap,
