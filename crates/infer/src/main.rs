@@ -259,7 +259,7 @@ fn run_slides(
     }
     if args.patch == 0 || !args.patch.is_multiple_of(SIDE_MULTIPLE as u64) {
         bail!(
-            "--patch {} is not a multiple of {SIDE_MULTIPLE} (the UNet pools four times)",
+            "--patch {} is not a positive multiple of {SIDE_MULTIPLE} (the UNet pools four times)",
             args.patch
         );
     }

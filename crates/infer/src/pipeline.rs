@@ -547,7 +547,12 @@ fn region_in(region: Option<[u64; 4]>, width: u64, height: u64) -> Result<Rect> 
             height,
         },
     );
-    if region.x + region.width > width || region.y + region.height > height {
+    // Compared without the sum, which a corner near u64::MAX would wrap past the check.
+    if region.x > width
+        || region.width > width - region.x
+        || region.y > height
+        || region.height > height - region.y
+    {
         bail!(
             "region {},{},{},{} reaches outside the slide ({width}x{height})",
             region.x,

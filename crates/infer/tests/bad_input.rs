@@ -167,9 +167,12 @@ fn no_threads() {
 
 #[test]
 fn a_region_outside_the_slide() {
-    let (message, left) = fails(&demo(), &["--region", "4000,0,512,512"]);
-    assert!(message.contains("outside the slide"), "{message}");
-    assert!(left.is_empty(), "{left:?}");
+    // The second's corner plus its width wraps past u64::MAX: refused all the same.
+    for region in ["4000,0,512,512", "18446744073709551615,0,10,10"] {
+        let (message, left) = fails(&demo(), &["--region", region]);
+        assert!(message.contains("outside the slide"), "{message}");
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
 
 /// An engine that cannot serve the device and precision: one line naming the engine and
