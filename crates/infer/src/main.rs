@@ -124,8 +124,8 @@ struct SlideArgs {
     /// folder of them (`STEM.xml`, `STEM.png` or `STEM_mask.png`).
     #[arg(long)]
     truth: Option<PathBuf>,
-    /// Long side of the heatmap, at most.
-    #[arg(long, default_value_t = 4096)]
+    /// Long side of the heatmap, at most (the contours are traced on a map of their own).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     heatmap_size: u32,
     /// No progress bar.
     #[arg(long)]

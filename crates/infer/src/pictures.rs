@@ -92,15 +92,17 @@ impl LowResolutionMap {
         let line = &mut self.pixels[my * self.width..][..self.width];
         let peaks = &mut self.peaks[my * self.width..][..self.width];
         for ((pixel, peak), run) in line.iter_mut().zip(peaks).zip(self.runs.windows(2)) {
+            // One pass over the run for both: at a few region columns a map pixel (two on the
+            // contours' map of a region under 8192 pixels), a loop's overhead is most of it.
+            let (sum, highest) = (self.rows[run[0]..run[1]].iter())
+                .zip(&self.row_peaks[run[0]..run[1]])
+                .fold((0u32, 0u8), |(sum, highest), (&value, &peak)| {
+                    (sum + value, highest.max(peak))
+                });
             // The rounded mean; a map pixel no region pixel falls in stays 0.
-            let sum = self.rows[run[0]..run[1]].iter().sum::<u32>();
             let count = (run[1] - run[0]) as u32 * self.rows_added;
             *pixel = (sum + count / 2).checked_div(count).unwrap_or(0) as u8;
-            *peak = self.row_peaks[run[0]..run[1]]
-                .iter()
-                .copied()
-                .max()
-                .unwrap_or(0);
+            *peak = highest;
         }
         self.rows.fill(0);
         self.row_peaks.fill(0);

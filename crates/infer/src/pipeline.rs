@@ -4,6 +4,7 @@
 //! drawn and encoded meanwhile, row by row: beside a GPU, whatever runs after the last patch
 //! is time the GPU waits.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -171,6 +172,10 @@ pub struct Summary {
     /// Where p >= 0.5, mm² (None without a resolution).
     pub tumour_area_mm2: Option<f64>,
     pub max_probability: f64,
+    /// Level-0 pixels per pixel of the map the contours were traced on: their resolution
+    /// (absent from summaries before it).
+    #[serde(default)]
+    pub contour_downsample: f64,
     pub outputs: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dice: Option<f64>,
@@ -261,8 +266,10 @@ struct Planned {
     to_run: Vec<usize>,
     tissue_name: String,
     truth: Option<Truth>,
-    /// Analysis pixels per pixel of the low-resolution map (heatmap, contours).
-    downsample: f64,
+    /// Analysis pixels per pixel of the map the contours are traced on.
+    contour_downsample: f64,
+    /// Analysis pixels per pixel of the heatmap's map.
+    heatmap_downsample: f64,
     /// The probability map's writer, taken by the stream (declared before `staged`, so that
     /// on failure its temporary file goes before `staged` tidies the directory).
     writer: Option<PyramidWriter>,
@@ -317,9 +324,11 @@ impl Planned {
             .map(|path| Truth::load(path, analysis.width as f64, analysis.height as f64))
             .transpose()?
             .map(|truth| truth.downscaled(analysis.scale));
+        let long_side = region.width.max(region.height) as f64;
+        let contour_downsample = (long_side / CONTOUR_MAP_SIDE).max(CONTOUR_MIN_DOWNSAMPLE);
         // The heatmap: at most `heatmap_side` on its long side, and from a pyramid level, not level 0.
         let level1_downsample = slide.levels().get(1).map_or(1.0, |l| l.downsample);
-        let downsample = (region.width.max(region.height) as f64 / options.heatmap_side as f64)
+        let heatmap_downsample = (long_side / options.heatmap_side as f64)
             .max(level1_downsample / analysis.scale)
             .max(1.0);
         let stem = job.stem.clone();
@@ -347,7 +356,8 @@ impl Planned {
             to_run,
             tissue_name,
             truth,
-            downsample,
+            contour_downsample,
+            heatmap_downsample,
             staged,
             writer: Some(writer),
         })
@@ -368,29 +378,45 @@ impl Planned {
             progress.enable_steady_tick(Duration::from_millis(200));
         }
         let (stitch_tx, stitch_rx) = sync_channel::<Stitch>(2 * job.batch);
-        let low_resolution =
-            LowResolutionMap::new(self.region.width, self.region.height, self.downsample);
-        let (map_width, map_height) = low_resolution.dimensions();
         let region0 = self.analysis.to_level0(self.region);
-        // Finished rows of the low-resolution map, for the heatmap and the contours
-        // (unbounded: at most the map, which is small; the heatmap waits for its background
+        // Finished rows of the low-resolution maps, for the heatmap and the contours
+        // (unbounded: at most the maps, which are small; the heatmap waits for its background
         // before the first row).
-        let (heatmap_rows, heatmap_rows_rx) = channel();
-        let (contour_rows, contour_rows_rx) = channel::<Vec<u8>>();
-        // Contours in level-0 pixels, whatever the analysis resolution.
-        let placement = MapPlacement {
-            downsample: self.downsample * self.analysis.scale,
-            origin: [region0.x, region0.y],
+        let (contours, contour_rows) = MapFeed::new(
+            self.region.width,
+            self.region.height,
+            self.contour_downsample,
+        );
+        let (contour_width, contour_height) = contours.map.dimensions();
+        // The heatmap's map from the contours' where it is no finer (the stitched rows are
+        // reduced once, the costlier step), else from the stitched rows.
+        let heatmap_from_contours = self.heatmap_downsample >= self.contour_downsample;
+        let (heatmap, heatmap_rows) = if heatmap_from_contours {
+            MapFeed::new(
+                contour_width.into(),
+                contour_height.into(),
+                self.heatmap_downsample / self.contour_downsample,
+            )
+        } else {
+            MapFeed::new(
+                self.region.width,
+                self.region.height,
+                self.heatmap_downsample,
+            )
         };
-        let mut tracer = TumourTracer::new(map_width as usize, placement);
+        let (heatmap_width, heatmap_height) = heatmap.map.dimensions();
+        let contour_width = contour_width as usize;
+        let placement = self.contour_placement();
+        let mut tracer = TumourTracer::new(contour_width, placement);
         let stitch = StitchJob {
             grid: self.grid,
             blend: job.options.blend,
             skipped: self.skipped(),
             writer,
             truth: self.truth.as_ref(),
-            low_resolution,
-            map_rows: [heatmap_rows, contour_rows],
+            heatmap,
+            heatmap_from_contours,
+            contours,
         };
         let stream = PatchStream {
             slide: &self.slide,
@@ -408,11 +434,12 @@ impl Planned {
             // Drawn and encoded while the patches stream, not after: beside a GPU the CPU has
             // time to spare, and whatever runs after the last patch is time the GPU waits.
             let heatmap = spawn_named(scope, "heatmap", move || {
-                let background = low_level_view_of_region(slide, region0, map_width, map_height)?;
-                heatmap_png(&background, heatmap_rows_rx)
+                let background =
+                    low_level_view_of_region(slide, region0, heatmap_width, heatmap_height)?;
+                heatmap_png(&background, heatmap_rows)
             })?;
             let contours = spawn_named(scope, "contours", move || {
-                contour_rows_rx.iter().for_each(|row| tracer.add_row(&row));
+                contour_rows.iter().for_each(|row| tracer.add_row(&row));
                 tracer.finish()
             })?;
             let stitcher = spawn_named(scope, "stitcher", move || stitch.run(stitch_rx))?;
@@ -431,9 +458,9 @@ impl Planned {
         self.staged.keep(stitched.prob_file, &self.prob_name);
         let mut regions = measure(
             regions,
-            stitched.low_resolution.pixels(),
-            stitched.low_resolution.peaks(),
-            map_width as usize,
+            stitched.contour_map.pixels(),
+            stitched.contour_map.peaks(),
+            contour_width,
             placement,
         );
         // The order a reviewer goes through them, so "Tumor 1" is the likeliest (the highest
@@ -449,6 +476,16 @@ impl Planned {
             tally: stitched.tally,
             first_batch,
         })
+    }
+
+    /// Where the contours' map lies on the slide: contours in level-0 pixels, whatever the
+    /// analysis resolution.
+    fn contour_placement(&self) -> MapPlacement {
+        let region0 = self.analysis.to_level0(self.region);
+        MapPlacement {
+            downsample: self.contour_downsample * self.analysis.scale,
+            origin: [region0.x, region0.y],
+        }
     }
 
     /// Grid patches without tissue: probability 0.
@@ -519,6 +556,7 @@ impl Planned {
             mpp: self.analysis.slide_mpp,
             tumour_area_mm2: analysis_mpp.map(|mpp| streamed.tally.tumour as f64 * mpp * mpp / 1e6),
             max_probability: streamed.tally.max as f64 / 255.0,
+            contour_downsample: self.contour_placement().downsample,
             vendor: self.slide.vendor().to_string(),
             outputs: output_names(&self.stem, options.prob_format)
                 .iter()
@@ -793,8 +831,45 @@ impl PatchReader<'_> {
     }
 }
 
+/// The contours' map is at most this many pixels on its long side, as the default heatmap's:
+/// not the heatmap's own, since a picture's size is no reason for other contours. (A map
+/// twice as fine, Camelyon's slides outlined to 25 pixels (6 µm) rather than 50, took 20-30 %
+/// more of the pipeline's CPU, on two cores, with the model's time left out.)
+const CONTOUR_MAP_SIDE: f64 = 4096.0;
+
+/// Analysis pixels per contour-map pixel, at least: at the analysis resolution itself the
+/// model's pixel-level noise becomes specks (the demo slide: 122 regions against 92 at 2, and
+/// the outlines' Dice with the thresholded map 0.993 at both).
+const CONTOUR_MIN_DOWNSAMPLE: f64 = 2.0;
+
+/// A low-resolution map of the stitched rows, and where its rows go once finished (the
+/// heatmap's encoder, the contours' tracer).
+struct MapFeed {
+    map: LowResolutionMap,
+    rows: Sender<Vec<u8>>,
+}
+
+impl MapFeed {
+    /// A map of a `width` x `height` image at `downsample`, and the receiving end of its rows.
+    fn new(width: u64, height: u64, downsample: f64) -> (MapFeed, Receiver<Vec<u8>>) {
+        let (rows, received) = channel();
+        let map = LowResolutionMap::new(width, height, downsample);
+        (MapFeed { map, rows }, received)
+    }
+
+    /// Adds the image's row `y`, and sends on the map rows it finishes; returns their indices.
+    fn add_row(&mut self, y: u64, row: &[u8]) -> Range<usize> {
+        let finished = self.map.add_row(y, row);
+        for index in finished.clone() {
+            // A heatmap or tracer that failed has hung up; its error is reported when joined.
+            let _ = self.rows.send(self.map.row(index).to_vec());
+        }
+        finished
+    }
+}
+
 /// The stitcher thread's work: blends patches into rows, and hands each finished band of rows
-/// to a thread of its own that streams it into the pyramid writer, the low-resolution map and
+/// to a thread of its own that streams it into the pyramid writer, the low-resolution maps and
 /// the Dice counts (the two halves take about as long: one thread for both was the stream's
 /// critical path once the model is fast).
 struct StitchJob<'a> {
@@ -804,16 +879,17 @@ struct StitchJob<'a> {
     skipped: Vec<usize>,
     writer: PyramidWriter,
     truth: Option<&'a Truth>,
-    low_resolution: LowResolutionMap,
-    /// Where the low-resolution map's rows go as they are finished: the heatmap, the contours.
-    map_rows: [Sender<Vec<u8>>; 2],
+    heatmap: MapFeed,
+    /// Whether the heatmap's map is made from the contours' rows, not the stitched rows.
+    heatmap_from_contours: bool,
+    contours: MapFeed,
 }
 
-/// What the stitcher leaves: the complete map's file, the low-resolution map, and what was
-/// counted on the way.
+/// What the stitcher leaves: the complete map's file, the contours' map (to measure the
+/// regions on), and what was counted on the way.
 struct Stitched {
     prob_file: NamedTempFile,
-    low_resolution: LowResolutionMap,
+    contour_map: LowResolutionMap,
     overlap: Overlap,
     tally: Tally,
 }
@@ -826,14 +902,16 @@ impl StitchJob<'_> {
             skipped,
             writer,
             truth,
-            low_resolution,
-            map_rows,
+            heatmap,
+            heatmap_from_contours,
+            contours,
         } = self;
         let region = grid.region;
         let sink = RowSink {
             writer,
-            low: low_resolution,
-            map_rows,
+            heatmap,
+            heatmap_from_contours,
+            contours,
             overlap: Overlap::default(),
             tally: Tally::default(),
             truth,
@@ -864,7 +942,7 @@ impl StitchJob<'_> {
             }
             Ok(Stitched {
                 prob_file: sunk.writer.finish_temporary()?,
-                low_resolution: sunk.low,
+                contour_map: sunk.contours.map,
                 overlap: sunk.overlap,
                 tally: sunk.tally,
             })
@@ -872,12 +950,14 @@ impl StitchJob<'_> {
     }
 }
 
-/// Where the stitched map's rows go, in order: the pyramid, the low-resolution map, the
+/// Where the stitched map's rows go, in order: the pyramid, the low-resolution maps, the
 /// counts, and the overlap with the truth where there is one.
 struct RowSink<'a> {
     writer: PyramidWriter,
-    low: LowResolutionMap,
-    map_rows: [Sender<Vec<u8>>; 2],
+    heatmap: MapFeed,
+    /// Whether the heatmap's map is made from the contours' rows, not the stitched rows.
+    heatmap_from_contours: bool,
+    contours: MapFeed,
     overlap: Overlap,
     tally: Tally,
     truth: Option<&'a Truth>,
@@ -893,11 +973,14 @@ impl RowSink<'_> {
         for rows in bands {
             self.writer.write_rows(&rows)?;
             for row in rows.chunks_exact(width) {
-                for index in self.low.add_row(next_row, row) {
-                    for rows in &self.map_rows {
-                        // A heatmap that failed has hung up; its error is reported when joined.
-                        let _ = rows.send(self.low.row(index).to_vec());
+                for index in self.contours.add_row(next_row, row) {
+                    if self.heatmap_from_contours {
+                        let contour_row = self.contours.map.row(index);
+                        self.heatmap.add_row(index as u64, contour_row);
                     }
+                }
+                if !self.heatmap_from_contours {
+                    self.heatmap.add_row(next_row, row);
                 }
                 self.tally.add_row(row);
                 if let Some(truth) = self.truth {

@@ -156,6 +156,16 @@ fn a_patch_size_not_a_multiple_of_16() {
 }
 
 #[test]
+fn an_empty_heatmap() {
+    let (message, left) = fails(&demo(), &["--heatmap-size", "0"]);
+    assert!(
+        message.contains("'0' for '--heatmap-size") && message.contains("not in 1.."),
+        "{message}"
+    );
+    assert!(left.is_empty());
+}
+
+#[test]
 fn no_threads() {
     let (message, left) = fails(&demo(), &["--threads", "0"]);
     assert!(

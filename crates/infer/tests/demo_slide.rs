@@ -395,6 +395,25 @@ fn heatmap_geojson_and_summary_are_written() {
     );
 }
 
+/// The contours are traced on a map of their own, two level-0 pixels a pixel on this slide:
+/// a smaller heatmap (256 pixels wide, 16 a pixel) leaves them as they are.
+#[test]
+fn contours_do_not_depend_on_the_heatmap_size() {
+    let small = Run::new(&["--overlap", "0", "--tissue", "off", "--heatmap-size", "256"]);
+    let heatmap = image::open(small.dir.join("demo_vips_jpeg.heatmap.png")).unwrap();
+    assert_eq!((heatmap.width(), heatmap.height()), (256, 192));
+    for run in [&small, overlap_0()] {
+        assert_eq!(run.summary["contour_downsample"], 2.0);
+    }
+    for kind in ["tumour.geojson", "tumour.xml"] {
+        let read = |run: &Run| std::fs::read(run.dir.join(format!("demo_vips_jpeg.{kind}")));
+        assert!(
+            read(&small).unwrap() == read(overlap_0()).unwrap(),
+            "{kind} differs"
+        );
+    }
+}
+
 /// OpenSlide opens the probability map with its levels and mpp (Python's openslide; `.ci/run`
 /// installs it; skipped outside CI when missing).
 #[test]
