@@ -119,3 +119,22 @@ fn bench_compares_both_paths_and_draws_the_chart() {
     assert!(figures[1]["ms_per_patch"].as_f64().unwrap() > 0.0);
     assert_eq!(figures[2]["tta"], "flips");
 }
+
+/// A slide `infer-bench` cannot read: the failing path and the reason, said once.
+#[test]
+fn bench_on_a_missing_slide_says_why_once() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_infer-bench"))
+        .args(["/no/such/slide.tif", "--device", "cpu", "--patches", "1"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        message.starts_with("error: the original path failed: /no/such/slide.tif")
+            && message.matches("error:").count() == 1,
+        "{message}"
+    );
+}

@@ -171,9 +171,12 @@ fn compare(args: &BenchArgs) -> Result<()> {
             .output()
             .with_context(|| format!("cannot run the {name} path"))?;
         if !output.status.success() {
+            // The child's message, less the "error: " that this process's own adds again.
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let message = stderr.trim();
             bail!(
                 "the {name} path failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
+                message.strip_prefix("error: ").unwrap_or(message)
             );
         }
         let measured: Measured = serde_json::from_slice(&output.stdout)
