@@ -833,8 +833,8 @@ impl PatchReader<'_> {
 
 /// The contours' map is at most this many pixels on its long side, as the default heatmap's:
 /// not the heatmap's own, since a picture's size is no reason for other contours. (A map
-/// twice as fine, Camelyon's slides outlined to 25 pixels (6 µm) rather than 50, took 20-30 %
-/// more of the pipeline's CPU, on two cores, with the model's time left out.)
+/// twice as fine, Camelyon's slides outlined to 25 pixels (6 µm) rather than 50, made the
+/// pipeline's bench, an instant engine on two cores, 6-33 % slower.)
 const CONTOUR_MAP_SIDE: f64 = 4096.0;
 
 /// Analysis pixels per contour-map pixel, at least: at the analysis resolution itself the
