@@ -279,10 +279,10 @@ struct Planned {
 /// What the stream leaves for the report.
 struct Streamed {
     overlap: Overlap,
-    /// The heatmap's PNG file and the tumour's contours (in level-0 pixels), made as the
-    /// low-resolution map's rows were finished, measured on the complete map.
+    /// The heatmap's PNG file, encoded as its map's rows were finished.
     heatmap_png: Vec<u8>,
-    /// The likeliest first.
+    /// The tumour's contours (in level-0 pixels), traced as the contours' map's rows were
+    /// finished and measured on the complete map; the likeliest first.
     regions: Vec<MeasuredRegion>,
     tally: Tally,
     first_batch: Option<Instant>,
