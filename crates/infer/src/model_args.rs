@@ -34,9 +34,9 @@ pub struct ModelArgs {
     /// Patches per forward pass.
     #[arg(long, default_value_t = 12)]
     pub batch: usize,
-    /// CPU threads: the model's on the CPU, and (up to 8) the slide readers' [default:
-    /// RAYON_NUM_THREADS where set, else SLURM_CPUS_PER_TASK in a Slurm job, else the CPUs
-    /// this process may use: its affinity and cgroup quota].
+    /// CPU threads: the model's on the CPU, and (up to 8) the slide readers'; at most the
+    /// CPUs this process may use (its affinity and cgroup quota) [default: RAYON_NUM_THREADS
+    /// where set, else SLURM_CPUS_PER_TASK in a Slurm job, else those CPUs].
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -55,23 +55,34 @@ impl ModelArgs {
 
     /// Starts the process's pool of CPU threads (rayon's) with `--threads`, or as its default
     /// says; returns how many it has. A Slurm job whose cgroups do not confine it sees every
-    /// CPU of its node, where the other jobs run too: its `--cpus-per-task` is its share.
+    /// CPU of its node, where the other jobs run too: its `--cpus-per-task` is its share. No
+    /// more threads start than the CPUs this process may use: more would only share them (and
+    /// a slip like `--threads 100000` spent minutes starting 16 000 threads, deaf to Ctrl-C).
     pub fn start_threads(&self) -> Result<usize> {
-        let threads = match self.threads {
-            Some(0) => bail!("--threads must be at least 1"),
-            Some(threads) => Some(threads),
-            None if std::env::var_os("RAYON_NUM_THREADS").is_some() => None,
-            None => std::env::var("SLURM_CPUS_PER_TASK")
-                .ok()
-                .and_then(|cpus| cpus.trim().parse().ok())
-                .filter(|&cpus| cpus > 0),
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let from_env = |name: &'static str| {
+            let threads = std::env::var(name).ok()?.trim().parse().ok()?;
+            (threads > 0).then_some((threads, name))
         };
-        if let Some(threads) = threads {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build_global()
-                .with_context(|| format!("cannot start {threads} threads"))?;
-        }
+        let asked = match self.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(threads) => Some((threads, "--threads")),
+            None => from_env("RAYON_NUM_THREADS").or_else(|| from_env("SLURM_CPUS_PER_TASK")),
+        };
+        let threads = match asked {
+            Some((threads, source)) if threads > cpus => {
+                eprintln!(
+                    "warning: {source} {threads} is more than the {cpus} CPUs this process may use: running {cpus} threads"
+                );
+                cpus
+            }
+            Some((threads, _)) => threads,
+            None => cpus,
+        };
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .with_context(|| format!("cannot start {threads} threads"))?;
         Ok(rayon::current_num_threads())
     }
 

@@ -182,7 +182,8 @@ fn the_engine_asked_for_runs_and_is_recorded() {
 }
 
 /// The model's CPU threads, as the summary records them: `--threads`; else RAYON_NUM_THREADS;
-/// else a Slurm job's `--cpus-per-task` (a job not confined by cgroups sees its whole node).
+/// else a Slurm job's `--cpus-per-task` (a job not confined by cgroups sees its whole node);
+/// never more than the CPUs the process may use (it takes 2: CI's machine has 2).
 #[test]
 fn threads_come_from_the_flag_rayon_or_slurm() {
     let out = tempfile::tempdir().unwrap();
@@ -199,23 +200,38 @@ fn threads_come_from_the_flag_rayon_or_slurm() {
             .envs(env.iter().copied())
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(output.status.success(), "{name}: {stderr}");
         let summary = read_json(&dir.join("demo_vips_jpeg.summary.json"));
-        summary["hardware"].as_str().unwrap().to_string()
+        (summary["hardware"].as_str().unwrap().to_string(), stderr)
     };
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(cpus >= 2, "the test tells 1 thread from 2");
     let slurm = ("SLURM_CPUS_PER_TASK", "1");
-    let flag = hardware("flag", &["--threads", "1"], &[]);
+    let (flag, _) = hardware("flag", &["--threads", "1"], &[]);
     assert!(flag.ends_with(", 1 thread"), "{flag}");
-    let from_slurm = hardware("slurm", &[], &[slurm]);
+    let (from_slurm, _) = hardware("slurm", &[], &[slurm]);
     assert!(from_slurm.ends_with(", 1 thread"), "{from_slurm}");
-    let rayon = hardware("rayon", &[], &[slurm, ("RAYON_NUM_THREADS", "3")]);
-    assert!(rayon.ends_with(", 3 threads"), "{rayon}");
-    let flag_over_slurm = hardware("flag over slurm", &["--threads", "3"], &[slurm]);
+    let (rayon, _) = hardware("rayon", &[], &[slurm, ("RAYON_NUM_THREADS", "2")]);
+    assert!(rayon.ends_with(", 2 threads"), "{rayon}");
+    let (flag_over_slurm, _) = hardware("flag over slurm", &["--threads", "2"], &[slurm]);
     assert!(
-        flag_over_slurm.ends_with(", 3 threads"),
+        flag_over_slurm.ends_with(", 2 threads"),
         "{flag_over_slurm}"
     );
+    // A slip of the keyboard runs on the CPUs there are, and says so.
+    let every_cpu = format!(", {cpus} threads");
+    for (name, flags, env) in [
+        ("many", &["--threads", "100000"][..], &[][..]),
+        ("many from rayon", &[], &[("RAYON_NUM_THREADS", "100000")]),
+    ] {
+        let (many, stderr) = hardware(name, flags, env);
+        assert!(many.ends_with(&every_cpu), "{name}: {many}");
+        assert!(
+            stderr.contains(&format!("100000 is more than the {cpus} CPUs")),
+            "{name}: {stderr}"
+        );
+    }
 }
 
 /// Under a memory limit (a Slurm job's `--mem`, a container's), the CPU engine runs no more
