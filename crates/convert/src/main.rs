@@ -28,15 +28,8 @@ struct Args {
     onnx_fp16: bool,
     /// The resolution the model was trained at, µm per pixel (Camelyon's level 0: about
     /// 0.243; level 1: 0.486). Recorded in the model file: `infer` reads slides at it.
-    #[arg(long, conflicts_with = "onnx", value_parser = parse_mpp)]
+    #[arg(long, conflicts_with = "onnx", value_parser = model_file::parse_mpp)]
     mpp: Option<f64>,
-}
-
-fn parse_mpp(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(mpp) if mpp.is_finite() && mpp > 0.0 && mpp < 1000.0 => Ok(mpp),
-        _ => Err(format!("`{text}`: expected microns per pixel, e.g. 0.243")),
-    }
 }
 
 fn main() -> ExitCode {

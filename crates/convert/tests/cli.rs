@@ -130,6 +130,35 @@ fn bad_checkpoints_fail_clearly_and_leave_no_file() {
     }
 }
 
+/// `--mpp` is recorded in the model file for `infer` to read slides at; a resolution no
+/// scanner has (0, or Camelyon's 0.243 µm in millimetres) is refused, and nothing written.
+#[test]
+fn the_training_resolution_is_recorded_and_a_slip_of_units_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = fixtures().join("pytorch/unet_w8_checkpoint.pth");
+    let model = dir.path().join("model.bpk");
+    let run = |mpp: &str| {
+        let args = [&checkpoint, Path::new("--out"), &model, Path::new("--mpp")];
+        convert(&[&args[..], &[Path::new(mpp)]].concat(), dir.path())
+    };
+    for slip in ["0", "0.000243", "1e-30", "2500"] {
+        let output = run(slip);
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{slip}: {message}");
+        assert!(
+            message.contains(&format!("`{slip}` is not µm per pixel from 0.01 to 1000")),
+            "{message}"
+        );
+        assert!(!model.exists(), "{slip}");
+    }
+    let output = run("0.486");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        unet_core::model_file::training_mpp(&model).unwrap(),
+        Some(0.486)
+    );
+}
+
 /// `--onnx`: from the checkpoint or from the converted model, the same bytes; a bad checkpoint
 /// fails as without `--onnx` and leaves no `.onnx`.
 #[test]

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use unet_core::model_file;
 
 use crate::output::Staged;
 use crate::pipeline::{Summary, output_stem};
@@ -176,12 +177,9 @@ fn read_manifest(path: &Path) -> Result<Vec<Entry>> {
         };
         let mpp = match mpp.and_then(|c| record.get(c)).filter(|v| !v.is_empty()) {
             None => None,
-            Some(text) => match text.parse::<f64>() {
-                Ok(v) if v.is_finite() && v > 0.0 => Some(v),
-                _ => bail!(
-                    "{}: line {line}: mpp `{text}` is not a positive number",
-                    path.display()
-                ),
+            Some(text) => match model_file::parse_mpp(text) {
+                Ok(mpp) => Some(mpp),
+                Err(why) => bail!("{}: line {line}: mpp {why}", path.display()),
             },
         };
         entries.push(Entry {

@@ -93,10 +93,10 @@ struct SlideArgs {
     #[arg(long)]
     shards: Option<usize>,
     /// The resolution the model was trained at, µm per pixel [default: the model file's].
-    #[arg(long)]
+    #[arg(long, value_parser = model_file::parse_mpp)]
     model_mpp: Option<f64>,
     /// The slides' resolution, µm per pixel, for slides that record none (or a wrong one).
-    #[arg(long)]
+    #[arg(long, value_parser = model_file::parse_mpp)]
     slide_mpp: Option<f64>,
     /// Patch side in level-0 pixels (a multiple of 16).
     #[arg(long, default_value_t = 512)]
@@ -262,14 +262,6 @@ fn run_slides(
             "--patch {} is not a positive multiple of {SIDE_MULTIPLE} (the UNet pools four times)",
             args.patch
         );
-    }
-    for (flag, mpp) in [
-        ("--model-mpp", args.model_mpp),
-        ("--slide-mpp", args.slide_mpp),
-    ] {
-        if mpp.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
-            bail!("{flag} must be a positive number of µm per pixel");
-        }
     }
     let is_cohort = cohort::is_cohort(&args.slides);
     if is_cohort && args.out.is_none() {

@@ -308,6 +308,7 @@ impl Planned {
         let options = &job.options;
         let slide = Slide::open_with_cache(&job.slide, TILE_CACHE_BYTES)?;
         let analysis = Analysis::plan(&slide, options.slide_mpp, options.model_mpp)?;
+        analysis.check_patch(options.patch)?;
         let base = slide.levels()[0];
         let region = analysis.from_level0(region_in(options.region, base.width, base.height)?);
         let grid = Grid::new(region, options.patch, options.overlap).with_context(|| {

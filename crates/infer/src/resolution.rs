@@ -42,6 +42,7 @@ impl Analysis {
     pub fn plan(slide: &Slide, slide_mpp: Option<f64>, model_mpp: Option<f64>) -> Result<Analysis> {
         let levels = slide.levels();
         let base = levels[0];
+        let from_file = slide_mpp.is_none();
         let slide_mpp = slide_mpp.or(slide.mpp());
         let level0 = Analysis {
             slide_mpp,
@@ -57,14 +58,23 @@ impl Analysis {
         };
         let Some(slide_mpp) = slide_mpp else {
             bail!(
-                "the slide records no resolution (µm per pixel) and the model was trained at {model_mpp} µm/px: give the slide's with --slide-mpp (or the manifest's `mpp` column)"
+                "the slide records no resolution (µm per pixel) and the model was trained at {} µm/px: give the slide's with --slide-mpp (or the manifest's `mpp` column)",
+                microns(model_mpp)
             );
         };
         // Level-0 pixels per model pixel.
         let wanted = model_mpp / slide_mpp;
         if wanted < 1.0 / SAME_RESOLUTION {
+            // Image editors write 72 or 96 dpi (353 or 265 µm/px) when they know no better.
+            let wrong_file = if from_file {
+                "; if the file's resolution is wrong (an image editor's 72 or 96 dpi is 353 or 265 µm/px), give the slide's with --slide-mpp"
+            } else {
+                ""
+            };
             bail!(
-                "the slide is {slide_mpp} µm/px, coarser than the model's {model_mpp} µm/px by more than {:.0} %: upsampling would invent detail the model never saw (a model trained at this resolution, or --model-mpp, is needed)",
+                "the slide is {} µm/px, coarser than the model's {} µm/px by more than {:.0} %: upsampling would invent detail the model never saw (a model trained at this resolution, or --model-mpp, is needed){wrong_file}",
+                microns(slide_mpp),
+                microns(model_mpp),
                 (SAME_RESOLUTION - 1.0) * 100.0
             );
         }
@@ -96,6 +106,34 @@ impl Analysis {
             height: side(read.height),
             ..level0
         })
+    }
+
+    /// Refuses a `side` x `side` patch whose read is over the slide reader's limit
+    /// ([`wsi::MAX_REGION_BYTES`]): a patch side far beyond any model's, or a model far
+    /// coarser than the slide's coarsest level (mostly a slip of units in an mpp).
+    pub fn check_patch(&self, side: u64) -> Result<()> {
+        // As `read_patch` reads: whole level pixels around the fractional extent.
+        let span = if self.resample == 1.0 {
+            side
+        } else {
+            (side as f64 * self.resample).ceil() as u64 + 1
+        };
+        let limit = wsi::MAX_REGION_BYTES;
+        if span.saturating_mul(span).saturating_mul(3) <= limit {
+            return Ok(());
+        }
+        let mib = limit >> 20;
+        match (self.slide_mpp, self.model_mpp) {
+            (Some(slide_mpp), Some(model_mpp)) if self.resample != 1.0 => bail!(
+                "a {side}-pixel patch at the model's {} µm/px covers {span}x{span} pixels of level {} ({} µm/px, the slide's level nearest it), more than the slide reader takes at once ({mib} MiB): check --model-mpp and --slide-mpp (µm per pixel), or use a smaller --patch",
+                microns(model_mpp),
+                self.level,
+                microns(slide_mpp * self.scale / self.resample),
+            ),
+            _ => bail!(
+                "--patch {side}: a patch is read whole, and {side}x{side} pixels are more than the slide reader takes at once ({mib} MiB): use a smaller --patch"
+            ),
+        }
     }
 
     /// The resolution of the analysis grid (and of the probability map), µm per pixel.
@@ -148,6 +186,15 @@ impl Analysis {
             side,
         ))
     }
+}
+
+/// µm per pixel for a message: 0.243 rather than 0.24300000977695352.
+fn microns(mpp: f64) -> String {
+    if mpp < 0.01 {
+        return format!("{mpp:e}");
+    }
+    let text = format!("{mpp:.4}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// `side` x `side` pixels, each the mean of the `r` x `r` source area it covers (fractions of

@@ -155,6 +155,19 @@ fn a_patch_size_not_a_multiple_of_16() {
     assert!(left.is_empty());
 }
 
+/// A patch too large for one read is refused before anything is read, naming `--patch`
+/// (32768 pixels square are 3 GiB of RGB; the reader takes 1 GiB at once).
+#[test]
+fn a_patch_too_large_to_read() {
+    let (message, left) = fails(&demo(), &["--patch", "32768"]);
+    assert!(
+        message.contains("--patch 32768: a patch is read whole")
+            && message.contains("smaller --patch"),
+        "{message}"
+    );
+    assert!(left.is_empty());
+}
+
 #[test]
 fn an_empty_heatmap() {
     let (message, left) = fails(&demo(), &["--heatmap-size", "0"]);

@@ -228,6 +228,17 @@ fn a_manifest_gives_truth_resolution_and_output_folder() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1));
     assert!(stderr.contains("--slide-mpp"), "{stderr}");
+
+    // An mpp in millimetres is named with its line before any slide runs.
+    let millimetres = work.path().join("millimetres.csv");
+    std::fs::write(&millimetres, "slide,mpp\nbare.tif,0.000243\n").unwrap();
+    let refused = run(&[&millimetres, Path::new("--out"), &out], &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr.contains("millimetres.csv: line 2: mpp `0.000243` is not µm per pixel from 0.01"),
+        "{stderr}"
+    );
 }
 
 /// A scheduler's SIGTERM in the middle of a cohort: exit 130, the slides finished so far kept

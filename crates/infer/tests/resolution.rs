@@ -232,6 +232,56 @@ fn slides_that_cannot_be_read_at_the_models_resolution_are_refused() {
     assert_eq!(coarse.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("coarser than the model"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    // A file whose resolution is an image editor's 72 dpi (352.8 µm/px): the message says
+    // that it may be wrong, and how to give the right one.
+    let editor = work.path().join("editor.tif");
+    rescanned(&demo, &editor, 1, Some(25400.0 / 72.0));
+    let run = |slide: &Path, flags: &[&str]| {
+        let output = infer(
+            [slide.as_os_str(), "--out".as_ref(), work.path().as_os_str()]
+                .into_iter()
+                .chain(flags.iter().map(std::ffi::OsStr::new)),
+        );
+        assert_eq!(output.status.code(), Some(1), "{flags:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = run(&editor, &[]);
+    assert!(
+        stderr.contains("the slide is 352.7778 µm/px")
+            && stderr.contains("if the file's resolution is wrong")
+            && stderr.contains("--slide-mpp"),
+        "{stderr}"
+    );
+    // A model 4000 times coarser than the slide (999 µm/px, a slip of units): a patch would
+    // read 263 113 pixels square of the demo's coarsest level; refused, naming the flags.
+    let stderr = run(&demo, &["--model-mpp", "999"]);
+    assert!(
+        stderr.contains("covers 263113x263113 pixels of level 3")
+            && stderr.contains("check --model-mpp and --slide-mpp"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    // Outside 0.01 to 1000 µm/px (Camelyon's 0.243 in millimetres): refused as it is read.
+    for flag in ["--model-mpp", "--slide-mpp"] {
+        let output = infer([
+            demo.as_os_str(),
+            "--out".as_ref(),
+            work.path().as_os_str(),
+            flag.as_ref(),
+            "0.000243".as_ref(),
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("is not µm per pixel from 0.01 to 1000"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(work.path()).unwrap().count(),
+        1,
+        "nothing written"
+    );
     // No resolution recorded: refused, naming --slide-mpp; given, it runs.
     let bare = work.path().join("bare.tif");
     rescanned(&fixtures().join("slides/odd_vips_jpeg.tif"), &bare, 1, None);

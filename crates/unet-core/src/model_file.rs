@@ -24,6 +24,23 @@ const CHECKSUM_KEY: &str = "tensors_crc32";
 /// Metadata key holding the resolution the model was trained at, µm per pixel.
 const TRAINING_MPP_KEY: &str = "training_mpp";
 
+/// The resolutions, µm per pixel, that a slide or a model may be given: optical scanners
+/// reach about 0.1 (oil immersion), a slide's overview about 50; below the range is a slip
+/// of units (0.000243 is Camelyon's 0.243 µm in millimetres). Above it nothing is a slide.
+pub const MPP_RANGE: std::ops::Range<f64> = 0.01..1000.0;
+
+/// `text` as µm per pixel, as `convert --mpp`, `infer --model-mpp` and `--slide-mpp` and a
+/// cohort manifest's `mpp` take it: a number within [`MPP_RANGE`].
+pub fn parse_mpp(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(mpp) if MPP_RANGE.contains(&mpp) => Ok(mpp),
+        _ => Err(format!(
+            "`{text}` is not µm per pixel from {} to {} (Camelyon's level 0: 0.243)",
+            MPP_RANGE.start, MPP_RANGE.end
+        )),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFileError {
     #[error("{file}: no such file")]
