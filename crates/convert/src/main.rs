@@ -17,7 +17,7 @@ struct Args {
     /// A PyTorch checkpoint (a state_dict, a training dict holding one, or DataParallel's),
     /// or, with --onnx, a converted model file (.bpk).
     input: PathBuf,
-    /// Where to write the Burn model [default: models/<input stem>.bpk].
+    /// Where to write the Burn model, named *.bpk [default: models/<input stem>.bpk].
     #[arg(long, conflicts_with = "onnx")]
     out: Option<PathBuf>,
     /// Write the model as ONNX (opset 17) to this path instead of a Burn model.
@@ -43,6 +43,23 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
+    // The `.bpk` name also keeps the checkpoint, never a `.bpk` here, from being written over.
+    if let Some(out) = args.out.as_ref()
+        && out.extension().is_none_or(|e| e != MODEL_EXTENSION)
+    {
+        bail!(
+            "--out {}: a converted model is named *.{MODEL_EXTENSION} (`convert` tells a model from a checkpoint by it)",
+            out.display()
+        );
+    }
+    if let Some(onnx) = args.onnx.as_ref()
+        && is_same_file(onnx, &args.input)
+    {
+        bail!(
+            "--onnx {}: that is the input, which it would write over",
+            onnx.display()
+        );
+    }
     let is_model_file = args.input.extension().is_some_and(|e| e == MODEL_EXTENSION);
     let weights = if is_model_file {
         if args.onnx.is_none() {
@@ -83,6 +100,7 @@ fn run(args: Args) -> Result<()> {
         Some(out) => out,
         None => default_output(&args.input)?,
     };
+
     let source = args
         .input
         .file_name()
@@ -97,6 +115,14 @@ fn run(args: Args) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Whether `a` and `b` are one file (`b` exists; `a` may not yet).
+fn is_same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Reads a PyTorch checkpoint and says what it found.

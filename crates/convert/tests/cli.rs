@@ -159,6 +159,31 @@ fn the_training_resolution_is_recorded_and_a_slip_of_units_refused() {
     );
 }
 
+/// An output that would write over the checkpoint (`--out` not named `.bpk`, `--onnx` the
+/// input itself) is refused, and the checkpoint kept as it was.
+#[test]
+fn the_checkpoint_is_never_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("UNet_17.pth");
+    std::fs::copy(
+        fixtures().join("pytorch/unet_w8_checkpoint.pth"),
+        &checkpoint,
+    )
+    .unwrap();
+    let before = std::fs::read(&checkpoint).unwrap();
+    for (flag, said) in [
+        ("--out", "a converted model is named *.bpk"),
+        ("--onnx", "that is the input, which it would write over"),
+    ] {
+        let output = convert(&[&checkpoint, Path::new(flag), &checkpoint], dir.path());
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{flag}: {message}");
+        assert!(message.contains(said), "{flag}: {message}");
+        assert_eq!(std::fs::read(&checkpoint).unwrap(), before, "{flag}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
 /// `--onnx`: from the checkpoint or from the converted model, the same bytes; a bad checkpoint
 /// fails as without `--onnx` and leaves no `.onnx`.
 #[test]

@@ -118,6 +118,15 @@ fn a_missing_or_damaged_model() {
     let (message, left) = fails(&demo(), &["--model", damaged.to_str().unwrap()]);
     assert!(message.contains("damaged.bpk"), "{message}");
     assert!(left.is_empty(), "{left:?}");
+    // The users' checkpoint itself, not converted: said so, and how to convert it.
+    let checkpoint = root().join("tests/fixtures/pytorch/unet_w8_checkpoint.pth");
+    let (message, left) = fails(&demo(), &["--model", checkpoint.to_str().unwrap()]);
+    assert!(
+        message.contains("unet_w8_checkpoint.pth: a PyTorch checkpoint, not a converted model")
+            && message.contains("cargo run -p convert --"),
+        "{message}"
+    );
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -41,11 +41,10 @@ pub enum ExportError {
     Weights(#[from] WeightsError),
     #[error("cannot encode the ONNX model: {0}")]
     Encode(#[from] protobuf::Error),
-    #[error("{file}: cannot write the ONNX model: {source}")]
+    #[error("{file}: cannot write the ONNX model: {cause}")]
     Write {
         file: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -55,9 +54,9 @@ pub fn write(
     precision: Precision,
     path: &Path,
 ) -> Result<(), ExportError> {
-    let failed = |source: std::io::Error| ExportError::Write {
+    let failed = |cause: std::io::Error| ExportError::Write {
         file: path.to_path_buf(),
-        source,
+        cause,
     };
     let bytes = to_bytes(weights, precision)?;
     let mut file = output_file::beside(path).map_err(failed)?;

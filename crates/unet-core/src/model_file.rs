@@ -47,6 +47,10 @@ pub enum ModelFileError {
     Missing { file: PathBuf },
     #[error("{file}: cannot read the model file: {cause}")]
     Unreadable { file: PathBuf, cause: PackError },
+    #[error(
+        "{file}: a PyTorch checkpoint, not a converted model: convert it first (`cargo run -p convert -- {file}`)"
+    )]
+    Checkpoint { file: PathBuf },
     #[error("{file}: cannot read the model file: tensor `{name}` is not a float tensor")]
     NotFloat { file: PathBuf, name: String },
     #[error("{file}: cannot read the model file: {cause}")]
@@ -118,6 +122,27 @@ pub fn save(
         })
 }
 
+/// The burnpack reader of a model file; a PyTorch checkpoint given in its place (a zip, as
+/// `torch.save` writes, or a bare pickle, as it did before PyTorch 1.6) is named as one.
+fn open(path: &Path) -> Result<Reader, ModelFileError> {
+    Reader::from_file(path).map_err(|cause| {
+        let mut head = [0u8; 4];
+        let read =
+            std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head));
+        let is_checkpoint = matches!(read, Ok(4)) && (head == *b"PK\x03\x04" || head[0] == 0x80);
+        if is_checkpoint {
+            ModelFileError::Checkpoint {
+                file: path.to_path_buf(),
+            }
+        } else {
+            ModelFileError::Unreadable {
+                file: path.to_path_buf(),
+                cause,
+            }
+        }
+    })
+}
+
 /// The folded weights a model file holds, as `convert` computed them.
 pub fn read_weights(path: &Path) -> Result<FoldedWeights, ModelFileError> {
     let file = || path.to_path_buf();
@@ -128,7 +153,7 @@ pub fn read_weights(path: &Path) -> Result<FoldedWeights, ModelFileError> {
         file: file(),
         cause: source,
     };
-    let reader = Reader::from_file(path).map_err(unreadable)?;
+    let reader = open(path)?;
     let config = config_of(path, &reader)?;
     let recorded = reader.metadata().get(CHECKSUM_KEY).cloned();
     let mut tensors = BTreeMap::new();
@@ -168,10 +193,7 @@ pub fn training_mpp(path: &Path) -> Result<Option<f64>, ModelFileError> {
             file: path.to_path_buf(),
         });
     }
-    let reader = Reader::from_file(path).map_err(|source| ModelFileError::Unreadable {
-        file: path.to_path_buf(),
-        cause: source,
-    })?;
+    let reader = open(path)?;
     match reader.metadata().get(TRAINING_MPP_KEY) {
         None => Ok(None),
         Some(text) => match text.parse::<f64>() {
