@@ -279,7 +279,12 @@ impl Shard {
                 number("SLURM_ARRAY_TASK_MAX")?,
             ) {
                 (Some(count), _) => count,
-                (None, Some(max)) => (max - min) / step + 1,
+                (None, Some(max)) => match max.checked_sub(min) {
+                    Some(span) => span / step + 1,
+                    None => bail!(
+                        "SLURM_ARRAY_TASK_MAX {max} is below SLURM_ARRAY_TASK_MIN {min}: give --shard I/N"
+                    ),
+                },
                 (None, None) => bail!(
                     "SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX is: give --shard I/N"
                 ),
@@ -300,6 +305,9 @@ impl Shard {
                     "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job): say how many shards with --shards N or INFER_SHARDS (the Job's `completions`)"
                 );
             };
+            if count == 0 {
+                bail!("the number of shards (--shards or INFER_SHARDS) must be at least 1");
+            }
             if index >= count {
                 bail!("JOB_COMPLETION_INDEX {index} is not below the {count} shards");
             }
@@ -572,6 +580,16 @@ mod tests {
         let error = Shard::from_variables(k8s_without_count, None).unwrap_err();
         assert!(error.to_string().contains("--shards"), "{error}");
         assert_eq!(Shard::from_variables(env(&[]), Some(3)).unwrap(), None);
+        // Variables that contradict each other are refused, not wrapped round.
+        let backwards = env(&[
+            ("SLURM_ARRAY_TASK_ID", "5"),
+            ("SLURM_ARRAY_TASK_MIN", "5"),
+            ("SLURM_ARRAY_TASK_MAX", "0"),
+        ]);
+        let error = Shard::from_variables(backwards, None).unwrap_err();
+        assert!(error.to_string().contains("MAX 0 is below"), "{error}");
+        let error = Shard::from_variables(k8s, Some(0)).unwrap_err();
+        assert!(error.to_string().contains("at least 1"), "{error}");
         assert!("3/3".parse::<Shard>().is_err());
         assert_eq!("1/3".parse::<Shard>(), Ok(Shard { index: 1, count: 3 }));
     }

@@ -16,6 +16,7 @@
 //! metastasis, and where slides are named as a patient's nodes, each patient's pN stage.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use froc::staging::{Finding, largest_metastasis};
@@ -98,8 +99,9 @@ pub struct SlideReport {
     pub finding: &'static str,
 }
 
-/// Scores every map in `maps`, writes the report and the curve into `out`.
-pub fn run(evaluation: &Evaluation) -> Result<Report> {
+/// Scores every map in `maps`, writes the report and the curve into `out`; `stop` (Ctrl-C,
+/// a scheduler's SIGTERM) ends it between maps, leaving nothing written.
+pub fn run(evaluation: &Evaluation, stop: &AtomicBool) -> Result<Report> {
     let maps = probability_maps(&evaluation.maps)?;
     // A mistyped folder would make every slide tumour-free.
     if let Some(truth) = evaluation.truth.as_deref().filter(|dir| !dir.is_dir()) {
@@ -114,6 +116,9 @@ pub fn run(evaluation: &Evaluation) -> Result<Report> {
     let mut slides = Vec::new();
     let mut outcomes = Vec::new();
     for (stem, path) in &maps {
+        if stop.load(Ordering::Relaxed) {
+            bail!("no output written: interrupted");
+        }
         let (mut report, outcome, detected) = evaluate_slide(stem, path, evaluation)
             .with_context(|| format!("{}: cannot evaluate", path.display()))?;
         staged.write(&format!("{DETECTIONS}/{stem}.csv"), |out| {
@@ -216,7 +221,48 @@ fn probability_maps(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         );
     }
     maps.sort();
-    Ok(maps)
+    // A slide run again with the other `--prob-format` has both maps; its summary, which
+    // places the map on the slide, names the one from the same run.
+    let mut kept: Vec<(String, PathBuf)> = Vec::new();
+    for (stem, path) in maps {
+        match kept.last() {
+            Some((last, other)) if *last == stem => {
+                let chosen = map_of_the_summary(dir, &stem, [other, &path])?;
+                let left = if chosen == path { other } else { &path };
+                eprintln!(
+                    "note: {} left out: {stem}.summary.json names {}",
+                    left.display(),
+                    chosen.display()
+                );
+                kept.last_mut().expect("a last").1 = chosen;
+            }
+            _ => kept.push((stem, path)),
+        }
+    }
+    Ok(kept)
+}
+
+/// Which of two maps of `stem` its summary lists among its outputs.
+fn map_of_the_summary(dir: &Path, stem: &str, maps: [&PathBuf; 2]) -> Result<PathBuf> {
+    #[derive(Deserialize)]
+    struct Summary {
+        outputs: Vec<PathBuf>,
+    }
+    let summary = dir.join(format!("{stem}.summary.json"));
+    let outputs = std::fs::read_to_string(&summary)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Summary>(&text).ok())
+        .map_or_else(Vec::new, |s| s.outputs);
+    let listed = |map: &PathBuf| outputs.iter().any(|o| o.file_name() == map.file_name());
+    match maps.into_iter().find(|map| listed(map)) {
+        Some(map) => Ok(map.clone()),
+        None => bail!(
+            "{} and {} are both maps of {stem}, and {} names neither: remove the one not to evaluate",
+            maps[0].display(),
+            maps[1].display(),
+            summary.display()
+        ),
+    }
 }
 
 /// Where a map lies in its slide: `scale` slide level-0 pixels per pixel of the map's level 0

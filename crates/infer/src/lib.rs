@@ -6,7 +6,7 @@
 //! - [`cohort`]: many slides: found, named, sharded, summarised;
 //! - [`output`], [`pictures`], [`annotations`]: outputs written whole or not at all; the
 //!   heatmap; the tumour's contours as QuPath GeoJSON and ASAP XML;
-//! - [`truth`]: ground truth for Dice and IoU;
+//! - [`truth`]: ground truth for Dice and IoU; [`mask`]: mask images (truth, tissue);
 //! - [`evaluate`]: `infer evaluate`, a cohort's maps scored as Camelyon16 did (FROC, AUC);
 //! - [`patches`]: `infer patches`, a directory of patch images;
 //! - [`model_args`]: the model options both binaries take.
@@ -15,6 +15,7 @@
 pub mod annotations;
 pub mod cohort;
 pub mod evaluate;
+pub mod mask;
 pub mod model_args;
 pub mod output;
 pub mod patches;

@@ -35,7 +35,9 @@ struct Cli {
 enum Command {
     /// Every PNG/JPEG patch in DIR to its probability PNG and an overlay.
     Patches {
+        /// A folder of PNG or JPEG patches, each side a multiple of 16 (not searched below).
         dir: PathBuf,
+        /// Where each patch's NAME.prob.png and NAME.overlay.png go (created if need be).
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -47,8 +49,8 @@ enum Command {
     Evaluate {
         /// The directory of `STEM.prob.tif` maps (`infer`'s --out).
         maps: PathBuf,
-        /// Ground truth: `STEM.xml` (ASAP) or `STEM.png` / `STEM_mask.png` (non-zero =
-        /// tumour); a slide with neither is tumour-free (unless --stages calls it metastatic).
+        /// Ground truth: `STEM.xml` (ASAP) or `STEM.png`, `STEM_mask.png` or Camelyon16's
+        /// `STEM_mask.tif` (non-zero = tumour); a slide with neither is tumour-free (unless --stages calls it metastatic).
         /// Without it (a test set) there is no FROC, and the AUC takes each slide's tumour
         /// from --stages' findings.
         #[arg(long)]
@@ -68,7 +70,10 @@ enum Command {
     },
     /// The shards' cohort summaries in DIR (`cohort.shard-I-of-N.json`, from `--shard` or a
     /// job array) joined into DIR/cohort.csv and cohort.json.
-    Merge { dir: PathBuf },
+    Merge {
+        /// The cohort's --out folder, where the shards wrote their summaries.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -107,7 +112,8 @@ struct SlideArgs {
     /// Only this level-0 rectangle: X,Y,W,H.
     #[arg(long, value_parser = parse_region)]
     region: Option<[u64; 4]>,
-    /// `auto` (Otsu on saturation), `off`, or a mask image (non-zero = tissue).
+    /// `auto` (Otsu on saturation), `off`, or a mask image (non-zero = tissue; PNG, JPEG or
+    /// pyramidal TIFF, the slide's shape).
     #[arg(long, default_value = "auto")]
     tissue: String,
     #[arg(long, value_enum, default_value = "mean")]
@@ -120,8 +126,9 @@ struct SlideArgs {
     /// OMERO read its pyramid and pixel size).
     #[arg(long, value_enum, default_value = "tiff")]
     prob_format: ProbFormat,
-    /// Ground truth for Dice/IoU: a mask image or ASAP XML annotations; for a cohort, a
-    /// folder of them (`STEM.xml`, `STEM.png` or `STEM_mask.png`).
+    /// Ground truth for Dice/IoU: a mask image (PNG, JPEG, pyramidal TIFF) or ASAP XML
+    /// annotations, or a folder of them (`STEM.xml`, `STEM.png`, `STEM_mask.png` or
+    /// `STEM_mask.tif`), as a cohort's must be.
     #[arg(long)]
     truth: Option<PathBuf>,
     /// Long side of the heatmap, at most (the contours are traced on a map of their own).
@@ -173,8 +180,11 @@ fn main() -> ExitCode {
             ..
         } => model
             .load()
-            .and_then(|(predictor, _)| patches::run(&dir, &out, &predictor, model.batch))
-            .map(|()| Outcome::Success),
+            .and_then(|(predictor, _)| patches::run(&dir, &out, &predictor, model.batch, &stop))
+            .map(|failed| match failed {
+                0 => Outcome::Success,
+                _ => Outcome::SomeFailed,
+            }),
         Cli {
             command:
                 Some(Command::Evaluate {
@@ -185,13 +195,16 @@ fn main() -> ExitCode {
                     out,
                 }),
             ..
-        } => evaluate(Evaluation {
-            out: out.unwrap_or_else(|| maps.clone()),
-            maps,
-            truth,
-            level,
-            stages,
-        }),
+        } => evaluate(
+            Evaluation {
+                out: out.unwrap_or_else(|| maps.clone()),
+                maps,
+                truth,
+                level,
+                stages,
+            },
+            &stop,
+        ),
         Cli {
             command: Some(Command::Merge { dir }),
             ..
@@ -270,6 +283,13 @@ fn run_slides(
     if !is_cohort && !args.slides[0].exists() {
         bail!("{}: no such slide", args.slides[0].display());
     }
+    // One file of truth for every slide of a cohort would score each against the same slide.
+    if let Some(truth) = args.truth.as_ref().filter(|t| is_cohort && !t.is_dir()) {
+        bail!(
+            "--truth {}: a cohort's ground truth is a folder (STEM.xml, STEM.png, STEM_mask.png or STEM_mask.tif a slide)",
+            truth.display()
+        );
+    }
     let mut entries = cohort::collect(&args.slides, args.out.as_deref())?;
     if entries.is_empty() {
         bail!("no slides found in {}", list(&args.slides));
@@ -325,10 +345,18 @@ fn run_slides(
         if interrupted.load(Ordering::Relaxed) {
             break;
         }
-        let truth = entry.truth.clone().or_else(|| match &args.truth {
-            Some(dir) if is_cohort && dir.is_dir() => truth::find_in(dir, &entry.stem),
-            other => other.clone(),
-        });
+        let truth = match (&entry.truth, &args.truth) {
+            (Some(truth), _) => Some(truth.clone()),
+            (None, Some(dir)) if dir.is_dir() => match truth::find_in(dir, &entry.stem) {
+                None if !is_cohort => bail!(
+                    "--truth {}: no ground truth of {} there (STEM.xml, STEM.png, STEM_mask.png or STEM_mask.tif)",
+                    dir.display(),
+                    entry.stem
+                ),
+                found => found,
+            },
+            (None, file) => file.clone(),
+        };
         let out_dir = entry.out.clone().or(args.out.clone()).unwrap_or_else(|| {
             entry
                 .slide
@@ -454,8 +482,8 @@ fn merge(dir: &Path) -> Result<Outcome> {
     })
 }
 
-fn evaluate(evaluation: Evaluation) -> Result<Outcome> {
-    let report = evaluate::run(&evaluation)?;
+fn evaluate(evaluation: Evaluation, stop: &AtomicBool) -> Result<Outcome> {
+    let report = evaluate::run(&evaluation, stop)?;
     for slide in &report.slides {
         if !slide.in_froc {
             let why = if evaluation.truth.is_some() {

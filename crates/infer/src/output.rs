@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use output_file::NamedTempFile;
 
 pub struct Staged {
@@ -63,6 +63,10 @@ impl Staged {
         write: impl FnOnce(&mut dyn Write) -> Result<()>,
     ) -> Result<()> {
         let path = self.dir.join(name);
+        // A second file of the same name would sweep away the first's temporary file.
+        if self.files.iter().any(|(_, staged)| *staged == path) {
+            bail!("{}: two outputs of this run have that name", path.display());
+        }
         if let Some(parent) = path.parent() {
             self.create_dir(parent)?;
         }
@@ -134,4 +138,22 @@ where
     let mut png = std::io::Cursor::new(Vec::new());
     picture.write_to(&mut png, image::ImageFormat::Png)?;
     Ok(png.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second file of a name already written is refused: its temporary file would sweep the
+    /// first's away, and the commit fail on a file that is not there.
+    #[test]
+    fn a_name_written_twice_is_refused_and_the_first_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut staged = Staged::create(dir.path()).unwrap();
+        staged.write_bytes("a.csv", b"first").unwrap();
+        let error = staged.write_bytes("a.csv", b"second").unwrap_err();
+        assert!(error.to_string().contains("two outputs"), "{error}");
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a.csv")).unwrap(), b"first");
+    }
 }

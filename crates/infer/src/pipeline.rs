@@ -621,9 +621,7 @@ pub fn patches_to_run(
             (name, Some(mask))
         }
         TissueChoice::Mask(path) => {
-            let image = image::open(path)
-                .with_context(|| format!("{}: cannot read the tissue mask", path.display()))?
-                .to_luma8();
+            let image = crate::mask::read(path, base.width as f64, base.height as f64)?;
             let mask = TissueMask::from_mask(image, base.width, base.height);
             (format!("mask {}", path.display()), Some(mask))
         }

@@ -1,5 +1,5 @@
 //! Ground truth for Dice and IoU: a mask image (non-zero = tumour, any size, scaled to the
-//! slide) or ASAP XML polygons (level-0 coordinates), sampled one level-0 row at a time.
+//! slide; see [`crate::mask`]) or ASAP XML polygons (level-0 coordinates), sampled one level-0 row at a time.
 //! Polygons of the groups Camelyon marks as not tumour (`_2` in Camelyon16, `Exclusion` as
 //! `infer` writes holes, `normal` in Camelyon17) are cut out of the others.
 
@@ -8,11 +8,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use image::GrayImage;
 
-/// Ground-truth names tried for slide `STEM` in a folder, in order.
-const TRUTH_SUFFIXES: [&str; 4] = [".xml", ".png", "_mask.png", "_Mask.png"];
+/// Ground-truth names tried for slide `STEM` in a folder, in order (not `STEM.tif`, which
+/// in a folder of Camelyon's slides and masks is the slide).
+const TRUTH_SUFFIXES: [&str; 7] = [
+    ".xml",
+    ".png",
+    "_mask.png",
+    "_Mask.png",
+    "_mask.tif",
+    "_Mask.tif",
+    "_mask.tiff",
+];
 
 /// The ground truth of slide `stem` in `dir`: `STEM.xml` (ASAP polygons) or a mask image
-/// `STEM.png` / `STEM_mask.png` (non-zero = tumour); none for a tumour-free slide.
+/// `STEM.png`, `STEM_mask.png` or Camelyon's `STEM_mask.tif` (non-zero = tumour); none for a
+/// tumour-free slide.
 pub fn find_in(dir: &Path, stem: &str) -> Option<PathBuf> {
     TRUTH_SUFFIXES
         .iter()
@@ -56,9 +66,7 @@ impl Truth {
             return asap_polygons(&text)
                 .with_context(|| format!("{}: not ASAP annotations", path.display()));
         }
-        let mask = image::open(path)
-            .with_context(|| format!("{}: cannot read the mask image", path.display()))?
-            .to_luma8();
+        let mask = crate::mask::read(path, slide_width, slide_height)?;
         let scale = (
             mask.width() as f64 / slide_width,
             mask.height() as f64 / slide_height,

@@ -177,6 +177,27 @@ fn a_patch_too_large_to_read() {
     assert!(left.is_empty());
 }
 
+/// A mask of another shape than the slide's (another slide's, or padded) would be stretched
+/// over it: refused, as ground truth and as the tissue mask.
+#[test]
+fn a_mask_of_another_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("tall.png");
+    image::GrayImage::from_pixel(40, 400, image::Luma([255]))
+        .save(&mask)
+        .unwrap();
+    for flag in ["--truth", "--tissue"] {
+        let (message, left) = fails(&demo(), &[flag, mask.to_str().unwrap()]);
+        assert!(
+            message.contains(
+                "the mask is 40x400 (width / height 0.100), not the shape of the slide (1.333)"
+            ),
+            "{flag}: {message}"
+        );
+        assert!(left.is_empty());
+    }
+}
+
 #[test]
 fn an_empty_heatmap() {
     let (message, left) = fails(&demo(), &["--heatmap-size", "0"]);

@@ -229,6 +229,58 @@ fn a_manifest_gives_truth_resolution_and_output_folder() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(stderr.contains("--slide-mpp"), "{stderr}");
 
+    // One slide and a folder of truth: its STEM.xml found there, as in a cohort; a folder
+    // without it, or one file of truth for a cohort, refused before anything runs.
+    let folder = work.path().join("annotations");
+    std::fs::create_dir(&folder).unwrap();
+    let single = run(
+        &[
+            &bare,
+            Path::new("--out"),
+            &out,
+            Path::new("--truth"),
+            &folder,
+        ],
+        &["--slide-mpp", "0.243"],
+    );
+    let stderr = String::from_utf8_lossy(&single.stderr);
+    assert_eq!(single.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no ground truth of bare there"), "{stderr}");
+    std::fs::copy(&truth, folder.join("bare.xml")).unwrap();
+    let single = run(
+        &[
+            &bare,
+            Path::new("--out"),
+            &out,
+            Path::new("--truth"),
+            &folder,
+        ],
+        &["--slide-mpp", "0.243"],
+    );
+    assert!(
+        single.status.success(),
+        "{}",
+        String::from_utf8_lossy(&single.stderr)
+    );
+    let summary = read_json(&out.join("bare.summary.json"));
+    assert_eq!(summary["dice"], bare_record["dice"], "{summary}");
+    let one_file = run(
+        &[
+            &manifest,
+            Path::new("--out"),
+            &out,
+            Path::new("--truth"),
+            &truth,
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&one_file.stderr);
+    assert_eq!(one_file.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("a cohort's ground truth is a folder"),
+        "{stderr}"
+    );
+
     // An mpp in millimetres is named with its line before any slide runs.
     let millimetres = work.path().join("millimetres.csv");
     std::fs::write(&millimetres, "slide,mpp\nbare.tif,0.000243\n").unwrap();

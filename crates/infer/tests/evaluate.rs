@@ -129,6 +129,57 @@ fn froc_and_auc_match_monai_on_three_cohorts() {
     }
 }
 
+/// Camelyon16's masks come as pyramidal TIFFs of the slide's size (`STEM_mask.tif`, which
+/// its evaluation reads at level 5): written here at 4 times the maps' size, each pixel of
+/// the PNG masks 4 x 4 (a pyramid of four levels, the third the maps' size), they score as
+/// MONAI scored the PNGs.
+#[test]
+fn camelyon_mask_tiffs_score_as_monai_scored_their_pngs() {
+    let folder = fixtures().join("froc/several_lesions");
+    let work = tempfile::tempdir().unwrap();
+    let truth = work.path().join("truth");
+    std::fs::create_dir(&truth).unwrap();
+    for entry in std::fs::read_dir(folder.join("truth")).unwrap() {
+        let png = entry.unwrap().path();
+        let mask = image::open(&png).unwrap().to_luma8();
+        let (width, height) = (mask.width() * 4, mask.height() * 4);
+        let stem = png.file_stem().unwrap().to_string_lossy();
+        let options = wsi::WriterOptions {
+            tile: 256,
+            ..wsi::WriterOptions::default()
+        };
+        let mut tiff = wsi::PyramidWriter::create(
+            truth.join(format!("{stem}_mask.tif")),
+            width.into(),
+            height.into(),
+            wsi::Channels::Grey,
+            options,
+        )
+        .unwrap();
+        let rows: Vec<u8> = (0..height)
+            .flat_map(|y| (0..width).map(move |x| (x, y)))
+            .map(|(x, y)| mask.get_pixel(x / 4, y / 4).0[0])
+            .collect();
+        tiff.write_rows(&rows).unwrap();
+        tiff.finish().unwrap();
+    }
+    let ours = evaluate(&folder.join("maps"), &truth, "0", work.path());
+    let monai = read_json(&folder.join("monai.json"));
+    close(&ours["froc"], &monai["froc"], "FROC");
+    close(&ours["auc"], &monai["auc"], "AUC");
+    for expected in monai["slides"].as_array().unwrap() {
+        let slide = ours["slides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["slide"] == expected["slide"])
+            .unwrap();
+        for key in ["lesions", "isolated_tumour_cells", "false_positives"] {
+            assert_eq!(slide[key], expected[key], "{}: {key}", expected["slide"]);
+        }
+    }
+}
+
 /// Maps that are a slide's level 6, as their summaries say: the detections are placed in
 /// the slide's level-0 pixels as MONAI places them (`PathologyProbNMS` at resolution level
 /// 6), and the score is unchanged.
@@ -238,6 +289,32 @@ fn a_map_infer_wrote_finds_the_annotated_lesion() {
         "the whole map's highest detection {highest:?} lies outside the region"
     );
     assert_eq!(region[0], highest);
+    // The whole slide's map beside the region's, as a run with the other --prob-format leaves
+    // one: the region's summary names its own map, and that is the one evaluated.
+    std::fs::copy(
+        maps.join("demo_vips_jpeg.prob.tif"),
+        region_maps.join("demo_vips_jpeg.prob.ome.tif"),
+    )
+    .unwrap();
+    let again_out = out.path().join("again");
+    let again = infer(evaluate_args(&region_maps, &truth, "2", &again_out));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("demo_vips_jpeg.prob.ome.tif left out"),
+        "{stderr}"
+    );
+    let again = read_json(&again_out.join("evaluation.json"));
+    assert_eq!(again["slides"], region_report["slides"]);
+    // Without the summary neither can be told from the other: refused, naming both.
+    std::fs::remove_file(region_maps.join("demo_vips_jpeg.summary.json")).unwrap();
+    refused(
+        infer(evaluate_args(&region_maps, &truth, "2", &again_out)),
+        &[
+            "prob.ome.tif and",
+            "prob.tif are both maps of demo_vips_jpeg",
+        ],
+    );
     // Level 5 does not exist in a 4-level map: said so.
     refused(
         infer(evaluate_args(&maps, &truth, "5", out.path())),

@@ -54,6 +54,114 @@ fn patch_directory_gives_pytorchs_maps_and_overlays() {
     assert_eq!((overlay.width(), overlay.height()), (64, 64));
 }
 
+/// `a.png` and `a.jpg` would both be written as `a.prob.png`: refused before any patch runs,
+/// naming both, and nothing written.
+#[test]
+fn patches_of_the_same_name_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let patch = image::RgbImage::from_pixel(32, 32, image::Rgb([150, 60, 160]));
+    for name in ["a.png", "a.jpg", "b.png"] {
+        patch.save(input.join(name)).unwrap();
+    }
+    let out = work.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(["patches", input.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("a.jpg and ")
+            && stderr.contains("a.png would both be written as a.prob.png"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+/// A patch that cannot be read (cut short) or run (500 pixels, not a multiple of 16) is named
+/// and passed over; the others are written, and the exit says that some failed.
+#[test]
+fn a_bad_patch_is_reported_and_the_others_written() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let good = input.join("good.png");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([150, 60, 160]))
+        .save(&good)
+        .unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(input.join("cut.png"), &bytes[..bytes.len() / 2]).unwrap();
+    image::RgbImage::from_pixel(500, 500, image::Rgb([150, 60, 160]))
+        .save(input.join("odd.png"))
+        .unwrap();
+    let out = work.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(["patches", input.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cut.png: cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("odd.png: a 500x500 patch; each side must be a multiple of 16"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("2 could not be run"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["good.overlay.png", "good.prob.png"]);
+}
+
+/// Ctrl-C or a scheduler's SIGTERM in the middle of a directory of patches (300 of them, a
+/// run of tens of seconds): exit 130 between batches, and nothing written, as a slide's run.
+#[test]
+fn an_interrupted_directory_of_patches_stops_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let patch = input.join("p000.png");
+    image::RgbImage::from_fn(256, 256, |x, y| image::Rgb([x as u8, y as u8, 128]))
+        .save(&patch)
+        .unwrap();
+    for i in 1..300 {
+        std::fs::copy(&patch, input.join(format!("p{i:03}.png"))).unwrap();
+    }
+    for signal in ["-INT", "-TERM"] {
+        let out = work.path().join(format!("out{signal}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_infer"))
+            .args(["patches", input.to_str().unwrap(), "--out"])
+            .arg(&out)
+            .args(["--device", "cpu", "--batch", "1"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(130), "{signal}: {stderr}");
+        assert!(stderr.contains("interrupted"), "{stderr}");
+        assert!(!out.exists(), "{signal}: {out:?} left");
+    }
+}
+
 /// The checkpoint converted to a model file, as `convert` does.
 fn unet_core_checkpoint(pth: &Path, out: &Path) -> std::path::PathBuf {
     let checkpoint = unet_core::Checkpoint::read(pth).unwrap();

@@ -36,7 +36,8 @@ const PATCH: u64 = 512;
 /// The users' original path (tiles one by one, batch 1, f32) against the optimised one
 /// (reader threads, batches, f16 on CUDA or `--precision`), on the same patches: a table and a bar chart.
 #[derive(Parser)]
-#[command(version, about)]
+// The text above is the help's; `about` alone would be the crate's (`infer`'s) description.
+#[command(version)]
 struct Cli {
     /// The slide to take patches from [default: the demo slide].
     slide: Option<PathBuf>,
