@@ -233,30 +233,22 @@ fn a_manifest_gives_truth_resolution_and_output_folder() {
     // without it, or one file of truth for a cohort, refused before anything runs.
     let folder = work.path().join("annotations");
     std::fs::create_dir(&folder).unwrap();
-    let single = run(
-        &[
+    let with_folder = || {
+        let args = [
             &bare,
             Path::new("--out"),
             &out,
             Path::new("--truth"),
             &folder,
-        ],
-        &["--slide-mpp", "0.243"],
-    );
+        ];
+        run(&args, &["--slide-mpp", "0.243"])
+    };
+    let single = with_folder();
     let stderr = String::from_utf8_lossy(&single.stderr);
     assert_eq!(single.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no ground truth of bare there"), "{stderr}");
     std::fs::copy(&truth, folder.join("bare.xml")).unwrap();
-    let single = run(
-        &[
-            &bare,
-            Path::new("--out"),
-            &out,
-            Path::new("--truth"),
-            &folder,
-        ],
-        &["--slide-mpp", "0.243"],
-    );
+    let single = with_folder();
     assert!(
         single.status.success(),
         "{}",

@@ -66,12 +66,7 @@ fn patches_of_the_same_name_are_refused() {
         patch.save(input.join(name)).unwrap();
     }
     let out = work.path().join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args(["patches", input.to_str().unwrap(), "--out"])
-        .arg(&out)
-        .args(["--device", "cpu"])
-        .output()
-        .unwrap();
+    let output = patches_command(&input, &out).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -99,12 +94,7 @@ fn a_bad_patch_is_reported_and_the_others_written() {
         .save(input.join("odd.png"))
         .unwrap();
     let out = work.path().join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args(["patches", input.to_str().unwrap(), "--out"])
-        .arg(&out)
-        .args(["--device", "cpu"])
-        .output()
-        .unwrap();
+    let output = patches_command(&input, &out).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cut.png: cannot read"), "{stderr}");
@@ -141,10 +131,8 @@ fn an_interrupted_directory_of_patches_stops_and_leaves_nothing() {
     }
     for signal in ["-INT", "-TERM"] {
         let out = work.path().join(format!("out{signal}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_infer"))
-            .args(["patches", input.to_str().unwrap(), "--out"])
-            .arg(&out)
-            .args(["--device", "cpu", "--batch", "1"])
+        let child = patches_command(&input, &out)
+            .args(["--batch", "1"])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -160,6 +148,14 @@ fn an_interrupted_directory_of_patches_stops_and_leaves_nothing() {
         assert!(stderr.contains("interrupted"), "{stderr}");
         assert!(!out.exists(), "{signal}: {out:?} left");
     }
+}
+
+/// `infer patches INPUT --out OUT` on the CPU.
+fn patches_command(input: &Path, out: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_infer"));
+    command.arg("patches").arg(input).arg("--out").arg(out);
+    command.args(["--device", "cpu"]);
+    command
 }
 
 /// The checkpoint converted to a model file, as `convert` does.
