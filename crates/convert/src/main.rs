@@ -100,7 +100,6 @@ fn run(args: Args) -> Result<()> {
         Some(out) => out,
         None => default_output(&args.input)?,
     };
-
     let source = args
         .input
         .file_name()

@@ -50,8 +50,8 @@ enum Command {
         /// The directory of `STEM.prob.tif` maps (`infer`'s --out).
         maps: PathBuf,
         /// Ground truth: `STEM.xml` (ASAP) or `STEM.png`, `STEM_mask.png` or Camelyon16's
-        /// `STEM_mask.tif` (non-zero = tumour); a slide with neither is tumour-free (unless --stages calls it metastatic).
-        /// Without it (a test set) there is no FROC, and the AUC takes each slide's tumour
+        /// `STEM_mask.tif` (non-zero = tumour); a slide with neither is tumour-free (unless
+        /// --stages calls it metastatic). Without it (a test set) there is no FROC, and the AUC takes each slide's tumour
         /// from --stages' findings.
         #[arg(long)]
         truth: Option<PathBuf>,
@@ -270,7 +270,7 @@ fn run_slides(
     if args.slides.is_empty() {
         bail!("no slide given: infer SLIDE [OPTIONS] (see --help)");
     }
-    if args.patch == 0 || !args.patch.is_multiple_of(SIDE_MULTIPLE as u64) {
+    if !unet_core::is_patch_side(args.patch) {
         bail!(
             "--patch {} is not a positive multiple of {SIDE_MULTIPLE} (the UNet pools four times)",
             args.patch

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
-use unet_core::{Predictor, RgbPatch, SIDE_MULTIPLE};
+use unet_core::{Predictor, RgbPatch, SIDE_MULTIPLE, is_patch_side};
 
 use crate::output::Staged;
 use crate::pictures::heatmap;
@@ -109,8 +109,7 @@ fn read_patch(path: &Path) -> Result<RgbImage> {
         .with_context(|| format!("{}: cannot read", path.display()))?
         .to_rgb8();
     let (width, height) = image.dimensions();
-    let fits = |side: u32| side > 0 && (side as usize).is_multiple_of(SIDE_MULTIPLE);
-    if !(fits(width) && fits(height)) {
+    if !(is_patch_side(width.into()) && is_patch_side(height.into())) {
         bail!(
             "{}: a {width}x{height} patch; each side must be a multiple of {SIDE_MULTIPLE} (the UNet pools four times)",
             path.display()

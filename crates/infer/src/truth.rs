@@ -1,6 +1,6 @@
 //! Ground truth for Dice and IoU: a mask image (non-zero = tumour, any size, scaled to the
-//! slide; see [`crate::mask`]) or ASAP XML polygons (level-0 coordinates), sampled one level-0 row at a time.
-//! Polygons of the groups Camelyon marks as not tumour (`_2` in Camelyon16, `Exclusion` as
+//! slide; see [`crate::mask`]) or ASAP XML polygons (level-0 coordinates), sampled one
+//! level-0 row at a time. Polygons of the groups Camelyon marks as not tumour (`_2` in Camelyon16, `Exclusion` as
 //! `infer` writes holes, `normal` in Camelyon17) are cut out of the others.
 
 use std::path::{Path, PathBuf};

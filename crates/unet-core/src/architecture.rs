@@ -16,6 +16,11 @@ pub const LEVELS: usize = 5;
 /// Four 2x poolings: patch sides must be multiples of this.
 pub const SIDE_MULTIPLE: usize = 1 << (LEVELS - 1);
 
+/// Whether the UNet takes a patch side: a positive multiple of [`SIDE_MULTIPLE`].
+pub fn is_patch_side(side: u64) -> bool {
+    side > 0 && side.is_multiple_of(SIDE_MULTIPLE as u64)
+}
+
 /// The architecture, as `convert` infers it from a checkpoint's tensor shapes.
 #[derive(Config, Debug, PartialEq, Eq, Copy)]
 pub struct UnetConfig {

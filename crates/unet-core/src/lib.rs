@@ -37,7 +37,7 @@ mod target;
 mod tta;
 pub mod weights;
 
-pub use architecture::{Plan, SIDE_MULTIPLE, UnetConfig};
+pub use architecture::{Plan, SIDE_MULTIPLE, UnetConfig, is_patch_side};
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use cpu::CpuUnet;
 #[cfg(feature = "fused")]

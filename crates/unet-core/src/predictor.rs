@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::architecture::{SIDE_MULTIPLE, UnetConfig};
+use crate::architecture::{SIDE_MULTIPLE, UnetConfig, is_patch_side};
 use crate::engine::{self, Batch, Done, Engine, InFlight, Output};
 use crate::model_file::{self, ModelFileError};
 use crate::patch::{ProbabilityMap, ProbabilityMaps, RgbPatch};
@@ -226,7 +226,7 @@ fn check_batch<'a>(
             config.in_channels
         )));
     }
-    if width == 0 || height == 0 || width % SIDE_MULTIPLE != 0 || height % SIDE_MULTIPLE != 0 {
+    if !(is_patch_side(width as u64) && is_patch_side(height as u64)) {
         return Err(PredictError::Input(format!(
             "patch is {width}x{height}; height and width must be non-zero multiples of {SIDE_MULTIPLE} (four 2x poolings)"
         )));
