@@ -1031,14 +1031,26 @@ fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).expect("valid template")
 }
 
-/// The whole slide at about `downsample`, from the pyramid level closest below it.
+/// The whole slide at about `downsample`: the pyramid level closest below it, or, where that
+/// level is more than 4 times as fine (a slide without a small level, a flat TIFF, whose
+/// level 0 would be 1000 times the pixels), the slide scaled to `downsample`, read in bands.
 fn low_level_view(slide: &Slide, downsample: f64) -> Result<RgbImage> {
     let level = slide.best_level_for_downsample(downsample);
-    let l = slide.levels()[level];
-    Ok(slide.read_region(level, 0, 0, l.width as u32, l.height as u32)?)
+    let (base, l) = (slide.levels()[0], slide.levels()[level]);
+    if l.downsample >= downsample / 4.0 {
+        return Ok(slide.read_region(level, 0, 0, l.width as u32, l.height as u32)?);
+    }
+    let whole = wsi::Region {
+        x: 0,
+        y: 0,
+        width: base.width,
+        height: base.height,
+    };
+    let side = |v: u64| ((v as f64 / downsample).round() as u32).max(1);
+    Ok(slide.read_scaled(level, whole, side(base.width), side(base.height))?)
 }
 
-/// The region from a pyramid level (level 1 or lower when there is one), resized to exactly
+/// The region from a pyramid level (level 1 or lower when there is one), scaled to exactly
 /// `width` x `height`.
 fn low_level_view_of_region(
     slide: &Slide,
@@ -1051,16 +1063,13 @@ fn low_level_view_of_region(
         .best_level_for_downsample(wanted)
         .max(1)
         .min(slide.levels().len() - 1);
-    let l = slide.levels()[level];
-    let scale = |v: u64| (v as f64 / l.downsample).round();
-    let view = slide.read_region(
-        level,
-        scale(region.x) as i64,
-        scale(region.y) as i64,
-        (scale(region.width) as u32).max(1),
-        (scale(region.height) as u32).max(1),
-    )?;
-    Ok(wsi::resize(&view, width, height))
+    let region = wsi::Region {
+        x: region.x,
+        y: region.y,
+        width: region.width,
+        height: region.height,
+    };
+    Ok(slide.read_scaled(level, region, width, height)?)
 }
 
 /// `STEM` for the outputs of `slide` (a DICOM folder's whole name; a file's name without its

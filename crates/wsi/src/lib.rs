@@ -32,5 +32,7 @@ pub mod writer;
 
 pub use error::{DecodeError, Result, WsiError};
 pub use resize::resize;
-pub use slide::{BACKGROUND, DEFAULT_CACHE_BYTES, Level, MAX_REGION_BYTES, Slide};
+pub use slide::{
+    BACKGROUND, DEFAULT_CACHE_BYTES, Level, MAX_REGION_BYTES, Region, SCALED_BAND_BYTES, Slide,
+};
 pub use writer::{Channels, Layout, PyramidWriter, WriterOptions};

@@ -31,20 +31,37 @@ pub fn resize<P: Resizable>(
     if image.dimensions() == (width, height) {
         return image.clone();
     }
+    resize_rows(image, 0.0, image.height() as f64, width, height)
+}
+
+/// Rows `top .. top + rows` of `image` (fractional) scaled as [`resize`] scales a whole image:
+/// the filter also reads the rows of `image` beyond them, so that the bands of a larger image,
+/// each read with the rows its filter reaches, scale as the whole image would.
+pub(crate) fn resize_rows<P: Resizable>(
+    image: &ImageBuffer<P, Vec<u8>>,
+    top: f64,
+    rows: f64,
+    width: u32,
+    height: u32,
+) -> ImageBuffer<P, Vec<u8>> {
     let mut out = Image::new(width, height, P::TYPE);
-    if image.width() > 0 && image.height() > 0 && width > 0 && height > 0 {
+    // Clamped so that the crop ends inside the image however `top + rows` rounds.
+    let rows = rows.min(image.height() as f64 - top);
+    if image.width() > 0 && rows > 0.0 && width > 0 && height > 0 {
         let source = ImageRef::new(image.width(), image.height(), image.as_raw(), P::TYPE)
             .expect("an ImageBuffer holds width x height pixels of its type");
-        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        let options = ResizeOptions::new()
+            .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+            .crop(0.0, top, image.width() as f64, rows);
         Resizer::new()
             .resize(&source, &mut out, &options)
-            .expect("source and destination share a pixel type and no crop is asked");
+            .expect("source and destination share a pixel type and the crop lies inside");
     }
     ImageBuffer::from_raw(width, height, out.into_vec()).expect("sized for width x height")
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use image::{GrayImage, RgbImage};
 
@@ -75,12 +92,12 @@ mod tests {
         let ours = resize(image, w, h);
         let theirs = image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
         assert_eq!(ours.dimensions(), (w, h));
-        let most = ours
-            .as_raw()
-            .iter()
-            .zip(theirs.as_raw())
-            .map(|(a, b)| a.abs_diff(*b))
-            .max();
+        let most = largest_difference(ours.as_raw(), theirs.as_raw());
         assert!(most <= Some(1), "{w}x{h}: {most:?}");
+    }
+
+    /// The largest difference between two images' samples (`None` for empty images).
+    pub(crate) fn largest_difference(a: &[u8], b: &[u8]) -> Option<u8> {
+        a.iter().zip(b).map(|(a, b)| a.abs_diff(*b)).max()
     }
 }

@@ -15,6 +15,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 pub const MAX_REGION_BYTES: u64 = 1 << 30;
 /// What `read_region` puts where the image has no pixels.
 pub const BACKGROUND: u8 = 255;
+/// The most bytes of a level's pixels [`Slide::read_scaled`] holds at once (450 rows of a
+/// slide 200k pixels wide).
+pub const SCALED_BAND_BYTES: u64 = 256 << 20;
 /// Vendor formats that are not TIFFs we read, read through OpenSlide when built with the
 /// `openslide` feature. (Aperio's `.svs` is read here; DICOM is recognised by its content.)
 const VENDOR_EXTENSIONS: [&str; 6] = ["ndpi", "mrxs", "scn", "vms", "vmu", "bif"];
@@ -35,6 +38,15 @@ enum Backend {
     Tiled(TiledSlide),
     #[cfg(feature = "openslide")]
     Vendor(Box<crate::vendor::VendorSlide>),
+}
+
+/// A rectangle of level 0, in its pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: u64,
+    pub y: u64,
+    pub width: u64,
+    pub height: u64,
 }
 
 /// An open slide. `Send + Sync`: threads read regions of one `Slide` at once.
@@ -253,14 +265,86 @@ impl Slide {
             .iter()
             .rposition(|l| l.width.max(l.height) >= max_side as u64)
             .unwrap_or(0);
-        let Level { width, height, .. } = self.levels[level];
-        let whole = self.read_region(level, 0, 0, width as u32, height as u32)?;
+        let Level { width, height, .. } = self.levels[0];
         let scale = (max_side as f64 / width.max(height) as f64).min(1.0);
         let (w, h) = (
             ((width as f64 * scale).round() as u32).max(1),
             ((height as f64 * scale).round() as u32).max(1),
         );
-        Ok(crate::resize(&whole, w, h))
+        let whole = Region {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        };
+        self.read_scaled(level, whole, w, h)
+    }
+
+    /// `region` as `level` holds it, scaled to `width` x `height` ([`resize`]'s bilinear
+    /// filter). The level is read in bands of at most [`SCALED_BAND_BYTES`], so that a small
+    /// view of a slide without a small level (a flat TIFF of 100k pixels a side) takes the
+    /// memory of a band, not of the level.
+    ///
+    /// [`resize`]: crate::resize()
+    pub fn read_scaled(
+        &self,
+        level: usize,
+        region: Region,
+        width: u32,
+        height: u32,
+    ) -> Result<RgbImage> {
+        self.read_scaled_in_bands(level, region, width, height, SCALED_BAND_BYTES)
+    }
+
+    fn read_scaled_in_bands(
+        &self,
+        level: usize,
+        region: Region,
+        width: u32,
+        height: u32,
+        band_bytes: u64,
+    ) -> Result<RgbImage> {
+        // (`read_region` refuses a level that does not exist.)
+        let downsample = self.levels.get(level).map_or(1.0, |l| l.downsample);
+        let to_level = |v: u64| (v as f64 / downsample).round() as u64;
+        let (x, y) = (to_level(region.x) as i64, to_level(region.y));
+        let level_width = u32::try_from(to_level(region.width).max(1))
+            .map_err(|_| self.bad_request(format!("a region {} pixels wide", region.width)))?;
+        let level_height = to_level(region.height).max(1);
+        // Level rows per view row, and the rows either side of a band that the filter reaches
+        // (as many as it shrinks by, one when it enlarges), read so that bands join seamlessly.
+        let scale = level_height as f64 / height.max(1) as f64;
+        let margin = scale.max(1.0).ceil() as u64 + 1;
+        let rows_held = band_bytes / (3 * level_width as u64);
+        let view_rows =
+            ((rows_held.saturating_sub(2 * margin) as f64 / scale) as u32).clamp(1, height.max(1));
+        let read_rows = |top: u64, bottom: u64| {
+            let rows = u32::try_from(bottom - top)
+                .map_err(|_| self.bad_request(format!("a band of {} rows", bottom - top)))?;
+            self.read_region(level, x, (y + top) as i64, level_width, rows)
+        };
+        if view_rows >= height {
+            return Ok(crate::resize(&read_rows(0, level_height)?, width, height));
+        }
+        let mut out = RgbImage::new(width, height);
+        for first in (0..height).step_by(view_rows as usize) {
+            let last = (first + view_rows).min(height);
+            let (start, end) = (first as f64 * scale, last as f64 * scale);
+            let top = (start.floor() as u64).saturating_sub(margin);
+            let bottom = (end.ceil() as u64 + margin).min(level_height);
+            let band = read_rows(top, bottom)?;
+            let scaled = crate::resize::resize_rows(
+                &band,
+                start - top as f64,
+                end - start,
+                width,
+                last - first,
+            );
+            let row = 3 * width as usize;
+            out.as_mut()[first as usize * row..last as usize * row]
+                .copy_from_slice(scaled.as_raw());
+        }
+        Ok(out)
     }
 
     fn bad_request(&self, reason: String) -> WsiError {
@@ -308,4 +392,53 @@ fn open_vendor(path: &Path, extension: &str) -> Result<(Backend, Metadata)> {
             ".{extension} slides need OpenSlide: build with `--features wsi/openslide` (Debian: apt-get install libopenslide-dev libclang-dev)"
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view read in bands of a few rows, each with the rows its filter reaches, is the view
+    /// read at once (within one level of rounding): shrinking and enlarging, from level 0 and
+    /// from a reduced level, of the whole slide and of a region off its origin.
+    #[test]
+    fn a_view_read_in_bands_is_the_view_read_at_once() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/slides/odd_vips_deflate.tif");
+        let slide = Slide::open(path).unwrap();
+        let whole = Region {
+            x: 0,
+            y: 0,
+            width: 1001,
+            height: 753,
+        };
+        let off_origin = Region {
+            x: 101,
+            y: 57,
+            width: 600,
+            height: 410,
+        };
+        for (level, region, width, height) in [
+            (0, whole, 143, 107),
+            (0, whole, 37, 29),
+            (1, whole, 143, 107),
+            (0, off_origin, 77, 53),
+            (1, off_origin, 450, 307),
+        ] {
+            let at_once = slide
+                .read_scaled_in_bands(level, region, width, height, u64::MAX)
+                .unwrap();
+            // Bands of a couple of view rows: a few level rows past the filter's margins.
+            let row_bytes = 3 * (region.width as f64 / slide.levels()[level].downsample) as u64;
+            let banded = slide
+                .read_scaled_in_bands(level, region, width, height, 40 * row_bytes)
+                .unwrap();
+            assert_eq!(banded.dimensions(), (width, height));
+            let most = crate::resize::tests::largest_difference(banded.as_raw(), at_once.as_raw());
+            assert!(
+                most <= Some(1),
+                "{level} {region:?} {width}x{height}: {most:?}"
+            );
+        }
+    }
 }
