@@ -1,18 +1,20 @@
-//! `slide info FILE` and `slide region FILE LEVEL X Y W H OUT.png`, like openslide-tools.
+//! `slide info FILE`, `slide region FILE LEVEL X Y W H OUT.png` and
+//! `slide thumbnail FILE SIDE OUT.png`, like openslide-tools.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use image::{ImageFormat, RgbImage};
 use wsi::Slide;
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Inspect whole slides (TIFF, Aperio SVS, DICOM-WSI) and read regions from them"
+    about = "Inspect whole slides (TIFF, Aperio SVS, DICOM-WSI) and read regions and thumbnails from them"
 )]
 struct Args {
     #[command(subcommand)]
@@ -24,7 +26,9 @@ enum Command {
     /// Print the slide's vendor, levels, mpp, objective power, associated images, compression,
     /// layout and properties as JSON.
     Info { file: PathBuf },
-    /// Write a region of a level (in that level's pixels) as PNG; outside the image is white.
+    /// Write a region of a level (in that level's pixels; X and Y may be negative) as PNG or
+    /// JPEG, as OUT's extension says; outside the image is white.
+    #[command(allow_negative_numbers = true)]
     Region {
         file: PathBuf,
         level: usize,
@@ -32,6 +36,14 @@ enum Command {
         y: i64,
         width: u32,
         height: u32,
+        out: PathBuf,
+    },
+    /// Write the whole slide scaled to fit SIDE x SIDE (up to 16384) as PNG or JPEG, from the
+    /// smallest level at least that size (read in bands: a slide without a pyramid too).
+    Thumbnail {
+        file: PathBuf,
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=16384))]
+        side: u32,
         out: PathBuf,
     },
 }
@@ -87,21 +99,38 @@ fn run(args: Args) -> Result<()> {
             height,
             out,
         } => {
-            let slide = Slide::open(&file)?;
-            let region = slide.read_region(level, x, y, width, height)?;
-            // Written beside OUT and renamed when complete; removed on failure.
-            let mut file = output_file::beside(&out)
-                .with_context(|| format!("{}: cannot write", out.display()))?;
-            region
-                .write_to(
-                    &mut std::io::BufWriter::new(&mut file),
-                    image::ImageFormat::Png,
-                )
-                .with_context(|| format!("{}: cannot write", out.display()))?;
-            file.persist(&out)
-                .with_context(|| format!("{}: cannot write", out.display()))?;
+            let format = picture_format(&out)?;
+            let region = Slide::open(&file)?.read_region(level, x, y, width, height)?;
+            write_picture(&region, &out, format)?;
+        }
+        Command::Thumbnail { file, side, out } => {
+            let format = picture_format(&out)?;
+            write_picture(&Slide::open(&file)?.thumbnail(side)?, &out, format)?;
         }
     }
+    Ok(())
+}
+
+/// The picture format OUT's extension names: PNG or JPEG.
+fn picture_format(out: &Path) -> Result<ImageFormat> {
+    match ImageFormat::from_path(out) {
+        Ok(format @ (ImageFormat::Png | ImageFormat::Jpeg)) => Ok(format),
+        _ => bail!("{}: write a .png or a .jpg", out.display()),
+    }
+}
+
+/// Writes `picture` beside `out` and renames it when complete (removed on failure).
+fn write_picture(picture: &RgbImage, out: &Path, format: ImageFormat) -> Result<()> {
+    let cannot_write = || format!("{}: cannot write", out.display());
+    let mut file = output_file::beside(out).with_context(cannot_write)?;
+    let mut writer = std::io::BufWriter::new(&mut file);
+    picture
+        .write_to(&mut writer, format)
+        .with_context(cannot_write)?;
+    // Flushed here, where a full disk is an error, not on drop, where it would be lost.
+    writer.flush().with_context(cannot_write)?;
+    drop(writer);
+    file.persist(out).with_context(cannot_write)?;
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! The `slide` tool: `info` prints the levels as JSON, `region` writes a PNG.
+//! The `slide` tool: `info` prints the levels as JSON, `region` and `thumbnail` write a PNG or
+//! a JPEG.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,6 +66,81 @@ fn region_writes_the_png_the_reader_returns() {
         .read_region(1, 100, 50, 64, 48)
         .unwrap();
     assert!(written == read);
+}
+
+/// A region may start left of and above the image (white there, as the reader fills it, with
+/// no `--` before the negative numbers); OUT's extension picks PNG or JPEG, and another is
+/// refused before anything is read or written.
+#[test]
+fn region_takes_negative_corners_and_writes_what_its_extension_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = fixture("odd_vips_lzw.tif");
+    let region = |out: &Path| {
+        slide(&[
+            "region",
+            file.to_str().unwrap(),
+            "0",
+            "-10",
+            "-6",
+            "40",
+            "30",
+            out.to_str().unwrap(),
+        ])
+    };
+    let png = dir.path().join("corner.png");
+    let output = region(&png);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written = image::open(&png).unwrap().to_rgb8();
+    let inside = wsi::Slide::open(&file)
+        .unwrap()
+        .read_region(0, 0, 0, 30, 24)
+        .unwrap();
+    for (x, y, pixel) in written.enumerate_pixels() {
+        if x < 10 || y < 6 {
+            assert_eq!(pixel.0, [255; 3], "({x}, {y}) lies outside the image");
+        } else {
+            assert_eq!(*pixel, *inside.get_pixel(x - 10, y - 6));
+        }
+    }
+
+    let jpeg = dir.path().join("corner.jpg");
+    assert!(region(&jpeg).status.success());
+    assert_eq!(
+        image::ImageFormat::from_path(&jpeg).unwrap(),
+        image::guess_format(&std::fs::read(&jpeg).unwrap()).unwrap()
+    );
+
+    let bitmap = dir.path().join("corner.bmp");
+    let output = region(&bitmap);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains(".png or a .jpg"));
+    assert!(!bitmap.exists());
+}
+
+/// `thumbnail` writes the reader's thumbnail: the whole slide, its aspect kept, fitting SIDE.
+#[test]
+fn thumbnail_writes_the_whole_slide_scaled_to_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = fixture("tiny_vips_jpeg.tif");
+    let out = dir.path().join("thumbnail.png");
+    let output = slide(&[
+        "thumbnail",
+        file.to_str().unwrap(),
+        "300",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(written.dimensions(), (300, 225));
+    assert!(written == wsi::Slide::open(&file).unwrap().thumbnail(300).unwrap());
 }
 
 #[test]

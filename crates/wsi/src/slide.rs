@@ -193,11 +193,7 @@ impl Slide {
                 self.levels.len()
             )));
         }
-        if width as u64 * height as u64 * 3 > MAX_REGION_BYTES {
-            return Err(self.bad_request(format!(
-                "a {width}x{height} region is over {MAX_REGION_BYTES} bytes: read it in parts"
-            )));
-        }
+        self.check_size("region", width, height)?;
         let mut out = RgbImage::from_pixel(width, height, image::Rgb([BACKGROUND; 3]));
         match &self.backend {
             Backend::Tiled(slide) => slide.read_into(level, x, y, &mut out)?,
@@ -304,6 +300,7 @@ impl Slide {
         height: u32,
         band_bytes: u64,
     ) -> Result<RgbImage> {
+        self.check_size("view", width, height)?;
         // (`read_region` refuses a level that does not exist.)
         let downsample = self.levels.get(level).map_or(1.0, |l| l.downsample);
         let to_level = |v: u64| (v as f64 / downsample).round() as u64;
@@ -345,6 +342,16 @@ impl Slide {
                 .copy_from_slice(scaled.as_raw());
         }
         Ok(out)
+    }
+
+    /// Refuses an image over [`MAX_REGION_BYTES`].
+    fn check_size(&self, what: &str, width: u32, height: u32) -> Result<()> {
+        if width as u64 * height as u64 * 3 > MAX_REGION_BYTES {
+            return Err(self.bad_request(format!(
+                "a {width}x{height} {what} is over {MAX_REGION_BYTES} bytes: read it in parts"
+            )));
+        }
+        Ok(())
     }
 
     fn bad_request(&self, reason: String) -> WsiError {
