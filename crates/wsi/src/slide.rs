@@ -279,7 +279,8 @@ impl Slide {
     /// `region` as `level` holds it, scaled to `width` x `height` ([`resize`]'s bilinear
     /// filter). The level is read in bands of at most [`SCALED_BAND_BYTES`], so that a small
     /// view of a slide without a small level (a flat TIFF of 100k pixels a side) takes the
-    /// memory of a band, not of the level.
+    /// memory of a band, not of the level; a view so small that a band would not hold the
+    /// rows of 16 of its rows is scaled from a finer view (within a level of the direct one).
     ///
     /// [`resize`]: crate::resize()
     pub fn read_scaled(
@@ -313,6 +314,18 @@ impl Slide {
         let scale = level_height as f64 / height.max(1) as f64;
         let margin = scale.max(1.0).ceil() as u64 + 1;
         let rows_held = band_bytes / (3 * level_width as u64);
+        // A band holds 16 times the rows one view row reads, or the view is scaled from a view
+        // `factor` times its size, as from a pyramid level: else a small view of a large flat
+        // level would read bands of thousands of rows, or each row three times.
+        let most_scale = (rows_held / 16).max(1) as f64;
+        if scale > most_scale && rows_held < level_height {
+            let factor = (scale / most_scale).ceil() as u32;
+            let (finer_width, finer_height) =
+                (width.saturating_mul(factor), height.saturating_mul(factor));
+            let finer =
+                self.read_scaled_in_bands(level, region, finer_width, finer_height, band_bytes)?;
+            return Ok(crate::resize(&finer, width, height));
+        }
         let view_rows =
             ((rows_held.saturating_sub(2 * margin) as f64 / scale) as u32).clamp(1, height.max(1));
         let read_rows = |top: u64, bottom: u64| {
@@ -405,9 +418,10 @@ fn open_vendor(path: &Path, extension: &str) -> Result<(Backend, Metadata)> {
 mod tests {
     use super::*;
 
-    /// A view read in bands of a few rows, each with the rows its filter reaches, is the view
-    /// read at once (within one level of rounding): shrinking and enlarging, from level 0 and
-    /// from a reduced level, of the whole slide and of a region off its origin.
+    /// A view read in bands, each with the rows its filter reaches, is the view read at once
+    /// (within one level of rounding): shrinking and enlarging, from level 0 and from a reduced
+    /// level, of the whole slide and of a region off its origin, and a view so small that it
+    /// is scaled from a finer one.
     #[test]
     fn a_view_read_in_bands_is_the_view_read_at_once() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -435,10 +449,13 @@ mod tests {
             let at_once = slide
                 .read_scaled_in_bands(level, region, width, height, u64::MAX)
                 .unwrap();
-            // Bands of a couple of view rows: a few level rows past the filter's margins.
-            let row_bytes = 3 * (region.width as f64 / slide.levels()[level].downsample) as u64;
+            // Bands of about 14 view rows, the fewest that are read from the level directly.
+            let downsample = slide.levels()[level].downsample;
+            let row_bytes = 3 * (region.width as f64 / downsample) as u64;
+            let scale = (region.height as f64 / downsample) / height as f64;
+            let rows = 16 * (scale.ceil() as u64 + 1);
             let banded = slide
-                .read_scaled_in_bands(level, region, width, height, 40 * row_bytes)
+                .read_scaled_in_bands(level, region, width, height, rows * row_bytes)
                 .unwrap();
             assert_eq!(banded.dimensions(), (width, height));
             let most = crate::resize::tests::largest_difference(banded.as_raw(), at_once.as_raw());
@@ -447,5 +464,15 @@ mod tests {
                 "{level} {region:?} {width}x{height}: {most:?}"
             );
         }
+        // A view 107 times smaller than the level, with bands of 40 rows: scaled from a finer
+        // view read in bands, and still within one level of the view read at once.
+        let at_once = slide
+            .read_scaled_in_bands(0, whole, 9, 7, u64::MAX)
+            .unwrap();
+        let two_steps = slide
+            .read_scaled_in_bands(0, whole, 9, 7, 40 * 3 * 1001)
+            .unwrap();
+        let most = crate::resize::tests::largest_difference(two_steps.as_raw(), at_once.as_raw());
+        assert!(most <= Some(1), "{most:?}");
     }
 }
