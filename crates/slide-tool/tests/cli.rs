@@ -17,6 +17,20 @@ fn slide(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `slide ARGS...`, which must succeed.
+fn slide_ok(args: &[&str]) {
+    succeeded(slide(args));
+}
+
+/// Fails the test with what `slide` printed unless it succeeded.
+fn succeeded(output: std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn info_prints_levels_mpp_compression_and_layout() {
     let file = fixture("tiny_vips_subifd.tif");
@@ -45,7 +59,7 @@ fn region_writes_the_png_the_reader_returns() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("region.png");
     let file = fixture("odd_vips_lzw.tif");
-    let output = slide(&[
+    slide_ok(&[
         "region",
         file.to_str().unwrap(),
         "1",
@@ -55,11 +69,6 @@ fn region_writes_the_png_the_reader_returns() {
         "48",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let written = image::open(&out).unwrap().to_rgb8();
     let read = wsi::Slide::open(&file)
         .unwrap()
@@ -88,12 +97,7 @@ fn region_takes_negative_corners_and_writes_what_its_extension_names() {
         ])
     };
     let png = dir.path().join("corner.png");
-    let output = region(&png);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(region(&png));
     let written = image::open(&png).unwrap().to_rgb8();
     let inside = wsi::Slide::open(&file)
         .unwrap()
@@ -127,17 +131,12 @@ fn thumbnail_writes_the_whole_slide_scaled_to_fit() {
     let dir = tempfile::tempdir().unwrap();
     let file = fixture("tiny_vips_jpeg.tif");
     let out = dir.path().join("thumbnail.png");
-    let output = slide(&[
+    slide_ok(&[
         "thumbnail",
         file.to_str().unwrap(),
         "300",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let written = image::open(&out).unwrap().to_rgb8();
     assert_eq!(written.dimensions(), (300, 225));
     assert!(written == wsi::Slide::open(&file).unwrap().thumbnail(300).unwrap());

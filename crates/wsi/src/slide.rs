@@ -309,10 +309,8 @@ impl Slide {
         let level_width = u32::try_from(to_level(region.width).max(1))
             .map_err(|_| self.bad_request(format!("a region {} pixels wide", region.width)))?;
         let level_height = to_level(region.height).max(1);
-        // Level rows per view row, and the rows either side of a band that the filter reaches
-        // (as many as it shrinks by, one when it enlarges), read so that bands join seamlessly.
+        // Level rows per view row.
         let scale = level_height as f64 / height.max(1) as f64;
-        let margin = scale.max(1.0).ceil() as u64 + 1;
         let rows_held = band_bytes / (3 * level_width as u64);
         // A band holds 16 times the rows one view row reads, or the view is scaled from a view
         // `factor` times its size, as from a pyramid level: else a small view of a large flat
@@ -326,6 +324,9 @@ impl Slide {
                 self.read_scaled_in_bands(level, region, finer_width, finer_height, band_bytes)?;
             return Ok(crate::resize(&finer, width, height));
         }
+        // The rows either side of a band that the filter reaches (as many as it shrinks by, one
+        // when it enlarges), read so that bands join seamlessly.
+        let margin = scale.max(1.0).ceil() as u64 + 1;
         let view_rows =
             ((rows_held.saturating_sub(2 * margin) as f64 / scale) as u32).clamp(1, height.max(1));
         let read_rows = |top: u64, bottom: u64| {
