@@ -111,7 +111,7 @@ def slides():
     # Corrupt JPEG data: the first tile's entropy-coded data overwritten, its markers cut.
     edited("slide_corrupt_jpeg.tif", lambda d: d.__setitem__(slice(first_tile, first_tile + 600), b"\xff\x00" * 300))
     edited("slide_jpeg_no_markers.tif", lambda d: d.__setitem__(slice(first_tile, first_tile + 4), b"\0\0\0\0"))
-    # An unsupported compression, named: JPEG 2000.
+    # JPEG tiles labelled JPEG 2000 (Aperio's 33003): the JPEG 2000 decoder's error, named.
     edited("slide_jpeg2000.tif", lambda d: set_value(d, ifd0, 259, 33003))
     # Aperio SVS cut inside its first level.
     svs = SVS.read_bytes()

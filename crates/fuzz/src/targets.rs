@@ -74,7 +74,11 @@ impl Target {
         let fixtures = root.join("tests/fixtures");
         let (dirs, suffixes): (Vec<PathBuf>, &[&str]) = match self {
             Target::Tiff => (
-                vec![fixtures.join("slides"), fixtures.join("slides_more")],
+                vec![
+                    fixtures.join("slides"),
+                    fixtures.join("slides_more"),
+                    fixtures.join("slides_j2k"),
+                ],
                 &[".tif", ".svs"],
             ),
             Target::Dicom => (

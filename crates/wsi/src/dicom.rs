@@ -33,6 +33,8 @@ use crate::metadata::Metadata;
 use crate::tiled_slide::Pyramid;
 
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+const JPEG_2000_LOSSLESS: &str = "1.2.840.10008.1.2.4.90";
+const JPEG_2000: &str = "1.2.840.10008.1.2.4.91";
 const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
 /// Explicit VRs whose value length is 2 bytes; every other VR, an unknown one too, has 2
@@ -359,10 +361,15 @@ impl Instance {
             .map_or("an unknown transfer syntax", |ts| ts.name());
         let compression = match self.transfer_syntax.as_str() {
             JPEG_BASELINE => Compression::Jpeg,
+            // YBR_ICT and YBR_RCT name the codestream's own colour transform, which the
+            // decoder inverts; where there is none, YBR_ICT's components are YCbCr.
+            JPEG_2000_LOSSLESS | JPEG_2000 => Compression::Jpeg2000 {
+                ycbcr: self.photometric == "YBR_ICT",
+            },
             EXPLICIT_VR_LITTLE_ENDIAN | IMPLICIT_VR_LITTLE_ENDIAN => Compression::None,
             other => {
                 return Err(unsupported(format!(
-                    "DICOM transfer syntax {syntax_name} ({other}): JPEG baseline and uncompressed frames are read"
+                    "DICOM transfer syntax {syntax_name} ({other}): JPEG baseline, JPEG 2000 and uncompressed frames are read"
                 )));
             }
         };
@@ -370,6 +377,10 @@ impl Instance {
             Compression::Jpeg => matches!(
                 self.photometric.as_str(),
                 "YBR_FULL_422" | "YBR_FULL" | "RGB" | "MONOCHROME2"
+            ),
+            Compression::Jpeg2000 { .. } => matches!(
+                self.photometric.as_str(),
+                "YBR_ICT" | "YBR_RCT" | "RGB" | "MONOCHROME2"
             ),
             _ => matches!(self.photometric.as_str(), "RGB" | "MONOCHROME2"),
         };

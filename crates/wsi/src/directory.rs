@@ -31,6 +31,12 @@ pub enum Compression {
     Lzw,
     Deflate,
     Jpeg,
+    /// A JPEG 2000 codestream a chunk; `ycbcr`: its components are Y, Cb and Cr, to be
+    /// converted to RGB (Aperio's 33003), else the codestream's own colour transform, if any,
+    /// gives RGB.
+    Jpeg2000 {
+        ycbcr: bool,
+    },
 }
 
 impl Compression {
@@ -40,6 +46,7 @@ impl Compression {
             Compression::Lzw => "lzw",
             Compression::Deflate => "deflate",
             Compression::Jpeg => "jpeg",
+            Compression::Jpeg2000 { .. } => "jpeg2000",
         }
     }
 
@@ -49,13 +56,20 @@ impl Compression {
             5 => Compression::Lzw,
             8 | 32946 => Compression::Deflate,
             7 => Compression::Jpeg,
+            // Aperio's JPEG 2000: YCbCr components, or RGB ones; TIFF's own (tifffile, Bio-Formats).
+            33003 => Compression::Jpeg2000 { ycbcr: true },
+            33005 | 34712 => Compression::Jpeg2000 { ycbcr: false },
             6 => return Err("old-style JPEG compression (6)".into()),
-            33003 | 33005 | 34712 | 34713 => {
-                return Err(format!(
-                    "JPEG 2000 compression ({code}); convert the slide to JPEG or deflate tiles, or build with the `openslide` feature"
-                ));
+            other => {
+                let name = match other {
+                    34887 => "LERC ",
+                    50000 => "Zstandard ",
+                    50001 => "WebP ",
+                    50002 | 52546 => "JPEG XL ",
+                    _ => "",
+                };
+                return Err(format!("{name}compression ({other})"));
             }
-            other => return Err(format!("compression {other}")),
         })
     }
 }
@@ -281,8 +295,13 @@ impl Context<'_> {
             return Err(self.unsupported("separate colour planes (PlanarConfiguration 2)".into()));
         }
         let photometric = unsigned(tags, Tag::PhotometricInterpretation)?.unwrap_or(2);
-        // YCbCr is read only inside JPEG streams, whose decoder converts it to RGB.
-        if photometric == 6 && compression != Compression::Jpeg {
+        // YCbCr is read only inside JPEG and JPEG 2000 streams, converted to RGB as they decode.
+        if photometric == 6
+            && !matches!(
+                compression,
+                Compression::Jpeg | Compression::Jpeg2000 { .. }
+            )
+        {
             return Err(self.unsupported("YCbCr without JPEG compression".into()));
         }
         let horizontal_predictor = match unsigned(tags, Tag::Predictor)?.unwrap_or(1) {

@@ -40,9 +40,17 @@ pub enum DecodeError {
     Lzw(std::io::Error),
     #[error("jpeg: {0}")]
     Jpeg(zune_jpeg::errors::DecodeErrors),
-    /// zune-jpeg panicked (caught: a decoder bug must not take the process down).
-    #[error("jpeg: the decoder failed on this tile")]
-    JpegPanicked,
+    #[error("jpeg 2000: {0}")]
+    Jpeg2000(hayro_jpeg2000::DecodeError),
+    #[error("jpeg 2000: colour space {0} (grey or RGB are read)")]
+    Jpeg2000Colour(String),
+    #[error("jpeg 2000: {0} components (1 to 4 are read)")]
+    Jpeg2000Components(u16),
+    #[error("jpeg 2000: neither a codestream nor a JP2 file holding one")]
+    NotJpeg2000,
+    /// The decoder panicked (caught: a decoder bug must not take the process down).
+    #[error("{codec}: the decoder failed on this tile")]
+    Panicked { codec: &'static str },
     #[error(
         "decompressed to {found} bytes, {width}x{rows} pixels of {samples} samples need {expected}"
     )]
@@ -53,8 +61,8 @@ pub enum DecodeError {
         rows: usize,
         samples: usize,
     },
-    #[error("jpeg tile is {found_width}x{found_height}, the directory says {width}x{rows}")]
-    JpegSize {
+    #[error("the tile decodes to {found_width}x{found_height}, the directory says {width}x{rows}")]
+    Size {
         found_width: usize,
         found_height: usize,
         width: usize,

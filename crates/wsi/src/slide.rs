@@ -389,7 +389,7 @@ fn open_tiff(path: &Path, cache_bytes: usize) -> Result<(Backend, Metadata)> {
     let file = std::fs::File::open(path).map_err(io)?;
     let file_len = file.metadata().map_err(io)?.len();
     let pyramid = crate::directory::read_tiff(path, file, file_len);
-    // What the pure-Rust reader does not support (JPEG 2000 in an .svs...) OpenSlide may.
+    // What the pure-Rust reader does not support (a compression it does not know) OpenSlide may.
     // When OpenSlide cannot either, our error (which names the fault) is the one to report.
     #[cfg(feature = "openslide")]
     if let Err(unsupported @ WsiError::Unsupported { .. }) = pyramid {

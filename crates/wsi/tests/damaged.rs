@@ -120,12 +120,28 @@ fn absurd_declared_dimensions() {
     );
 }
 
+/// Sets the compression tag.
+fn set_compression(bytes: &mut [u8], code: u16) {
+    let at = entry(bytes, 259);
+    bytes[at + 8..at + 10].copy_from_slice(&code.to_le_bytes());
+}
+
 #[test]
-fn jpeg_2000_is_named() {
+fn an_unsupported_compression_is_named() {
     let mut bytes = good();
-    let at = entry(&bytes, 259);
-    bytes[at + 8..at + 10].copy_from_slice(&33003u16.to_le_bytes());
-    assert_fails(&bytes, "aperio_j2k.tif", &["unsupported", "JPEG 2000"]);
+    set_compression(&mut bytes, 50001);
+    assert_fails(
+        &bytes,
+        "webp.tif",
+        &["unsupported", "WebP compression (50001)"],
+    );
+}
+
+#[test]
+fn tiles_said_to_be_jpeg_2000_that_are_not_are_named() {
+    let mut bytes = good();
+    set_compression(&mut bytes, 33003);
+    assert_fails(&bytes, "aperio_j2k.tif", &["level 0, chunk 0", "jpeg 2000"]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! DICOM-WSI and Aperio SVS read as OpenSlide 4.0.1 reads them: every region of
-//! `tests/fixtures/slides_more/slides.json` within its tolerance, the levels, downsamples,
-//! mpp, objective power, associated images and vendor properties as OpenSlide reported them;
-//! damaged DICOM refused with one clear error.
+//! `tests/fixtures/slides_more/slides.json` (JPEG) and `tests/fixtures/slides_j2k/slides.json`
+//! (JPEG 2000: Aperio's RGB, YCbCr and YCbCr 4:2:2, DICOM's YBR_ICT) within its tolerance,
+//! the levels, downsamples, mpp, objective power, associated images and vendor properties as
+//! OpenSlide reported them; damaged DICOM refused with one clear error.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,8 +13,16 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/slides_more")
 }
 
+/// The folder of the JPEG 2000 slides.
+fn j2k_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/slides_j2k")
+}
+
 #[derive(serde::Deserialize)]
 struct Case {
+    /// The fixture folder its paths are in (not in the JSON).
+    #[serde(skip)]
+    dir: PathBuf,
     file: String,
     open: String,
     #[serde(default)]
@@ -49,18 +58,28 @@ struct Tolerance {
     mean_abs: f64,
 }
 
+/// Three JPEG slides (DICOM, odd-sized DICOM, Aperio), then three JPEG 2000 Aperio ones and a
+/// JPEG 2000 DICOM one.
 fn cases() -> Vec<Case> {
-    let json = std::fs::read_to_string(fixtures().join("slides.json")).unwrap();
-    serde_json::from_str(&json).unwrap()
+    let mut cases = Vec::new();
+    for dir in [fixtures(), j2k_fixtures()] {
+        let json = std::fs::read_to_string(dir.join("slides.json")).unwrap();
+        let mut these: Vec<Case> = serde_json::from_str(&json).unwrap();
+        for case in &mut these {
+            case.dir = dir.clone();
+        }
+        cases.extend(these);
+    }
+    cases
 }
 
 /// Every way a case can be opened: the file OpenSlide opened and, for DICOM, the folder and
 /// the smallest level's instance.
 fn openings(case: &Case) -> Vec<PathBuf> {
-    let mut paths = vec![fixtures().join(&case.open)];
+    let mut paths = vec![case.dir.join(&case.open)];
     if let Some(last) = case.files.last() {
-        paths.push(fixtures().join(&case.file));
-        paths.push(fixtures().join(last));
+        paths.push(case.dir.join(&case.file));
+        paths.push(case.dir.join(last));
     }
     paths
 }
@@ -68,7 +87,7 @@ fn openings(case: &Case) -> Vec<PathBuf> {
 #[test]
 fn levels_mpp_vendor_and_properties_as_openslide_reports() {
     let cases = cases();
-    assert_eq!(cases.len(), 3);
+    assert_eq!(cases.len(), 7);
     for case in &cases {
         for path in openings(case) {
             let slide = Slide::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -131,7 +150,7 @@ fn every_region_within_tolerance_of_openslide() {
                 let ours = slide
                     .read_region(region.level, region.x, region.y, region.w, region.h)
                     .unwrap();
-                let reference = image::open(fixtures().join(&region.ref_png))
+                let reference = image::open(case.dir.join(&region.ref_png))
                     .unwrap()
                     .to_rgb8();
                 assert_eq!(ours.dimensions(), reference.dimensions());
@@ -155,7 +174,7 @@ fn every_region_within_tolerance_of_openslide() {
                     .collect();
                 per_pixel.sort_unstable();
                 let p99 = per_pixel[(per_pixel.len() * 99).div_ceil(100) - 1];
-                // libjpeg-turbo (OpenSlide's decoder) and ours agree to within 2 levels.
+                // OpenSlide's decoders (libjpeg-turbo, OpenJPEG) and ours agree to within 2 levels.
                 let within2 =
                     per_pixel.iter().filter(|&&d| d <= 2).count() as f64 / per_pixel.len() as f64;
                 assert!(
@@ -174,7 +193,8 @@ fn every_region_within_tolerance_of_openslide() {
             }
         }
     }
-    assert_eq!(checked, 6 * (1 + 3 + 3));
+    // Six regions of each way to open each slide: three DICOM series three ways, four SVS.
+    assert_eq!(checked, 6 * (3 * 3 + 4));
 }
 
 /// The Aperio thumbnail is the slide seen small: against level 1 scaled to its size.
@@ -269,12 +289,12 @@ fn damaged_dicom_gives_one_clear_error() {
     std::fs::write(&level0, &past_end).unwrap();
     assert_one_line_naming(&error_of(&level0), &level0, "past the end of the file");
 
-    // An unknown transfer syntax (JPEG 2000) in the file meta group.
-    let mut j2k = bytes.clone();
-    let at = find(&j2k, b"1.2.840.10008.1.2.4.50").unwrap();
-    j2k[at..at + 22].copy_from_slice(b"1.2.840.10008.1.2.4.91");
-    std::fs::write(&level0, &j2k).unwrap();
-    assert_one_line_naming(&error_of(&level0), &level0, "1.2.840.10008.1.2.4.91");
+    // A transfer syntax we do not read (JPEG-LS) in the file meta group.
+    let mut jpeg_ls = bytes.clone();
+    let at = find(&jpeg_ls, b"1.2.840.10008.1.2.4.50").unwrap();
+    jpeg_ls[at..at + 22].copy_from_slice(b"1.2.840.10008.1.2.4.80");
+    std::fs::write(&level0, &jpeg_ls).unwrap();
+    assert_one_line_naming(&error_of(&level0), &level0, "1.2.840.10008.1.2.4.80");
 
     // A missing level: the others still read as a pyramid of what remains.
     std::fs::write(&level0, &bytes).unwrap();
