@@ -77,7 +77,7 @@ impl Target {
                 vec![
                     fixtures.join("slides"),
                     fixtures.join("slides_more"),
-                    fixtures.join("slides_j2k"),
+                    fixtures.join("slides_codecs"),
                 ],
                 &[".tif", ".svs"],
             ),

@@ -31,6 +31,7 @@ pub enum Compression {
     Lzw,
     Deflate,
     Jpeg,
+    Zstd,
     /// A JPEG 2000 codestream a chunk; `ycbcr`: its components are Y, Cb and Cr, to be
     /// converted to RGB (Aperio's 33003), else the codestream's own colour transform, if any,
     /// gives RGB.
@@ -46,6 +47,7 @@ impl Compression {
             Compression::Lzw => "lzw",
             Compression::Deflate => "deflate",
             Compression::Jpeg => "jpeg",
+            Compression::Zstd => "zstd",
             Compression::Jpeg2000 { .. } => "jpeg2000",
         }
     }
@@ -56,6 +58,7 @@ impl Compression {
             5 => Compression::Lzw,
             8 | 32946 => Compression::Deflate,
             7 => Compression::Jpeg,
+            50000 => Compression::Zstd,
             // Aperio's JPEG 2000: YCbCr components, or RGB ones; TIFF's own (tifffile, Bio-Formats).
             33003 => Compression::Jpeg2000 { ycbcr: true },
             33005 | 34712 => Compression::Jpeg2000 { ycbcr: false },
@@ -63,7 +66,6 @@ impl Compression {
             other => {
                 let name = match other {
                     34887 => "LERC ",
-                    50000 => "Zstandard ",
                     50001 => "WebP ",
                     50002 | 52546 => "JPEG XL ",
                     _ => "",

@@ -38,6 +38,8 @@ pub enum DecodeError {
     Deflate(std::io::Error),
     #[error("lzw: {0}")]
     Lzw(std::io::Error),
+    #[error("zstd: {0}")]
+    Zstd(std::io::Error),
     #[error("jpeg: {0}")]
     Jpeg(zune_jpeg::errors::DecodeErrors),
     #[error("jpeg 2000: {0}")]

@@ -1,8 +1,8 @@
 //! DICOM-WSI and Aperio SVS read as OpenSlide 4.0.1 reads them: every region of
-//! `tests/fixtures/slides_more/slides.json` (JPEG) and `tests/fixtures/slides_j2k/slides.json`
-//! (JPEG 2000: Aperio's RGB, YCbCr and YCbCr 4:2:2, DICOM's YBR_ICT) within its tolerance,
-//! the levels, downsamples, mpp, objective power, associated images and vendor properties as
-//! OpenSlide reported them; damaged DICOM refused with one clear error.
+//! `tests/fixtures/slides_more/slides.json` (JPEG) and `tests/fixtures/slides_codecs/slides.json`
+//! (JPEG 2000: Aperio's RGB, YCbCr and YCbCr 4:2:2, DICOM's YBR_ICT; a Zstandard TIFF) within
+//! its tolerance, the levels, downsamples, mpp, objective power, associated images and vendor
+//! properties as OpenSlide reported them; damaged DICOM refused with one clear error.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,9 +13,9 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/slides_more")
 }
 
-/// The folder of the JPEG 2000 slides.
+/// The folder of the slides in other codecs than JPEG.
 fn j2k_fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/slides_j2k")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/slides_codecs")
 }
 
 #[derive(serde::Deserialize)]
@@ -58,8 +58,8 @@ struct Tolerance {
     mean_abs: f64,
 }
 
-/// Three JPEG slides (DICOM, odd-sized DICOM, Aperio), then three JPEG 2000 Aperio ones and a
-/// JPEG 2000 DICOM one.
+/// Three JPEG slides (DICOM, odd-sized DICOM, Aperio), then three JPEG 2000 Aperio ones, a
+/// JPEG 2000 DICOM one and a Zstandard TIFF.
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for dir in [fixtures(), j2k_fixtures()] {
@@ -87,7 +87,7 @@ fn openings(case: &Case) -> Vec<PathBuf> {
 #[test]
 fn levels_mpp_vendor_and_properties_as_openslide_reports() {
     let cases = cases();
-    assert_eq!(cases.len(), 7);
+    assert_eq!(cases.len(), 8);
     for case in &cases {
         for path in openings(case) {
             let slide = Slide::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -193,8 +193,9 @@ fn every_region_within_tolerance_of_openslide() {
             }
         }
     }
-    // Six regions of each way to open each slide: three DICOM series three ways, four SVS.
-    assert_eq!(checked, 6 * (3 * 3 + 4));
+    // Six regions of each way to open each slide: three DICOM series three ways, four SVS and
+    // a TIFF.
+    assert_eq!(checked, 6 * (3 * 3 + 5));
 }
 
 /// The Aperio thumbnail is the slide seen small: against level 1 scaled to its size.

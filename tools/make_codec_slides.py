@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-r"""Aperio SVS slides and a DICOM-WSI series with JPEG 2000 tiles, with OpenSlide reads as references.
+r"""Slides in the codecs besides JPEG that OpenSlide reads (Aperio SVS and a DICOM-WSI series with JPEG
+2000 tiles, a Zstandard TIFF), with OpenSlide reads as references.
 
-usage: python make_j2k_slides.py OUTDIR SOURCE.tif DICOM_FOLDER
-e.g.   python tools/make_j2k_slides.py tests/fixtures/slides_j2k tests/fixtures/slides/odd_vips_jpeg.tif \
+usage: python make_codec_slides.py OUTDIR SOURCE.tif DICOM_FOLDER
+e.g.   python tools/make_codec_slides.py tests/fixtures/slides_codecs tests/fixtures/slides/odd_vips_jpeg.tif \
            tests/fixtures/slides_more/odd_dicom
 
 Needs: pip install numpy pillow tifffile imagecodecs openslide-python openslide-bin pydicom, and
@@ -29,6 +30,11 @@ and a DICOM-WSI series transcoded from DICOM_FOLDER's (JPEG baseline, one instan
                              (as the standard names that transform), the rest of the data set as it was
                              but for new SOP Instance UIDs. The label says YCbCr, the codestream inverts
                              its own transform: the decoder's output is RGB (OpenSlide 4.0.1 takes it so).
+and a generic TIFF:
+  NAME_zstd.tif              SOURCE's stored levels (as tifffile decodes them) in 256x256 tiles, Zstandard
+                             (compression 50000, level 9) with the horizontal predictor, the levels in the
+                             IFD chain, the source's resolution in the resolution tags: lossless, so its
+                             tolerance is 0.
   ref/<fixture>__<region>.png  OpenSlide 4 read_region of each region (make_more_slides.py's regions).
   slides.json                per fixture, as make_more_slides.py writes it.
 
@@ -36,7 +42,8 @@ Tolerances: OpenSlide's read is the stored tiles decoded (the second decoder: im
 each codestream, or opj_decompress on each 4:2:2 component alone, YCbCr converted with OpenSlide's JFIF
 formula), so a reader is held to it, not to the pixels the tiles were encoded from: the larger of a floor
 for JPEG 2000 decoders' rounding (FLOOR: max 2, p99 1, mean 0.02) and the second decoder's difference.
-The encoding loss (`measured.vs_source`) is recorded beside it.
+The encoding loss (`measured.vs_source`) is recorded beside it. The second decoder of the Zstandard
+TIFF is tifffile (imagecodecs' zstd).
 """
 import io, os, subprocess, sys, tempfile, uuid
 
@@ -175,7 +182,7 @@ def make_dicom(src_dir, outdir, fid):
                   pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=n)]
         coded = [encode_tile(fr, kind) for fr in frames]
         # deterministic (pydicom 3's generate_uid ignores entropy_srcs without a prefix)
-        uid = "2.25.%d" % uuid.uuid5(uuid.NAMESPACE_OID, "make_j2k_slides/%s/%d" % (fid, i)).int
+        uid = "2.25.%d" % uuid.uuid5(uuid.NAMESPACE_OID, "make_codec_slides/%s/%d" % (fid, i)).int
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.91"
         ds.PhotometricInterpretation = "YBR_ICT"
@@ -188,13 +195,26 @@ def make_dicom(src_dir, outdir, fid):
     return [fid + "/" + f for f in files], made_from, stored
 
 
-def held_to_second_decoder(regs):
+def held_to_second_decoder(regs, floor=FLOOR):
     """Each region's tolerance: the floor, or the second decoder's difference where larger."""
     for r in regs:
         dec = r["measured"]["vs_second_decoder"]
-        r["tolerance"] = {"max_abs": max(FLOOR[0], dec["max_abs"]), "p99_abs": max(FLOOR[1], dec["p99_abs"]),
-                          "mean_abs": max(FLOOR[2], dec["mean_abs"])}
+        r["tolerance"] = {"max_abs": max(floor[0], dec["max_abs"]), "p99_abs": max(floor[1], dec["p99_abs"]),
+                          "mean_abs": max(floor[2], dec["mean_abs"])}
     return regs
+
+
+def make_zstd(src, path):
+    """SOURCE's stored levels as a Zstandard TIFF pyramid; returns them, as encoded."""
+    levels = make_more_slides.source_levels(src)
+    pixels_per_cm = 1e4 / source_mpp(src)
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        for i, a in enumerate(levels):
+            scale = levels[0].shape[1] / a.shape[1]
+            tif.write(a, tile=(256, 256), compression="zstd", compressionargs={"level": 9}, predictor=True,
+                      photometric="rgb", subfiletype=1 if i else 0, metadata=None, resolutionunit="CENTIMETER",
+                      resolution=(pixels_per_cm / scale, pixels_per_cm / scale))
+    return [(a, "the source's level %d as tifffile decodes it" % i) for i, a in enumerate(levels)]
 
 
 def main():
@@ -232,6 +252,18 @@ def main():
                                                    os.path.relpath(dicom_src, outdir)),
                          "source": os.path.relpath(dicom_src, outdir)},
                         **info, regions=held_to_second_decoder(regs)))
+    fid = "%s_zstd" % name
+    path = os.path.join(outdir, fid + ".tif")
+    made_from = make_zstd(src, path)
+    with tifffile.TiffFile(path) as tf:
+        stored = [page.asarray() for page in tf.pages]
+    info, regs = references(outdir, fid, fid + ".tif", stored, made_from, (0, 0, 0))
+    assert info["vendor"] == "generic-tiff" and info["level_count"] == len(stored)
+    entries.append(dict({"file": fid + ".tif", "kind": "tiff", "open": fid + ".tif", "bytes": os.path.getsize(path),
+                         "made_with": "tifffile %s from the source's stored levels: Zstandard level 9, horizontal "
+                                      "predictor, 256x256 tiles" % tifffile.__version__,
+                         "source": os.path.relpath(src, outdir), "source_mpp_rounded": source_mpp(src)},
+                        **info, regions=held_to_second_decoder(regs, (0, 0, 0))))
     make_more_slides.write_entries(outdir, entries)
 
 if __name__ == "__main__":
