@@ -59,7 +59,7 @@ impl Compression {
             8 | 32946 => Compression::Deflate,
             7 => Compression::Jpeg,
             50000 => Compression::Zstd,
-            // Aperio's JPEG 2000: YCbCr components, or RGB ones; TIFF's own (tifffile, Bio-Formats).
+            // Aperio's JPEG 2000 (YCbCr components, or RGB ones), and TIFF's own (tifffile's).
             33003 => Compression::Jpeg2000 { ycbcr: true },
             33005 | 34712 => Compression::Jpeg2000 { ycbcr: false },
             6 => return Err("old-style JPEG compression (6)".into()),
