@@ -155,17 +155,21 @@ fn first_rows(
     width: usize,
     rows: usize,
 ) -> Result<Vec<u8>, DecodeError> {
-    let (found_width, found_height) = found;
-    if found_width != width || found_height < rows || pixels.len() < width * rows * 3 {
-        return Err(DecodeError::Size {
-            found_width,
-            found_height,
-            width,
-            rows,
-        });
+    if found.0 != width || found.1 < rows || pixels.len() < width * rows * 3 {
+        return Err(size_error(found, width, rows));
     }
     pixels.truncate(width * rows * 3);
     Ok(pixels)
+}
+
+/// A tile that decodes to `found` (width, height) where the directory says `width` x `rows`.
+fn size_error(found: (usize, usize), width: usize, rows: usize) -> DecodeError {
+    DecodeError::Size {
+        found_width: found.0,
+        found_height: found.1,
+        width,
+        rows,
+    }
 }
 
 /// A JPEG 2000 chunk (a raw codestream, as Aperio and DICOM store them, or a JP2 file),
@@ -205,12 +209,7 @@ fn decode_jpeg2000(
         let image = Image::new(data, &DecodeSettings::default()).map_err(DecodeError::Jpeg2000)?;
         let found = (image.width() as usize, image.height() as usize);
         if found.0 != width || found.1 < rows || found.1 > height {
-            return Err(DecodeError::Size {
-                found_width: found.0,
-                found_height: found.1,
-                width,
-                rows,
-            });
+            return Err(size_error(found, width, rows));
         }
         let samples = match (image.color_space(), image.has_alpha()) {
             (J2kColour::Gray, alpha) => 1 + alpha as usize,

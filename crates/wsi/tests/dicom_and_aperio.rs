@@ -14,7 +14,7 @@ fn fixtures() -> PathBuf {
 }
 
 /// The folder of the slides in other codecs than JPEG.
-fn j2k_fixtures() -> PathBuf {
+fn codec_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/slides_codecs")
 }
 
@@ -62,7 +62,7 @@ struct Tolerance {
 /// JPEG 2000 DICOM one and a Zstandard TIFF.
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
-    for dir in [fixtures(), j2k_fixtures()] {
+    for dir in [fixtures(), codec_fixtures()] {
         let json = std::fs::read_to_string(dir.join("slides.json")).unwrap();
         let mut these: Vec<Case> = serde_json::from_str(&json).unwrap();
         for case in &mut these {
